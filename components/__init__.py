@@ -1,0 +1,1 @@
+"""DeepFusion: multi-modal product categorization (image + title + metadata)."""

@@ -1,0 +1,164 @@
+"""Read a catalog export folder (styles.csv, optional products.csv, images/) into one table.
+
+The same reader serves training (ingest), batch categorization (predict) and drift batches, so a
+product is parsed identically everywhere. Bad rows are returned as problems, never dropped silently.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("masterCategory", "subCategory", "articleType")
+STYLE_COLUMNS = ("id", "gender", *LEVELS, "baseColour", "season", "year", "usage", "productDisplayName")
+PRODUCT_COLUMNS = ("image", "brandName", "ageGroup", "colour1", "colour2", "price", "discountedPrice",
+                   "catalogAddDate", "displayCategories", "variantName", "fashionType",
+                   "articleAttributes", "description")
+NUMERIC_COLUMNS = ("year", "price", "discountedPrice", "catalogAddDate")
+# The export writes "NA" (and sometimes "") for "no value"; both mean missing.
+MISSING_TOKENS = frozenset({"", "NA", "N/A", "nan", "NaN", "null", "None"})
+TITLE = "productDisplayName"
+
+
+class CatalogError(ValueError):
+    """The catalog folder or one of its files cannot be read at all (not a single bad row)."""
+
+
+@dataclass
+class CatalogRead:
+    frame: pd.DataFrame  # one row per accepted product, columns STYLE_COLUMNS + PRODUCT_COLUMNS + extras
+    problems: list[dict] = field(default_factory=list)  # {file, row, id, field, reason}
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise CatalogError(f"{path}: file is empty; export the catalog again (a header row is required)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise CatalogError(
+            f"{path}: not UTF-8 (byte {exc.start}, line {line}: {raw[exc.start:exc.start + 1]!r}); "
+            "re-export the file as UTF-8"
+        ) from exc
+
+
+def _clean(value: str) -> str:
+    value = value.strip()
+    return "" if value in MISSING_TOKENS else value
+
+
+def parse_styles(path: Path, require_labels: bool) -> tuple[list[dict], list[dict]]:
+    """Parse styles.csv, which is written with bare commas: a title may hold commas."""
+    text = _decode(path)
+    reader = csv.reader(io.StringIO(text))
+    header = [h.strip() for h in next(reader)]
+    required = ["id", TITLE, *(LEVELS if require_labels else ())]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise CatalogError(f"{path}: missing column(s) {missing}; found {header}. "
+                           f"Expected the Kaggle layout: {','.join(STYLE_COLUMNS)}")
+    # Unquoted commas inside the title shift fields; the title is rejoined when it is the last column.
+    title_last = header[-1] == TITLE
+    rows, problems = [], []
+    for lineno, fields in enumerate(reader, start=2):
+        if not fields or not any(f.strip() for f in fields):
+            continue
+        if len(fields) > len(header):
+            if not title_last:
+                problems.append({"file": path.name, "row": lineno, "id": fields[0], "field": "*",
+                                 "reason": f"too_many_fields ({len(fields)} > {len(header)})"})
+                continue
+            fields = fields[: len(header) - 1] + [",".join(fields[len(header) - 1:])]
+        elif len(fields) < len(header):
+            problems.append({"file": path.name, "row": lineno, "id": fields[0], "field": "*",
+                             "reason": f"too_few_fields ({len(fields)} < {len(header)})"})
+            continue
+        rec = {h: _clean(v) for h, v in zip(header, fields)}
+        rec[TITLE] = fields[header.index(TITLE)].strip()
+        if rec[TITLE] in MISSING_TOKENS:
+            rec[TITLE] = ""
+        rec["source_row"] = lineno
+        rows.append(rec)
+    return rows, problems
+
+
+def parse_products(path: Path) -> tuple[dict[str, dict], list[dict]]:
+    """Parse products.csv (properly quoted), keyed by id."""
+    text = _decode(path)
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames is None or "id" not in reader.fieldnames:
+        raise CatalogError(f"{path}: no 'id' column; found {reader.fieldnames}")
+    out, problems = {}, []
+    for lineno, rec in enumerate(reader, start=2):
+        if None in rec:  # more fields than the header
+            problems.append({"file": path.name, "row": lineno, "id": rec.get("id"), "field": "*",
+                             "reason": "too_many_fields"})
+            continue
+        pid = (rec.get("id") or "").strip()
+        if pid in out:
+            problems.append({"file": path.name, "row": lineno, "id": pid, "field": "id",
+                             "reason": "duplicate_id"})
+            continue
+        out[pid] = {k: _clean(v or "") for k, v in rec.items() if k != "id"}
+        # Free text keeps its literal value; only the structured fields use the NA convention.
+        for k in ("description", "articleAttributes"):
+            if k in rec:
+                out[pid][k] = (rec[k] or "").strip()
+    return out, problems
+
+
+def read_catalog(folder: str | Path, require_labels: bool = True) -> CatalogRead:
+    """Read a catalog folder. Raises CatalogError only when the folder as a whole is unusable."""
+    folder = Path(folder)
+    styles_path = folder / "styles.csv"
+    if not folder.is_dir():
+        raise CatalogError(f"{folder}: not a folder; expected a catalog export with styles.csv")
+    if not styles_path.is_file():
+        raise CatalogError(f"{styles_path}: not found; a catalog folder needs styles.csv "
+                           "(optional: products.csv, images/<id>.jpg)")
+    rows, problems = parse_styles(styles_path, require_labels)
+    products: dict[str, dict] = {}
+    if (folder / "products.csv").is_file():
+        products, p_problems = parse_products(folder / "products.csv")
+        problems += p_problems
+
+    accepted, seen = [], set()
+    for rec in rows:
+        pid = rec["id"]
+        if not pid.isdigit():
+            problems.append({"file": "styles.csv", "row": rec["source_row"], "id": pid, "field": "id",
+                             "reason": "bad_id (not a positive integer)"})
+            continue
+        if pid in seen:
+            problems.append({"file": "styles.csv", "row": rec["source_row"], "id": pid, "field": "id",
+                             "reason": "duplicate_id"})
+            continue
+        seen.add(pid)
+        extra = products.get(pid, {})
+        for col in PRODUCT_COLUMNS:
+            rec.setdefault(col, extra.get(col, ""))
+        accepted.append(rec)
+    for pid in products.keys() - seen:
+        problems.append({"file": "products.csv", "row": None, "id": pid, "field": "id",
+                         "reason": "no styles.csv row for this id"})
+
+    frame = pd.DataFrame(accepted, columns=[*STYLE_COLUMNS, *PRODUCT_COLUMNS, "source_row"])
+    frame = frame.fillna("")
+    frame["id"] = frame["id"].astype(np.int64)
+    for col in NUMERIC_COLUMNS:
+        frame[col] = pd.to_numeric(frame[col].replace("", np.nan), errors="coerce").astype(float)
+    # Image path: the products.csv column when given, else the Kaggle convention images/<id>.jpg.
+    default = "images/" + frame["id"].astype(str) + ".jpg"
+    frame["image"] = frame["image"].where(frame["image"] != "", default)
+    frame["source_row"] = frame["source_row"].astype(np.int64)
+    log.info("read %d products from %s (%d problem rows)", len(frame), folder, len(problems))
+    return CatalogRead(frame=frame.reset_index(drop=True), problems=problems)

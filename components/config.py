@@ -1,0 +1,237 @@
+"""Typed, frozen view of params.yaml: one object, loaded once, unknown or missing keys raise."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = "params.yaml"
+
+
+class ConfigError(ValueError):
+    """params.yaml does not match the schema below."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    raw: str
+    ingest: str
+    validate: str
+    features: str
+    train_baseline: str
+    train_fusion: str
+    evaluate: str
+    mlflow_db: str
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: float
+    val: float
+    test: float
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    image_height: int
+    image_width: int
+    splits: Splits
+    min_class_count: int  # articleType classes below this many products become `rare_label`
+    rare_label: str
+    exclude_master: tuple[str, ...]  # masterCategory values quarantined (not product categories)
+    perceptual_max_group: int  # dHash groups larger than this are too generic to mean "same product"
+    workers: int
+    limit: int  # 0 = whole catalog; >0 = first N rows (tiny profiles, CI slice)
+
+
+@dataclass(frozen=True)
+class ValidateParams:
+    max_missing_image_share: float
+    min_rows: int
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    max_title_tokens: int
+    min_token_count: int
+    use_description: bool  # append the description to the title for the text tower
+    max_attr_tokens: int
+    categorical: tuple[str, ...]
+    numeric: tuple[str, ...]
+    forbidden: tuple[str, ...]  # parent labels and fields that restate them: never features
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    backbone: str
+    pretrained_path: str  # local .safetensors/.pth for the image backbone; "" = random init
+    embed_dim: int
+    text_dim: int
+    text_channels: int
+    text_kernels: tuple[int, ...]
+    meta_dim: int
+    dropout: float
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    fused_ce: float
+    modality_ce: float
+    semantic: float
+    gap: float
+    contrastive: float
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    patience: int
+    device: str  # auto | cpu | cuda
+    amp: bool
+    num_threads: int  # 0 = torch default
+    max_batches_per_epoch: int  # 0 = no cap (tiny profiles)
+    modality_dropout: float
+    level_weights: tuple[float, float, float]  # masterCategory, subCategory, articleType
+    losses: LossWeights
+    augment: bool
+
+
+@dataclass(frozen=True)
+class TfidfParams:
+    word_ngrams: tuple[int, int]
+    char_ngrams: tuple[int, int]
+    max_features: int
+    C: float
+
+
+@dataclass(frozen=True)
+class TrainBaselineParams:
+    modalities: tuple[str, ...]  # neural single-modality baselines to train
+    tfidf: TfidfParams
+    train: TrainParams
+
+
+@dataclass(frozen=True)
+class TrainFusionParams:
+    init_image_from_baseline: bool
+    train: TrainParams
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    bootstrap: int
+    retrieval_k: tuple[int, ...]
+    precision_targets: tuple[float, ...]
+    calibration_bins: int
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    experiment: str
+    model_name: str
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int
+    paths: Paths
+    ingest: IngestParams
+    validate: ValidateParams
+    features: FeaturesParams
+    model: ModelParams
+    train_baseline: TrainBaselineParams
+    train_fusion: TrainFusionParams
+    evaluate: EvaluateParams
+    tracking: TrackingParams
+    levels: tuple[str, ...] = field(default=("masterCategory", "subCategory", "articleType"))
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    """Convert plain YAML data into `tp`, raising ConfigError that names the key."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = set(value) - names
+        if unknown:
+            raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _build(hints[f.name], value[f.name], f"{where}.{f.name}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}: missing key '{f.name}'")
+        return tp(**kwargs)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if origin in (types.UnionType, typing.Union):
+        raise ConfigError(f"{where}: union types are not supported in Params")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            # PyYAML reads 3e-4 (no dot) as a string: write 3.0e-4.
+            raise ConfigError(f"{where}: expected a number, got {value!r} (write floats as 3.0e-4)")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return `base` with `override` merged in (nested mappings merge, everything else replaces)."""
+    out = dict(base)
+    for key, val in override.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], val)
+        else:
+            out[key] = val
+    return out
+
+
+def params_from_dict(raw: dict) -> Params:
+    return _build(Params, raw, "params")
+
+
+def load_raw(path: str | Path = PARAMS_FILE) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; run from the project root (where dvc.yaml is)")
+    with path.open(encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level")
+    return raw
+
+
+def load_params(path: str | Path = PARAMS_FILE) -> Params:
+    return params_from_dict(load_raw(path))
+
+
+def params_to_dict(params: Any) -> dict:
+    return dataclasses.asdict(params)

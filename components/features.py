@@ -1,0 +1,201 @@
+"""Stage features: artifacts/ingest/ -> artifacts/features/ (encoders.json, features.npz).
+
+Pure encoders for titles, metadata and labels, fitted on the train split only. Training, evaluation,
+batch prediction and the MLflow pyfunc all call `encode_frame` with the same Encoders: one path.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.artifacts import atomic_dir, write_json
+from components.catalog import LEVELS, TITLE
+from components.config import FeaturesParams, Params, load_params
+
+log = logging.getLogger(__name__)
+
+PAD, UNK = 0, 1
+_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+class FeatureError(ValueError):
+    """A forbidden or unknown feature was requested."""
+
+
+def tokenize(text: str) -> list[str]:
+    return _TOKEN.findall(text.lower())
+
+
+def attribute_tokens(raw: str) -> list[str]:
+    """articleAttributes JSON -> ['fabric=cotton', ...]; 'NA' values and bad JSON give no tokens."""
+    if not raw:
+        return []
+    try:
+        attrs = json.loads(raw)
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(attrs, dict):
+        return []
+    out = []
+    for key, val in attrs.items():
+        val = str(val).strip()
+        if val and val != "NA":
+            out.append(f"{key.strip().lower()}={val.lower()}")
+    return out
+
+
+def product_text(frame: pd.DataFrame, use_description: bool) -> list[str]:
+    titles = frame[TITLE].fillna("").astype(str)
+    if use_description and "description" in frame:
+        return (titles + " " + frame["description"].fillna("").astype(str)).tolist()
+    return titles.tolist()
+
+
+def tfidf_text(frame: pd.DataFrame, categorical: tuple[str, ...], use_description: bool) -> list[str]:
+    """Title plus metadata as words (field=value tokens) for the TF-IDF baseline."""
+    texts = product_text(frame, use_description)
+    out = []
+    for i, (_, row) in enumerate(frame.iterrows()):
+        meta = [f"{f}={str(row.get(f, '')).replace(' ', '_').lower()}" for f in categorical if row.get(f, "")]
+        meta += [t.replace(" ", "_") for t in attribute_tokens(str(row.get("articleAttributes", "")))]
+        out.append(f"{texts[i]} {' '.join(meta)}")
+    return out
+
+
+def _vocab(counter: Counter, min_count: int) -> dict[str, int]:
+    kept = sorted(t for t, c in counter.items() if c >= min_count)
+    return {t: i + 2 for i, t in enumerate(kept)}  # 0 = pad, 1 = unknown
+
+
+@dataclass
+class Encoders:
+    """Everything needed to turn a raw catalog row into model inputs, and indices into labels."""
+
+    max_title_tokens: int
+    max_attr_tokens: int
+    use_description: bool
+    vocab: dict[str, int]
+    attr_vocab: dict[str, int]
+    categorical: dict[str, dict[str, int]]  # field -> value -> id (0 = missing/unknown)
+    numeric: dict[str, tuple[float, float]]  # field -> (mean, std) of the transformed value
+    labels: dict[str, list[str]]  # level -> class names (index = class id)
+    taxonomy: list[tuple[str, str, str]]  # (master, sub, article) paths seen in training
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Encoders:
+        d = dict(d)
+        d["numeric"] = {k: tuple(v) for k, v in d["numeric"].items()}
+        d["taxonomy"] = [tuple(p) for p in d["taxonomy"]]
+        return cls(**d)
+
+
+def _numeric_transform(field: str, values: pd.Series) -> np.ndarray:
+    v = pd.to_numeric(values, errors="coerce").astype(float).to_numpy()
+    # Prices span 50..30,000 INR: log scale keeps them comparable.
+    return np.log1p(np.clip(v, 0, None)) if "price" in field.lower() else v
+
+
+def fit_encoders(train: pd.DataFrame, p: FeaturesParams, all_labels: pd.DataFrame) -> Encoders:
+    """Fit on train rows only; label sets come from the curated table (validate ensures all are in train)."""
+    bad = sorted(set(p.categorical + p.numeric) & set(p.forbidden))
+    if bad:
+        raise FeatureError(f"params.features: {bad} are listed as features but are forbidden "
+                           "(parent category levels or fields that restate them)")
+    tok = Counter(t for text in product_text(train, p.use_description) for t in tokenize(text))
+    attr = Counter(t for raw in train["articleAttributes"] for t in attribute_tokens(raw))
+    categorical = {}
+    for f in p.categorical:
+        vals = sorted(v for v in train[f].astype(str).unique() if v)
+        categorical[f] = {v: i + 1 for i, v in enumerate(vals)}
+    numeric = {}
+    for f in p.numeric:
+        v = _numeric_transform(f, train[f])
+        mean, std = float(np.nanmean(v)), float(np.nanstd(v))
+        numeric[f] = (mean if np.isfinite(mean) else 0.0, std if std > 0 else 1.0)
+    labels = {lvl: sorted(all_labels[lvl].unique().tolist()) for lvl in LEVELS}
+    taxonomy = sorted({tuple(r) for r in train[list(LEVELS)].itertuples(index=False)})
+    return Encoders(p.max_title_tokens, p.max_attr_tokens, p.use_description, _vocab(tok, p.min_token_count),
+                    _vocab(attr, p.min_token_count), categorical, numeric, labels, taxonomy)
+
+
+def _pad(seqs: list[list[int]], length: int) -> np.ndarray:
+    out = np.zeros((len(seqs), length), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        s = s[:length]
+        out[i, : len(s)] = s
+    return out
+
+
+def encode_frame(frame: pd.DataFrame, enc: Encoders) -> dict[str, np.ndarray]:
+    """Raw catalog rows -> model input arrays. Missing columns count as missing values."""
+    n = len(frame)
+
+    def col(name: str) -> pd.Series:
+        return frame[name] if name in frame else pd.Series([""] * n, index=frame.index)
+
+    texts = product_text(frame.assign(**{TITLE: col(TITLE)}), enc.use_description)
+    tokens = _pad([[enc.vocab.get(t, UNK) for t in tokenize(x)] for x in texts], enc.max_title_tokens)
+    attrs = _pad([[enc.attr_vocab.get(t, UNK) for t in attribute_tokens(str(r))] for r in
+                  col("articleAttributes").fillna("")], enc.max_attr_tokens)
+    cat = np.stack([col(f).fillna("").astype(str).map(lambda v, m=m: m.get(v, 0)).to_numpy(np.int64)
+                    for f, m in enc.categorical.items()], axis=1) if enc.categorical else np.zeros((n, 0))
+    nums, missing = [], []
+    for f, (mean, std) in enc.numeric.items():
+        v = _numeric_transform(f, col(f).replace("", np.nan))
+        missing.append(np.isnan(v))
+        nums.append(np.where(np.isnan(v), 0.0, (v - mean) / std))
+    num = np.concatenate([np.stack(nums, 1), np.stack(missing, 1)], axis=1).astype(np.float32)
+    return {"tokens": tokens, "attrs": attrs, "cat": cat.astype(np.int64), "num": num}
+
+
+def encode_labels(frame: pd.DataFrame, enc: Encoders) -> np.ndarray:
+    """(N, 3) class ids for the three levels; -1 where a label is unknown to the encoders."""
+    cols = []
+    for lvl in LEVELS:
+        index = {c: i for i, c in enumerate(enc.labels[lvl])}
+        cols.append(frame[lvl].map(lambda v, ix=index: ix.get(v, -1)).to_numpy(np.int64))
+    return np.stack(cols, axis=1)
+
+
+def run(params: Params) -> dict:
+    df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
+    train = df[df["split"] == "train"]
+    enc = fit_encoders(train, params.features, df)
+    arrays = encode_frame(df, enc)
+    arrays["labels"] = encode_labels(df, enc)
+    arrays["has_image"] = df["has_image"].to_numpy(bool)
+    arrays["split"] = df["split"].map({"train": 0, "val": 1, "test": 2}).to_numpy(np.int8)
+    arrays["group"] = pd.factorize(df["group"])[0].astype(np.int64)
+    summary = {"vocab_size": len(enc.vocab) + 2, "attr_vocab_size": len(enc.attr_vocab) + 2,
+               **{f"classes_{lvl}": len(enc.labels[lvl]) for lvl in LEVELS},
+               "taxonomy_paths": len(enc.taxonomy)}
+    with atomic_dir(params.paths.features) as tmp:
+        write_json(tmp / "encoders.json", enc.to_dict())
+        np.savez(tmp / "features.npz", **arrays)
+        write_json(tmp / "summary.json", summary)
+    log.info("features: %s", summary)
+    return summary
+
+
+def load_encoders(folder: str | Path) -> Encoders:
+    with (Path(folder) / "encoders.json").open(encoding="utf-8") as fh:
+        return Encoders.from_dict(json.load(fh))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    run(load_params())
+
+
+if __name__ == "__main__":
+    main()

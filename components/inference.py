@@ -1,0 +1,105 @@
+"""Categorize raw products with a trained checkpoint: the one serving path (predict CLI, pyfunc, search).
+
+Rows go through the same `features.encode_frame` and `images.decode_image` as training.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.catalog import LEVELS
+from components.checkpoint import load_checkpoint
+from components.data import Arrays
+from components.features import Encoders, encode_frame
+from components.images import ImageError, decode_image
+from components.models.fusion import FusionModel
+from components.training import predict_arrays, select_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageBatch:
+    pixels: np.ndarray  # (N, H, W, 3) uint8
+    status: list[str]  # "ok", "no_image" or "corrupt_image: why"
+
+
+def load_images(sources: list[object], height: int, width: int) -> ImageBatch:
+    """Decode each source: bytes, a base64 string, a file path, or empty/None for no image."""
+    pixels = np.zeros((len(sources), height, width, 3), dtype=np.uint8)
+    status = []
+    for i, src in enumerate(sources):
+        try:
+            data = _read_source(src)
+            if data is None:
+                status.append("no_image")
+                continue
+            pixels[i] = decode_image(data, height, width)
+            status.append("ok")
+        except ImageError as exc:
+            status.append(f"corrupt_image: {exc}")
+    return ImageBatch(pixels, status)
+
+
+def _read_source(src: object) -> bytes | None:
+    if src is None or (isinstance(src, float) and np.isnan(src)):
+        return None
+    if isinstance(src, (bytes, bytearray)):
+        return bytes(src)
+    if not isinstance(src, str) or not src.strip():
+        return None
+    s = src.strip()
+    if len(s) < 1024 and Path(s).is_file():
+        return Path(s).read_bytes()
+    if len(s) < 1024 and ("/" in s or s.lower().endswith((".jpg", ".jpeg", ".png"))):
+        return None  # a path that does not exist: the product has no image
+    try:
+        return base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ImageError(f"image is neither an existing path nor valid base64 ({exc})") from exc
+
+
+class Categorizer:
+    """A loaded model plus its encoders; turns catalog rows into predictions and embeddings."""
+
+    def __init__(self, model: FusionModel, encoders: Encoders, meta: dict, device: torch.device,
+                 image_size: tuple[int, int]) -> None:
+        self.model, self.encoders, self.meta, self.device = model, encoders, meta, device
+        self.image_size = image_size
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Categorizer:
+        dev = select_device(device)
+        model, enc, meta = load_checkpoint(path, dev)
+        size = tuple(meta.get("image_size", (80, 64)))
+        return cls(model, enc, meta, dev, size)
+
+    def arrays(self, frame: pd.DataFrame, images: ImageBatch) -> Arrays:
+        feats = encode_frame(frame, self.encoders)
+        n = len(frame)
+        return Arrays(tokens=feats["tokens"], attrs=feats["attrs"], cat=feats["cat"], num=feats["num"],
+                      images=images.pixels, has_image=np.array([s == "ok" for s in images.status]),
+                      labels=np.full((n, 3), -1, dtype=np.int64), group=np.arange(n, dtype=np.int64))
+
+    def predict(self, frame: pd.DataFrame, images: ImageBatch, batch_size: int = 256,
+                embeddings: bool = False) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+        """Predictions table (id, level, level_confidence, status) and optional embeddings."""
+        a = self.arrays(frame, images)
+        out = predict_arrays(self.model, a, batch_size, self.device, embeddings=embeddings)
+        pred = pd.DataFrame({"id": frame["id"].to_numpy() if "id" in frame else np.arange(len(frame))})
+        for lvl, probs in zip(LEVELS, out["probs"]):
+            names = np.asarray(self.encoders.labels[lvl], dtype=object)
+            pred[lvl] = names[probs.argmax(1)] if len(probs) else []
+            pred[f"{lvl}_confidence"] = probs.max(1).round(4) if len(probs) else []
+        pred["status"] = [s.split(":")[0] if s != "ok" else "ok" for s in images.status]
+        embs = out.get("embeddings", {})
+        if embeddings and "image" in embs:
+            embs["image"] = np.where(a.has_image[:, None], embs["image"], np.nan).astype(np.float32)
+        return pred, embs

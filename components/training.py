@@ -1,0 +1,174 @@
+"""The training loop shared by the neural baselines and the fusion model.
+
+Device selection (CUDA + mixed precision on GPU workers, CPU otherwise), seeded shuffling, modality
+dropout, early stopping on validation articleType macro-F1, and a progress bar.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from tqdm import tqdm
+
+from components.config import TrainParams
+from components.data import Arrays, augment_images, iterate
+from components.models.fusion import MODALITIES, FusionModel
+from components.models.losses import total_loss
+
+log = logging.getLogger(__name__)
+
+
+def select_device(preference: str) -> torch.device:
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device(preference)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def modality_dropout(batch_size: int, p: float, gen: torch.Generator, active: tuple[str, ...]) -> torch.Tensor:
+    """(B, 3) bool: which modalities a row keeps; at least one active modality always stays."""
+    keep = torch.rand(batch_size, 3, generator=gen) >= p
+    act = torch.tensor([m in active for m in MODALITIES])
+    keep &= act
+    none = ~keep.any(1)
+    if none.any():
+        first = int(act.nonzero()[0])
+        # Prefer text when it is active: it is the modality every product listing has.
+        fallback = MODALITIES.index("text") if "text" in active else first
+        keep[none, fallback] = True
+    return keep | ~act  # inactive modalities are ignored by the model anyway
+
+
+@torch.no_grad()
+def predict_arrays(model: FusionModel, a: Arrays, batch_size: int, device: torch.device,
+                   present: tuple[bool, bool, bool] | None = None, embeddings: bool = False) -> dict:
+    """Fused class probabilities per level (and optionally embeddings) for every row of `a`."""
+    model.eval()
+    probs: list[list[np.ndarray]] = [[], [], []]
+    embs: dict[str, list[np.ndarray]] = {}
+    for batch in iterate(a, batch_size, device):
+        if present is not None:
+            batch["present"] = torch.tensor(present, device=device).expand(len(batch["tokens"]), 3)
+        with _autocast(device):
+            feats = model.forward_features(batch)
+        for lvl, lg in enumerate(model.classify(feats["fused"].float())):
+            probs[lvl].append(torch.softmax(lg.float(), 1).cpu().numpy())
+        if embeddings:
+            for k in (*model.cfg.modalities, "fused"):
+                embs.setdefault(k, []).append(feats[k].float().cpu().numpy())
+    out = {"probs": [np.concatenate(p) if p else np.zeros((0, 0)) for p in probs]}
+    if embeddings:
+        out["embeddings"] = {k: np.concatenate(v) for k, v in embs.items()}
+    return out
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def macro_f1(y_true: np.ndarray, probs: np.ndarray) -> float:
+    valid = y_true >= 0
+    return float(f1_score(y_true[valid], probs[valid].argmax(1), average="macro"))
+
+
+@dataclass
+class FitResult:
+    best_state: dict
+    best_epoch: int
+    best_val_macro_f1: float
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    train_products_per_s: float = 0.0
+    peak_rss_mib: float = 0.0
+
+
+def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: int,
+        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+    device = select_device(tp.device)
+    if tp.num_threads:
+        torch.set_num_threads(tp.num_threads)
+    seed_everything(seed)
+    model.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
+    steps_per_epoch = -(-len(train) // tp.batch_size)
+    if tp.max_batches_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, tp.max_batches_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tp.lr, total_steps=tp.epochs * steps_per_epoch,
+                                                pct_start=0.15)
+    use_amp = tp.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    best = FitResult(copy.deepcopy(model.state_dict()), 0, -1.0)
+    bad_epochs, seen, t0 = 0, 0, time.perf_counter()
+    train_seconds = 0.0
+    for epoch in range(1, tp.epochs + 1):
+        model.train()
+        t_epoch, sums, n = time.perf_counter(), {}, 0
+        bar = tqdm(iterate(train, tp.batch_size, device, True, rng, tp.max_batches_per_epoch),
+                   total=steps_per_epoch, desc=f"epoch {epoch}/{tp.epochs}", mininterval=10, leave=False)
+        for batch in bar:
+            if tp.augment and "image" in model.towers:
+                batch["image"] = augment_images(batch["image"].cpu(), gen).to(device)
+            if tp.modality_dropout > 0:
+                batch["present"] = modality_dropout(len(batch["tokens"]), tp.modality_dropout, gen,
+                                                    model.cfg.modalities).to(device)
+            with _autocast(device):
+                feats = model.forward_features(batch)
+                loss, parts = total_loss(model, feats, batch, tp.losses, tp.level_weights)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+            seen += len(batch["tokens"])
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        train_seconds += time.perf_counter() - t_epoch
+        out = predict_arrays(model, val, tp.batch_size * 2, device)
+        val_f1 = macro_f1(val.labels[:, 2], out["probs"][2])
+        val_acc = float((out["probs"][2].argmax(1) == val.labels[:, 2]).mean())
+        row = {"epoch": epoch, "val_macro_f1": val_f1, "val_accuracy": val_acc,
+               "epoch_seconds": time.perf_counter() - t_epoch,
+               **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}}
+        best.history.append(row)
+        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+        if on_epoch:
+            on_epoch(row)
+        if val_f1 > best.best_val_macro_f1:
+            best.best_state = copy.deepcopy(model.state_dict())
+            best.best_epoch, best.best_val_macro_f1, bad_epochs = epoch, val_f1, 0
+        else:
+            bad_epochs += 1
+            if bad_epochs >= tp.patience:
+                log.info("early stop after epoch %d (best %d)", epoch, best.best_epoch)
+                break
+    model.load_state_dict(best.best_state)
+    best.seconds = time.perf_counter() - t0
+    best.train_products_per_s = seen / max(train_seconds, 1e-9)
+    best.peak_rss_mib = peak_rss_mib()
+    return best
