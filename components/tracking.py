@@ -142,3 +142,18 @@ def example_frame(frame: pd.DataFrame, image_root: Path, n: int = 2) -> pd.DataF
         if ex[c].dtype == object:
             ex[c] = ex[c].astype(str)
     return ex.reset_index(drop=True)
+
+
+def load_categorizer_uri(model_uri: str):
+    """Load a logged categorizer (models:/name@alias, runs:/…) and return its inference object."""
+    if not os.environ.get("MLFLOW_TRACKING_URI") and Path("params.yaml").is_file():
+        from components.config import load_params
+
+        configure(load_params())
+    try:
+        loaded = mlflow.pyfunc.load_model(model_uri)
+    except mlflow.exceptions.MlflowException as exc:
+        from components.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{model_uri}: cannot load from MLflow at {mlflow.get_tracking_uri()}: {exc}") from exc
+    return loaded.unwrap_python_model().categorizer

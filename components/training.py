@@ -147,7 +147,7 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
             seen += len(batch["tokens"])
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         train_seconds += time.perf_counter() - t_epoch
         out = predict_arrays(model, val, tp.batch_size * 2, device)
         val_f1 = macro_f1(val.labels[:, 2], out["probs"][2])

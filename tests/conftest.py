@@ -1,0 +1,120 @@
+"""Shared fixtures: synthetic catalogs made in the test, the real-data slice, the shrunken params."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.config import deep_merge, load_raw, params_from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+# (master, sub, article, colour of the synthetic product shot, shape)
+TAXONOMY = [
+    ("Apparel", "Topwear", "Tshirts", (200, 30, 30), "square"),
+    ("Apparel", "Topwear", "Shirts", (30, 30, 200), "square"),
+    ("Apparel", "Bottomwear", "Jeans", (30, 30, 120), "tall"),
+    ("Footwear", "Shoes", "Casual Shoes", (120, 80, 30), "wide"),
+    ("Footwear", "Shoes", "Sports Shoes", (30, 160, 30), "wide"),
+    ("Accessories", "Watches", "Watches", (90, 90, 90), "circle"),
+]
+BRANDS = ["Nike", "Puma", "Adidas", "Roadster", "Titan", "Fastrack"]
+COLOURS = ["Black", "Blue", "Red", "Green", "White"]
+
+TINY_OVERRIDES = {
+    "ingest": {"min_class_count": 3, "workers": 1},
+    "validate": {"min_rows": 10, "max_missing_image_share": 0.2},
+    "features": {"min_token_count": 1},
+    "model": {"backbone": "mobilenetv3_small_050", "embed_dim": 32, "text_dim": 16, "text_channels": 16,
+              "meta_dim": 8},
+    "train_baseline": {"tfidf": {"max_features": 5000}, "train": {"epochs": 2, "batch_size": 32,
+                                                                   "patience": 2}},
+    "train_fusion": {"train": {"epochs": 2, "batch_size": 32, "patience": 2}},
+    "evaluate": {"bootstrap": 20},
+}
+
+
+def product_image(colour: tuple[int, int, int], shape: str, rng: random.Random, size=(60, 80)) -> bytes:
+    img = Image.new("RGB", size, (255, 255, 255))
+    px = img.load()
+    w, h = size
+    jitter = rng.randint(-4, 4)
+    for y in range(h):
+        for x in range(w):
+            cx, cy = x - w / 2, y - h / 2 + jitter
+            inside = {"square": abs(cx) < 18 and abs(cy) < 18, "tall": abs(cx) < 10 and abs(cy) < 32,
+                      "wide": abs(cx) < 26 and abs(cy) < 10, "circle": cx * cx + cy * cy < 300}[shape]
+            if inside:
+                px[x, y] = tuple(max(0, min(255, c + rng.randint(-20, 20))) for c in colour)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_catalog(folder: Path, n: int = 120, seed: int = 0, comma_titles: int = 3, missing_images: int = 4,
+                 corrupt_images: int = 2, labeled: bool = True, start_id: int = 1000) -> Path:
+    """A catalog in the export layout: bare-comma styles.csv, quoted products.csv, images/<id>.jpg."""
+    rng = random.Random(seed)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    styles = ["id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"]
+    prows = []
+    for i in range(n):
+        pid = start_id + i
+        master, sub, article, colour, shape = TAXONOMY[i % len(TAXONOMY)]
+        brand, col = rng.choice(BRANDS), rng.choice(COLOURS)
+        gender = rng.choice(["Men", "Women"])
+        title = f"{brand} {gender} {col} {article} {pid}"
+        if i < comma_titles:
+            title = f"{brand} {gender}, {col}, {article} {pid}"
+        labels = f"{master},{sub},{article}" if labeled else ",,"
+        styles.append(f"{pid},{gender},{labels},{col},Summer,2015,Casual,{title}")
+        has_image = i >= comma_titles + missing_images or i < comma_titles
+        if has_image:
+            (folder / "images" / f"{pid}.jpg").write_bytes(product_image(colour, shape, rng))
+        prows.append({"id": pid, "image": f"images/{pid}.jpg" if has_image else "", "brandName": brand,
+                      "ageGroup": f"Adults-{gender}", "colour1": "NA", "colour2": "", "price": 500 + 10 * i,
+                      "discountedPrice": 450 + 10 * i, "catalogAddDate": 1420070400 + 86400 * i,
+                      "displayCategories": "Casual Wear", "variantName": article, "fashionType": "Fashion",
+                      "articleAttributes": json.dumps({"Fit": rng.choice(["Regular", "Slim"]), "Fabric": "NA"}),
+                      "description": f"A {col.lower()} {article.lower()}"})
+    for j in range(corrupt_images):
+        pid = start_id + n - 1 - j
+        (folder / "images" / f"{pid}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (folder / "styles.csv").write_text("\n".join(styles) + "\n", encoding="utf-8")
+    with (folder / "products.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(prows[0]))
+        writer.writeheader()
+        writer.writerows(prows)
+    return folder
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Path:
+    return make_catalog(tmp_path / "data")
+
+
+def tiny_raw(tmp: Path, raw_dir: Path, extra: dict | None = None) -> dict:
+    raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
+    paths = {k: str(tmp / "artifacts" / k) for k in ("ingest", "validate", "features", "train_baseline",
+                                                     "train_fusion", "evaluate")}
+    raw = deep_merge(raw, {"paths": {**paths, "raw": str(raw_dir), "mlflow_db": str(tmp / "mlflow.db")}})
+    return deep_merge(raw, extra or {})
+
+
+@pytest.fixture
+def tiny_params(tmp_path: Path, catalog: Path):
+    return params_from_dict(tiny_raw(tmp_path, catalog))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

@@ -1,0 +1,21 @@
+"""A small fusion model trained on a synthetic catalog (module scope: trained once, a few seconds)."""
+from __future__ import annotations
+
+import pytest
+
+from components import features, ingest, train_fusion
+from components.config import params_from_dict
+from tests.conftest import make_catalog, tiny_raw
+
+
+@pytest.fixture(scope="package")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    data = make_catalog(tmp / "data", n=180, seed=1)
+    params = params_from_dict(tiny_raw(tmp, data, {
+        "train_fusion": {"init_image_from_baseline": False,
+                         "train": {"epochs": 8, "patience": 8, "lr": 3.0e-3, "batch_size": 32}}}))
+    ingest.run(params)
+    features.run(params)
+    metrics = train_fusion.run(params)
+    return params, data, metrics

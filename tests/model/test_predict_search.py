@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components import predict, search
+from components.catalog import CatalogError
+from components.inference import Categorizer
+from tests.conftest import make_catalog
+
+
+def ckpt(params) -> Path:
+    return Path(params.paths.train_fusion) / "model" / "model.pt"
+
+
+def test_trained_model_learned_the_synthetic_task(trained):
+    _, _, metrics = trained
+    assert metrics["val_article_accuracy"] > 0.8
+
+
+def test_predict_unlabeled_folder_with_missing_and_corrupt_images(trained, tmp_path):
+    params, _, _ = trained
+    new = make_catalog(tmp_path / "new", n=24, seed=7, labeled=False, start_id=5000)
+    styles = new / "styles.csv"
+    styles.write_text(styles.read_text() + "abc,Men,,,,Black,Summer,2015,Casual,Broken id row\n")
+    out = tmp_path / "pred.csv"
+    rc = predict.main([str(new), "--output", str(out), "--model", str(ckpt(params)),
+                       "--embeddings", str(tmp_path / "emb.npz")])
+    assert rc == 0
+    pred = pd.read_csv(out)
+    assert len(pred) == 25 and pred["id"].astype(str).str.len().gt(0).all()
+    status = pred.set_index(pred["id"].astype(str))["status"]
+    assert status["5004"] == "no_image" and status["5023"] == "corrupt_image" and status["5010"] == "ok"
+    assert status["abc"].startswith("rejected: bad_id")
+    ok = pred[pred["status"].isin(["ok", "no_image", "corrupt_image"])]
+    assert ok["articleType"].notna().all() and ok["articleType_confidence"].between(0, 1).all()
+    # Products without image are still categorized from text + metadata.
+    assert pred.set_index("id").loc["5004", "articleType"] == "Sports Shoes"  # i=4 in TAXONOMY
+    emb = np.load(tmp_path / "emb.npz")
+    assert emb["image"].shape == emb["text"].shape == (24, 32)
+    assert np.isnan(emb["image"][4]).all() and np.allclose(np.linalg.norm(emb["text"], axis=1), 1, atol=1e-4)
+
+
+def test_labels_present_in_the_batch_are_never_used(trained, tmp_path):
+    params, _, _ = trained
+    a = make_catalog(tmp_path / "a", n=12, seed=3, start_id=7000)
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    lines = (b / "styles.csv").read_text().splitlines()
+    lines = [lines[0]] + [ln.replace("Apparel,Topwear,Tshirts", "Footwear,Shoes,Watches") for ln in lines[1:]]
+    (b / "styles.csv").write_text("\n".join(lines) + "\n")
+    cat = Categorizer.from_checkpoint(ckpt(params))
+    pa, _ = predict.categorize(a, cat, progress=False)
+    pb, _ = predict.categorize(b, cat, progress=False)
+    pd.testing.assert_frame_equal(pa, pb)
+
+
+def test_bad_folder_is_a_clear_error(trained, tmp_path, capsys):
+    params, _, _ = trained
+    (tmp_path / "empty").mkdir()
+    rc = predict.main([str(tmp_path / "empty"), "--output", str(tmp_path / "p.csv"), "--model", str(ckpt(params))])
+    assert rc == 2 and "styles.csv" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+    with pytest.raises(CatalogError):
+        predict.categorize(tmp_path / "nope", Categorizer.from_checkpoint(ckpt(params)))
+
+
+def test_search_finds_the_product_by_its_own_title_and_image(trained, tmp_path):
+    params, data, _ = trained
+    cat = Categorizer.from_checkpoint(ckpt(params))
+    index = search.build_index(data, cat)
+    titles = pd.read_csv(data / "products.csv")  # ids
+    pid = int(titles["id"].iloc[20])
+    title = next(ln.split(",", 9)[9] for ln in (data / "styles.csv").read_text().splitlines()
+                 if ln.startswith(f"{pid},"))
+    hits = search.top_k(index, search.embed_text(cat, title), 5)
+    assert int(hits["id"].iloc[0]) == pid
+    hits = search.top_k(index, search.embed_image(cat, data / "images" / f"{pid}.jpg"), 5)
+    assert pid in hits["id"].tolist()
+
+
+def test_search_cli_round_trip(trained, tmp_path, capsys):
+    params, data, _ = trained
+    idx = tmp_path / "index.npz"
+    assert search.main(["--build", str(data), "--index", str(idx), "--model", str(ckpt(params))]) == 0
+    assert search.main(["--text", "Nike Men Black Watches", "--index", str(idx), "--model",
+                        str(ckpt(params)), "-k", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "score" in out and len(out.strip().splitlines()) == 5  # build line, header, 3 hits
+
+
+def test_pyfunc_input_accepts_base64_images(trained):
+    from components.tracking import CategorizerModel
+
+    params, data, _ = trained
+    m = CategorizerModel()
+    m.load_from(ckpt(params))
+    b64 = base64.b64encode((data / "images" / "1010.jpg").read_bytes()).decode()
+    out = m.predict(None, pd.DataFrame({"id": [1010], "productDisplayName": ["Puma Men Red Tshirts"],
+                                        "image": [b64]}))
+    assert out.loc[0, "status"] == "ok" and out.loc[0, "articleType"] in {"Tshirts", "Shirts", "Jeans",
+                                                                          "Casual Shoes", "Sports Shoes",
+                                                                          "Watches", "Other"}

@@ -1,0 +1,72 @@
+"""Every metric against a case computed by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from components import metrics as M
+
+
+def test_classification_by_hand():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0, 1, 1, 1])
+    r = M.classification(y, p)
+    assert r["accuracy"] == 0.75
+    # class 0: P=1, R=0.5, F1=2/3; class 1: P=2/3, R=1, F1=0.8
+    assert r["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+    assert r["weighted_f1"] == pytest.approx((2 / 3 + 0.8) / 2)  # equal supports
+
+
+def test_bootstrap_ci_brackets_the_point_estimate_and_collapses_when_perfect():
+    y = np.arange(50) % 5
+    ci = M.bootstrap_ci(y, y, n=50, seed=0)
+    assert ci["accuracy"] == (1.0, 1.0)
+    p = y.copy()
+    p[:10] = (p[:10] + 1) % 5
+    ci = M.bootstrap_ci(y, p, n=200, seed=0)
+    assert ci["accuracy"][0] < 0.8 < ci["accuracy"][1]
+
+
+def test_bands_and_band_f1():
+    bands = M.frequency_bands({0: 600, 1: 150, 2: 10}, head=500, tail=100)
+    assert bands == {0: "head", 1: "torso", 2: "tail"}
+    y, p = np.array([0, 0, 1, 2]), np.array([0, 0, 1, 1])
+    f = M.band_f1(y, p, bands)
+    assert f == {"head": 1.0, "torso": pytest.approx(2 / 3), "tail": 0.0}
+
+
+def test_ece_by_hand():
+    conf = np.array([0.9, 0.9, 0.6, 0.6])
+    correct = np.array([1, 0, 1, 1], dtype=bool)
+    # bin (0.8,0.9]: acc 0.5 vs conf 0.9 -> 0.4 * 0.5 weight; bin (0.5,0.6]: acc 1 vs 0.6 -> 0.4 * 0.5
+    assert M.expected_calibration_error(conf, correct, bins=10) == pytest.approx(0.4)
+
+
+def test_coverage_at_precision_by_hand():
+    conf = np.array([0.99, 0.98, 0.97, 0.5, 0.4])
+    correct = np.array([1, 1, 1, 0, 1], dtype=bool)
+    r = M.coverage_at_precision(conf, correct, 0.99)
+    assert r["coverage"] == 0.6 and r["threshold"] == 0.97 and r["review_per_10k"] == 4000
+    r = M.coverage_at_precision(conf, correct, 0.8)
+    assert r["coverage"] == 1.0  # 4/5 correct overall
+    assert M.coverage_at_precision(conf, ~correct, 0.99)["coverage"] == 0.0
+
+
+def test_hierarchy_consistency():
+    tax = {("A", "a", "x"), ("A", "b", "y")}
+    assert M.hierarchy_consistency([("A", "a", "x"), ("A", "a", "y")], tax) == 0.5
+
+
+def test_retrieval_with_several_correct_items():
+    items = np.eye(4)
+    queries = np.array([[1.0, 0, 0, 0], [0, 0.1, 0.9, 0], [0, 0, 0, 1.0]])
+    rel = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1]], dtype=bool)
+    r = M.retrieval(queries, items, rel, (1, 2))
+    # q0 rank 1; q1 relevant item 1 scores 0.1 < 0.9 -> rank 2; q2 item 3 (relevant) ranks first.
+    assert r["recall_at_1"] == pytest.approx(2 / 3) and r["recall_at_2"] == 1.0
+    assert r["mrr"] == pytest.approx((1 + 0.5 + 1) / 3)
+
+
+def test_relevance_identical_title_or_image():
+    rel = M.relevance(np.array(["a", "a", "b", "c"]), np.array(["m1", "m2", "m2", ""]))
+    assert rel[0, 1] and rel[1, 2] and not rel[0, 2] and not rel[3, 0] and rel[3, 3]

@@ -1,0 +1,163 @@
+"""Model contracts on random tensors, the losses, one-batch overfit and checkpoint round trips."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from components.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from components.features import Encoders
+from components.models import ModelConfig, build_model
+from components.models.losses import contrastive_loss, hierarchy_similarity, semantic_loss, total_loss
+from components.config import LossWeights
+
+N_CLASSES = (3, 4, 6)
+ALL = LossWeights(fused_ce=1.0, modality_ce=0.5, semantic=0.2, gap=0.1, contrastive=0.2)
+
+
+def cfg(modalities=("image", "text", "metadata"), backbone="mobilenetv3_small_050") -> ModelConfig:
+    return ModelConfig(modalities=modalities, backbone=backbone, embed_dim=32, text_dim=16, text_channels=16,
+                       text_kernels=(1, 2, 3), meta_dim=8, dropout=0.0, vocab_size=50, attr_vocab_size=20,
+                       cardinalities=(3, 5), n_numeric=4, n_classes=N_CLASSES)
+
+
+def batch(b=8, seed=0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(2, 50, (b, 10), generator=g)
+    tokens[:, 7:] = 0
+    labels = torch.stack([torch.randint(0, n, (b,), generator=g) for n in N_CLASSES], 1)
+    return {"image": torch.randint(0, 256, (b, 80, 64, 3), dtype=torch.uint8, generator=g), "tokens": tokens,
+            "attrs": torch.randint(0, 20, (b, 5), generator=g), "cat": torch.randint(0, 3, (b, 2), generator=g),
+            "num": torch.randn(b, 4, generator=g), "has_image": torch.ones(b, dtype=torch.bool),
+            "labels": labels, "group": torch.arange(b)}
+
+
+@pytest.mark.parametrize("modalities", [("image",), ("text",), ("metadata",), ("image", "text", "metadata")])
+def test_contract_shapes_and_unit_norm(modalities):
+    model = build_model(cfg(modalities)).eval()
+    feats = model.forward_features(batch())
+    for m in (*modalities, "fused"):
+        assert feats[m].shape == (8, 32)
+        assert torch.allclose(feats[m].norm(dim=1), torch.ones(8), atol=1e-4)
+    logits = model(batch())["fused"]
+    assert [lg.shape for lg in logits] == [(8, n) for n in N_CLASSES]
+
+
+@pytest.mark.parametrize("backbone", ["mobilenetv3_small_050", "resnet10t"])
+def test_image_tower_any_timm_backbone(backbone):
+    model = build_model(cfg(("image",), backbone)).eval()
+    assert model.forward_features(batch(2))["image"].shape == (2, 32)
+
+
+def test_missing_image_and_empty_title_are_handled():
+    model = build_model(cfg()).eval()
+    b = batch()
+    b["has_image"][:4] = False
+    b["tokens"][4:] = 0
+    feats = model.forward_features(b)
+    assert not feats["present_image"][:4].any() and not feats["present_text"][4:].any()
+    assert torch.isfinite(feats["fused"]).all()
+    # Without an image, the fused embedding must not depend on the (garbage) pixels.
+    b2 = {k: v.clone() for k, v in b.items()}
+    b2["image"][:4] = 0
+    assert torch.allclose(model.forward_features(b2)["fused"][:4], feats["fused"][:4], atol=1e-5)
+
+
+def test_all_losses_are_finite_and_reach_every_tower():
+    model = build_model(cfg()).train()
+    b = batch()
+    loss, parts = total_loss(model, model.forward_features(b), b, ALL, (0.3, 0.5, 1.0))
+    assert set(parts) == {"fused_ce", "modality_ce", "semantic", "gap", "contrastive"}
+    loss.backward()
+    for name in ("towers.image.proj.1.weight", "towers.text.embed.weight", "towers.metadata.mlp.0.weight",
+                 "logit_scale"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+
+
+def test_loss_terms_by_hand():
+    labels = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 1, 2], [1, 2, 3]])
+    sim = hierarchy_similarity(labels)
+    assert sim[0, 1] == pytest.approx(2 / 3) and sim[0, 2] == pytest.approx(1 / 3) and sim[0, 3] == 0
+    e = torch.nn.functional.normalize(torch.randn(4, 8), dim=1)
+    assert semantic_loss(e, labels) >= 0
+    # Perfectly aligned pairs with a sharp temperature give ~0 contrastive loss.
+    eye = torch.eye(4, 8)
+    assert contrastive_loss(eye, eye, torch.arange(4), torch.tensor(4.6)) < 1e-3
+    # Rows 0 and 1 are one product listed twice. With one-hot targets the loss prefers pushing the two
+    # listings apart; with the group as positives it prefers them together.
+    dup, distinct = eye[[0, 0, 2, 3]], eye
+    groups, scale = torch.tensor([0, 0, 1, 2]), torch.tensor(2.0)
+    assert contrastive_loss(dup, dup, torch.arange(4), scale) > contrastive_loss(distinct, distinct,
+                                                                                  torch.arange(4), scale)
+    assert contrastive_loss(dup, dup, groups, scale) < contrastive_loss(distinct, distinct, groups, scale)
+
+
+def test_one_batch_overfit():
+    torch.manual_seed(0)
+    model = build_model(cfg(("text", "metadata"))).train()
+    b = batch(16)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss, _ = total_loss(model, model.forward_features(b), b, ALL, (1.0, 1.0, 1.0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    preds = [lg.argmax(1) for lg in model(b)["fused"]]
+    for lvl, p in enumerate(preds):
+        assert (p == b["labels"][:, lvl]).float().mean() == 1.0
+
+
+def encoders() -> Encoders:
+    return Encoders(10, 5, False, {"a": 2}, {"fit=slim": 2}, {"gender": {"Men": 1}, "usage": {"Casual": 1}},
+                    {"price": (6.0, 1.0), "year": (2014.0, 2.0)},
+                    {"masterCategory": ["A", "B", "C"], "subCategory": list("abcd"),
+                     "articleType": list("uvwxyz")}, [("A", "a", "u")])
+
+
+def test_checkpoint_round_trip_is_exact(tmp_path):
+    model = build_model(cfg()).eval()
+    save_checkpoint(tmp_path / "m.pt", model, encoders(), {"image_size": [80, 64]})
+    loaded, enc, meta = load_checkpoint(tmp_path / "m.pt")
+    b = batch()
+    with torch.no_grad():
+        a, c = model.forward_features(b)["fused"], loaded.forward_features(b)["fused"]
+    assert torch.allclose(a, c) and enc.labels["articleType"] == list("uvwxyz") and meta["image_size"] == [80, 64]
+
+
+def test_checkpoint_errors_are_clear(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    torch.save({"weights": np.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a deepfusion-checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+
+
+def test_pretrained_path_must_exist():
+    with pytest.raises(FileNotFoundError, match="pretrained_path"):
+        build_model(cfg(("image",)), pretrained_path="/nonexistent/weights.safetensors")
+
+
+def test_local_pretrained_weights_are_loaded(tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    ref = timm.create_model("mobilenetv3_small_050", num_classes=0)
+    save_file(ref.state_dict(), str(tmp_path / "w.safetensors"))
+    model = build_model(cfg(("image",)), pretrained_path=str(tmp_path / "w.safetensors"))
+    k = "conv_stem.weight"
+    assert torch.equal(model.towers["image"].backbone.state_dict()[k], ref.state_dict()[k])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_amp_forward_backward():
+    from components.training import _autocast
+
+    model = build_model(cfg()).cuda().train()
+    b = {k: v.cuda() for k, v in batch().items()}
+    with _autocast(torch.device("cuda")):
+        loss, _ = total_loss(model, model.forward_features(b), b, ALL, (1.0, 1.0, 1.0))
+    loss.backward()
+    assert torch.isfinite(loss)
