@@ -136,7 +136,21 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class TrackingParams:
     experiment: str
+
+
+@dataclass(frozen=True)
+class Floors:
+    masterCategory: float
+    subCategory: float
+    articleType: float
+
+
+@dataclass(frozen=True)
+class RegistryParams:
     model_name: str
+    min_gain: float
+    max_level_regression: float
+    floors: Floors
 
 
 @dataclass(frozen=True)
@@ -151,6 +165,7 @@ class Params:
     train_fusion: TrainFusionParams
     evaluate: EvaluateParams
     tracking: TrackingParams
+    registry: RegistryParams
     levels: tuple[str, ...] = field(default=("masterCategory", "subCategory", "articleType"))
 
 

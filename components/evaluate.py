@@ -95,10 +95,13 @@ def run(params: Params) -> dict:
 
     probs: dict[str, list[np.ndarray]] = {}
     base = Path(params.paths.train_baseline)
-    if (base / "tfidf" / "model.joblib").is_file():
+    if (base / "tfidf" / "model.joblib").is_file():  # the classical baseline every model is compared with
         tfidf = joblib.load(base / "tfidf" / "model.joblib")
         probs["tfidf"] = tfidf.predict_proba(frame, [len(enc.labels[lvl]) for lvl in LEVELS])
     for m in params.train_baseline.modalities:
+        if not (base / m / "model.pt").is_file():
+            log.warning("no %s baseline at %s: left out of the comparison", m, base / m)
+            continue
         model, _, _ = load_checkpoint(base / m / "model.pt", device)
         probs[f"{m}-only"] = predict_arrays(model, test, 256, device)["probs"]
     fusion, _, _ = load_checkpoint(Path(params.paths.train_fusion) / "model" / "model.pt", device)
@@ -108,7 +111,8 @@ def run(params: Params) -> dict:
 
     results = {name: score_model(pr, y, p, params.seed, bands) for name, pr in probs.items()}
     results["fusion"]["business"] = business_view(probs["fusion"], y, enc, p)
-    results["tfidf"]["business"] = business_view(probs["tfidf"], y, enc, p) if "tfidf" in probs else {}
+    if "tfidf" in probs:
+        results["tfidf"]["business"] = business_view(probs["tfidf"], y, enc, p)
     results["fusion"]["retrieval"] = retrieval_view(fusion, test, frame, p.retrieval_k, device)
     results["test_products"] = int(len(y))
 

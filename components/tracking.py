@@ -144,12 +144,14 @@ def example_frame(frame: pd.DataFrame, image_root: Path, n: int = 2) -> pd.DataF
     return ex.reset_index(drop=True)
 
 
-def load_categorizer_uri(model_uri: str):
+def load_categorizer_uri(model_uri: str, params: Params | None = None):
     """Load a logged categorizer (models:/name@alias, runs:/…) and return its inference object."""
-    if not os.environ.get("MLFLOW_TRACKING_URI") and Path("params.yaml").is_file():
+    if params is None and Path("params.yaml").is_file():
         from components.config import load_params
 
-        configure(load_params())
+        params = load_params()
+    if params is not None:
+        configure_registry(params)
     try:
         loaded = mlflow.pyfunc.load_model(model_uri)
     except mlflow.exceptions.MlflowException as exc:
@@ -157,3 +159,98 @@ def load_categorizer_uri(model_uri: str):
 
         raise CheckpointError(f"{model_uri}: cannot load from MLflow at {mlflow.get_tracking_uri()}: {exc}") from exc
     return loaded.unwrap_python_model().categorizer
+
+
+# ---- Model registry primitives (aliases, tags); the promotion logic lives in components/registry.py ----
+
+class RegistryError(RuntimeError):
+    """The registry cannot be reached or refused an operation; nothing was changed by us."""
+
+
+def client(params: Params) -> Any:
+    configure_registry(params)
+    return mlflow.MlflowClient(tracking_uri=tracking_uri(params), registry_uri=tracking_uri(params))
+
+
+def configure_registry(params: Params) -> None:
+    mlflow.set_tracking_uri(tracking_uri(params))
+    mlflow.set_registry_uri(tracking_uri(params))
+
+
+@contextlib.contextmanager
+def registry_errors(params: Params, action: str) -> Iterator[None]:
+    """Turn connection/registry failures into one clear RegistryError."""
+    try:
+        yield
+    except mlflow.exceptions.MlflowException as exc:
+        raise RegistryError(f"{action} failed against {tracking_uri(params)}: {exc.message}") from exc
+    except (ConnectionError, OSError) as exc:
+        raise RegistryError(f"{action}: registry at {tracking_uri(params)} is unreachable ({exc}); "
+                            "check MLFLOW_TRACKING_URI and that the server is up") from exc
+
+
+def register_checkpoint(params: Params, checkpoint: Path, example: pd.DataFrame, tags: dict[str, str],
+                        run_name: str = "register") -> Any:
+    """Log the checkpoint as a pyfunc in a `register` run and create a new registered version."""
+    with training_run(params, run_name, {"stage": "register"}) as run:
+        run.log_metrics({k: float(v) for k, v in tags.items() if _is_number(v)})
+        model_uri = run.log_pyfunc(checkpoint, example)
+    mv = mlflow.register_model(model_uri, params.registry.model_name, tags=tags)
+    return mv
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def alias_version(c: Any, name: str, alias: str) -> str | None:
+    """Version number behind an alias, or None when the alias (or the model) does not exist."""
+    try:
+        return str(c.get_model_version_by_alias(name, alias).version)
+    except mlflow.exceptions.MlflowException as exc:
+        if _missing(exc):
+            return None
+        raise
+
+
+def _missing(exc: Exception) -> bool:
+    code = str(getattr(exc, "error_code", ""))
+    return "RESOURCE_DOES_NOT_EXIST" in code or "INVALID_PARAMETER_VALUE" in code and "not found" in str(exc)
+
+
+def version_tags(c: Any, name: str, version: str) -> dict[str, str]:
+    return dict(c.get_model_version(name, version).tags)
+
+
+def set_version_tags(c: Any, name: str, version: str, tags: dict[str, Any]) -> None:
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, str(v))
+
+
+def set_alias(c: Any, name: str, alias: str, version: str) -> None:
+    c.set_registered_model_alias(name, alias, version)
+
+
+def list_versions(c: Any, name: str) -> list[dict]:
+    try:
+        model = c.get_registered_model(name)
+    except mlflow.exceptions.MlflowException as exc:
+        if _missing(exc):
+            return []
+        raise
+    aliases: dict[str, list[str]] = {}
+    for alias, ver in (model.aliases or {}).items():
+        aliases.setdefault(str(ver), []).append(alias)
+    out = []
+    for mv in c.search_model_versions(f"name='{name}'"):
+        out.append({"version": str(mv.version), "aliases": sorted(aliases.get(str(mv.version), [])),
+                    "created": mv.creation_timestamp, "tags": dict(mv.tags)})
+    return sorted(out, key=lambda d: int(d["version"]))
+
+
+def model_uri(name: str, version: str) -> str:
+    return f"models:/{name}/{version}"

@@ -1,9 +1,9 @@
-"""A small fusion model trained on a synthetic catalog (module scope: trained once, a few seconds)."""
+"""A small fusion model trained on a synthetic catalog (package scope: trained once, ~30 s on CPU)."""
 from __future__ import annotations
 
 import pytest
 
-from components import features, ingest, train_fusion
+from components import evaluate, features, ingest, train_fusion, validate
 from components.config import params_from_dict
 from tests.conftest import make_catalog, tiny_raw
 
@@ -14,8 +14,11 @@ def trained(tmp_path_factory):
     data = make_catalog(tmp / "data", n=180, seed=1)
     params = params_from_dict(tiny_raw(tmp, data, {
         "train_fusion": {"init_image_from_baseline": False,
-                         "train": {"epochs": 8, "patience": 8, "lr": 3.0e-3, "batch_size": 32}}}))
+                         "train": {"epochs": 8, "patience": 8, "lr": 3.0e-3, "batch_size": 32}},
+        "registry": {"floors": {"masterCategory": 0.3, "subCategory": 0.3, "articleType": 0.3}}}))
     ingest.run(params)
+    validate.run(params)
     features.run(params)
     metrics = train_fusion.run(params)
+    evaluate.run(params)
     return params, data, metrics

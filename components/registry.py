@@ -1,0 +1,212 @@
+"""MLflow model registry workflow: register, promote (gate), rollback, status.
+
+    python -m components.registry register   # new version of registry.model_name, alias @challenger
+    python -m components.registry promote    # re-score challenger and champion, move @champion if better
+    python -m components.registry rollback   # @champion back to the previous champion
+    python -m components.registry status
+
+The gate's decision is a pure function (`decide`); every decision is recorded as tags on the version.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components import tracking
+from components.artifacts import read_json
+from components.catalog import LEVELS
+from components.config import Params, RegistryParams, load_params, params_to_dict
+from components.inference import ImageBatch
+from components.metrics import classification
+from components.neural_stage import data_md5
+from components.tracking import RegistryError
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reason: str
+
+
+def decide(challenger: dict[str, float], champion: dict[str, float] | None, validation_passed: bool,
+           p: RegistryParams) -> Decision:
+    """The promotion gate on macro-F1 per level, both models scored on the same evaluation data."""
+    if not validation_passed:
+        return Decision(False, "data validation did not pass for the challenger's training data")
+    floors = params_to_dict(p.floors)
+    below = [f"{lvl} {challenger[lvl]:.4f} < floor {floors[lvl]:.4f}" for lvl in LEVELS
+             if challenger[lvl] < floors[lvl]]
+    if below:
+        return Decision(False, "below absolute floors: " + "; ".join(below))
+    if champion is None:
+        return Decision(True, "first model meeting the floors becomes champion")
+    gain = challenger["articleType"] - champion["articleType"]
+    if gain < p.min_gain:
+        return Decision(False, f"articleType macro-F1 gain {gain:+.4f} < required {p.min_gain:+.4f}")
+    regressed = [f"{lvl} {challenger[lvl] - champion[lvl]:+.4f}" for lvl in LEVELS
+                 if champion[lvl] - challenger[lvl] > p.max_level_regression]
+    if regressed:
+        return Decision(False, "regresses beyond tolerance: " + "; ".join(regressed))
+    return Decision(True, f"articleType macro-F1 gain {gain:+.4f} >= {p.min_gain:+.4f}, no level regressed")
+
+
+def evaluation_data(params: Params) -> tuple[pd.DataFrame, ImageBatch]:
+    """The pipeline's test split, raw rows plus decoded images: both models are re-scored on it."""
+    src = Path(params.paths.ingest)
+    df = pd.read_parquet(src / "products.parquet")
+    idx = np.flatnonzero(df["split"].to_numpy() == "test")
+    cache = np.load(src / "images.npy", mmap_mode="r")
+    status = ["ok" if h else "no_image" for h in df["has_image"].to_numpy()[idx]]
+    return df.iloc[idx].reset_index(drop=True), ImageBatch(np.ascontiguousarray(cache[idx]), status)
+
+
+def rescore(params: Params, version: str, data: tuple[pd.DataFrame, ImageBatch]) -> dict[str, float]:
+    cat = tracking.load_categorizer_uri(tracking.model_uri(params.registry.model_name, version), params)
+    frame, images = data
+    pred, _ = cat.predict(frame, images)
+    return {lvl: classification(frame[lvl].to_numpy(), pred[lvl].to_numpy())["macro_f1"] for lvl in LEVELS}
+
+
+@contextlib.contextmanager
+def promotion_lock(params: Params) -> Iterator[None]:
+    """Serialise promotions on this host; the alias compare-and-set below guards across hosts."""
+    key = hashlib.sha1(tracking.tracking_uri(params).encode()).hexdigest()[:12]
+    path = Path("/tmp") / f"deepfusion-promote-{key}.lock"
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def register(params: Params) -> str:
+    ckpt = Path(params.paths.train_fusion) / "model" / "model.pt"
+    if not ckpt.is_file():
+        raise RegistryError(f"{ckpt} not found; run `dvc repro train_fusion` first")
+    evaluation = read_json(Path(params.paths.evaluate) / "metrics.json")
+    validation = read_json(Path(params.paths.validate) / "report.json")
+    fusion = evaluation["fusion"]
+    tags = {
+        "data_md5": data_md5(), "git_commit": git_commit(), "validation_passed": str(validation["success"]),
+        **{f"test_{lvl}_macro_f1": f"{fusion[lvl]['macro_f1']:.4f}" for lvl in LEVELS},
+        **{f"test_{lvl}_accuracy": f"{fusion[lvl]['accuracy']:.4f}" for lvl in LEVELS},
+        "params": json.dumps({"model": params_to_dict(params.model),
+                              "train_fusion": params_to_dict(params.train_fusion)})[:4900],
+    }
+    from components.tracking import example_frame
+
+    df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
+    example = example_frame(df[df.split == "val"], Path(params.paths.raw))
+    with tracking.registry_errors(params, "register"):
+        mv = tracking.register_checkpoint(params, ckpt, example, tags)
+        c = tracking.client(params)
+        tracking.set_alias(c, params.registry.model_name, CHALLENGER, str(mv.version))
+    print(f"registered {params.registry.model_name} v{mv.version} as @{CHALLENGER}")
+    return str(mv.version)
+
+
+def promote(params: Params) -> Decision:
+    name = params.registry.model_name
+    with promotion_lock(params), tracking.registry_errors(params, "promote"):
+        c = tracking.client(params)
+        chal = tracking.alias_version(c, name, CHALLENGER)
+        if chal is None:
+            raise RegistryError(f"{name} has no @{CHALLENGER}; run `python -m components.registry register`")
+        champ = tracking.alias_version(c, name, CHAMPION)
+        if champ == chal:
+            return Decision(False, f"v{chal} is already @{CHAMPION}")
+        data = evaluation_data(params)
+        chal_scores = rescore(params, chal, data)
+        champ_scores = rescore(params, champ, data) if champ else None
+        passed = tracking.version_tags(c, name, chal).get("validation_passed", "False") == "True"
+        decision = decide(chal_scores, champ_scores, passed, params.registry)
+        # Compare-and-set: another promotion may have moved the champion while we were scoring.
+        if tracking.alias_version(c, name, CHAMPION) != champ:
+            raise RegistryError(f"@{CHAMPION} moved while v{chal} was being evaluated; nothing changed, rerun")
+        record = {"promotion_decision": "promoted" if decision.promote else "rejected",
+                  "promotion_reason": decision.reason, "compared_with": champ or "none",
+                  "rescored_macro_f1": json.dumps({k: round(v, 4) for k, v in chal_scores.items()}),
+                  "champion_rescored_macro_f1": json.dumps(
+                      {k: round(v, 4) for k, v in (champ_scores or {}).items()})}
+        if decision.promote:
+            record["previous_champion"] = champ or ""
+        tracking.set_version_tags(c, name, chal, record)
+        if decision.promote:
+            tracking.set_alias(c, name, CHAMPION, chal)
+    verb = "promoted to" if decision.promote else "kept out of"
+    print(f"v{chal} {verb} @{CHAMPION}: {decision.reason}")
+    return decision
+
+
+def rollback(params: Params) -> str:
+    name = params.registry.model_name
+    with promotion_lock(params), tracking.registry_errors(params, "rollback"):
+        c = tracking.client(params)
+        champ = tracking.alias_version(c, name, CHAMPION)
+        if champ is None:
+            raise RegistryError(f"{name} has no @{CHAMPION} to roll back")
+        prev = tracking.version_tags(c, name, champ).get("previous_champion", "")
+        if not prev:
+            raise RegistryError(f"v{champ} has no previous champion recorded; set the alias by hand if needed")
+        tracking.set_alias(c, name, CHAMPION, prev)
+        tracking.set_version_tags(c, name, champ, {"rolled_back": f"champion returned to v{prev}"})
+    print(f"@{CHAMPION}: v{champ} -> v{prev}")
+    return prev
+
+
+def status(params: Params) -> list[dict]:
+    with tracking.registry_errors(params, "status"):
+        versions = tracking.list_versions(tracking.client(params), params.registry.model_name)
+    for v in versions:
+        t = v["tags"]
+        print(f"v{v['version']:>3} {','.join('@' + a for a in v['aliases']):<24} "
+              f"articleType macro-F1 {t.get('test_articleType_macro_f1', '?'):<7} "
+              f"{t.get('promotion_decision', '')} {t.get('promotion_reason', '')}")
+    if not versions:
+        print(f"no versions of {params.registry.model_name}")
+    return versions
+
+
+COMMANDS = {"register": register, "promote": promote, "rollback": rollback, "status": status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] not in COMMANDS:
+        print(f"usage: python -m components.registry {{{'|'.join(COMMANDS)}}}", file=sys.stderr)
+        return 2
+    try:
+        COMMANDS[argv[0]](load_params())
+    except RegistryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

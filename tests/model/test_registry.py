@@ -1,0 +1,176 @@
+"""Registry workflow against a real MLflow SQLite backend in a temp dir: register, gate, rollback, serve."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components import registry, tracking
+from components.config import RegistryParams, Floors
+from components.registry import Decision, decide
+from components.tracking import RegistryError
+
+P = RegistryParams(model_name="m", min_gain=0.01, max_level_regression=0.005,
+                   floors=Floors(masterCategory=0.9, subCategory=0.8, articleType=0.7))
+
+
+def scores(m, s, a):
+    return {"masterCategory": m, "subCategory": s, "articleType": a}
+
+
+@pytest.mark.parametrize("chal, champ, passed, promote, why", [
+    (scores(0.95, 0.9, 0.8), None, True, True, "first model"),
+    (scores(0.95, 0.9, 0.6), None, True, False, "below absolute floors"),
+    (scores(0.95, 0.9, 0.8), None, False, False, "validation"),
+    (scores(0.95, 0.9, 0.805), scores(0.95, 0.9, 0.8), True, False, "gain +0.0050"),
+    (scores(0.95, 0.88, 0.85), scores(0.95, 0.9, 0.8), True, False, "subCategory -0.0200"),
+    (scores(0.95, 0.897, 0.85), scores(0.95, 0.9, 0.8), True, True, "no level regressed"),
+])
+def test_gate_decisions(chal, champ, passed, promote, why):
+    d = decide(chal, champ, passed, P)
+    assert d.promote is promote and why in d.reason
+
+
+@pytest.fixture(scope="module")
+def reg(trained, tmp_path_factory):
+    params, data, _ = trained
+    db = tmp_path_factory.mktemp("registry") / "mlflow.db"
+    return dataclasses.replace(params, paths=dataclasses.replace(params.paths, mlflow_db=str(db)))
+
+
+def aliases(params) -> dict[str, str | None]:
+    c = tracking.client(params)
+    return {a: tracking.alias_version(c, params.registry.model_name, a) for a in ("champion", "challenger")}
+
+
+def test_register_promote_refuse_rollback(reg, capsys):
+    with pytest.raises(RegistryError, match="no @challenger"):
+        registry.promote(reg)
+    v1 = registry.register(reg)
+    tags = tracking.version_tags(tracking.client(reg), reg.registry.model_name, v1)
+    assert tags["validation_passed"] == "True" and "test_articleType_macro_f1" in tags and "params" in tags
+    assert aliases(reg) == {"champion": None, "challenger": v1}
+    assert registry.promote(reg).promote  # first model meeting the floors
+    assert aliases(reg)["champion"] == v1
+
+    v2 = registry.register(reg)  # the same checkpoint again: re-scored equal, so no gain
+    d = registry.promote(reg)
+    assert not d.promote and "gain +0.0000" in d.reason
+    assert aliases(reg) == {"champion": v1, "challenger": v2}
+    assert tracking.version_tags(tracking.client(reg), reg.registry.model_name, v2)["promotion_decision"] == \
+        "rejected"
+
+    eager = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, min_gain=-1.0))
+    assert registry.promote(eager).promote
+    assert aliases(reg)["champion"] == v2
+    assert registry.rollback(reg) == v1 and aliases(reg)["champion"] == v1
+    with pytest.raises(RegistryError, match="no previous champion"):
+        registry.rollback(reg)
+    versions = registry.status(reg)
+    assert [v["version"] for v in versions][:2] == [v1, v2]
+    assert "@champion" in capsys.readouterr().out
+
+
+def test_load_by_alias_and_predict(reg, trained, tmp_path):
+    from components import predict
+
+    _, data, _ = trained
+    if aliases(reg)["champion"] is None:
+        registry.register(reg)
+        registry.promote(reg)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(reg)
+    try:
+        cat = tracking.load_categorizer_uri(f"models:/{reg.registry.model_name}@champion", reg)
+        pred, _ = predict.categorize(data, cat, progress=False)
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+    assert len(pred) == 180 and (pred["status"] != "").all()
+
+
+def test_concurrent_promotions_leave_consistent_aliases(reg):
+    registry.register(reg)
+    eager = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, min_gain=-1.0))
+    results: list[object] = []
+
+    def go():
+        try:
+            results.append(registry.promote(eager))
+        except RegistryError as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    promoted = [r for r in results if isinstance(r, Decision) and r.promote]
+    assert len(promoted) == 1  # the second saw the challenger already champion
+    a = aliases(reg)
+    assert a["champion"] == a["challenger"]
+
+
+def test_unreachable_registry_is_a_clear_error(reg, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "3")
+    with pytest.raises(RegistryError, match="127.0.0.1:9"):
+        registry.status(reg)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_with_base64_image(reg, trained):
+    _, data, _ = trained
+    if aliases(reg)["champion"] is None:
+        registry.register(reg)
+        registry.promote(reg)
+    port = free_port()
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": tracking.tracking_uri(reg)}
+    proc = subprocess.Popen([f"{bindir}/mlflow", "models", "serve", "-m", f"models:/{reg.registry.model_name}@champion",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail(f"server exited: {proc.stdout.read()[-3000:]}")
+                time.sleep(1)
+        else:
+            pytest.fail("mlflow models serve did not answer /ping within 120 s")
+        b64 = base64.b64encode((data / "images" / "1011.jpg").read_bytes()).decode()
+        row = {"id": 1011, "productDisplayName": "Puma Men Black Jeans", "gender": "Men", "baseColour": "Black",
+               "season": "Summer", "year": 2015.0, "usage": "Casual", "brandName": "Puma", "ageGroup": "Adults-Men",
+               "colour1": "", "colour2": "", "price": 999.0, "discountedPrice": 899.0, "fashionType": "Fashion",
+               "articleAttributes": "{}", "image": b64}
+        body = json.dumps({"dataframe_split": {"columns": list(row), "data": [list(row.values())]}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            answer = json.loads(r.read())
+        pred = pd.DataFrame(answer["predictions"])
+        assert pred.loc[0, "status"] == "ok" and pred.loc[0, "id"] == 1011
+        assert 0 <= pred.loc[0, "articleType_confidence"] <= 1 and pred.loc[0, "articleType"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
