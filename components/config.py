@@ -139,6 +139,19 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class DriftParams:
+    reference_date: str  # YYYY-MM-DD
+    reference_sample: int
+    min_batch_rows: int
+    column_drift_share: float
+    embedding_auc: float
+    pca_components: int
+    unseen_label_share: float
+    output: str
+    replay_output: str
+
+
+@dataclass(frozen=True)
 class Floors:
     masterCategory: float
     subCategory: float
@@ -166,6 +179,7 @@ class Params:
     evaluate: EvaluateParams
     tracking: TrackingParams
     registry: RegistryParams
+    drift: DriftParams
     levels: tuple[str, ...] = field(default=("masterCategory", "subCategory", "articleType"))
 
 
