@@ -254,3 +254,11 @@ def list_versions(c: Any, name: str) -> list[dict]:
 
 def model_uri(name: str, version: str) -> str:
     return f"models:/{name}/{version}"
+
+
+def log_report(params: Params, run_name: str, folder: Path, metrics: dict) -> str:
+    """Log a report folder (HTML + JSON) and its headline numbers as an MLflow run."""
+    with training_run(params, run_name, {"stage": run_name.split("/")[0]}) as run:
+        run.log_metrics(metrics)
+        mlflow.log_artifacts(str(folder), artifact_path="report")
+        return run.run_id

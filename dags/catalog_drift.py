@@ -1,0 +1,58 @@
+"""catalog_drift: each new batch in the landing area -> GX validation -> champion scoring + Evidently drift
+report (stored, logged to MLflow) -> NEW_CATALOG, and RETRAIN_REQUEST when drift crosses params.drift."""
+from __future__ import annotations
+
+from airflow.sdk import dag, task
+
+from common.assets import NEW_CATALOG, RETRAIN_REQUEST
+from common.settings import DEFAULT_ARGS, START, home, landing
+
+
+@dag(dag_id="catalog_drift", schedule="@hourly", start_date=START, catchup=False, max_active_runs=1,
+     default_args=DEFAULT_ARGS, tags=["deepfusion", "monitoring"])
+def catalog_drift():
+    @task
+    def find_batches() -> list[str]:
+        from components.orchestration import pending_batches
+
+        return pending_batches(landing())
+
+    @task
+    def model() -> str:
+        from components.orchestration import serving_model
+
+        return serving_model(home())
+
+    @task(retries=0)  # a rejected batch is not transient: it is moved to _failed/ with its report
+    def validate_batch(batch: str) -> str:
+        from components.orchestration import check_batch
+
+        return check_batch(home(), batch)
+
+    @task
+    def drift_report(batch: str, model_uri: str) -> dict:
+        from components.orchestration import drift_batch
+
+        return drift_batch(home(), batch, model_uri)
+
+    @task(outlets=[NEW_CATALOG])
+    def announce_batches(results: list[dict], *, outlet_events=None) -> list[str]:
+        batches = [r["batch"] for r in results]
+        outlet_events[NEW_CATALOG].extra = {"batches": batches}
+        return batches
+
+    @task.short_circuit
+    def drifted(results: list[dict]) -> bool:
+        return any(r["drift_detected"] for r in results)
+
+    @task(outlets=[RETRAIN_REQUEST])
+    def request_retrain(results: list[dict], *, outlet_events=None) -> None:
+        outlet_events[RETRAIN_REQUEST].extra = {"drifted": [r["batch"] for r in results if r["drift_detected"]]}
+
+    checked = validate_batch.expand(batch=find_batches())
+    results = drift_report.partial(model_uri=model()).expand(batch=checked)
+    announce_batches(results)
+    drifted(results) >> request_retrain(results)
+
+
+catalog_drift()

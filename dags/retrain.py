@@ -1,0 +1,99 @@
+"""retrain: dvc pull -> DVC stages in dvc.yaml order (training on GPU workers) -> dvc push -> register -> gate."""
+from __future__ import annotations
+
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, chain, dag, task
+
+from common.assets import CHAMPION, RETRAIN_REQUEST
+from common.settings import (DEFAULT_ARGS, GPU_POOL, GPU_QUEUE, SH_BIN, SH_HOME, START, gpu_executor_config,
+                             home)
+
+# dvc.yaml stage order (tests/dags checks it); these run on the GPU queue.
+STAGES = ["ingest", "validate", "features", "train_baseline@tfidf", "train_baseline@image",
+          "train_baseline@text", "train_baseline@metadata", "train_fusion", "evaluate"]
+GPU_STAGES = {"train_baseline@image", "train_fusion"}
+JOIN = "none_failed_min_one_success"
+
+
+def dvc(args: str) -> str:
+    return f"cd {SH_HOME} && export PATH={SH_BIN}:$PATH DVC_NO_ANALYTICS=1 && dvc {args}"
+
+
+@dag(
+    dag_id="retrain",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC"),
+                                 assets=RETRAIN_REQUEST),
+    start_date=START, catchup=False, max_active_runs=1,  # one `dvc repro` per workspace
+    default_args=DEFAULT_ARGS, tags=["deepfusion", "training"],
+    params={
+        "mode": Param("full", enum=["full", "register_only", "promote_only"],
+                      description="full pipeline, or only register the current model, or only run the gate"),
+        "backbone": Param("", type="string", description="timm backbone for the image tower ('' = params.yaml)"),
+        "epochs": Param(0, type="integer", minimum=0, description="epochs for every training (0 = params.yaml)"),
+        "force": Param(False, type="boolean", description="rerun stages even if DVC says they are up to date"),
+    },
+)
+def retrain():
+    @task.branch
+    def choose(params: dict) -> str:
+        return {"full": "configure", "register_only": "to_register", "promote_only": "to_promote"}[params["mode"]]
+
+    @task
+    def configure(params: dict) -> dict:
+        from components.orchestration import apply_overrides, run_overrides
+
+        return apply_overrides(home(), run_overrides(params))
+
+    dvc_pull = BashOperator(task_id="dvc_pull", bash_command=dvc("remote list | grep -q . && dvc pull -q || true"))
+    force = "{{ '-f ' if params.force else '' }}"
+    stages = [
+        BashOperator(task_id=s.replace("@", "_"), bash_command=dvc(f"repro {force}-s {s}"),
+                     **({"queue": GPU_QUEUE, "pool": GPU_POOL, "executor_config": gpu_executor_config()}
+                        if s in GPU_STAGES else {}))
+        for s in STAGES
+    ]
+    dvc_push = BashOperator(task_id="dvc_push", bash_command=dvc("remote list | grep -q . && dvc push -q || true"))
+
+    @task(trigger_rule=JOIN)
+    def register() -> str:
+        import contextlib
+
+        from components import registry
+        from components.config import load_params
+
+        with contextlib.chdir(home()):
+            return registry.register(load_params())
+
+    @task(trigger_rule=JOIN)
+    def promote(params: dict) -> bool:
+        import contextlib
+
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from components import registry
+        from components.config import load_params
+
+        if params["mode"] == "register_only":
+            raise AirflowSkipException("register_only: the promotion gate is not run")
+        with contextlib.chdir(home()):
+            return registry.promote(load_params()).promote
+
+    @task.short_circuit
+    def promoted(decision: bool) -> bool:
+        return decision
+
+    @task(outlets=[CHAMPION])
+    def announce_champion() -> None:
+        """Emits the CHAMPION asset: the serving side reloads models:/deepfusion@champion."""
+
+    # Empty hops keep the branch from skipping register/promote directly in the full run.
+    to_register, to_promote = EmptyOperator(task_id="to_register"), EmptyOperator(task_id="to_promote")
+    branch, cfg, reg, gate = choose(), configure(), register(), promote()
+    chain(branch, cfg, dvc_pull, *stages, dvc_push, reg, gate)
+    branch >> to_register >> reg
+    branch >> to_promote >> gate
+    promoted(gate) >> announce_champion()
+
+
+retrain()

@@ -1,0 +1,162 @@
+"""DAG structure (DagBag) and end-to-end runs with dag.test() against a fresh metadata DB."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from components.config import deep_merge, load_raw
+from tests.conftest import ROOT, TINY_OVERRIDES, make_catalog
+from tests.dags.conftest import AIRFLOW_ENV
+
+
+@pytest.fixture(scope="module")
+def bag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    b = DagBag(dag_folder=str(ROOT / "dags"))
+    assert b.import_errors == {}
+    return b
+
+
+def test_dags_import_and_exist(bag):
+    assert set(bag.dags) == {"retrain", "catalog_drift", "categorize"}
+    for dag in bag.dags.values():
+        assert dag.catchup is False and dag.max_active_runs == 1
+        assert all(t.retries >= 1 for t in dag.tasks if t.task_id not in ("validate_batch",))
+
+
+def test_retrain_follows_dvc_yaml_order_and_routes_training_to_gpu(bag):
+    dag = bag.dags["retrain"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    expected = []
+    for name, stage in stages.items():
+        items = stage.get("matrix", {}).get("model")
+        expected += [f"{name}_{i}" for i in items] if items else [name]
+    chain_ids, t = [], dag.get_task("ingest")
+    while t.task_id != "dvc_push":
+        chain_ids.append(t.task_id)
+        (t,) = [dag.get_task(i) for i in t.downstream_task_ids]
+    assert chain_ids == expected
+    for tid in ("train_baseline_image", "train_fusion"):
+        task = dag.get_task(tid)
+        assert task.queue == "gpu" and task.pool == "gpu_pool"
+    assert dag.get_task("train_baseline_tfidf").queue != "gpu"
+
+
+def test_retrain_form_params_and_triggers(bag):
+    dag = bag.dags["retrain"]
+    p = dag.params
+    assert p["mode"] == "full" and p["epochs"] == 0 and p["force"] is False and p["backbone"] == ""
+    assert "register_only" in dag.params.get_param("mode").schema["enum"]
+    assert "deepfusion_retrain_request" in repr(dag.timetable)
+    cat = bag.dags["categorize"]
+    assert "deepfusion_new_catalog" in repr(cat.timetable)
+
+
+def test_run_overrides_really_change_params(tmp_path):
+    from components.orchestration import apply_overrides, run_overrides
+
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    apply_overrides(tmp_path, run_overrides({"backbone": "resnet10t", "epochs": 3, "mode": "full"}))
+    raw = load_raw(tmp_path / "params.yaml")
+    assert raw["model"]["backbone"] == "resnet10t" and raw["train_fusion"]["train"]["epochs"] == 3
+    assert run_overrides({"backbone": "", "epochs": 0}) == {}
+
+
+# ---- end to end: dag.test() in a subprocess, against a migrated throw-away DB, on a tiny workspace ----
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    ws = tmp_path_factory.mktemp("dagws")
+    make_catalog(ws / "data", n=150, seed=5)
+    shutil.copy(ROOT / "dvc.yaml", ws / "dvc.yaml")
+    os.symlink(ROOT / "components", ws / "components")
+    raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
+    raw = deep_merge(raw, {"registry": {"floors": {"masterCategory": 0.2, "subCategory": 0.2, "articleType": 0.2}},
+                           "drift": {"reference_date": "2030-01-01"}})
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    bindir = Path(sys.executable).parent
+    subprocess.run([str(bindir / "dvc"), "init", "--no-scm", "-q"], cwd=ws, check=True)
+    return ws
+
+
+def run_dag(ws: Path, dag_id: str, conf: dict | None = None) -> dict:
+    bindir = Path(sys.executable).parent
+    env = {**os.environ, **AIRFLOW_ENV, "DEEPFUSION_HOME": str(ws), "DEEPFUSION_BIN": str(bindir),
+           "PATH": f"{bindir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "dag_runner.py"), dag_id,
+                           json.dumps(conf or {})], env=env, capture_output=True, text=True, timeout=1500)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("DAG_RESULT ")]
+    assert line, f"dag.test gave no result (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-5000:]}"
+    result = json.loads(line[-1][len("DAG_RESULT "):])
+    result["log"] = (proc.stdout + proc.stderr)[-5000:]
+    return result
+
+
+@pytest.mark.slow
+def test_retrain_end_to_end_registers_and_promotes(airflow_db, workspace):
+    r = run_dag(workspace, "retrain", {"mode": "full", "epochs": 2})
+    assert r["state"].endswith("success"), r["log"]
+    for tid in ("ingest", "train_fusion", "evaluate", "register", "promote", "announce_champion"):
+        assert r["tasks"][tid].endswith("success"), (tid, r["tasks"])
+    assert load_raw(workspace / "params.yaml")["train_fusion"]["train"]["epochs"] == 2  # the form changed the run
+    assert (workspace / "artifacts/evaluate/metrics.json").is_file()
+    # promote_only reruns just the gate: the same model is already champion.
+    r = run_dag(workspace, "retrain", {"mode": "promote_only"})
+    assert r["state"].endswith("success") and r["tasks"]["ingest"].endswith("skipped")
+    assert r["tasks"]["announce_champion"].endswith("skipped")
+
+
+@pytest.mark.slow
+def test_catalog_drift_flags_a_drifted_batch_then_is_idempotent(airflow_db, workspace):
+    if not (workspace / "artifacts/train_fusion/model/model.pt").is_file():
+        pytest.skip("needs the retrain run above")
+    landing = workspace / "landing"
+    new = make_catalog(landing / "2016-01", n=40, seed=9, start_id=9000)
+    lines = (new / "styles.csv").read_text().splitlines()
+    keep = [lines[0]] + [ln for ln in lines[1:] if ",Watches," in ln or ",Jeans," in ln]
+    (new / "styles.csv").write_text("\n".join(keep) + "\n")
+    r = run_dag(workspace, "catalog_drift")
+    assert r["state"].endswith("success"), r["log"]
+    assert r["tasks"]["request_retrain"].endswith("success")  # emits RETRAIN_REQUEST -> retrain's schedule
+    assert r["tasks"]["announce_batches"].endswith("success")  # emits NEW_CATALOG -> categorize
+    state = json.loads((landing / "_state" / "2016-01.json").read_text())
+    assert state["drift_detected"] is True and Path(state["report"], "report.html").is_file()
+    again = run_dag(workspace, "catalog_drift")
+    assert again["state"].endswith("success") and not any(k.startswith("drift_report[") for k in again["tasks"])
+
+
+@pytest.mark.slow
+def test_bad_batch_fails_the_run_and_is_kept(airflow_db, workspace):
+    landing = workspace / "landing"
+    bad = landing / "broken"
+    bad.mkdir(parents=True)
+    (bad / "styles.csv").write_text("sku,name\n1,x\n")
+    r = run_dag(workspace, "catalog_drift")
+    assert r["state"].endswith("failed")
+    kept = landing / "_failed" / "broken"
+    assert (kept / "styles.csv").is_file()
+    assert "missing column" in json.loads((kept / "validation_report.json").read_text())["failures"][0]
+
+
+@pytest.mark.slow
+def test_categorize_writes_predictions_and_review_queue(airflow_db, workspace, tmp_path):
+    if not (workspace / "artifacts/train_fusion/model/model.pt").is_file():
+        pytest.skip("needs the retrain run above")
+    batch = make_catalog(tmp_path / "batch", n=20, seed=11, labeled=False, start_id=8000)
+    r = run_dag(workspace, "categorize", {"batch": str(batch)})
+    assert r["state"].endswith("success"), r["log"]
+    out = workspace / "artifacts/categorize/batch"
+    pred = pd.read_csv(out / "predictions.csv")
+    review = pd.read_csv(out / "review_queue.csv")
+    assert len(pred) == 20 and set(review["id"]) <= set(pred["id"])
+    assert set(review["id"]) >= set(pred.loc[pred["status"] == "corrupt_image", "id"])
