@@ -61,6 +61,8 @@ class FeaturesParams:
     min_token_count: int
     use_description: bool  # append the description to the title for the text tower
     max_attr_tokens: int
+    subword_buckets: int  # hashed character trigrams of title words (fastText-style), 0 = padding
+    max_subwords: int
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
     forbidden: tuple[str, ...]  # parent labels and fields that restate them: never features

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-BATCH_KEYS = ("tokens", "attrs", "cat", "num", "labels", "has_image", "group")
+BATCH_KEYS = ("tokens", "subwords", "attrs", "cat", "num", "labels", "has_image", "group")
 
 
 @dataclass
@@ -15,6 +15,7 @@ class Arrays:
     """Row-aligned model inputs: the output of features.encode_frame plus images and labels."""
 
     tokens: np.ndarray
+    subwords: np.ndarray
     attrs: np.ndarray
     cat: np.ndarray
     num: np.ndarray
@@ -68,7 +69,7 @@ def load_arrays(ingest_dir: str, features_dir: str) -> tuple[Arrays, np.ndarray]
 
     f = np.load(Path(features_dir) / "features.npz")
     images = np.load(Path(ingest_dir) / "images.npy", mmap_mode="r")
-    arrays = Arrays(tokens=f["tokens"], attrs=f["attrs"], cat=f["cat"], num=f["num"], images=images,
+    arrays = Arrays(tokens=f["tokens"], subwords=f["subwords"], attrs=f["attrs"], cat=f["cat"], num=f["num"], images=images,
                     has_image=f["has_image"], labels=f["labels"], group=f["group"])
     return arrays, f["split"]
 

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -127,7 +127,7 @@ def reference(params: Params, cat: Categorizer) -> pd.DataFrame:
     """Train-split products added up to drift.reference_date (or undated), a seeded sample, described."""
     src = Path(params.paths.ingest)
     df = pd.read_parquet(src / "products.parquet")
-    cutoff = datetime.fromisoformat(params.drift.reference_date).replace(tzinfo=timezone.utc).timestamp()
+    cutoff = datetime.fromisoformat(params.drift.reference_date).replace(tzinfo=UTC).timestamp()
     keep = (df["split"] == "train") & ~(df["catalogAddDate"] > cutoff + 86400)
     idx = np.flatnonzero(keep.to_numpy())
     rng = np.random.default_rng(params.seed)

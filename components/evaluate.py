@@ -69,7 +69,7 @@ def retrieval_view(model, test: Arrays, frame: pd.DataFrame, ks: tuple[int, ...]
     rel = M.relevance(frame["title_norm"].to_numpy()[keep], frame["image_md5"].to_numpy()[keep])
     t2i = M.retrieval(emb["text"], emb["image"], rel, ks)
     i2t = M.retrieval(emb["image"], emb["text"], rel, ks)
-    return {"queries": int(len(keep)), **{f"text_to_image_{k}": v for k, v in t2i.items()},
+    return {"queries": len(keep), **{f"text_to_image_{k}": v for k, v in t2i.items()},
             **{f"image_to_text_{k}": v for k, v in i2t.items()}}
 
 
@@ -114,7 +114,7 @@ def run(params: Params) -> dict:
     if "tfidf" in probs:
         results["tfidf"]["business"] = business_view(probs["tfidf"], y, enc, p)
     results["fusion"]["retrieval"] = retrieval_view(fusion, test, frame, p.retrieval_k, device)
-    results["test_products"] = int(len(y))
+    results["test_products"] = len(y)
 
     with atomic_dir(params.paths.evaluate) as tmp:
         write_json(tmp / "metrics.json", results)

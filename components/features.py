@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +52,18 @@ def attribute_tokens(raw: str) -> list[str]:
     return out
 
 
+def subword_ids(text: str, buckets: int, limit: int) -> list[int]:
+    """Hashed character trigrams of each word, with word boundaries ("<ts", "tsh", ..., "ts>")."""
+    out = []
+    for word in tokenize(text):
+        w = f"<{word}>"
+        for i in range(len(w) - 2):
+            out.append(zlib.crc32(w[i : i + 3].encode()) % (buckets - 1) + 1)
+            if len(out) >= limit:
+                return out
+    return out
+
+
 def product_text(frame: pd.DataFrame, use_description: bool) -> list[str]:
     titles = frame[TITLE].fillna("").astype(str)
     if use_description and "description" in frame:
@@ -81,6 +94,8 @@ class Encoders:
     max_title_tokens: int
     max_attr_tokens: int
     use_description: bool
+    subword_buckets: int
+    max_subwords: int
     vocab: dict[str, int]
     attr_vocab: dict[str, int]
     categorical: dict[str, dict[str, int]]  # field -> value -> id (0 = missing/unknown)
@@ -124,7 +139,8 @@ def fit_encoders(train: pd.DataFrame, p: FeaturesParams, all_labels: pd.DataFram
         numeric[f] = (mean if np.isfinite(mean) else 0.0, std if std > 0 else 1.0)
     labels = {lvl: sorted(all_labels[lvl].unique().tolist()) for lvl in LEVELS}
     taxonomy = sorted({tuple(r) for r in train[list(LEVELS)].itertuples(index=False)})
-    return Encoders(p.max_title_tokens, p.max_attr_tokens, p.use_description, _vocab(tok, p.min_token_count),
+    return Encoders(p.max_title_tokens, p.max_attr_tokens, p.use_description, p.subword_buckets, p.max_subwords,
+                    _vocab(tok, p.min_token_count),
                     _vocab(attr, p.min_token_count), categorical, numeric, labels, taxonomy)
 
 
@@ -145,6 +161,7 @@ def encode_frame(frame: pd.DataFrame, enc: Encoders) -> dict[str, np.ndarray]:
 
     texts = product_text(frame.assign(**{TITLE: col(TITLE)}), enc.use_description)
     tokens = _pad([[enc.vocab.get(t, UNK) for t in tokenize(x)] for x in texts], enc.max_title_tokens)
+    subwords = _pad([subword_ids(x, enc.subword_buckets, enc.max_subwords) for x in texts], enc.max_subwords)
     attrs = _pad([[enc.attr_vocab.get(t, UNK) for t in attribute_tokens(str(r))] for r in
                   col("articleAttributes").fillna("")], enc.max_attr_tokens)
     cat = np.stack([col(f).fillna("").astype(str).map(lambda v, m=m: m.get(v, 0)).to_numpy(np.int64)
@@ -155,7 +172,7 @@ def encode_frame(frame: pd.DataFrame, enc: Encoders) -> dict[str, np.ndarray]:
         missing.append(np.isnan(v))
         nums.append(np.where(np.isnan(v), 0.0, (v - mean) / std))
     num = np.concatenate([np.stack(nums, 1), np.stack(missing, 1)], axis=1).astype(np.float32)
-    return {"tokens": tokens, "attrs": attrs, "cat": cat.astype(np.int64), "num": num}
+    return {"tokens": tokens, "subwords": subwords, "attrs": attrs, "cat": cat.astype(np.int64), "num": num}
 
 
 def encode_labels(frame: pd.DataFrame, enc: Encoders) -> np.ndarray:

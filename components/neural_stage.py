@@ -25,7 +25,7 @@ def model_config(params: Params, enc: Encoders, modalities: tuple[str, ...]) -> 
     return ModelConfig(
         modalities=modalities, backbone=m.backbone, embed_dim=m.embed_dim, text_dim=m.text_dim,
         text_channels=m.text_channels, text_kernels=m.text_kernels, meta_dim=m.meta_dim, dropout=m.dropout,
-        vocab_size=len(enc.vocab) + 2, attr_vocab_size=len(enc.attr_vocab) + 2,
+        vocab_size=len(enc.vocab) + 2, subword_buckets=enc.subword_buckets, attr_vocab_size=len(enc.attr_vocab) + 2,
         cardinalities=tuple(len(v) + 1 for v in enc.categorical.values()),
         n_numeric=2 * len(enc.numeric), n_classes=tuple(len(enc.labels[lvl]) for lvl in enc.labels),
     )

@@ -13,7 +13,7 @@ import csv
 import logging
 import os
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -71,7 +71,7 @@ def run(source: Path, output: Path, reference_date: str, min_rows: int) -> dict:
     lines = text.splitlines()
     # Keep each product's original styles.csv line (bare commas), so batches parse exactly like the export.
     styles_lines = {int(ln.split(",", 1)[0]): ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit()}
-    cutoff = datetime.fromisoformat(reference_date).replace(tzinfo=timezone.utc).timestamp() + 86400
+    cutoff = datetime.fromisoformat(reference_date).replace(tzinfo=UTC).timestamp() + 86400
     batches = month_batches(frame["catalogAddDate"], cutoff, min_rows)
     index = {}
     with atomic_dir(output) as tmp:

@@ -73,7 +73,7 @@ def update_readme(readme: Path, table: str) -> None:
     text = readme.read_text(encoding="utf-8")
     if START not in text or END not in text:
         raise SystemExit(f"{readme}: markers {START} / {END} not found")
-    new = re.sub(re.escape(START) + r".*?" + re.escape(END), f"{START}\n{table}{END}", text, flags=re.S)
+    new = re.sub(re.escape(START) + r".*?" + re.escape(END), f"{START}\n{table}{END}", text, flags=re.DOTALL)
     readme.write_text(new, encoding="utf-8")
 
 

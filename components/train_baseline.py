@@ -11,58 +11,21 @@ import time
 from pathlib import Path
 
 import joblib
-import numpy as np
 import pandas as pd
-from scipy.sparse import hstack
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from components import tracking
 from components.artifacts import atomic_dir, write_json
 from components.catalog import LEVELS
-from components.config import Params, TfidfParams, load_params, params_to_dict
+from components.config import Params, load_params, params_to_dict
 from components.data import load_arrays, split_arrays
-from components.features import Encoders, encode_labels, load_encoders, tfidf_text
+from components.features import Encoders, encode_labels, load_encoders
+from components.models.tfidf import TfidfBaseline
 from components.neural_stage import train_neural
 from components.training import macro_f1, peak_rss_mib
 
 log = logging.getLogger(__name__)
 
 MODELS = ("tfidf", "image", "text", "metadata")
-
-
-class TfidfBaseline:
-    """TF-IDF (word + character n-grams) with one multinomial logistic regression per level."""
-
-    def __init__(self, p: TfidfParams, categorical: tuple[str, ...], use_description: bool) -> None:
-        self.categorical, self.use_description = categorical, use_description
-        self.word = TfidfVectorizer(ngram_range=p.word_ngrams, sublinear_tf=True, min_df=1,
-                                    max_features=p.max_features)
-        self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=p.char_ngrams, sublinear_tf=True,
-                                    min_df=2, max_features=p.max_features)
-        self.C = p.C
-        self.clfs: list[LogisticRegression] = []
-
-    def _x(self, frame: pd.DataFrame, fit: bool = False):
-        text = tfidf_text(frame, self.categorical, self.use_description)
-        if fit:
-            return hstack([self.word.fit_transform(text), self.char.fit_transform(text)]).tocsr()
-        return hstack([self.word.transform(text), self.char.transform(text)]).tocsr()
-
-    def fit(self, frame: pd.DataFrame, labels: np.ndarray) -> TfidfBaseline:
-        x = self._x(frame, fit=True)
-        self.clfs = [LogisticRegression(C=self.C, max_iter=300).fit(x, labels[:, i]) for i in range(3)]
-        return self
-
-    def predict_proba(self, frame: pd.DataFrame, n_classes: list[int]) -> list[np.ndarray]:
-        """Probabilities over every class of the encoders (classes unseen by a classifier get 0)."""
-        x = self._x(frame)
-        out = []
-        for clf, n in zip(self.clfs, n_classes):
-            full = np.zeros((x.shape[0], n), dtype=np.float32)
-            full[:, clf.classes_] = clf.predict_proba(x)
-            out.append(full)
-        return out
 
 
 def train_tfidf(params: Params, enc: Encoders, df: pd.DataFrame, out_dir: Path) -> dict:

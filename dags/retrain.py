@@ -6,8 +6,16 @@ from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, chain, dag, task
 
 from common.assets import CHAMPION, RETRAIN_REQUEST
-from common.settings import (DEFAULT_ARGS, GPU_POOL, GPU_QUEUE, SH_BIN, SH_HOME, START, gpu_executor_config,
-                             home)
+from common.settings import (
+    DEFAULT_ARGS,
+    GPU_POOL,
+    GPU_QUEUE,
+    SH_BIN,
+    SH_HOME,
+    START,
+    gpu_executor_config,
+    home,
+)
 
 # dvc.yaml stage order (tests/dags checks it); these run on the GPU queue.
 STAGES = ["ingest", "validate", "features", "train_baseline@tfidf", "train_baseline@image",

@@ -26,6 +26,7 @@ class ModelConfig:
     meta_dim: int
     dropout: float
     vocab_size: int
+    subword_buckets: int
     attr_vocab_size: int
     cardinalities: tuple[int, ...]
     n_numeric: int
@@ -55,7 +56,7 @@ class FusionModel(nn.Module):
             towers["image"] = ImageTower(cfg.backbone, d, cfg.dropout, pretrained_path)
         if "text" in cfg.modalities:
             towers["text"] = TextTower(cfg.vocab_size, cfg.text_dim, cfg.text_channels, cfg.text_kernels,
-                                       d, cfg.dropout)
+                                       d, cfg.dropout, cfg.subword_buckets)
         if "metadata" in cfg.modalities:
             towers["metadata"] = MetadataTower(list(cfg.cardinalities), cfg.n_numeric, cfg.attr_vocab_size,
                                                cfg.meta_dim, d, cfg.dropout)
@@ -75,7 +76,7 @@ class FusionModel(nn.Module):
         if "image" in self.towers:
             out["image"] = self.towers["image"](batch["image"])
         if "text" in self.towers:
-            out["text"] = self.towers["text"](batch["tokens"])
+            out["text"] = self.towers["text"](batch["tokens"], batch["subwords"])
         if "metadata" in self.towers:
             out["metadata"] = self.towers["metadata"](batch["cat"], batch["num"], batch["attrs"])
         return {k: F.normalize(v.float(), dim=-1) for k, v in out.items()}

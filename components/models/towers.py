@@ -40,17 +40,19 @@ class ImageTower(nn.Module):
 
 
 class TextTower(nn.Module):
-    """HUSE-style text CNN: token embeddings, parallel 1-D convolutions, masked max-pool."""
+    """HUSE-style text CNN (token embeddings, parallel 1-D convolutions, masked max-pool) plus a bag of
+    hashed character trigrams, which carries rare and misspelt words the vocabulary maps to <unk>."""
 
     def __init__(self, vocab_size: int, emb_dim: int, channels: int, kernels: tuple[int, ...],
-                 out_dim: int, dropout: float) -> None:
+                 out_dim: int, dropout: float, subword_buckets: int) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=0)
         self.convs = nn.ModuleList(nn.Conv1d(emb_dim, channels, k, padding=k // 2) for k in kernels)
-        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels * len(kernels), out_dim))
+        self.subwords = nn.EmbeddingBag(subword_buckets, emb_dim, mode="mean", padding_idx=0)
+        self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels * len(kernels) + emb_dim, out_dim))
         self.out_dim = out_dim
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, subwords: torch.Tensor) -> torch.Tensor:
         mask = tokens.ne(0)  # (B, L)
         x = self.embed(tokens).transpose(1, 2)  # (B, E, L)
         pooled = []
@@ -58,6 +60,7 @@ class TextTower(nn.Module):
             h = F.relu(conv(x))[..., : tokens.shape[1]]  # (B, C, L); even kernels add one position
             h = h.masked_fill(~mask.unsqueeze(1), float("-inf")).amax(dim=2)
             pooled.append(torch.nan_to_num(h, neginf=0.0))  # empty titles pool to zeros
+        pooled.append(self.subwords(subwords))  # (B, E); all-padding rows give zeros
         return self.proj(torch.cat(pooled, dim=1))
 
 

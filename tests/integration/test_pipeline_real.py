@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TINY_OVERRIDES
 from components.config import deep_merge, load_raw
+from tests.conftest import ROOT, TINY_OVERRIDES
 
 DATA = ROOT / "data"
 pytestmark = [pytest.mark.slow, pytest.mark.realdata,
@@ -107,6 +107,7 @@ def test_shuffling_text_or_metadata_hurts_fusion(workspace):
     perm = np.random.default_rng(0).permutation(len(test))
     shuffled_text = test.subset(np.arange(len(test)))
     shuffled_text.tokens = shuffled_text.tokens[perm]
+    shuffled_text.subwords = shuffled_text.subwords[perm]
     shuffled_meta = test.subset(np.arange(len(test)))
     for k in ("cat", "num", "attrs"):
         setattr(shuffled_meta, k, getattr(shuffled_meta, k)[perm])

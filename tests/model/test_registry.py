@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from components import registry, tracking
-from components.config import RegistryParams, Floors
+from components.config import Floors, RegistryParams
 from components.registry import Decision, decide
 from components.tracking import RegistryError
 

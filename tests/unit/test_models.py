@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from components.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from components.config import LossWeights
 from components.features import Encoders
 from components.models import ModelConfig, build_model
 from components.models.losses import contrastive_loss, hierarchy_similarity, semantic_loss, total_loss
-from components.config import LossWeights
 
 N_CLASSES = (3, 4, 6)
 ALL = LossWeights(fused_ce=1.0, modality_ce=0.5, semantic=0.2, gap=0.1, contrastive=0.2)
@@ -17,7 +17,7 @@ ALL = LossWeights(fused_ce=1.0, modality_ce=0.5, semantic=0.2, gap=0.1, contrast
 
 def cfg(modalities=("image", "text", "metadata"), backbone="mobilenetv3_small_050") -> ModelConfig:
     return ModelConfig(modalities=modalities, backbone=backbone, embed_dim=32, text_dim=16, text_channels=16,
-                       text_kernels=(1, 2, 3), meta_dim=8, dropout=0.0, vocab_size=50, attr_vocab_size=20,
+                       text_kernels=(1, 2, 3), meta_dim=8, dropout=0.0, vocab_size=50, subword_buckets=64, attr_vocab_size=20,
                        cardinalities=(3, 5), n_numeric=4, n_classes=N_CLASSES)
 
 
@@ -26,7 +26,10 @@ def batch(b=8, seed=0) -> dict[str, torch.Tensor]:
     tokens = torch.randint(2, 50, (b, 10), generator=g)
     tokens[:, 7:] = 0
     labels = torch.stack([torch.randint(0, n, (b,), generator=g) for n in N_CLASSES], 1)
+    subwords = torch.randint(1, 64, (b, 30), generator=g)
+    subwords[:, 20:] = 0
     return {"image": torch.randint(0, 256, (b, 80, 64, 3), dtype=torch.uint8, generator=g), "tokens": tokens,
+            "subwords": subwords,
             "attrs": torch.randint(0, 20, (b, 5), generator=g), "cat": torch.randint(0, 3, (b, 2), generator=g),
             "num": torch.randn(b, 4, generator=g), "has_image": torch.ones(b, dtype=torch.bool),
             "labels": labels, "group": torch.arange(b)}
@@ -54,6 +57,7 @@ def test_missing_image_and_empty_title_are_handled():
     b = batch()
     b["has_image"][:4] = False
     b["tokens"][4:] = 0
+    b["subwords"][4:] = 0
     feats = model.forward_features(b)
     assert not feats["present_image"][:4].any() and not feats["present_text"][4:].any()
     assert torch.isfinite(feats["fused"]).all()
@@ -110,7 +114,7 @@ def test_one_batch_overfit():
 
 
 def encoders() -> Encoders:
-    return Encoders(10, 5, False, {"a": 2}, {"fit=slim": 2}, {"gender": {"Men": 1}, "usage": {"Casual": 1}},
+    return Encoders(10, 5, False, 64, 30, {"a": 2}, {"fit=slim": 2}, {"gender": {"Men": 1}, "usage": {"Casual": 1}},
                     {"price": (6.0, 1.0), "year": (2014.0, 2.0)},
                     {"masterCategory": ["A", "B", "C"], "subCategory": list("abcd"),
                      "articleType": list("uvwxyz")}, [("A", "a", "u")])

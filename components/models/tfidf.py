@@ -1,0 +1,48 @@
+"""The classical baseline: TF-IDF (word + character n-grams) with a linear model per level (scikit-learn).
+
+It lives in an importable module so its pickle (model.joblib) loads from any entry point.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import hstack
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+
+from components.config import TfidfParams
+from components.features import tfidf_text
+
+
+class TfidfBaseline:
+    """TF-IDF (word + character n-grams) with one multinomial logistic regression per level."""
+
+    def __init__(self, p: TfidfParams, categorical: tuple[str, ...], use_description: bool) -> None:
+        self.categorical, self.use_description = categorical, use_description
+        self.word = TfidfVectorizer(ngram_range=p.word_ngrams, sublinear_tf=True, min_df=1,
+                                    max_features=p.max_features)
+        self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=p.char_ngrams, sublinear_tf=True,
+                                    min_df=2, max_features=p.max_features)
+        self.C = p.C
+        self.clfs: list[LogisticRegression] = []
+
+    def _x(self, frame: pd.DataFrame, fit: bool = False):
+        text = tfidf_text(frame, self.categorical, self.use_description)
+        if fit:
+            return hstack([self.word.fit_transform(text), self.char.fit_transform(text)]).tocsr()
+        return hstack([self.word.transform(text), self.char.transform(text)]).tocsr()
+
+    def fit(self, frame: pd.DataFrame, labels: np.ndarray) -> TfidfBaseline:
+        x = self._x(frame, fit=True)
+        self.clfs = [LogisticRegression(C=self.C, max_iter=300).fit(x, labels[:, i]) for i in range(3)]
+        return self
+
+    def predict_proba(self, frame: pd.DataFrame, n_classes: list[int]) -> list[np.ndarray]:
+        """Probabilities over every class of the encoders (classes unseen by a classifier get 0)."""
+        x = self._x(frame)
+        out = []
+        for clf, n in zip(self.clfs, n_classes):
+            full = np.zeros((x.shape[0], n), dtype=np.float32)
+            full[:, clf.classes_] = clf.predict_proba(x)
+            out.append(full)
+        return out
