@@ -80,7 +80,9 @@ def workspace(tmp_path_factory):
     shutil.copy(ROOT / "dvc.yaml", ws / "dvc.yaml")
     os.symlink(ROOT / "components", ws / "components")
     raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
-    raw = deep_merge(raw, {"registry": {"floors": {"masterCategory": 0.2, "subCategory": 0.2, "articleType": 0.2}},
+    raw = deep_merge(raw, {"registry": {"floors": {"masterCategory": 0.1, "subCategory": 0.1, "articleType": 0.1}},
+                           "train_fusion": {"train": {"lr": 3.0e-3, "patience": 8}},
+                           "train_baseline": {"train": {"patience": 8}},
                            "drift": {"reference_date": "2030-01-01"}})
     (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     bindir = Path(sys.executable).parent
@@ -104,11 +106,11 @@ def run_dag(ws: Path, dag_id: str, conf: dict | None = None) -> dict:
 
 @pytest.mark.slow
 def test_retrain_end_to_end_registers_and_promotes(airflow_db, workspace):
-    r = run_dag(workspace, "retrain", {"mode": "full", "epochs": 2})
+    r = run_dag(workspace, "retrain", {"mode": "full", "epochs": 8})
     assert r["state"].endswith("success"), r["log"]
     for tid in ("ingest", "train_fusion", "evaluate", "register", "promote", "announce_champion"):
         assert r["tasks"][tid].endswith("success"), (tid, r["tasks"])
-    assert load_raw(workspace / "params.yaml")["train_fusion"]["train"]["epochs"] == 2  # the form changed the run
+    assert load_raw(workspace / "params.yaml")["train_fusion"]["train"]["epochs"] == 8  # the form changed the run
     assert (workspace / "artifacts/evaluate/metrics.json").is_file()
     # promote_only reruns just the gate: the same model is already champion.
     r = run_dag(workspace, "retrain", {"mode": "promote_only"})

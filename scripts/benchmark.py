@@ -1,0 +1,120 @@
+"""Speed and memory figures, each with a baseline measured in the same run (printed, never asserted).
+
+    .venv/bin/python scripts/benchmark.py ingest    # full catalog: products/s, peak RSS; 1 vs N workers
+    .venv/bin/python scripts/benchmark.py train     # training products/s + peak RSS per model
+    .venv/bin/python scripts/benchmark.py predict   # end-to-end categorization vs model-only throughput
+
+Each measurement runs in a child process so peak RSS is its own.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def child(code: str) -> dict:
+    """Run `code` in a fresh interpreter (cwd = repo root); it prints one JSON line."""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+PEAK = "import resource; peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024"
+
+
+def bench_ingest() -> None:
+    results = {}
+    for workers in (1, 2):
+        tmp = tempfile.mkdtemp()
+        results[workers] = child(f"""
+import json, time, dataclasses
+from components.config import load_params
+from components import ingest
+p = load_params()
+p = dataclasses.replace(p, paths=dataclasses.replace(p.paths, ingest="{tmp}/ingest"),
+                        ingest=dataclasses.replace(p.ingest, workers={workers}))
+t = time.perf_counter(); r = ingest.run(p); s = time.perf_counter() - t
+{PEAK}
+print(json.dumps({{"rows": r["summary"]["rows_in"], "seconds": s, "peak_mib": peak}}))""")
+    base, fast = results[1], results[2]
+    for w, r in results.items():
+        print(f"ingest, {w} worker(s): {r['rows']} products in {r['seconds']:.1f} s = "
+              f"{r['rows'] / r['seconds']:.0f} products/s, peak RSS {r['peak_mib']:.0f} MiB")
+    print(f"speed-up of 2 workers over 1 (baseline, same run): {base['seconds'] / fast['seconds']:.2f}x")
+
+
+def bench_train(batches: int = 40) -> None:
+    rows = {}
+    for which in ("image", "text", "metadata", "fusion"):
+        mods = ("image", "text", "metadata") if which == "fusion" else (which,)
+        rows[which] = child(f"""
+import json, time, dataclasses, torch
+from components.config import load_params
+from components.data import load_arrays, split_arrays, iterate
+from components.features import load_encoders
+from components.models import build_model
+from components.models.losses import total_loss
+from components.neural_stage import model_config
+p = load_params(); enc = load_encoders(p.paths.features)
+a, split = load_arrays(p.paths.ingest, p.paths.features)
+train = split_arrays(a, split)["train"]
+tp = (p.train_fusion if "{which}" == "fusion" else p.train_baseline).train
+m = build_model(model_config(p, enc, {mods!r})).train()
+opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+import numpy as np
+it = iterate(train, tp.batch_size, torch.device("cpu"), True, np.random.default_rng(0), {batches} + 3)
+n, t = 0, None
+for i, b in enumerate(it):
+    if i == 3: t = time.perf_counter()
+    loss, _ = total_loss(m, m.forward_features(b), b, tp.losses, tp.level_weights)
+    opt.zero_grad(); loss.backward(); opt.step()
+    if i >= 3: n += len(b["tokens"])
+s = time.perf_counter() - t
+{PEAK}
+print(json.dumps({{"products_per_s": n / s, "peak_mib": peak, "epoch_s": len(train) / (n / s)}}))""")
+    for k, r in rows.items():
+        print(f"train {k:<9}: {r['products_per_s']:7.0f} products/s (~{r['epoch_s']:.0f} s/epoch), "
+              f"peak RSS {r['peak_mib']:.0f} MiB, {rows['image']['products_per_s'] / r['products_per_s']:.2f}x "
+              "the image-only step time")
+
+
+def bench_predict() -> None:
+    r = child(f"""
+import json, time, numpy as np, pandas as pd, torch
+from components.config import load_params
+from components.inference import Categorizer, load_images
+from components.training import predict_arrays
+p = load_params()
+cat = Categorizer.from_checkpoint(p.paths.train_fusion + "/model/model.pt", device="cpu")
+df = pd.read_parquet(p.paths.ingest + "/products.parquet")
+df = df[df.split == "test"].head(3000).reset_index(drop=True)
+h, w = cat.image_size
+t = time.perf_counter()
+images = load_images([p.paths.raw + "/" + x for x in df["image"]], h, w)
+pred, _ = cat.predict(df, images)
+e2e = len(df) / (time.perf_counter() - t)
+a = cat.arrays(df, images)
+t = time.perf_counter()
+predict_arrays(cat.model, a, 256, torch.device("cpu"))
+model_only = len(df) / (time.perf_counter() - t)
+t = time.perf_counter()
+load_images([p.paths.raw + "/" + x for x in df["image"]], h, w)
+dec = len(df) / (time.perf_counter() - t)
+{PEAK}
+print(json.dumps({{"e2e": e2e, "model_only": model_only, "decode": dec, "peak_mib": peak, "n": len(df)}}))""")
+    print(f"predict on {r['n']} products: end-to-end {r['e2e']:.0f} products/s (JPEG decoding included); "
+          f"model only {r['model_only']:.0f}/s; decoding only {r['decode']:.0f}/s; "
+          f"end-to-end = {r['e2e'] / r['model_only']:.2f}x model-only; peak RSS {r['peak_mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    which = sys.argv[1] if len(sys.argv) > 1 else ""
+    fn = {"ingest": bench_ingest, "train": bench_train, "predict": bench_predict}.get(which)
+    if fn is None:
+        raise SystemExit("usage: python scripts/benchmark.py {ingest|train|predict}")
+    fn()
