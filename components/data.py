@@ -69,8 +69,8 @@ def load_arrays(ingest_dir: str, features_dir: str) -> tuple[Arrays, np.ndarray]
 
     f = np.load(Path(features_dir) / "features.npz")
     images = np.load(Path(ingest_dir) / "images.npy", mmap_mode="r")
-    arrays = Arrays(tokens=f["tokens"], subwords=f["subwords"], attrs=f["attrs"], cat=f["cat"], num=f["num"], images=images,
-                    has_image=f["has_image"], labels=f["labels"], group=f["group"])
+    arrays = Arrays(tokens=f["tokens"], subwords=f["subwords"], attrs=f["attrs"], cat=f["cat"], num=f["num"],
+                    images=images, has_image=f["has_image"], labels=f["labels"], group=f["group"])
     return arrays, f["split"]
 
 

@@ -84,8 +84,8 @@ class Categorizer:
     def arrays(self, frame: pd.DataFrame, images: ImageBatch) -> Arrays:
         feats = encode_frame(frame, self.encoders)
         n = len(frame)
-        return Arrays(tokens=feats["tokens"], subwords=feats["subwords"], attrs=feats["attrs"], cat=feats["cat"], num=feats["num"],
-                      images=images.pixels, has_image=np.array([s == "ok" for s in images.status]),
+        return Arrays(tokens=feats["tokens"], subwords=feats["subwords"], attrs=feats["attrs"], cat=feats["cat"],
+                      num=feats["num"], images=images.pixels, has_image=np.array([s == "ok" for s in images.status]),
                       labels=np.full((n, 3), -1, dtype=np.int64), group=np.arange(n, dtype=np.int64))
 
     def predict(self, frame: pd.DataFrame, images: ImageBatch, batch_size: int = 256,

@@ -5,7 +5,6 @@ import logging
 import platform
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -93,6 +92,3 @@ def data_md5(dvc_file: str = "data.dvc") -> str:
     outs = yaml.safe_load(p.read_text()).get("outs", [{}])
     return str(outs[0].get("md5", ""))
 
-
-def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).choice(n, size=min(n, size), replace=False)

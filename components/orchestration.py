@@ -139,3 +139,17 @@ def auto_accept_threshold(evaluate_metrics: Path, target: str = "0.99", default:
         return default
     business = read_json(evaluate_metrics).get("fusion", {}).get("business", {})
     return float(business.get(f"threshold_at_{target}", default))
+
+
+def main() -> None:
+    """python -m components.orchestration profile params.gpu.yaml  (merge a params profile into params.yaml)"""
+    import sys
+
+    if len(sys.argv) != 3 or sys.argv[1] != "profile":
+        raise SystemExit("usage: python -m components.orchestration profile PROFILE.yaml")
+    changed = apply_overrides(Path.cwd(), load_raw(sys.argv[2]))
+    print(f"params.yaml updated with {sys.argv[2]}: {sorted(changed)}")
+
+
+if __name__ == "__main__":
+    main()

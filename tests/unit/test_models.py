@@ -17,8 +17,8 @@ ALL = LossWeights(fused_ce=1.0, modality_ce=0.5, semantic=0.2, gap=0.1, contrast
 
 def cfg(modalities=("image", "text", "metadata"), backbone="mobilenetv3_small_050") -> ModelConfig:
     return ModelConfig(modalities=modalities, backbone=backbone, embed_dim=32, text_dim=16, text_channels=16,
-                       text_kernels=(1, 2, 3), meta_dim=8, dropout=0.0, vocab_size=50, subword_buckets=64, attr_vocab_size=20,
-                       cardinalities=(3, 5), n_numeric=4, n_classes=N_CLASSES)
+                       text_kernels=(1, 2, 3), meta_dim=8, dropout=0.0, vocab_size=50, subword_buckets=64,
+                       attr_vocab_size=20, cardinalities=(3, 5), n_numeric=4, n_classes=N_CLASSES)
 
 
 def batch(b=8, seed=0) -> dict[str, torch.Tensor]:
