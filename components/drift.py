@@ -56,11 +56,10 @@ def describe(frame: pd.DataFrame, images: ImageBatch, cat: Categorizer) -> tuple
     # Rows without an image get a zero image embedding: a growing share of imageless products is itself
     # a change worth seeing, and it moves the embedding distribution accordingly.
     img = np.nan_to_num(emb["image"], nan=0.0)
-    for i in range(img.shape[1]):
-        out[f"img_{i}"] = img[:, i]
-    for i in range(emb["text"].shape[1]):
-        out[f"txt_{i}"] = emb["text"][:, i]
-    return out, {"pred": pred}
+    vectors = pd.DataFrame(np.concatenate([img, emb["text"]], axis=1),
+                           columns=[f"img_{i}" for i in range(img.shape[1])]
+                           + [f"txt_{i}" for i in range(emb["text"].shape[1])])
+    return pd.concat([out, vectors], axis=1), {"pred": pred}
 
 
 def quality(frame: pd.DataFrame, pred: pd.DataFrame, cat: Categorizer) -> dict:

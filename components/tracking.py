@@ -65,8 +65,13 @@ def tracking_uri(params: Params) -> str:
 
 def configure(params: Params) -> Any:
     """Point MLflow at the project's store (or MLFLOW_TRACKING_URI) and the params experiment."""
-    mlflow.set_tracking_uri(tracking_uri(params))
-    mlflow.set_registry_uri(tracking_uri(params))
+    uri = tracking_uri(params)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(params.tracking.experiment) is None:
+        # Keep artifacts beside the SQLite file (git-ignored), not in ./mlruns of whatever cwd we run in.
+        store = Path(params.paths.mlflow_db).resolve().parent / "mlartifacts"
+        mlflow.create_experiment(params.tracking.experiment, artifact_location=store.as_uri())
     mlflow.set_experiment(params.tracking.experiment)
     return mlflow
 
