@@ -46,7 +46,7 @@ def _gx():
     return gx, gxe
 
 
-def product_expectations(labeled: bool, max_missing_image_share: float) -> list:
+def product_expectations(labeled: bool, max_missing_image_share: float, rare_label: str = "") -> list:
     """Row-level expectations that hold for any catalog batch (training export or a new batch)."""
     _, gxe = _gx()
     exps = [
@@ -67,7 +67,9 @@ def product_expectations(labeled: bool, max_missing_image_share: float) -> list:
     if labeled:
         exps += [gxe.ExpectColumnValuesToNotBeNull(column=lvl) for lvl in LEVELS]
         exps += [gxe.ExpectColumnValueLengthsToBeBetween(column=lvl, min_value=1) for lvl in LEVELS]
-        exps.append(gxe.ExpectColumnValuesToBeInSet(column="masterCategory", value_set=list(KNOWN_MASTERS)))
+        # A master class under ingest.min_class_count is folded into the rare label, like any level.
+        masters = [*KNOWN_MASTERS, *([rare_label] if rare_label else [])]
+        exps.append(gxe.ExpectColumnValuesToBeInSet(column="masterCategory", value_set=masters))
     return exps
 
 
@@ -160,7 +162,8 @@ def run(params: Params) -> dict:
     cache = np.load(src / "images.npy", mmap_mode="r")
     frames = {"products": df, "splits": df[["split"]],
               **curated_tables(df, cache.shape, str(cache.dtype), params)}
-    suites = {"products": product_expectations(True, params.validate.max_missing_image_share),
+    suites = {"products": product_expectations(True, params.validate.max_missing_image_share,
+                                               params.ingest.rare_label),
               **curated_expectations(params)}
     with atomic_dir(params.paths.validate) as tmp:
         results = run_suites(frames, suites, tmp / "data_docs")

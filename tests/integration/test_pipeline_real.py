@@ -47,7 +47,7 @@ def workspace(tmp_path_factory) -> Path:
     os.symlink(ROOT / "components", ws / "components")
     raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
     raw = deep_merge(raw, {"ingest": {"min_class_count": 20},
-                           "train_fusion": {"train": {"epochs": 4}},
+                           "train_fusion": {"train": {"epochs": 10, "lr": 3.0e-3, "patience": 10}},
                            "train_baseline": {"train": {"epochs": 3}}})
     (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
