@@ -68,19 +68,17 @@ def group_products(titles: list[str], md5s: list[str], phashes: list[int | None]
     n = len(titles)
     uf = _UnionFind(n)
     for keys, limit in ((md5s, None), (phashes, perceptual_max_group), (titles, None)):
-        first: dict = {}
         members: dict = {}
         for i, k in enumerate(keys):
             if k in (None, ""):
                 continue
             members.setdefault(k, []).append(i)
-        for k, idx in members.items():
+        for idx in members.values():
             # A perceptual hash shared by many rows is a generic silhouette, not one product.
             if limit is not None and len(idx) > limit:
                 continue
             for j in idx[1:]:
                 uf.union(idx[0], j)
-            first[k] = idx[0]
     own_key = [f"t:{t}" if t else (f"m:{m}" if m else f"r:{i}") for i, (t, m) in
                enumerate(zip(titles, md5s))]
     best: dict[int, str] = {}
