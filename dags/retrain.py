@@ -17,15 +17,24 @@ from common.settings import (
     home,
 )
 
-# dvc.yaml stage order (tests/dags checks it); these run on the GPU queue.
+# dvc.yaml stage order (tests/dags checks it); GPU_STAGES go to the GPU queue and pool.
 STAGES = ["ingest", "validate", "features", "train_baseline@tfidf", "train_baseline@image",
           "train_baseline@text", "train_baseline@metadata", "train_fusion", "evaluate"]
 GPU_STAGES = {"train_baseline@image", "train_fusion"}
 JOIN = "none_failed_min_one_success"
 
 
-def dvc(args: str) -> str:
-    return f"cd {SH_HOME} && export PATH={SH_BIN}:$PATH DVC_NO_ANALYTICS=1 && dvc {args}"
+def in_workspace(command: str) -> str:
+    # set -e: any failing step (cd, pull, repro) fails the task; `if` conditions are exempt by design.
+    return f"set -e; cd {SH_HOME}; export PATH={SH_BIN}:$PATH DVC_NO_ANALYTICS=1; {command}"
+
+
+# The catalog comes from the default remote; pipeline outputs go to (and come back from) a remote named
+# `artifacts` when one is configured. Without remotes (tests, a bare workspace) both are no-ops; when a remote
+# exists, a failing pull or push fails the task.
+PULL = ("if dvc remote list | grep -q .; then dvc pull -q data.dvc; fi; "
+        "if dvc remote list | grep -q '^artifacts[[:space:]]'; then dvc pull -q -r artifacts --allow-missing; fi")
+PUSH = "if dvc remote list | grep -q '^artifacts[[:space:]]'; then dvc push -q -r artifacts; fi"
 
 
 @dag(
@@ -53,15 +62,15 @@ def retrain():
 
         return apply_overrides(home(), run_overrides(params))
 
-    dvc_pull = BashOperator(task_id="dvc_pull", bash_command=dvc("remote list | grep -q . && dvc pull -q || true"))
+    dvc_pull = BashOperator(task_id="dvc_pull", bash_command=in_workspace(PULL))
     force = "{{ '-f ' if params.force else '' }}"
     stages = [
-        BashOperator(task_id=s.replace("@", "_"), bash_command=dvc(f"repro {force}-s {s}"),
+        BashOperator(task_id=s.replace("@", "_"), bash_command=in_workspace(f"dvc repro {force}-s {s}"),
                      **({"queue": GPU_QUEUE, "pool": GPU_POOL, "executor_config": gpu_executor_config()}
                         if s in GPU_STAGES else {}))
         for s in STAGES
     ]
-    dvc_push = BashOperator(task_id="dvc_push", bash_command=dvc("remote list | grep -q . && dvc push -q || true"))
+    dvc_push = BashOperator(task_id="dvc_push", bash_command=in_workspace(PUSH))
 
     @task(trigger_rule=JOIN)
     def register() -> str:
