@@ -12,6 +12,11 @@ from components.models.fusion import FusionModel, ModelConfig, build_model
 FORMAT = "deepfusion-checkpoint/1"
 
 
+def fusion_checkpoint(train_fusion_dir: str | Path) -> Path:
+    """Where the train_fusion stage writes its model (params.paths.train_fusion)."""
+    return Path(train_fusion_dir) / "model" / "model.pt"
+
+
 class CheckpointError(ValueError):
     """The file is not a DeepFusion checkpoint or is from an incompatible format."""
 

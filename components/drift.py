@@ -20,12 +20,12 @@ import pandas as pd
 
 from components.artifacts import atomic_dir, write_json
 from components.catalog import LEVELS, TITLE, CatalogError, read_catalog
-from components.checkpoint import CheckpointError
+from components.checkpoint import CheckpointError, fusion_checkpoint
 from components.config import DriftParams, Params, load_params
 from components.features import tokenize
 from components.inference import Categorizer, ImageBatch, load_images
 from components.metrics import classification
-from components.predict import DEFAULT_MODEL, load_categorizer
+from components.predict import load_categorizer
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def reference(params: Params, cat: Categorizer) -> pd.DataFrame:
     return described
 
 
-def run(params: Params, batch_dir: Path, output: Path, model: str = DEFAULT_MODEL) -> dict:
+def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
     t0 = time.perf_counter()
     read = read_catalog(batch_dir, require_labels=False)
     if read.frame.empty:
@@ -165,12 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m components.drift", description=__doc__.split("\n")[0])
     ap.add_argument("batch_dir", type=Path)
     ap.add_argument("--output", type=Path)
-    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--model", help="checkpoint path or models:/NAME@ALIAS (default: the pipeline's fusion model)")
     args = ap.parse_args(argv)
     params = load_params()
     output = args.output or Path(params.drift.output) / args.batch_dir.name
     try:
-        s = run(params, args.batch_dir, output, args.model)
+        s = run(params, args.batch_dir, output, args.model or str(fusion_checkpoint(params.paths.train_fusion)))
     except (CatalogError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -93,7 +93,9 @@ def serving_model(home: Path) -> str:
         c = tracking.client(params)
         if tracking.alias_version(c, params.registry.model_name, "champion"):
             return f"models:/{params.registry.model_name}@champion"
-        return str(Path(home) / params.paths.train_fusion / "model" / "model.pt")
+        from components.checkpoint import fusion_checkpoint
+
+        return str(Path(home) / fusion_checkpoint(params.paths.train_fusion))
 
 
 def drift_batch(home: Path, batch: str, model: str) -> dict:

@@ -21,13 +21,20 @@ from tqdm import tqdm
 
 from components.artifacts import atomic_write_bytes
 from components.catalog import LEVELS, CatalogError, read_catalog
-from components.checkpoint import CheckpointError
+from components.checkpoint import CheckpointError, fusion_checkpoint
+from components.config import ConfigError
 from components.inference import Categorizer, load_images
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "artifacts/train_fusion/model/model.pt"
 CHUNK = 2048
+
+
+def default_model() -> str:
+    """The fusion model the pipeline produced, located through params.yaml (paths are written once)."""
+    from components.config import load_params  # raises ConfigError outside the project root
+
+    return str(fusion_checkpoint(load_params().paths.train_fusion))
 
 
 def load_categorizer(model: str) -> Categorizer:
@@ -74,17 +81,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m components.predict", description=__doc__.split("\n")[0])
     ap.add_argument("catalog_dir", type=Path)
     ap.add_argument("--output", type=Path, required=True)
-    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--model", help="checkpoint path or models:/NAME@ALIAS (default: the pipeline's fusion model)")
     ap.add_argument("--embeddings", type=Path)
     args = ap.parse_args(argv)
     try:
-        cat = load_categorizer(args.model)
+        cat = load_categorizer(args.model or default_model())
         t0 = time.perf_counter()
         out, arrays = categorize(args.catalog_dir, cat, embeddings=args.embeddings is not None,
                                  progress=True)
         seconds = time.perf_counter() - t0
-    except (CatalogError, CheckpointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (CatalogError, CheckpointError, ConfigError) as exc:
+        print(f"error: {exc} (or pass --model)" if isinstance(exc, ConfigError) else f"error: {exc}",
+              file=sys.stderr)
         return 2
     atomic_write_bytes(args.output, out.to_csv(index=False).encode())
     if args.embeddings is not None:

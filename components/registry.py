@@ -26,6 +26,7 @@ import pandas as pd
 from components import tracking
 from components.artifacts import read_json
 from components.catalog import LEVELS
+from components.checkpoint import fusion_checkpoint
 from components.config import Params, RegistryParams, load_params, params_to_dict
 from components.inference import ImageBatch
 from components.metrics import classification
@@ -104,7 +105,7 @@ def git_commit() -> str:
 
 
 def register(params: Params) -> str:
-    ckpt = Path(params.paths.train_fusion) / "model" / "model.pt"
+    ckpt = fusion_checkpoint(params.paths.train_fusion)
     if not ckpt.is_file():
         raise RegistryError(f"{ckpt} not found; run `dvc repro train_fusion` first")
     evaluation = read_json(Path(params.paths.evaluate) / "metrics.json")

@@ -24,8 +24,9 @@ import pandas as pd
 from components.artifacts import atomic_write_bytes
 from components.catalog import TITLE, CatalogError
 from components.checkpoint import CheckpointError
+from components.config import ConfigError
 from components.inference import Categorizer, load_images
-from components.predict import DEFAULT_MODEL, categorize, load_categorizer
+from components.predict import categorize, default_model, load_categorizer
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--image", type=Path)
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--index", type=Path, default=DEFAULT_INDEX)
-    ap.add_argument("--model", default=DEFAULT_MODEL)
+    ap.add_argument("--model", help="checkpoint path or models:/NAME@ALIAS (default: the pipeline's fusion model)")
     args = ap.parse_args(argv)
     try:
-        cat = load_categorizer(args.model)
+        cat = load_categorizer(args.model or default_model())
         if args.build:
             t0 = time.perf_counter()
             index = build_index(Path(args.build), cat)
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         query = embed_text(cat, args.text) if args.text is not None else embed_image(cat, args.image)
         hits = top_k(index, query, args.k)
         ms = (time.perf_counter() - t0) * 1000
-    except (CatalogError, CheckpointError, FileNotFoundError, ValueError) as exc:
+    except (CatalogError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(hits.to_string(index=False))
