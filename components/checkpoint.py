@@ -9,7 +9,8 @@ import torch
 from components.features import Encoders
 from components.models.fusion import FusionModel, ModelConfig, build_model
 
-FORMAT = "deepfusion-checkpoint/1"
+# /2: word + character n-grams in `subwords`, the wide head and the low-res stem option.
+FORMAT = "deepfusion-checkpoint/2"
 
 
 def fusion_checkpoint(train_fusion_dir: str | Path) -> Path:

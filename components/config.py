@@ -61,8 +61,9 @@ class FeaturesParams:
     min_token_count: int
     use_description: bool  # append the description to the title for the text tower
     max_attr_tokens: int
-    subword_buckets: int  # hashed character trigrams of title words (fastText-style), 0 = padding
+    subword_buckets: int  # hashed n-grams of the title (fastText-style), 0 = padding
     max_subwords: int
+    char_ngrams: tuple[int, int]  # character n-gram lengths per word (word uni/bigrams are always added)
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
     forbidden: tuple[str, ...]  # parent labels and fields that restate them: never features
@@ -78,6 +79,9 @@ class ModelParams:
     text_kernels: tuple[int, ...]
     meta_dim: int
     dropout: float
+    wide: bool  # add the jointly trained linear head over n-grams and metadata tokens (Wide & Deep)
+    low_res_stem: bool  # drop the backbone's stem max-pool: 80x64 catalog shots keep a 5x4 final map
+    backbone_channels: tuple[int, ...]  # ResNet-family stage widths (stem = first); () = the backbone's own
 
 
 @dataclass(frozen=True)

@@ -52,16 +52,21 @@ def attribute_tokens(raw: str) -> list[str]:
     return out
 
 
-def subword_ids(text: str, buckets: int, limit: int) -> list[int]:
-    """Hashed character trigrams of each word, with word boundaries ("<ts", "tsh", ..., "ts>")."""
-    out = []
-    for word in tokenize(text):
+def _bucket(gram: str, buckets: int) -> int:
+    return zlib.crc32(gram.encode()) % (buckets - 1) + 1
+
+
+def subword_ids(text: str, buckets: int, limit: int, char_ngrams: tuple[int, int] = (3, 3)) -> list[int]:
+    """Hashed n-grams of a title (fastText-style): word unigrams and bigrams first, then the character
+    n-grams of each word with boundaries ("<ts", "tsh", ..., "ts>"). Words come first so that a long
+    title loses character n-grams, never its words, at `limit`."""
+    words = tokenize(text)
+    grams = [f"w:{w}" for w in words] + [f"w:{a} {b}" for a, b in zip(words, words[1:])]
+    lo, hi = char_ngrams
+    for word in words:
         w = f"<{word}>"
-        for i in range(len(w) - 2):
-            out.append(zlib.crc32(w[i : i + 3].encode()) % (buckets - 1) + 1)
-            if len(out) >= limit:
-                return out
-    return out
+        grams += [w[i : i + n] for n in range(lo, hi + 1) for i in range(len(w) - n + 1)]
+    return [_bucket(g, buckets) for g in grams[:limit]]
 
 
 def product_text(frame: pd.DataFrame, use_description: bool) -> list[str]:
@@ -96,6 +101,7 @@ class Encoders:
     use_description: bool
     subword_buckets: int
     max_subwords: int
+    char_ngrams: tuple[int, int]
     vocab: dict[str, int]
     attr_vocab: dict[str, int]
     categorical: dict[str, dict[str, int]]  # field -> value -> id (0 = missing/unknown)
@@ -111,6 +117,7 @@ class Encoders:
         d = dict(d)
         d["numeric"] = {k: tuple(v) for k, v in d["numeric"].items()}
         d["taxonomy"] = [tuple(p) for p in d["taxonomy"]]
+        d["char_ngrams"] = tuple(d["char_ngrams"])
         return cls(**d)
 
 
@@ -140,7 +147,7 @@ def fit_encoders(train: pd.DataFrame, p: FeaturesParams, all_labels: pd.DataFram
     labels = {lvl: sorted(all_labels[lvl].unique().tolist()) for lvl in LEVELS}
     taxonomy = sorted({tuple(r) for r in train[list(LEVELS)].itertuples(index=False)})
     return Encoders(p.max_title_tokens, p.max_attr_tokens, p.use_description, p.subword_buckets, p.max_subwords,
-                    _vocab(tok, p.min_token_count),
+                    p.char_ngrams, _vocab(tok, p.min_token_count),
                     _vocab(attr, p.min_token_count), categorical, numeric, labels, taxonomy)
 
 
@@ -161,7 +168,8 @@ def encode_frame(frame: pd.DataFrame, enc: Encoders) -> dict[str, np.ndarray]:
 
     texts = product_text(frame.assign(**{TITLE: col(TITLE)}), enc.use_description)
     tokens = _pad([[enc.vocab.get(t, UNK) for t in tokenize(x)] for x in texts], enc.max_title_tokens)
-    subwords = _pad([subword_ids(x, enc.subword_buckets, enc.max_subwords) for x in texts], enc.max_subwords)
+    subwords = _pad([subword_ids(x, enc.subword_buckets, enc.max_subwords, enc.char_ngrams) for x in texts],
+                    enc.max_subwords)
     attrs = _pad([[enc.attr_vocab.get(t, UNK) for t in attribute_tokens(str(r))] for r in
                   col("articleAttributes").fillna("")], enc.max_attr_tokens)
     cat = np.stack([col(f).fillna("").astype(str).map(lambda v, m=m: m.get(v, 0)).to_numpy(np.int64)

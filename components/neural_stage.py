@@ -27,6 +27,7 @@ def model_config(params: Params, enc: Encoders, modalities: tuple[str, ...]) -> 
         vocab_size=len(enc.vocab) + 2, subword_buckets=enc.subword_buckets, attr_vocab_size=len(enc.attr_vocab) + 2,
         cardinalities=tuple(len(v) + 1 for v in enc.categorical.values()),
         n_numeric=2 * len(enc.numeric), n_classes=tuple(len(enc.labels[lvl]) for lvl in enc.labels),
+        wide=m.wide, low_res_stem=m.low_res_stem, backbone_channels=m.backbone_channels,
     )
 
 

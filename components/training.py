@@ -70,7 +70,7 @@ def predict_arrays(model: FusionModel, a: Arrays, batch_size: int, device: torch
             batch["present"] = torch.tensor(present, device=device).expand(len(batch["tokens"]), 3)
         with _autocast(device):
             feats = model.forward_features(batch)
-        for lvl, lg in enumerate(model.classify(feats["fused"].float())):
+        for lvl, lg in enumerate(model.fused_logits({**feats, "fused": feats["fused"].float()})):
             probs[lvl].append(torch.softmax(lg.float(), 1).cpu().numpy())
         if embeddings:
             for k in (*model.cfg.modalities, "fused"):
@@ -103,6 +103,25 @@ class FitResult:
     peak_rss_mib: float = 0.0
 
 
+def _is_sparse(model: FusionModel, param: torch.Tensor) -> bool:
+    return any(param is m.weight for m in model.modules()
+               if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse)
+
+
+def optimizers(model: FusionModel, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
+    """AdamW for the dense weights; lazy (sparse) Adam for the hashed n-gram tables.
+
+    A batch touches a few thousand of the tables' ~130k rows: dense gradients and AdamW would rewrite
+    every row each step (~35M floats), which made training 3x slower on CPU than the rows it needs.
+    """
+    sparse = [p for p in model.parameters() if _is_sparse(model, p)]
+    dense = [p for p in model.parameters() if not _is_sparse(model, p)]
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)]
+    if sparse:
+        opts.append(torch.optim.SparseAdam(sparse, lr=lr))
+    return opts
+
+
 def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: int,
         on_epoch: Callable[[dict], None] | None = None) -> FitResult:
     device = select_device(tp.device)
@@ -110,12 +129,13 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
         torch.set_num_threads(tp.num_threads)
     seed_everything(seed)
     model.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tp.lr, weight_decay=tp.weight_decay)
     steps_per_epoch = -(-len(train) // tp.batch_size)
     if tp.max_batches_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tp.max_batches_per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tp.lr, total_steps=tp.epochs * steps_per_epoch,
-                                                pct_start=0.15)
+    opts = optimizers(model, tp.lr, tp.weight_decay)
+    scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=tp.lr, total_steps=tp.epochs * steps_per_epoch,
+                                                  pct_start=0.15) for o in opts]
+    dense = [p for p in model.parameters() if not _is_sparse(model, p)]
     use_amp = tp.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
@@ -136,13 +156,16 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
             with _autocast(device):
                 feats = model.forward_features(batch)
                 loss, parts = total_loss(model, feats, batch, tp.losses, tp.level_weights)
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            scaler.step(opt)
+            for opt in opts:
+                scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(dense, 5.0)  # sparse rows are few per step; Adam bounds them
+            for opt, sched in zip(opts, scheds):
+                scaler.step(opt)
+                sched.step()
             scaler.update()
-            sched.step()
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1

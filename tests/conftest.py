@@ -33,9 +33,9 @@ COLOURS = ["Black", "Blue", "Red", "Green", "White"]
 TINY_OVERRIDES = {
     "ingest": {"min_class_count": 3, "workers": 1},
     "validate": {"min_rows": 10, "max_missing_image_share": 0.2},
-    "features": {"min_token_count": 1},
-    "model": {"backbone": "mobilenetv3_small_050", "embed_dim": 32, "text_dim": 16, "text_channels": 16,
-              "meta_dim": 8},
+    "features": {"min_token_count": 1, "subword_buckets": 4096},
+    "model": {"backbone": "resnet18", "backbone_channels": [8, 16, 32, 64], "embed_dim": 32, "text_dim": 16,
+              "text_channels": 16, "meta_dim": 8},
     "train_baseline": {"tfidf": {"max_features": 5000}, "train": {"epochs": 2, "batch_size": 32,
                                                                    "patience": 2}},
     "train_fusion": {"train": {"epochs": 2, "batch_size": 32, "patience": 2}},

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from components.models.towers import ImageTower, MetadataTower, TextTower
+from components.models.towers import ImageTower, MetadataTower, TextTower, WideHead
 
 MODALITIES = ("image", "text", "metadata")
 CLASSIFIER_SCALE = 16.0
@@ -31,13 +31,16 @@ class ModelConfig:
     cardinalities: tuple[int, ...]
     n_numeric: int
     n_classes: tuple[int, int, int]  # masterCategory, subCategory, articleType
+    wide: bool
+    low_res_stem: bool
+    backbone_channels: tuple[int, ...]
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
-        tuples = ("modalities", "text_kernels", "cardinalities", "n_classes")
+        tuples = ("modalities", "text_kernels", "cardinalities", "n_classes", "backbone_channels")
         return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
 
 
@@ -53,7 +56,8 @@ class FusionModel(nn.Module):
         d = cfg.embed_dim
         towers: dict[str, nn.Module] = {}
         if "image" in cfg.modalities:
-            towers["image"] = ImageTower(cfg.backbone, d, cfg.dropout, pretrained_path)
+            towers["image"] = ImageTower(cfg.backbone, d, cfg.dropout, pretrained_path, cfg.low_res_stem,
+                                           cfg.backbone_channels)
         if "text" in cfg.modalities:
             towers["text"] = TextTower(cfg.vocab_size, cfg.text_dim, cfg.text_channels, cfg.text_kernels,
                                        d, cfg.dropout, cfg.subword_buckets)
@@ -67,6 +71,10 @@ class FusionModel(nn.Module):
                                   nn.Linear(d * 2, d))
         # One classifier per level, shared by every modality embedding and the fused one (HUSE).
         self.heads = nn.ModuleList(nn.Linear(d, n) for n in cfg.n_classes)
+        self.wide = None
+        if cfg.wide and ({"text", "metadata"} & set(cfg.modalities)):
+            self.wide = WideHead(cfg.subword_buckets, cfg.attr_vocab_size, list(cfg.cardinalities),
+                                 sum(cfg.n_classes), "text" in cfg.modalities, "metadata" in cfg.modalities)
         # Learnable temperature of the image-text contrastive loss; log(1/0.07) as in CLIP.
         self.logit_scale = nn.Parameter(torch.tensor(2.659))
 
@@ -100,16 +108,28 @@ class FusionModel(nn.Module):
             parts.append(embs[name] * p)
             flags.append(p)
         fused = F.normalize(self.fuse(torch.cat(parts + flags, dim=1)), dim=-1)  # (B, D)
-        return {**embs, "fused": fused, **{f"present_{k}": v for k, v in pres.items()}}
+        feats = {**embs, "fused": fused, **{f"present_{k}": v for k, v in pres.items()}}
+        if self.wide is not None:
+            groups = self.wide(batch["subwords"], batch["cat"], batch["attrs"])
+            # An absent modality contributes no wide evidence either (dropout, ablations, empty titles).
+            feats["wide"] = sum(g * pres[k].unsqueeze(1).to(g.dtype) for k, g in groups.items())
+        return feats
 
     def classify(self, emb: torch.Tensor) -> list[torch.Tensor]:
         # Unit-norm inputs bound the logits; a fixed scale lets softmax reach confident values
         # without waiting for weight norms to grow against weight decay.
         return [head(emb * CLASSIFIER_SCALE) for head in self.heads]
 
+    def fused_logits(self, feats: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The model's prediction: the shared classifier on the fused embedding plus the wide head."""
+        logits = self.classify(feats["fused"])
+        if "wide" not in feats:
+            return logits
+        wide = feats["wide"].float().split(list(self.cfg.n_classes), dim=1)
+        return [lg + w for lg, w in zip(logits, wide)]
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-        feats = self.forward_features(batch)
-        return {"fused": self.classify(feats["fused"])}
+        return {"fused": self.fused_logits(self.forward_features(batch))}
 
 
 def build_model(cfg: ModelConfig, pretrained_path: str = "") -> FusionModel:

@@ -58,7 +58,7 @@ def total_loss(model, feats: dict[str, torch.Tensor], batch: dict[str, torch.Ten
                level_weights: tuple[float, ...]) -> tuple[torch.Tensor, dict[str, float]]:
     """Combine every term; returns the loss and its parts for logging."""
     y = batch["labels"]
-    parts = {"fused_ce": level_ce(model.classify(feats["fused"]), y, level_weights)}
+    parts = {"fused_ce": level_ce(model.fused_logits(feats), y, level_weights)}
     if w.modality_ce:
         mod = [level_ce(model.classify(feats[m]), y, level_weights, feats[f"present_{m}"])
                for m in model.cfg.modalities]

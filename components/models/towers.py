@@ -11,7 +11,8 @@ from torch import nn
 class ImageTower(nn.Module):
     """timm backbone (num_classes=0) + projection. Owns its preprocessing (uint8 HWC in)."""
 
-    def __init__(self, backbone: str, out_dim: int, dropout: float, pretrained_path: str = "") -> None:
+    def __init__(self, backbone: str, out_dim: int, dropout: float, pretrained_path: str = "",
+                 low_res_stem: bool = False, channels: tuple[int, ...] = ()) -> None:
         super().__init__()
         import timm
 
@@ -22,7 +23,22 @@ class ImageTower(nn.Module):
                                         "set it to a local .safetensors/.pth file or to \"\"")
             # Weights come from a local file only: nothing is downloaded at run time.
             kwargs = {"pretrained": True, "pretrained_cfg_overlay": {"file": str(pretrained_path)}}
-        self.backbone = timm.create_model(backbone, num_classes=0, **kwargs)
+        if channels:
+            # A narrower ResNet: on 2 CPU cores from scratch, half the widths train ~2.5x faster per
+            # epoch than resnet18 and reach a better accuracy in the same time.
+            kwargs.update(channels=tuple(channels), stem_width=channels[0])
+        try:
+            self.backbone = timm.create_model(backbone, num_classes=0, **kwargs)
+        except TypeError as exc:
+            raise ValueError(f"model.backbone_channels: {backbone} does not take stage widths ({exc}); "
+                             "use a ResNet-family backbone or set backbone_channels: []") from exc
+        if low_res_stem:
+            # ImageNet stems shrink the input 4x before the first block; at 80x64 that leaves a 3x2 map
+            # at the end. Without the stem pool the network keeps 4x the positions (and ~4x the cost).
+            if not isinstance(getattr(self.backbone, "maxpool", None), nn.MaxPool2d):
+                raise ValueError(f"model.low_res_stem: backbone {backbone} has no stem max-pool to remove; "
+                                 "use a ResNet-family backbone or set low_res_stem: false")
+            self.backbone.maxpool = nn.Identity()
         cfg = timm.data.resolve_model_data_config(self.backbone)
         self.register_buffer("mean", torch.tensor(cfg["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg["std"]).view(1, 3, 1, 1), persistent=False)
@@ -48,7 +64,7 @@ class TextTower(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, emb_dim, padding_idx=0)
         self.convs = nn.ModuleList(nn.Conv1d(emb_dim, channels, k, padding=k // 2) for k in kernels)
-        self.subwords = nn.EmbeddingBag(subword_buckets, emb_dim, mode="mean", padding_idx=0)
+        self.subwords = nn.EmbeddingBag(subword_buckets, emb_dim, mode="mean", padding_idx=0, sparse=True)
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels * len(kernels) + emb_dim, out_dim))
         self.out_dim = out_dim
 
@@ -82,3 +98,45 @@ class MetadataTower(nn.Module):
         parts.append(self.attrs(attrs))
         parts.append(num)
         return self.mlp(torch.cat(parts, dim=1))
+
+
+class WideHead(nn.Module):
+    """The "wide" part of Wide & Deep: one weight per (input token, class), trained with the towers.
+
+    Inputs are the title's hashed n-grams and the metadata tokens (categorical values, attributes), each
+    group an L2-normalised binary bag as in TF-IDF. It memorises exact token-class evidence (rare article
+    types named in the title) that the deep towers smooth over. Returns class logits per group so that
+    the model can switch a group off with its modality.
+    """
+
+    def __init__(self, subword_buckets: int, attr_vocab: int, cardinalities: list[int], n_out: int,
+                 text: bool, metadata: bool) -> None:
+        super().__init__()
+        self.text = (nn.EmbeddingBag(subword_buckets, n_out, mode="sum", padding_idx=0, sparse=True)
+                     if text else None)
+        self.meta = None
+        if metadata:
+            # All categorical fields share one table: field i's ids are shifted by the fields before it.
+            offsets = torch.tensor([0, *cardinalities[:-1]]).cumsum(0)
+            self.register_buffer("cat_offsets", offsets, persistent=False)
+            self.meta = nn.EmbeddingBag(sum(cardinalities) + attr_vocab, n_out, mode="sum", padding_idx=None)
+            self.attr_offset = sum(cardinalities)
+        for table in (self.text, self.meta):
+            if table is not None:
+                nn.init.zeros_(table.weight)  # a linear model starts from zero; the deep part leads early
+
+    @staticmethod
+    def _normalised_bag(table: nn.EmbeddingBag, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        norm = weights.sum(1, keepdim=True).clamp(min=1.0).rsqrt()
+        return table(ids, per_sample_weights=weights * norm)
+
+    def forward(self, subwords: torch.Tensor, cat: torch.Tensor, attrs: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        if self.text is not None:
+            out["text"] = self._normalised_bag(self.text, subwords, subwords.ne(0).float())
+        if self.meta is not None:
+            ids = torch.cat([cat + self.cat_offsets, attrs + self.attr_offset], dim=1)
+            # Padding attribute slots (id 0) carry weight 0; every categorical field counts (0 = missing).
+            weights = torch.cat([torch.ones_like(cat, dtype=torch.float), attrs.ne(0).float()], dim=1)
+            out["metadata"] = self._normalised_bag(self.meta, ids, weights)
+        return out

@@ -10,15 +10,18 @@ from components.config import LossWeights
 from components.features import Encoders
 from components.models import ModelConfig, build_model
 from components.models.losses import contrastive_loss, hierarchy_similarity, semantic_loss, total_loss
+from components.training import optimizers
 
 N_CLASSES = (3, 4, 6)
 ALL = LossWeights(fused_ce=1.0, modality_ce=0.5, semantic=0.2, gap=0.1, contrastive=0.2)
 
 
-def cfg(modalities=("image", "text", "metadata"), backbone="mobilenetv3_small_050") -> ModelConfig:
+def cfg(modalities=("image", "text", "metadata"), backbone="mobilenetv3_small_050", wide=True,
+        low_res_stem=False, channels=()) -> ModelConfig:
     return ModelConfig(modalities=modalities, backbone=backbone, embed_dim=32, text_dim=16, text_channels=16,
                        text_kernels=(1, 2, 3), meta_dim=8, dropout=0.0, vocab_size=50, subword_buckets=64,
-                       attr_vocab_size=20, cardinalities=(3, 5), n_numeric=4, n_classes=N_CLASSES)
+                       attr_vocab_size=20, cardinalities=(3, 5), n_numeric=4, n_classes=N_CLASSES, wide=wide,
+                       low_res_stem=low_res_stem, backbone_channels=channels)
 
 
 def batch(b=8, seed=0) -> dict[str, torch.Tensor]:
@@ -79,6 +82,54 @@ def test_all_losses_are_finite_and_reach_every_tower():
         assert grad is not None and grad.abs().sum() > 0, name
 
 
+def test_wide_head_starts_at_zero_follows_presence_and_learns():
+    model = build_model(cfg()).eval()
+    b = batch()
+    assert torch.count_nonzero(model.forward_features(b)["wide"]) == 0  # zero-initialised linear part
+    b["has_image"][:] = True
+    total_loss(model.train(), model.forward_features(b), b, ALL, (1.0, 1.0, 1.0))[0].backward()
+    assert model.wide.text.weight.grad.abs().sum() > 0 and model.wide.meta.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.wide.text.weight.normal_()
+        model.wide.meta.weight.normal_()
+    model.eval()
+    # Switching text (and with it the title n-grams) off must remove exactly the text part of the wide logits.
+    text_off = {**b, "present": torch.tensor([True, False, True]).expand(8, 3)}
+    meta_only = model.wide(b["subwords"], b["cat"], b["attrs"])["metadata"]
+    assert torch.allclose(model.forward_features(text_off)["wide"], meta_only, atol=1e-5)
+    # Each group is an L2-normalised binary bag: one n-gram gives its weight row, four give sum / 2.
+    w, ids = model.wide, b["subwords"][:, :4]
+    assert torch.allclose(w._normalised_bag(w.text, ids[:, :1], torch.ones(8, 1)), w.text.weight[ids[:, 0]],
+                          atol=1e-5)
+    assert torch.allclose(w._normalised_bag(w.text, ids, torch.ones(8, 4)), w.text.weight[ids].sum(1) / 2,
+                          atol=1e-5)
+
+
+def test_wide_head_off_and_text_only_model():
+    assert build_model(cfg(wide=False)).wide is None
+    assert build_model(cfg(("image",))).wide is None
+    text_only = build_model(cfg(("text",)))
+    assert text_only.wide.meta is None and text_only.wide.text is not None
+
+
+def test_low_res_stem_keeps_a_larger_final_map():
+    model = build_model(cfg(("image",), "resnet10t", low_res_stem=True)).eval()
+    plain = build_model(cfg(("image",), "resnet10t")).eval()
+    x = model.towers["image"].preprocess(batch(2)["image"])
+    assert model.towers["image"].backbone.forward_features(x).shape[-2:] == (5, 4)
+    assert plain.towers["image"].backbone.forward_features(x).shape[-2:] == (3, 2)
+    with pytest.raises(ValueError, match="low_res_stem"):
+        build_model(cfg(("image",), "mobilenetv3_small_050", low_res_stem=True))
+
+
+def test_backbone_channels_narrow_a_resnet_and_are_refused_elsewhere():
+    narrow = build_model(cfg(("image",), "resnet18", channels=(8, 16, 32, 64)))
+    assert narrow.towers["image"].backbone.num_features == 64
+    assert narrow.forward_features(batch(2))["image"].shape == (2, 32)
+    with pytest.raises(ValueError, match="backbone_channels"):
+        build_model(cfg(("image",), "mobilenetv3_small_050", channels=(8, 16, 32, 64)))
+
+
 def test_loss_terms_by_hand():
     labels = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 1, 2], [1, 2, 3]])
     sim = hierarchy_similarity(labels)
@@ -101,12 +152,14 @@ def test_one_batch_overfit():
     torch.manual_seed(0)
     model = build_model(cfg(("text", "metadata"))).train()
     b = batch(16)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opts = optimizers(model, lr=3e-3, weight_decay=0.0)  # the training loop's AdamW + sparse Adam
     for _ in range(150):
         loss, _ = total_loss(model, model.forward_features(b), b, ALL, (1.0, 1.0, 1.0))
-        opt.zero_grad()
+        for opt in opts:
+            opt.zero_grad()
         loss.backward()
-        opt.step()
+        for opt in opts:
+            opt.step()
     model.eval()
     preds = [lg.argmax(1) for lg in model(b)["fused"]]
     for lvl, p in enumerate(preds):
@@ -114,7 +167,8 @@ def test_one_batch_overfit():
 
 
 def encoders() -> Encoders:
-    return Encoders(10, 5, False, 64, 30, {"a": 2}, {"fit=slim": 2}, {"gender": {"Men": 1}, "usage": {"Casual": 1}},
+    return Encoders(10, 5, False, 64, 30, (2, 5), {"a": 2}, {"fit=slim": 2},
+                    {"gender": {"Men": 1}, "usage": {"Casual": 1}},
                     {"price": (6.0, 1.0), "year": (2014.0, 2.0)},
                     {"masterCategory": ["A", "B", "C"], "subCategory": list("abcd"),
                      "articleType": list("uvwxyz")}, [("A", "a", "u")])
