@@ -100,6 +100,7 @@ class TrainParams:
     lr: float
     weight_decay: float
     patience: int
+    min_epochs: int  # no early stop before this: validation swings while the one-cycle LR is high
     device: str  # auto | cpu | cuda
     amp: bool
     num_threads: int  # 0 = torch default

@@ -187,7 +187,7 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
             best.best_epoch, best.best_val_macro_f1, bad_epochs = epoch, val_f1, 0
         else:
             bad_epochs += 1
-            if bad_epochs >= tp.patience:
+            if bad_epochs >= tp.patience and epoch >= tp.min_epochs:
                 log.info("early stop after epoch %d (best %d)", epoch, best.best_epoch)
                 break
     model.load_state_dict(best.best_state)

@@ -46,7 +46,8 @@ PUSH = "if dvc remote list | grep -q '^artifacts[[:space:]]'; then dvc push -q -
     params={
         "mode": Param("full", enum=["full", "register_only", "promote_only"],
                       description="full pipeline, or only register the current model, or only run the gate"),
-        "backbone": Param("", type="string", description="timm backbone for the image tower ('' = params.yaml)"),
+        "backbone": Param("", type="string",
+                          description="timm backbone for the image tower, at its own widths ('' = params.yaml)"),
         "epochs": Param(0, type="integer", minimum=0, description="epochs for every training (0 = params.yaml)"),
         "force": Param(False, type="boolean", description="rerun stages even if DVC says they are up to date"),
     },

@@ -68,6 +68,7 @@ def test_run_overrides_really_change_params(tmp_path):
     apply_overrides(tmp_path, run_overrides({"backbone": "resnet10t", "epochs": 3, "mode": "full"}))
     raw = load_raw(tmp_path / "params.yaml")
     assert raw["model"]["backbone"] == "resnet10t" and raw["train_fusion"]["train"]["epochs"] == 3
+    assert raw["model"]["backbone_channels"] == []  # the default's half widths would not fit another backbone
     assert run_overrides({"backbone": "", "epochs": 0}) == {}
 
 
