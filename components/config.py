@@ -107,7 +107,6 @@ class TrainParams:
     max_batches_per_epoch: int  # 0 = no cap (tiny profiles)
     modality_dropout: float
     level_weights: tuple[float, float, float]  # masterCategory, subCategory, articleType
-    logit_adjustment: float  # tau of the logit-adjusted loss (rare classes get a margin); 0 = plain CE
     losses: LossWeights
     augment: bool
 

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from components.config import TrainParams
 from components.data import Arrays, augment_images, iterate
 from components.models.fusion import MODALITIES, FusionModel
-from components.models.losses import log_priors, total_loss
+from components.models.losses import total_loss
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,6 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
     scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=tp.lr, total_steps=tp.epochs * steps_per_epoch,
                                                   pct_start=0.15) for o in opts]
     dense = [p for p in model.parameters() if not _is_sparse(model, p)]
-    prior = log_priors(train.labels, model.cfg.n_classes, tp.logit_adjustment)
-    prior = [t.to(device) for t in prior] if prior else None
     use_amp = tp.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
@@ -157,7 +155,7 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
                                                     model.cfg.modalities).to(device)
             with _autocast(device):
                 feats = model.forward_features(batch)
-                loss, parts = total_loss(model, feats, batch, tp.losses, tp.level_weights, prior)
+                loss, parts = total_loss(model, feats, batch, tp.losses, tp.level_weights)
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -1,7 +1,6 @@
 """Training losses, all inside the autograd graph and weighted by params (train_*.train.losses)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -9,35 +8,15 @@ from components.config import LossWeights
 
 
 def level_ce(logits: list[torch.Tensor], labels: torch.Tensor, level_weights: tuple[float, ...],
-             mask: torch.Tensor | None = None, log_prior: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """Weighted cross-entropy over the three category levels; `mask` selects rows (B,) bool.
-
-    `log_prior` (tau * log class frequency per level) is added to the logits inside the loss only: the
-    logit-adjusted loss of Menon et al. (2021), which leaves rare classes a larger margin at prediction
-    time, where the raw logits are used.
-    """
+             mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Weighted cross-entropy over the three category levels; `mask` selects rows (B,) bool."""
     total = logits[0].new_zeros(())
     for lvl, (lg, w) in enumerate(zip(logits, level_weights)):
         y = labels[:, lvl]
         valid = y.ge(0) if mask is None else y.ge(0) & mask
         if valid.any():
-            lg = lg[valid].float()
-            if log_prior is not None:
-                lg = lg + log_prior[lvl]
-            total = total + w * F.cross_entropy(lg, y[valid])
+            total = total + w * F.cross_entropy(lg[valid].float(), y[valid])
     return total
-
-
-def log_priors(labels: np.ndarray, n_classes: tuple[int, ...], tau: float) -> list[torch.Tensor] | None:
-    """tau * log(train frequency) per level, for `level_ce`; None when tau is 0 (plain cross-entropy)."""
-    if not tau:
-        return None
-    out = []
-    for lvl, n in enumerate(n_classes):
-        y = labels[:, lvl]
-        counts = np.bincount(y[y >= 0], minlength=n).astype(np.float64) + 1.0  # +1: classes absent in train
-        out.append(torch.tensor(tau * np.log(counts / counts.sum()), dtype=torch.float32))
-    return out
 
 
 def hierarchy_similarity(labels: torch.Tensor) -> torch.Tensor:
@@ -76,13 +55,12 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, groups: torch.Tensor,
 
 
 def total_loss(model, feats: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], w: LossWeights,
-               level_weights: tuple[float, ...], log_prior: list[torch.Tensor] | None = None
-               ) -> tuple[torch.Tensor, dict[str, float]]:
+               level_weights: tuple[float, ...]) -> tuple[torch.Tensor, dict[str, float]]:
     """Combine every term; returns the loss and its parts for logging."""
     y = batch["labels"]
-    parts = {"fused_ce": level_ce(model.fused_logits(feats), y, level_weights, log_prior=log_prior)}
+    parts = {"fused_ce": level_ce(model.fused_logits(feats), y, level_weights)}
     if w.modality_ce:
-        mod = [level_ce(model.classify(feats[m]), y, level_weights, feats[f"present_{m}"], log_prior)
+        mod = [level_ce(model.classify(feats[m]), y, level_weights, feats[f"present_{m}"])
                for m in model.cfg.modalities]
         parts["modality_ce"] = torch.stack(mod).mean()
     if w.semantic:

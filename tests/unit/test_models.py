@@ -9,14 +9,7 @@ from components.checkpoint import CheckpointError, load_checkpoint, save_checkpo
 from components.config import LossWeights
 from components.features import Encoders
 from components.models import ModelConfig, build_model
-from components.models.losses import (
-    contrastive_loss,
-    hierarchy_similarity,
-    level_ce,
-    log_priors,
-    semantic_loss,
-    total_loss,
-)
+from components.models.losses import contrastive_loss, hierarchy_similarity, semantic_loss, total_loss
 from components.training import optimizers
 
 N_CLASSES = (3, 4, 6)
@@ -135,18 +128,6 @@ def test_backbone_channels_narrow_a_resnet_and_are_refused_elsewhere():
     assert narrow.forward_features(batch(2))["image"].shape == (2, 32)
     with pytest.raises(ValueError, match="backbone_channels"):
         build_model(cfg(("image",), "mobilenetv3_small_050", channels=(8, 16, 32, 64)))
-
-
-def test_logit_adjustment_gives_rare_classes_a_margin():
-    labels = np.array([[0, 0, 0]] * 90 + [[0, 1, 1]] * 10)
-    assert log_priors(labels, (1, 2, 2), 0.0) is None
-    prior = log_priors(labels, (1, 2, 2), 1.0)
-    assert prior[2][0] > prior[2][1] and torch.allclose(prior[2].exp().sum(), torch.tensor(1.0))
-    # Equal logits: the adjusted loss of a rare-class row is higher, so training pushes its logit further.
-    logits = [torch.zeros(1, 1), torch.zeros(1, 2), torch.zeros(1, 2)]
-    rare = torch.tensor([[0, 1, 1]])
-    w = (0.0, 0.0, 1.0)
-    assert level_ce(logits, rare, w, log_prior=prior) > level_ce(logits, rare, w) > 0
 
 
 def test_loss_terms_by_hand():
