@@ -40,7 +40,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     blob = torch.load(path, map_location=device, weights_only=False)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
-        raise CheckpointError(f"{path}: not a {FORMAT} file (found {found!r})")
+        hint = ""
+        if isinstance(found, str) and found.startswith("deepfusion-checkpoint/"):
+            hint = ("; it was written by an older DeepFusion release: retrain (`dvc repro train_fusion`) and "
+                    "register the new model, or load it with the release that wrote it")
+        raise CheckpointError(f"{path}: not a {FORMAT} file (found {found!r}){hint}")
     model = build_model(ModelConfig.from_dict(blob["model_config"]), pretrained_path="")
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()

@@ -26,7 +26,7 @@ import pandas as pd
 from components import tracking
 from components.artifacts import read_json
 from components.catalog import LEVELS
-from components.checkpoint import fusion_checkpoint
+from components.checkpoint import CheckpointError, fusion_checkpoint
 from components.config import Params, RegistryParams, load_params, params_to_dict
 from components.inference import ImageBatch
 from components.metrics import classification
@@ -81,6 +81,24 @@ def rescore(params: Params, version: str, data: tuple[pd.DataFrame, ImageBatch])
     frame, images = data
     pred, _ = cat.predict(frame, images)
     return {lvl: classification(frame[lvl].to_numpy(), pred[lvl].to_numpy())["macro_f1"] for lvl in LEVELS}
+
+
+def champion_scores(params: Params, c, champ: str, chal: str,
+                    data: tuple[pd.DataFrame, ImageBatch]) -> tuple[dict[str, float], str]:
+    """Re-score the champion; a champion this code cannot load (an older checkpoint format) is judged by
+    the test macro-F1 recorded at its registration, but only on the same data version as the challenger."""
+    name = params.registry.model_name
+    try:
+        return rescore(params, champ, data), "rescored"
+    except CheckpointError as exc:
+        tags, chal_tags = tracking.version_tags(c, name, champ), tracking.version_tags(c, name, chal)
+        keys = [f"test_{lvl}_macro_f1" for lvl in LEVELS]
+        if all(k in tags for k in keys) and tags.get("data_md5") and tags["data_md5"] == chal_tags.get("data_md5"):
+            log.warning("@%s v%s cannot be re-scored (%s); using its recorded test scores", CHAMPION, champ, exc)
+            return {lvl: float(tags[k]) for lvl, k in zip(LEVELS, keys)}, f"recorded at registration ({exc})"
+        raise RegistryError(f"@{CHAMPION} v{champ} cannot be loaded by this code ({exc}) and has no recorded "
+                            "test scores on the challenger's data version; compare them by hand and move the "
+                            "alias with `mlflow` if the challenger is better") from exc
 
 
 @contextlib.contextmanager
@@ -142,7 +160,7 @@ def promote(params: Params) -> Decision:
             return Decision(False, f"v{chal} is already @{CHAMPION}")
         data = evaluation_data(params)
         chal_scores = rescore(params, chal, data)
-        champ_scores = rescore(params, champ, data) if champ else None
+        champ_scores, source = champion_scores(params, c, champ, chal, data) if champ else (None, "none")
         passed = tracking.version_tags(c, name, chal).get("validation_passed", "False") == "True"
         decision = decide(chal_scores, champ_scores, passed, params.registry)
         # Compare-and-set: another promotion may have moved the champion while we were scoring.
@@ -152,7 +170,8 @@ def promote(params: Params) -> Decision:
                   "promotion_reason": decision.reason, "compared_with": champ or "none",
                   "rescored_macro_f1": json.dumps({k: round(v, 4) for k, v in chal_scores.items()}),
                   "champion_rescored_macro_f1": json.dumps(
-                      {k: round(v, 4) for k, v in (champ_scores or {}).items()})}
+                      {k: round(v, 4) for k, v in (champ_scores or {}).items()}),
+                  "champion_scores_source": source[:4900]}
         if decision.promote:
             record["previous_champion"] = champ or ""
         tracking.set_version_tags(c, name, chal, record)

@@ -82,6 +82,34 @@ def test_register_promote_refuse_rollback(reg, capsys):
     assert "@champion" in capsys.readouterr().out
 
 
+def test_champion_in_an_older_checkpoint_format_is_judged_by_its_recorded_scores(reg, tmp_path):
+    from urllib.parse import urlparse
+
+    import torch
+
+    # A champion registered by an earlier release: its stored checkpoint says format /1.
+    v_old = registry.register(reg)
+    c = tracking.client(reg)
+    model_id = c.get_model_version(reg.registry.model_name, v_old).source.removeprefix("models:/")
+    stored = next(Path(urlparse(c.get_logged_model(model_id).artifact_location).path).rglob("model.pt"))
+    blob = torch.load(stored, weights_only=False)
+    torch.save({**blob, "format": "deepfusion-checkpoint/1"}, stored)
+    tracking.set_alias(c, reg.registry.model_name, "champion", v_old)
+    v_new = registry.register(reg)
+    eager = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, min_gain=-1.0))
+    assert registry.promote(eager).promote
+    tags = tracking.version_tags(c, reg.registry.model_name, v_new)
+    assert tags["champion_scores_source"].startswith("recorded at registration")
+    assert aliases(reg)["champion"] == v_new
+    # Without recorded scores on the same data version the gate refuses to guess.
+    tracking.set_version_tags(c, reg.registry.model_name, v_old, {"data_md5": "another-version"})
+    tracking.set_alias(c, reg.registry.model_name, "champion", v_old)
+    registry.register(reg)
+    with pytest.raises(RegistryError, match="cannot be loaded by this code"):
+        registry.promote(eager)
+    tracking.set_alias(c, reg.registry.model_name, "champion", v_new)
+
+
 def test_load_by_alias_and_predict(reg, trained, tmp_path):
     from components import predict
 
