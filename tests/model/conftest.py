@@ -14,7 +14,7 @@ def trained(tmp_path_factory):
     data = make_catalog(tmp / "data", n=180, seed=1)
     params = params_from_dict(tiny_raw(tmp, data, {
         "train_fusion": {"init_image_from_baseline": False,
-                         "train": {"epochs": 8, "patience": 8, "lr": 3.0e-3, "batch_size": 32}},
+                         "train": {"epochs": 20, "patience": 20, "lr": 3.0e-3, "batch_size": 32}},
         "registry": {"floors": {"masterCategory": 0.3, "subCategory": 0.3, "articleType": 0.3}}}))
     ingest.run(params)
     validate.run(params)
