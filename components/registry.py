@@ -83,7 +83,7 @@ def rescore(params: Params, version: str, data: tuple[pd.DataFrame, ImageBatch])
     return {lvl: classification(frame[lvl].to_numpy(), pred[lvl].to_numpy())["macro_f1"] for lvl in LEVELS}
 
 
-def champion_scores(params: Params, c, champ: str, chal: str,
+def champion_scores(params: Params, c, champ: str, chal_tags: dict[str, str],
                     data: tuple[pd.DataFrame, ImageBatch]) -> tuple[dict[str, float], str]:
     """Re-score the champion; a champion this code cannot load (an older checkpoint format) is judged by
     the test macro-F1 recorded at its registration, but only on the same data version as the challenger."""
@@ -91,7 +91,7 @@ def champion_scores(params: Params, c, champ: str, chal: str,
     try:
         return rescore(params, champ, data), "rescored"
     except CheckpointError as exc:
-        tags, chal_tags = tracking.version_tags(c, name, champ), tracking.version_tags(c, name, chal)
+        tags = tracking.version_tags(c, name, champ)
         keys = [f"test_{lvl}_macro_f1" for lvl in LEVELS]
         if all(k in tags for k in keys) and tags.get("data_md5") and tags["data_md5"] == chal_tags.get("data_md5"):
             log.warning("@%s v%s cannot be re-scored (%s); using its recorded test scores", CHAMPION, champ, exc)
@@ -160,8 +160,9 @@ def promote(params: Params) -> Decision:
             return Decision(False, f"v{chal} is already @{CHAMPION}")
         data = evaluation_data(params)
         chal_scores = rescore(params, chal, data)
-        champ_scores, source = champion_scores(params, c, champ, chal, data) if champ else (None, "none")
-        passed = tracking.version_tags(c, name, chal).get("validation_passed", "False") == "True"
+        chal_tags = tracking.version_tags(c, name, chal)
+        champ_scores, source = champion_scores(params, c, champ, chal_tags, data) if champ else (None, "none")
+        passed = chal_tags.get("validation_passed", "False") == "True"
         decision = decide(chal_scores, champ_scores, passed, params.registry)
         # Compare-and-set: another promotion may have moved the champion while we were scoring.
         if tracking.alias_version(c, name, CHAMPION) != champ:
