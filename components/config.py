@@ -129,6 +129,9 @@ class TrainBaselineParams:
 @dataclass(frozen=True)
 class TrainFusionParams:
     init_image_from_baseline: bool
+    # The image baseline's backbone as a fixed feature extractor (projection still trained): on CPU the
+    # backward pass through it is most of a fusion epoch; the time goes to the image baseline instead.
+    freeze_image_backbone: bool
     train: TrainParams
 
 

@@ -34,8 +34,11 @@ def run(params: Params) -> dict:
     df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
     arrays, split = load_arrays(params.paths.ingest, params.paths.features)
     splits = split_arrays(arrays, split)
-    init = None
-    if params.train_fusion.init_image_from_baseline:
+    init, tf = None, params.train_fusion
+    if tf.freeze_image_backbone and not tf.init_image_from_baseline:
+        raise SystemExit("train_fusion.freeze_image_backbone: a frozen backbone must come trained; set "
+                         "init_image_from_baseline: true or freeze_image_backbone: false")
+    if tf.init_image_from_baseline:
         ckpt = Path(params.paths.train_baseline) / "image" / "model.pt"
         if not ckpt.is_file():
             raise SystemExit(f"train_fusion: {ckpt} not found; run `dvc repro train_baseline@image` "
@@ -44,8 +47,8 @@ def run(params: Params) -> dict:
     example = tracking.example_frame(df[df.split == "val"], Path(params.paths.raw))
     out = Path(params.paths.train_fusion)
     with atomic_dir(out / "model") as tmp:
-        metrics = train_neural(params, enc, splits, MODALITIES, params.train_fusion.train, tmp,
-                               "train_fusion", example, init)
+        metrics = train_neural(params, enc, splits, MODALITIES, tf.train, tmp, "train_fusion", example, init,
+                               freeze_image=tf.freeze_image_backbone)
     write_json(out / "metrics.json", metrics)
     return metrics
 

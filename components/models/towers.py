@@ -46,6 +46,19 @@ class ImageTower(nn.Module):
         width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, out_dim))
         self.out_dim = out_dim
+        self.frozen = False
+
+    def freeze_backbone(self) -> None:
+        """Keep the backbone as trained (weights and BatchNorm statistics); only the projection learns."""
+        self.frozen = True
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> ImageTower:
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()  # BatchNorm must not drift from the statistics the weights were trained with
+        return self
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)

@@ -166,6 +166,31 @@ def test_one_batch_overfit():
         assert (p == b["labels"][:, lvl]).float().mean() == 1.0
 
 
+def test_frozen_image_backbone_keeps_weights_and_batchnorm_while_the_rest_learns():
+    torch.manual_seed(0)
+    model = build_model(cfg(("image", "text"), backbone="resnet10t"))
+    tower = model.towers["image"]
+    tower.freeze_backbone()
+    model.train()
+    assert not tower.backbone.training and tower.proj.training  # BN statistics stay as trained
+    before = {k: v.clone() for k, v in tower.backbone.state_dict().items()}
+    proj_before = tower.proj[1].weight.clone()
+    opts = optimizers(model, lr=1e-2, weight_decay=0.1)
+    frozen = {id(p) for p in tower.backbone.parameters()}
+    assert not any(id(p) in frozen for o in opts for g in o.param_groups for p in g["params"])
+    b = batch(8)
+    for _ in range(3):
+        loss, _ = total_loss(model, model.forward_features(b), b, ALL, (1.0, 1.0, 1.0))
+        for opt in opts:
+            opt.zero_grad()
+        loss.backward()
+        for opt in opts:
+            opt.step()
+    after = tower.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(proj_before, tower.proj[1].weight)
+
+
 def encoders() -> Encoders:
     return Encoders(10, 5, False, 64, 30, (2, 5), {"a": 2}, {"fit=slim": 2},
                     {"gender": {"Men": 1}, "usage": {"Casual": 1}},
