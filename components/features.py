@@ -108,6 +108,7 @@ class Encoders:
     numeric: dict[str, tuple[float, float]]  # field -> (mean, std) of the transformed value
     labels: dict[str, list[str]]  # level -> class names (index = class id)
     taxonomy: list[tuple[str, str, str]]  # (master, sub, article) paths seen in training
+    text_pretrained: str  # "" = `vocab` ids in `tokens`; else the named pretrained model's WordPiece ids
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,6 +119,7 @@ class Encoders:
         d["numeric"] = {k: tuple(v) for k, v in d["numeric"].items()}
         d["taxonomy"] = [tuple(p) for p in d["taxonomy"]]
         d["char_ngrams"] = tuple(d["char_ngrams"])
+        d.setdefault("text_pretrained", "")  # encoders written before the option existed
         return cls(**d)
 
 
@@ -148,7 +150,7 @@ def fit_encoders(train: pd.DataFrame, p: FeaturesParams, all_labels: pd.DataFram
     taxonomy = sorted({tuple(r) for r in train[list(LEVELS)].itertuples(index=False)})
     return Encoders(p.max_title_tokens, p.max_attr_tokens, p.use_description, p.subword_buckets, p.max_subwords,
                     p.char_ngrams, _vocab(tok, p.min_token_count),
-                    _vocab(attr, p.min_token_count), categorical, numeric, labels, taxonomy)
+                    _vocab(attr, p.min_token_count), categorical, numeric, labels, taxonomy, p.text_pretrained)
 
 
 def _pad(seqs: list[list[int]], length: int) -> np.ndarray:
@@ -167,7 +169,12 @@ def encode_frame(frame: pd.DataFrame, enc: Encoders) -> dict[str, np.ndarray]:
         return frame[name] if name in frame else pd.Series([""] * n, index=frame.index)
 
     texts = product_text(frame.assign(**{TITLE: col(TITLE)}), enc.use_description)
-    tokens = _pad([[enc.vocab.get(t, UNK) for t in tokenize(x)] for x in texts], enc.max_title_tokens)
+    if enc.text_pretrained:
+        from components.models.pretrained_text import encode_titles
+
+        tokens = encode_titles(texts, enc.text_pretrained, enc.max_title_tokens)
+    else:
+        tokens = _pad([[enc.vocab.get(t, UNK) for t in tokenize(x)] for x in texts], enc.max_title_tokens)
     subwords = _pad([subword_ids(x, enc.subword_buckets, enc.max_subwords, enc.char_ngrams) for x in texts],
                     enc.max_subwords)
     attrs = _pad([[enc.attr_vocab.get(t, UNK) for t in attribute_tokens(str(r))] for r in

@@ -28,6 +28,7 @@ def model_config(params: Params, enc: Encoders, modalities: tuple[str, ...]) -> 
         cardinalities=tuple(len(v) + 1 for v in enc.categorical.values()),
         n_numeric=2 * len(enc.numeric), n_classes=tuple(len(enc.labels[lvl]) for lvl in enc.labels),
         wide=m.wide, low_res_stem=m.low_res_stem, backbone_channels=m.backbone_channels,
+        text_pretrained=enc.text_pretrained,
     )
 
 

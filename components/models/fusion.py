@@ -34,6 +34,7 @@ class ModelConfig:
     wide: bool
     low_res_stem: bool
     backbone_channels: tuple[int, ...]
+    text_pretrained: str  # "" = HUSE text CNN; else the sentence-transformers model (frozen) for titles
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,6 +42,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         tuples = ("modalities", "text_kernels", "cardinalities", "n_classes", "backbone_channels")
+        d = {"text_pretrained": "", **d}  # format-/2 checkpoints written before the option existed
         return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
 
 
@@ -58,7 +60,11 @@ class FusionModel(nn.Module):
         if "image" in cfg.modalities:
             towers["image"] = ImageTower(cfg.backbone, d, cfg.dropout, pretrained_path, cfg.low_res_stem,
                                            cfg.backbone_channels)
-        if "text" in cfg.modalities:
+        if "text" in cfg.modalities and cfg.text_pretrained:
+            from components.models.pretrained_text import PretrainedTextTower
+
+            towers["text"] = PretrainedTextTower(cfg.text_pretrained, d, cfg.dropout)
+        elif "text" in cfg.modalities:
             towers["text"] = TextTower(cfg.vocab_size, cfg.text_dim, cfg.text_channels, cfg.text_kernels,
                                        d, cfg.dropout, cfg.subword_buckets)
         if "metadata" in cfg.modalities:

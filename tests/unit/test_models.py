@@ -17,11 +17,11 @@ ALL = LossWeights(fused_ce=1.0, modality_ce=0.5, semantic=0.2, gap=0.1, contrast
 
 
 def cfg(modalities=("image", "text", "metadata"), backbone="mobilenetv3_small_050", wide=True,
-        low_res_stem=False, channels=()) -> ModelConfig:
+        low_res_stem=False, channels=(), text_pretrained="") -> ModelConfig:
     return ModelConfig(modalities=modalities, backbone=backbone, embed_dim=32, text_dim=16, text_channels=16,
                        text_kernels=(1, 2, 3), meta_dim=8, dropout=0.0, vocab_size=50, subword_buckets=64,
                        attr_vocab_size=20, cardinalities=(3, 5), n_numeric=4, n_classes=N_CLASSES, wide=wide,
-                       low_res_stem=low_res_stem, backbone_channels=channels)
+                       low_res_stem=low_res_stem, backbone_channels=channels, text_pretrained=text_pretrained)
 
 
 def batch(b=8, seed=0) -> dict[str, torch.Tensor]:
@@ -196,7 +196,7 @@ def encoders() -> Encoders:
                     {"gender": {"Men": 1}, "usage": {"Casual": 1}},
                     {"price": (6.0, 1.0), "year": (2014.0, 2.0)},
                     {"masterCategory": ["A", "B", "C"], "subCategory": list("abcd"),
-                     "articleType": list("uvwxyz")}, [("A", "a", "u")])
+                     "articleType": list("uvwxyz")}, [("A", "a", "u")], "")
 
 
 def test_checkpoint_round_trip_is_exact(tmp_path):
