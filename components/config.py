@@ -132,9 +132,9 @@ class TrainBaselineParams:
 @dataclass(frozen=True)
 class TrainFusionParams:
     init_image_from_baseline: bool
-    # The image baseline's backbone as a fixed feature extractor (projection still trained): on CPU the
-    # backward pass through it is most of a fusion epoch; the time goes to the image baseline instead.
-    freeze_image_backbone: bool
+    # How much of the image baseline's backbone the fusion model trains: all | last_stage | none. On CPU
+    # the backward pass through the whole backbone is half of a fusion epoch.
+    finetune_image: str
     train: TrainParams
 
 

@@ -44,7 +44,7 @@ def val_scores(model: FusionModel, val: Arrays, tp: TrainParams) -> dict[str, fl
 
 def train_neural(params: Params, enc: Encoders, splits: dict[str, Arrays], modalities: tuple[str, ...],
                  tp: TrainParams, out_dir: Path, run_name: str, example: pd.DataFrame,
-                 init_state: dict[str, torch.Tensor] | None = None, freeze_image: bool = False) -> dict:
+                 init_state: dict[str, torch.Tensor] | None = None, finetune_image: str = "all") -> dict:
     """Train one model on splits['train'], early-stop on splits['val']; write model.pt + metrics."""
     cfg = model_config(params, enc, modalities)
     model = build_model(cfg, params.model.pretrained_path if "image" in modalities else "")
@@ -52,8 +52,8 @@ def train_neural(params: Params, enc: Encoders, splits: dict[str, Arrays], modal
         missing, unexpected = model.load_state_dict(init_state, strict=False)
         log.info("initialised %d tensors from a trained tower (%d left as initialised)",
                  len(init_state) - len(unexpected), len(missing))
-    if freeze_image:
-        model.towers["image"].freeze_backbone()
+    if finetune_image != "all":
+        model.towers["image"].freeze_backbone(keep_last_stage=finetune_image == "last_stage")
     device = select_device(tp.device)
     tags = {"stage": run_name.split("/")[0], "modalities": ",".join(modalities), "device": device.type,
             "host": platform.node()}

@@ -21,6 +21,7 @@ from components.neural_stage import train_neural
 log = logging.getLogger(__name__)
 
 MODALITIES = ("image", "text", "metadata")
+FINETUNE = ("all", "last_stage", "none")
 
 
 def image_tower_state(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -35,9 +36,11 @@ def run(params: Params) -> dict:
     arrays, split = load_arrays(params.paths.ingest, params.paths.features)
     splits = split_arrays(arrays, split)
     init, tf = None, params.train_fusion
-    if tf.freeze_image_backbone and not tf.init_image_from_baseline:
-        raise SystemExit("train_fusion.freeze_image_backbone: a frozen backbone must come trained; set "
-                         "init_image_from_baseline: true or freeze_image_backbone: false")
+    if tf.finetune_image not in FINETUNE:
+        raise SystemExit(f"train_fusion.finetune_image: {tf.finetune_image!r} is not one of {FINETUNE}")
+    if tf.finetune_image != "all" and not tf.init_image_from_baseline:
+        raise SystemExit("train_fusion.finetune_image: a frozen backbone must come trained; set "
+                         "init_image_from_baseline: true or finetune_image: all")
     if tf.init_image_from_baseline:
         ckpt = Path(params.paths.train_baseline) / "image" / "model.pt"
         if not ckpt.is_file():
@@ -48,7 +51,7 @@ def run(params: Params) -> dict:
     out = Path(params.paths.train_fusion)
     with atomic_dir(out / "model") as tmp:
         metrics = train_neural(params, enc, splits, MODALITIES, tf.train, tmp, "train_fusion", example, init,
-                               freeze_image=tf.freeze_image_backbone)
+                               finetune_image=tf.finetune_image)
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -46,18 +46,26 @@ class ImageTower(nn.Module):
         width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, out_dim))
         self.out_dim = out_dim
-        self.frozen = False
+        self.frozen: list[nn.Module] = []
 
-    def freeze_backbone(self) -> None:
-        """Keep the backbone as trained (weights and BatchNorm statistics); only the projection learns."""
-        self.frozen = True
-        self.backbone.requires_grad_(False)
-        self.backbone.eval()
+    def freeze_backbone(self, keep_last_stage: bool = False) -> None:
+        """Keep the backbone as trained (weights and BatchNorm statistics); the projection still learns and,
+        with `keep_last_stage`, so do the last stage and any head after it (timm's feature_info order)."""
+        params = list(self.backbone.named_parameters())
+        cut = len(params)
+        if keep_last_stage:
+            last = self.backbone.feature_info[-1]["module"]
+            cut = next(i for i, (n, _) in enumerate(params) if n.startswith(last + "."))
+        owners = {n.rsplit(".", 1)[0] for n, _ in params[:cut]}
+        self.frozen = [m for n, m in self.backbone.named_modules() if n in owners]
+        for _, p in params[:cut]:
+            p.requires_grad_(False)
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> ImageTower:
         super().train(mode)
-        if self.frozen:
-            self.backbone.eval()  # BatchNorm must not drift from the statistics the weights were trained with
+        for module in self.frozen:
+            module.eval()  # BatchNorm must not drift from the statistics the frozen weights were trained with
         return self
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("trained")
     data = make_catalog(tmp / "data", n=180, seed=1)
     params = params_from_dict(tiny_raw(tmp, data, {
-        "train_fusion": {"init_image_from_baseline": False, "freeze_image_backbone": False,
+        "train_fusion": {"init_image_from_baseline": False, "finetune_image": "all",
                          "train": {"epochs": 20, "patience": 20, "lr": 3.0e-3, "batch_size": 32}},
         "registry": {"floors": {"masterCategory": 0.3, "subCategory": 0.3, "articleType": 0.3}}}))
     ingest.run(params)

@@ -166,17 +166,19 @@ def test_one_batch_overfit():
         assert (p == b["labels"][:, lvl]).float().mean() == 1.0
 
 
-def test_frozen_image_backbone_keeps_weights_and_batchnorm_while_the_rest_learns():
+@pytest.mark.parametrize("keep_last_stage", [False, True])
+def test_frozen_image_backbone_keeps_weights_and_batchnorm_while_the_rest_learns(keep_last_stage):
     torch.manual_seed(0)
     model = build_model(cfg(("image", "text"), backbone="resnet10t"))
     tower = model.towers["image"]
-    tower.freeze_backbone()
+    tower.freeze_backbone(keep_last_stage)
     model.train()
-    assert not tower.backbone.training and tower.proj.training  # BN statistics stay as trained
+    assert not tower.backbone.bn1.training and tower.proj.training  # BN statistics stay as trained
+    assert tower.backbone.layer4[0].bn1.training == keep_last_stage
     before = {k: v.clone() for k, v in tower.backbone.state_dict().items()}
     proj_before = tower.proj[1].weight.clone()
     opts = optimizers(model, lr=1e-2, weight_decay=0.1)
-    frozen = {id(p) for p in tower.backbone.parameters()}
+    frozen = {id(p) for n, p in tower.backbone.named_parameters() if not (keep_last_stage and n.startswith("layer4."))}
     assert not any(id(p) in frozen for o in opts for g in o.param_groups for p in g["params"])
     b = batch(8)
     for _ in range(3):
@@ -187,8 +189,10 @@ def test_frozen_image_backbone_keeps_weights_and_batchnorm_while_the_rest_learns
         for opt in opts:
             opt.step()
     after = tower.backbone.state_dict()
-    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("layer4."))
     assert not torch.equal(proj_before, tower.proj[1].weight)
+    moved = not all(torch.equal(before[f"layer4.{k}"], v) for k, v in tower.backbone.layer4.state_dict().items())
+    assert moved == keep_last_stage
 
 
 def encoders() -> Encoders:
