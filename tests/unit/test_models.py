@@ -148,18 +148,23 @@ def test_loss_terms_by_hand():
     assert contrastive_loss(dup, dup, groups, scale) < contrastive_loss(distinct, distinct, groups, scale)
 
 
-def test_one_batch_overfit():
-    torch.manual_seed(0)
-    model = build_model(cfg(("text", "metadata"))).train()
-    b = batch(16)
-    opts = optimizers(model, lr=3e-3, weight_decay=0.0)  # the training loop's AdamW + sparse Adam
-    for _ in range(150):
+def train_steps(model, b: dict[str, torch.Tensor], opts: list[torch.optim.Optimizer], steps: int) -> None:
+    """`steps` updates on one batch with every loss term, as the training loop steps its optimizers."""
+    for _ in range(steps):
         loss, _ = total_loss(model, model.forward_features(b), b, ALL, (1.0, 1.0, 1.0))
         for opt in opts:
             opt.zero_grad()
         loss.backward()
         for opt in opts:
             opt.step()
+
+
+def test_one_batch_overfit():
+    torch.manual_seed(0)
+    model = build_model(cfg(("text", "metadata"))).train()
+    b = batch(16)
+    opts = optimizers(model, lr=3e-3, weight_decay=0.0)  # the training loop's AdamW + sparse Adam
+    train_steps(model, b, opts, 150)
     model.eval()
     preds = [lg.argmax(1) for lg in model(b)["fused"]]
     for lvl, p in enumerate(preds):
@@ -181,13 +186,7 @@ def test_frozen_image_backbone_keeps_weights_and_batchnorm_while_the_rest_learns
     frozen = {id(p) for n, p in tower.backbone.named_parameters() if not (keep_last_stage and n.startswith("layer4."))}
     assert not any(id(p) in frozen for o in opts for g in o.param_groups for p in g["params"])
     b = batch(8)
-    for _ in range(3):
-        loss, _ = total_loss(model, model.forward_features(b), b, ALL, (1.0, 1.0, 1.0))
-        for opt in opts:
-            opt.zero_grad()
-        loss.backward()
-        for opt in opts:
-            opt.step()
+    train_steps(model, b, opts, 3)
     after = tower.backbone.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith("layer4."))
     assert not torch.equal(proj_before, tower.proj[1].weight)
