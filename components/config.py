@@ -111,7 +111,9 @@ class TrainParams:
     modality_dropout: float
     level_weights: tuple[float, float, float]  # masterCategory, subCategory, articleType
     losses: LossWeights
-    augment: bool
+    augment: bool  # flip + shift of the training images (components.data.augment_images)
+    scale_jitter: float  # with augment: random zoom in [1 - s, 1 + s]
+    erase_prob: float  # with augment: share of images with one box blanked
 
 
 @dataclass(frozen=True)

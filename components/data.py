@@ -47,20 +47,44 @@ def iterate(a: Arrays, batch_size: int, device: torch.device, shuffle: bool = Fa
         yield to_batch(a, order[start : start + batch_size], device)
 
 
-def augment_images(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Cheap batch augmentation on uint8 (B, H, W, 3): horizontal flip and a small shift."""
-    b = images.shape[0]
+def augment_images(images: torch.Tensor, gen: torch.Generator, scale_jitter: float = 0.0,
+                   erase_prob: float = 0.0) -> torch.Tensor:
+    """Batch augmentation on uint8 (B, H, W, 3), drawn per product from `gen`.
+
+    Always: horizontal flip and a shift of up to 3 px. `scale_jitter` s zooms each product by a factor in
+    [1 - s, 1 + s]; `erase_prob` blanks one box of up to half the height and half the width. Fill is
+    white, as the catalog's backgrounds. The fusion stage uses the strong options: its image tower was
+    trained on the same products (93 % train vs 82 % validation accuracy), so unaugmented training shots
+    teach the fused classifier to trust the image more than it deserves on new products.
+    """
+    b, h, w, _ = images.shape
+    if b == 0:
+        return images
     flip = torch.rand(b, generator=gen) < 0.5
-    images = images.clone()
-    images[flip] = images[flip].flip(2)
-    dy, dx = (int(v) for v in torch.randint(-3, 4, (2,), generator=gen))
-    # Shift with white fill (catalog backgrounds are white).
-    shifted = torch.full_like(images, 255)
-    h, w = images.shape[1:3]
-    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
-    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
-    shifted[:, yd, xd] = images[:, ys, xs]
-    return shifted
+    zoom = 1.0 + (torch.rand(b, generator=gen) * 2 - 1) * scale_jitter
+    shift = torch.randint(-3, 4, (b, 2), generator=gen).float()
+    # affine_grid maps output to input coordinates in [-1, 1]: a zoom z samples a 1/z-sized window.
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = torch.where(flip, -1.0, 1.0) / zoom
+    theta[:, 1, 1] = 1.0 / zoom
+    theta[:, 0, 2] = -shift[:, 1] * 2 / w
+    theta[:, 1, 2] = -shift[:, 0] * 2 / h
+    # grid_sample pads with zeros: sample the inverted image so that the padding comes out white.
+    inv = 255.0 - images.permute(0, 3, 1, 2).float()
+    grid = torch.nn.functional.affine_grid(theta, [b, 3, h, w], align_corners=False)
+    out = 255.0 - torch.nn.functional.grid_sample(inv, grid, mode="bilinear", padding_mode="zeros",
+                                                  align_corners=False)
+    if erase_prob > 0:
+        erase = torch.rand(b, generator=gen) < erase_prob
+        eh = (torch.rand(b, generator=gen) * 0.5 * h).long() + 1  # up to half the height and half the width
+        ew = (torch.rand(b, generator=gen) * 0.5 * w).long() + 1
+        y0 = (torch.rand(b, generator=gen) * (h - eh + 1)).long()
+        x0 = (torch.rand(b, generator=gen) * (w - ew + 1)).long()
+        ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+        box = ((ys >= y0.view(b, 1, 1)) & (ys < (y0 + eh).view(b, 1, 1))
+               & (xs >= x0.view(b, 1, 1)) & (xs < (x0 + ew).view(b, 1, 1)) & erase.view(b, 1, 1))
+        out = out.masked_fill(box.unsqueeze(1), 255.0)
+    return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
 def load_arrays(ingest_dir: str, features_dir: str) -> tuple[Arrays, np.ndarray]:

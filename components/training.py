@@ -150,7 +150,8 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
                    total=steps_per_epoch, desc=f"epoch {epoch}/{tp.epochs}", mininterval=10, leave=False)
         for batch in bar:
             if tp.augment and "image" in model.towers:
-                batch["image"] = augment_images(batch["image"].cpu(), gen).to(device)
+                batch["image"] = augment_images(batch["image"].cpu(), gen, tp.scale_jitter,
+                                                tp.erase_prob).to(device)
             if tp.modality_dropout > 0:
                 batch["present"] = modality_dropout(len(batch["tokens"]), tp.modality_dropout, gen,
                                                     model.cfg.modalities).to(device)
