@@ -14,7 +14,7 @@ from components.config import Params, TrainParams, params_to_dict
 from components.data import Arrays
 from components.features import Encoders
 from components.models.fusion import FusionModel, ModelConfig, build_model
-from components.training import fit, macro_f1, predict_arrays, select_device
+from components.training import fit, macro_f1, predict_arrays, seed_everything, select_device
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ def train_neural(params: Params, enc: Encoders, splits: dict[str, Arrays], modal
                  init_state: dict[str, torch.Tensor] | None = None, finetune_image: str = "all") -> dict:
     """Train one model on splits['train'], early-stop on splits['val']; write model.pt + metrics."""
     cfg = model_config(params, enc, modalities)
+    # Seeded before the towers are built: their random initialisation is part of the run (fit seeds the
+    # shuffling again, but by then the weights would already differ from one process to the next).
+    seed_everything(params.seed)
     model = build_model(cfg, params.model.pretrained_path if "image" in modalities else "")
     if init_state:
         missing, unexpected = model.load_state_dict(init_state, strict=False)

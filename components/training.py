@@ -112,7 +112,8 @@ def optimizers(model: FusionModel, lr: float, weight_decay: float) -> list[torch
     """AdamW for the dense weights; lazy (sparse) Adam for the hashed n-gram tables.
 
     A batch touches a few thousand of the tables' ~130k rows: dense gradients and AdamW would rewrite
-    every row each step (~35M floats), which made training 3x slower on CPU than the rows it needs.
+    every row each step (~35M floats), which made CPU training several times slower than updating only the
+    rows a batch touches.
     """
     trainable = [p for p in model.parameters() if p.requires_grad]  # a frozen image backbone is skipped
     sparse = [p for p in trainable if _is_sparse(model, p)]

@@ -14,7 +14,11 @@ def trained(tmp_path_factory):
     data = make_catalog(tmp / "data", n=180, seed=1)
     params = params_from_dict(tiny_raw(tmp, data, {
         "train_fusion": {"init_image_from_baseline": False, "finetune_image": "all",
-                         "train": {"epochs": 20, "patience": 20, "lr": 3.0e-3, "batch_size": 32}},
+                         # The synthetic shots name their class by colour and shape alone, so with the default
+                         # 0.15 the tiny model leans on the image and its title path stays seed-dependent
+                         # (imageless masterCategory 0.75-1.0 over seeds); 0.4 makes it learn both.
+                         "train": {"epochs": 20, "patience": 20, "lr": 3.0e-3, "batch_size": 32,
+                                   "modality_dropout": 0.4}},
         "registry": {"floors": {"masterCategory": 0.3, "subCategory": 0.3, "articleType": 0.3}}}))
     ingest.run(params)
     validate.run(params)

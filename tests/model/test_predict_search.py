@@ -11,7 +11,7 @@ import pytest
 from components import predict, search
 from components.catalog import CatalogError
 from components.inference import Categorizer
-from tests.conftest import make_catalog
+from tests.conftest import TAXONOMY, make_catalog
 
 
 def ckpt(params) -> Path:
@@ -43,14 +43,24 @@ def test_predict_unlabeled_folder_with_missing_and_corrupt_images(trained, tmp_p
     assert status["abc"].startswith("rejected: bad_id")
     ok = pred[pred["status"].isin(["ok", "no_image", "corrupt_image"])]
     assert ok["articleType"].notna().all() and ok["articleType_confidence"].between(0, 1).all()
-    # Products without image are still categorized from text + metadata (the fixture trains 20 epochs of
-    # 5 steps: with 8 the text path was sometimes too weak to name an imageless shoe Footwear).
-    # i=4 in TAXONOMY (Sports Shoes). The tiny model is not stable between Casual and Sports Shoes without the
-    # photo, so the check is on the level text and metadata settle on their own.
-    assert pred.set_index("id").loc["5004", "masterCategory"] == "Footwear"
     emb = np.load(tmp_path / "emb.npz")
     assert emb["image"].shape == emb["text"].shape == (24, 32)
     assert np.isnan(emb["image"][4]).all() and np.allclose(np.linalg.norm(emb["text"], axis=1), 1, atol=1e-4)
+
+
+def test_products_without_an_image_are_categorized_from_title_and_metadata(trained, tmp_path):
+    # Judged on 60 imageless products, not one: a single tiny-model prediction flips with float rounding.
+    params, _, _ = trained
+    new = make_catalog(tmp_path / "new", n=60, seed=7, start_id=5000, missing_images=0, corrupt_images=0)
+    shutil.rmtree(new / "images")
+    products = pd.read_csv(new / "products.csv").assign(image="")
+    products.to_csv(new / "products.csv", index=False)
+    pred, _ = predict.categorize(new, Categorizer.from_checkpoint(ckpt(params)), progress=False)
+    assert (pred["status"] == "no_image").all()
+    truth = {5000 + i: TAXONOMY[i % len(TAXONOMY)] for i in range(60)}  # as make_catalog labels them
+    master, _, article = zip(*(truth[int(pid)][:3] for pid in pred["id"]))
+    assert (pred["masterCategory"] == list(master)).mean() >= 0.9
+    assert (pred["articleType"] == list(article)).mean() >= 0.6
 
 
 def test_labels_present_in_the_batch_are_never_used(trained, tmp_path):
