@@ -114,6 +114,7 @@ class TrainParams:
     augment: bool  # flip + shift of the training images (components.data.augment_images)
     scale_jitter: float  # with augment: random zoom in [1 - s, 1 + s]
     erase_prob: float  # with augment: share of images with one box blanked
+    sparse_lr_scale: float  # learning rate of the hashed n-gram tables (SparseAdam) = lr x this
 
 
 @dataclass(frozen=True)

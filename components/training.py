@@ -108,19 +108,22 @@ def _is_sparse(model: FusionModel, param: torch.Tensor) -> bool:
                if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag)) and m.sparse)
 
 
-def optimizers(model: FusionModel, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
+def optimizers(model: FusionModel, lr: float, weight_decay: float, sparse_lr_scale: float = 1.0
+               ) -> list[torch.optim.Optimizer]:
     """AdamW for the dense weights; lazy (sparse) Adam for the hashed n-gram tables.
 
     A batch touches a few thousand of the tables' ~130k rows: dense gradients and AdamW would rewrite
     every row each step (~35M floats), which made CPU training several times slower than updating only the
-    rows a batch touches.
+    rows a batch touches. A row moves only in the steps whose batch holds its n-gram, so the tables take
+    `sparse_lr_scale` times the dense learning rate (at 1x, those of rare classes learned too slowly:
+    text-only validation macro-F1 0.949, against 0.973 at 10x).
     """
     trainable = [p for p in model.parameters() if p.requires_grad]  # a frozen image backbone is skipped
     sparse = [p for p in trainable if _is_sparse(model, p)]
     dense = [p for p in trainable if not _is_sparse(model, p)]
     opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay)]
     if sparse:
-        opts.append(torch.optim.SparseAdam(sparse, lr=lr))
+        opts.append(torch.optim.SparseAdam(sparse, lr=lr * sparse_lr_scale))
     return opts
 
 
@@ -134,9 +137,10 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
     steps_per_epoch = -(-len(train) // tp.batch_size)
     if tp.max_batches_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tp.max_batches_per_epoch)
-    opts = optimizers(model, tp.lr, tp.weight_decay)
-    scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=tp.lr, total_steps=tp.epochs * steps_per_epoch,
-                                                  pct_start=0.15) for o in opts]
+    opts = optimizers(model, tp.lr, tp.weight_decay, tp.sparse_lr_scale)
+    scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=o.defaults["lr"],
+                                                  total_steps=tp.epochs * steps_per_epoch, pct_start=0.15)
+              for o in opts]
     dense = [p for p in model.parameters() if p.requires_grad and not _is_sparse(model, p)]
     use_amp = tp.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
