@@ -49,7 +49,7 @@ def test_predict_unlabeled_folder_with_missing_and_corrupt_images(trained, tmp_p
 
 
 def test_products_without_an_image_are_categorized_from_title_and_metadata(trained, tmp_path):
-    # Judged on 60 imageless products, not one: a single tiny-model prediction flips with float rounding.
+    # Judged on 60 imageless products, not one: a single tiny-model prediction flipped between machines.
     params, _, _ = trained
     new = make_catalog(tmp_path / "new", n=60, seed=7, start_id=5000, missing_images=0, corrupt_images=0)
     shutil.rmtree(new / "images")

@@ -171,7 +171,6 @@ def test_one_batch_overfit():
         assert (p == b["labels"][:, lvl]).float().mean() == 1.0
 
 
-
 def test_hashed_tables_step_at_their_own_learning_rate():
     """Adam's first step moves each touched weight by about its lr: the n-gram tables by lr x sparse_lr_scale."""
     torch.manual_seed(0)
@@ -183,6 +182,7 @@ def test_hashed_tables_step_at_their_own_learning_rate():
     train_steps(model, batch(8), opts, 1)
     assert (table - before_table).abs().max().item() == pytest.approx(1e-2, rel=0.05)
     assert (proj - before_proj).abs().max().item() == pytest.approx(1e-3, rel=0.05)
+
 
 @pytest.mark.parametrize("keep_last_stage", [False, True])
 def test_frozen_image_backbone_keeps_weights_and_batchnorm_while_the_rest_learns(keep_last_stage):
