@@ -51,10 +51,8 @@ def test_predict_unlabeled_folder_with_missing_and_corrupt_images(trained, tmp_p
 def test_products_without_an_image_are_categorized_from_title_and_metadata(trained, tmp_path):
     # Judged on 60 imageless products, not one: a single tiny-model prediction flipped between machines.
     params, _, _ = trained
-    new = make_catalog(tmp_path / "new", n=60, seed=7, start_id=5000, missing_images=0, corrupt_images=0)
-    shutil.rmtree(new / "images")
-    products = pd.read_csv(new / "products.csv").assign(image="")
-    products.to_csv(new / "products.csv", index=False)
+    new = make_catalog(tmp_path / "new", n=60, seed=7, start_id=5000, comma_titles=0, missing_images=60,
+                       corrupt_images=0)
     pred, _ = predict.categorize(new, Categorizer.from_checkpoint(ckpt(params)), progress=False)
     assert (pred["status"] == "no_image").all()
     truth = {5000 + i: TAXONOMY[i % len(TAXONOMY)] for i in range(60)}  # as make_catalog labels them
