@@ -7,8 +7,9 @@ One seed of the fusion model is one draw: over seeds its validation articleType 
 than most changes we tried move it. Judge a change (`--set`, any params.yaml key) on the spread, not on
 one run. Only the fusion stage is retrained, on the pipeline's current `artifacts/` (features and the
 image baseline it starts from stay as `dvc repro` left them); `seed` = the pipeline's own seed gives the
-pipeline's own model back (training is seeded). Runs go to the MLflow experiment
-`<tracking.experiment>-seed-spread`, models to a temporary folder.
+pipeline's own model back (training is seeded). An override outside `train_fusion` (and `seed`) needs
+those stages rebuilt first (`dvc exp run`), or the fusion model would not match its inputs. Runs go to
+the MLflow experiment `<tracking.experiment>-seed-spread`, models to a temporary folder.
 """
 from __future__ import annotations
 
@@ -61,6 +62,9 @@ def main() -> None:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. train_fusion.train.epochs=6")
         raw = deep_merge(raw, override(key, value))
     raw["tracking"]["experiment"] = f"{raw['tracking']['experiment']}-seed-spread"
+    for stage in ("features", "train_baseline"):
+        if not Path(raw["paths"][stage]).is_dir():
+            raise SystemExit(f"seed_spread: {raw['paths'][stage]} not found; run `dvc repro train_fusion` first")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
