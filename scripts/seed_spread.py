@@ -65,17 +65,21 @@ def main() -> None:
     for stage in ("features", "train_baseline"):
         if not Path(raw["paths"][stage]).is_dir():
             raise SystemExit(f"seed_spread: {raw['paths'][stage]} not found; run `dvc repro train_fusion` first")
-    rows = []
+    acc: list[float] = []
+    f1: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             run_raw = deep_merge(raw, {"seed": seed, "paths": {"train_fusion": f"{tmp}/seed_{seed}"}})
             m = train_fusion.run(params_from_dict(run_raw))
-            rows.append((seed, m["val_article_accuracy"], m["val_article_macro_f1"], m["best_epoch"]))
+            acc.append(100 * m["val_article_accuracy"])
+            f1.append(m["val_article_macro_f1"])
             print(f"seed {seed}: val articleType {100 * m['val_article_accuracy']:.2f} % / "
                   f"{m['val_article_macro_f1']:.4f} (best epoch {m['best_epoch']}, {m['train_seconds']:.0f} s)",
                   flush=True)
-    acc, f1 = [r[1] * 100 for r in rows], [r[2] for r in rows]
-    spread = statistics.stdev if len(rows) > 1 else (lambda _: 0.0)
+
+    def spread(xs: list[float]) -> float:
+        return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
     print(f"fusion over seeds {args.seeds}{' with ' + ' '.join(args.sets) if args.sets else ''}:")
     print(f"  accuracy {statistics.mean(acc):.2f} % (sd {spread(acc):.2f}, {min(acc):.2f}-{max(acc):.2f}); "
           f"macro-F1 {statistics.mean(f1):.4f} (sd {spread(f1):.4f}, {min(f1):.4f}-{max(f1):.4f})")
