@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 LEVELS = ("masterCategory", "subCategory", "articleType")
+ARTICLE = LEVELS.index("articleType")  # column of the finest level in (N, 3) label arrays
 STYLE_COLUMNS = ("id", "gender", *LEVELS, "baseColour", "season", "year", "usage", "productDisplayName")
 PRODUCT_COLUMNS = ("image", "brandName", "ageGroup", "colour1", "colour2", "price", "discountedPrice",
                    "catalogAddDate", "displayCategories", "variantName", "fashionType",
@@ -25,6 +27,8 @@ NUMERIC_COLUMNS = ("year", "price", "discountedPrice", "catalogAddDate")
 # The export writes "NA" (and sometimes "") for "no value"; both mean missing.
 MISSING_TOKENS = frozenset({"", "NA", "N/A", "nan", "NaN", "null", "None"})
 TITLE = "productDisplayName"
+# The masterCategory values the taxonomy knows (ingest quarantines others; validation expects only these).
+KNOWN_MASTERS = ("Apparel", "Accessories", "Footwear", "Personal Care", "Sporting Goods")
 
 
 class CatalogError(ValueError):
@@ -162,3 +166,28 @@ def read_catalog(folder: str | Path, require_labels: bool = True) -> CatalogRead
     frame["source_row"] = frame["source_row"].astype(np.int64)
     log.info("read %d products from %s (%d problem rows)", len(frame), folder, len(problems))
     return CatalogRead(frame=frame.reset_index(drop=True), problems=problems)
+
+
+def attribute_tokens(raw: str) -> list[str]:
+    """articleAttributes JSON -> ['fabric=cotton', ...]; 'NA' values and bad JSON give no tokens."""
+    if not raw:
+        return []
+    try:
+        attrs = json.loads(raw)
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(attrs, dict):
+        return []
+    out = []
+    for key, val in attrs.items():
+        val = str(val).strip()
+        if val and val != "NA":
+            out.append(f"{key.strip().lower()}={val.lower()}")
+    return out
+
+
+def product_text(frame: pd.DataFrame, use_description: bool) -> list[str]:
+    titles = frame[TITLE].fillna("").astype(str)
+    if use_description and "description" in frame:
+        return (titles + " " + frame["description"].fillna("").astype(str)).tolist()
+    return titles.tolist()

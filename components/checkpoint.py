@@ -1,12 +1,13 @@
 """Self-describing checkpoints: model config, encoders (label maps, vocabularies) and weights in one file."""
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from components.features import Encoders
+from components.encoders import Encoders
 from components.models.fusion import FusionModel, ModelConfig, build_model
 
 # /2: word + character n-grams in `subwords`, the wide head and the low-res stem option.
@@ -31,13 +32,28 @@ def save_checkpoint(path: str | Path, model: FusionModel, encoders: Encoders, me
     tmp.replace(path)
 
 
+def read_blob(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The raw checkpoint dict, loaded without unpickling code (tensors, numbers, strings, lists, dicts)."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint not found; run `dvc repro` or pass --model") from None
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: holds objects other than tensors and plain values; refused, because "
+                              "loading it would run code from the file. Retrain it with this release") from exc
+    except Exception as exc:  # torch raises RuntimeError, UnpicklingError, zip errors... for a bad file
+        raise CheckpointError(f"{path}: not a readable DeepFusion checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]}); retrain it or restore the file") from exc
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[FusionModel, Encoders, dict[str, Any]]:
     """Rebuild the model through the same factory, with random init (weights come from the file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; run `dvc repro` or pass --model")
-    blob = torch.load(path, map_location=device, weights_only=False)
+    blob = read_blob(path, device)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         found = blob.get("format") if isinstance(blob, dict) else type(blob).__name__
         hint = ""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ class Paths:
     train_baseline: str
     train_fusion: str
     evaluate: str
+    search: str  # the search index (python -m components.search --build)
+    categorize: str  # predictions and review queues of landed batches (categorize DAG)
     mlflow_db: str
 
 
@@ -73,9 +75,10 @@ class FeaturesParams:
 
 
 @dataclass(frozen=True)
-class ModelParams:
+class ModelArch:
+    """The network's shape as params.yaml sets it; models.fusion.ModelConfig adds what the data decides."""
+
     backbone: str
-    pretrained_path: str  # local .safetensors/.pth for the image backbone; "" = random init
     embed_dim: int
     text_dim: int
     text_channels: int
@@ -85,6 +88,11 @@ class ModelParams:
     wide: bool  # add the jointly trained linear head over n-grams and metadata tokens (Wide & Deep)
     low_res_stem: bool  # drop the backbone's stem max-pool: 80x64 catalog shots keep a 5x4 final map
     backbone_channels: tuple[int, ...]  # ResNet-family stage widths (stem = first); () = the backbone's own
+
+
+@dataclass(frozen=True)
+class ModelParams(ModelArch):
+    pretrained_path: str  # local .safetensors/.pth for the image backbone; "" = random init
 
 
 @dataclass(frozen=True)
@@ -196,7 +204,6 @@ class Params:
     tracking: TrackingParams
     registry: RegistryParams
     drift: DriftParams
-    levels: tuple[str, ...] = field(default=("masterCategory", "subCategory", "articleType"))
 
 
 def _build(tp: Any, value: Any, where: str) -> Any:

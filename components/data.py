@@ -3,10 +3,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
+from components.images import ImageBatch
+
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}  # the `split` column of features.npz
 BATCH_KEYS = ("tokens", "subwords", "attrs", "cat", "num", "labels", "has_image", "group")
 
 
@@ -88,9 +93,7 @@ def augment_images(images: torch.Tensor, gen: torch.Generator, scale_jitter: flo
 
 
 def load_arrays(ingest_dir: str, features_dir: str) -> tuple[Arrays, np.ndarray]:
-    """All rows as Arrays (images memory-mapped) and the split code per row (0 train, 1 val, 2 test)."""
-    from pathlib import Path
-
+    """All rows as Arrays (images memory-mapped) and the split code per row (SPLIT_CODES)."""
     f = np.load(Path(features_dir) / "features.npz")
     images = np.load(Path(ingest_dir) / "images.npy", mmap_mode="r")
     arrays = Arrays(tokens=f["tokens"], subwords=f["subwords"], attrs=f["attrs"], cat=f["cat"], num=f["num"],
@@ -99,5 +102,13 @@ def load_arrays(ingest_dir: str, features_dir: str) -> tuple[Arrays, np.ndarray]
 
 
 def split_arrays(arrays: Arrays, split: np.ndarray) -> dict[str, Arrays]:
-    return {name: arrays.subset(np.flatnonzero(split == code))
-            for code, name in enumerate(("train", "val", "test"))}
+    return {name: arrays.subset(np.flatnonzero(split == code)) for name, code in SPLIT_CODES.items()}
+
+
+def cached_products(ingest_dir: str | Path, idx: np.ndarray) -> tuple[pd.DataFrame, ImageBatch]:
+    """Rows `idx` of the curated table with their images from ingest's uint8 cache (no JPEG decoding)."""
+    src = Path(ingest_dir)
+    df = pd.read_parquet(src / "products.parquet")
+    cache = np.load(src / "images.npy", mmap_mode="r")
+    status = ["ok" if h else "no_image" for h in df["has_image"].to_numpy()[idx]]
+    return df.iloc[idx].reset_index(drop=True), ImageBatch(np.ascontiguousarray(cache[idx]), status)

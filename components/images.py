@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 # Catalog shots sit on white; padding with white keeps the product's look when the aspect differs.
 PAD_VALUE = 255
+
+
+@dataclass
+class ImageBatch:
+    pixels: np.ndarray  # (N, H, W, 3) uint8
+    status: list[str]  # "ok", "no_image" or "corrupt_image: why"
 
 
 class ImageError(ValueError):

@@ -8,7 +8,7 @@ import logging
 import re
 from pathlib import Path
 
-from components.artifacts import read_json
+from components.atomic_io import read_json
 from components.config import load_params
 
 log = logging.getLogger(__name__)

@@ -13,25 +13,25 @@ from common.settings import DEFAULT_ARGS, START, home, landing
 def catalog_drift():
     @task
     def find_batches() -> list[str]:
-        from components.orchestration import pending_batches
+        from components.ops.landing import pending_batches
 
         return pending_batches(landing())
 
     @task
     def model() -> str:
-        from components.orchestration import serving_model
+        from components.ops.landing import serving_model
 
         return serving_model(home())
 
     @task(retries=0)  # a rejected batch is not transient: it is moved to _failed/ with its report
     def validate_batch(batch: str) -> str:
-        from components.orchestration import check_batch
+        from components.ops.landing import check_batch
 
         return check_batch(home(), batch)
 
     @task
     def drift_report(batch: str, model_uri: str) -> dict:
-        from components.orchestration import drift_batch
+        from components.ops.landing import drift_batch
 
         return drift_batch(home(), batch, model_uri)
 

@@ -20,13 +20,13 @@ def categorize():
 
     @task
     def model() -> str:
-        from components.orchestration import serving_model
+        from components.ops.landing import serving_model
 
         return serving_model(home())
 
     @task
     def categorize_batch(batch: str, model_uri: str) -> dict:
-        from components.orchestration import categorize_batch as run
+        from components.ops.landing import categorize_batch as run
 
         return run(home(), batch, model_uri)
 

@@ -1,4 +1,5 @@
-"""retrain: dvc pull -> DVC stages in dvc.yaml order (training on GPU workers) -> dvc push -> register -> gate."""
+"""retrain: dvc pull -> DVC stages in dvc.yaml order (training on GPU workers) -> dvc push -> publish -> register
+-> promotion gate."""
 from __future__ import annotations
 
 from airflow.providers.standard.operators.bash import BashOperator
@@ -59,7 +60,7 @@ def retrain():
 
     @task
     def configure(params: dict) -> dict:
-        from components.orchestration import apply_overrides, run_overrides
+        from components.ops.run_params import apply_overrides, run_overrides
 
         return apply_overrides(home(), run_overrides(params))
 
@@ -73,12 +74,23 @@ def retrain():
     ]
     dvc_push = BashOperator(task_id="dvc_push", bash_command=in_workspace(PUSH))
 
+    @task
+    def publish() -> dict:
+        """Params, history, metrics, plots and the model of this pipeline result to MLflow, once."""
+        import contextlib
+
+        from components.config import load_params
+        from components.ops import publish as ops_publish
+
+        with contextlib.chdir(home()):
+            return ops_publish.publish(load_params())
+
     @task(trigger_rule=JOIN)
     def register() -> str:
         import contextlib
 
-        from components import registry
         from components.config import load_params
+        from components.ops import registry
 
         with contextlib.chdir(home()):
             return registry.register(load_params())
@@ -89,8 +101,8 @@ def retrain():
 
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from components import registry
         from components.config import load_params
+        from components.ops import registry
 
         if params["mode"] == "register_only":
             raise AirflowSkipException("register_only: the promotion gate is not run")
@@ -107,8 +119,8 @@ def retrain():
 
     # Empty hops keep the branch from skipping register/promote directly in the full run.
     to_register, to_promote = EmptyOperator(task_id="to_register"), EmptyOperator(task_id="to_promote")
-    branch, cfg, reg, gate = choose(), configure(), register(), promote()
-    chain(branch, cfg, dvc_pull, *stages, dvc_push, reg, gate)
+    branch, cfg, pub, reg, gate = choose(), configure(), publish(), register(), promote()
+    chain(branch, cfg, dvc_pull, *stages, dvc_push, pub, reg, gate)
     branch >> to_register >> reg
     branch >> to_promote >> gate
     promoted(gate) >> announce_champion()

@@ -34,7 +34,7 @@ def bench_ingest() -> None:
         results[workers] = child(f"""
 import json, time, dataclasses
 from components.config import load_params
-from components import ingest
+from components.pipeline import ingest
 p = load_params()
 p = dataclasses.replace(p, paths=dataclasses.replace(p.paths, ingest="{tmp}/ingest"),
                         ingest=dataclasses.replace(p.ingest, workers={workers}))
@@ -58,19 +58,18 @@ def bench_train(batches: int = 40) -> None:
 import json, time, dataclasses, torch
 from components.config import load_params
 from components.data import load_arrays, split_arrays, iterate
-from components.features import load_encoders
-from components.models import build_model
+from components.encoders import load_encoders
+from components.models.fusion import ModelConfig, build_model
 from components.models.losses import total_loss
-from components.neural_stage import model_config
 p = load_params(); enc = load_encoders(p.paths.features)
 a, split = load_arrays(p.paths.ingest, p.paths.features)
 train = split_arrays(a, split)["train"]
 tp = (p.train_fusion if "{which}".startswith("fusion") else p.train_baseline).train
-m = build_model(model_config(p, enc, {mods!r}))
+m = build_model(ModelConfig.from_params(p.model, {mods!r}, **enc.model_sizes()))
 if "{which}" == "fusion" and p.train_fusion.finetune_image != "all":  # as the train_fusion stage runs it
     m.towers["image"].freeze_backbone(keep_last_stage=p.train_fusion.finetune_image == "last_stage")
 m.train()
-from components.training import optimizers
+from components.training.loop import optimizers
 if "{which}" == "text-dense":
     for mod in m.modules():
         if isinstance(mod, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
@@ -101,10 +100,11 @@ def bench_predict() -> None:
     r = child(f"""
 import json, time, numpy as np, pandas as pd, torch
 from components.config import load_params
-from components.inference import Categorizer, load_images
-from components.training import predict_arrays
+from components.serving.categorizer import Categorizer, load_images
+from components.models.runtime import predict_arrays
 p = load_params()
-cat = Categorizer.from_checkpoint(p.paths.train_fusion + "/model/model.pt", device="cpu")
+from components.checkpoint import fusion_checkpoint
+cat = Categorizer.from_checkpoint(fusion_checkpoint(p.paths.train_fusion), device="cpu")
 df = pd.read_parquet(p.paths.ingest + "/products.parquet")
 df = df[df.split == "test"].head(3000).reset_index(drop=True)
 h, w = cat.image_size

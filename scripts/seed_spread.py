@@ -8,8 +8,8 @@ than most changes we tried move it. Judge a change (`--set`, any params.yaml key
 one run. Only the fusion stage is retrained, on the pipeline's current `artifacts/` (features and the
 image baseline it starts from stay as `dvc repro` left them); `seed` = the pipeline's own seed gives the
 pipeline's own model back (training is seeded). An override outside `train_fusion` (and `seed`) needs
-those stages rebuilt first (`dvc exp run`), or the fusion model would not match its inputs. Runs go to
-the MLflow experiment `<tracking.experiment>-seed-spread`, models to a temporary folder.
+those stages rebuilt first (`dvc exp run`), or the fusion model would not match its inputs. Models go to
+a temporary folder; nothing is published to MLflow.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from components import train_fusion  # noqa: E402
 from components.config import deep_merge, load_raw, params_from_dict  # noqa: E402
+from components.pipeline import train_fusion  # noqa: E402
 
 
 def override(key: str, value: str) -> dict:
@@ -61,7 +61,6 @@ def main() -> None:
         if not sep:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. train_fusion.train.epochs=6")
         raw = deep_merge(raw, override(key, value))
-    raw["tracking"]["experiment"] = f"{raw['tracking']['experiment']}-seed-spread"
     for stage in ("features", "train_baseline"):
         if not Path(raw["paths"][stage]).is_dir():
             raise SystemExit(f"seed_spread: {raw['paths'][stage]} not found; run `dvc repro train_fusion` first")
@@ -70,11 +69,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             run_raw = deep_merge(raw, {"seed": seed, "paths": {"train_fusion": f"{tmp}/seed_{seed}"}})
-            m = train_fusion.run(params_from_dict(run_raw))
+            params = params_from_dict(run_raw)
+            m = train_fusion.run(params)
+            seconds = json.loads(train_fusion.timings_file(params).read_text())["train_seconds"]
             acc.append(100 * m["val_article_accuracy"])
             f1.append(m["val_article_macro_f1"])
             print(f"seed {seed}: val articleType {100 * m['val_article_accuracy']:.2f} % / "
-                  f"{m['val_article_macro_f1']:.4f} (best epoch {m['best_epoch']}, {m['train_seconds']:.0f} s)",
+                  f"{m['val_article_macro_f1']:.4f} (best epoch {m['best_epoch']}, {seconds:.0f} s)",
                   flush=True)
 
     def spread(xs: list[float]) -> float:

@@ -15,8 +15,16 @@ from PIL import Image
 from components.config import deep_merge, load_raw, params_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def quiet_libraries():
+    """No telemetry from the libraries under test (scripts/test.sh sets these too; this covers bare pytest)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"MLFLOW_DISABLE_TELEMETRY": "true", "GX_ANALYTICS_ENABLED": "False", "DO_NOT_TRACK": "1"}.items():
+            if k not in os.environ:
+                mp.setenv(k, v)
+        yield
 
 # (master, sub, article, colour of the synthetic product shot, shape)
 TAXONOMY = [
@@ -105,7 +113,7 @@ def catalog(tmp_path: Path) -> Path:
 def tiny_raw(tmp: Path, raw_dir: Path, extra: dict | None = None) -> dict:
     raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
     paths = {k: str(tmp / "artifacts" / k) for k in ("ingest", "validate", "features", "train_baseline",
-                                                     "train_fusion", "evaluate")}
+                                                     "train_fusion", "evaluate", "search", "categorize")}
     raw = deep_merge(raw, {"paths": {**paths, "raw": str(raw_dir), "mlflow_db": str(tmp / "mlflow.db")}})
     return deep_merge(raw, extra or {})
 

@@ -1,4 +1,1 @@
-"""Towers (image, text, metadata), the fusion model and its losses."""
-from components.models.fusion import FusionModel, ModelConfig, build_model
-
-__all__ = ["FusionModel", "ModelConfig", "build_model"]
+"""Towers (image, text, metadata), the fusion model, its losses, the TF-IDF baseline and how to run them."""

@@ -1,12 +1,14 @@
 """The multi-modal model: towers -> L2-normalised shared space -> fused embedding -> shared classifier."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from components.config import ModelArch
 from components.models.towers import ImageTower, MetadataTower, TextTower, WideHead
 
 MODALITIES = ("image", "text", "metadata")
@@ -14,27 +16,25 @@ CLASSIFIER_SCALE = 16.0
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """Everything needed to rebuild the network; saved in every checkpoint."""
+class ModelConfig(ModelArch):
+    """Everything needed to rebuild the network; saved in every checkpoint.
+
+    The architecture fields come from params (`ModelArch`, one source); these add what the data decides.
+    """
 
     modalities: tuple[str, ...]
-    backbone: str
-    embed_dim: int
-    text_dim: int
-    text_channels: int
-    text_kernels: tuple[int, ...]
-    meta_dim: int
-    dropout: float
     vocab_size: int
     subword_buckets: int
     attr_vocab_size: int
     cardinalities: tuple[int, ...]
     n_numeric: int
     n_classes: tuple[int, int, int]  # masterCategory, subCategory, articleType
-    wide: bool
-    low_res_stem: bool
-    backbone_channels: tuple[int, ...]
     text_pretrained: str  # "" = HUSE text CNN; else the sentence-transformers model (frozen) for titles
+
+    @classmethod
+    def from_params(cls, arch: ModelArch, modalities: tuple[str, ...], **sizes: Any) -> ModelConfig:
+        """`sizes`: the data-decided fields, as `Encoders.model_sizes()` gives them."""
+        return cls(**{f.name: getattr(arch, f.name) for f in fields(ModelArch)}, modalities=modalities, **sizes)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,14 +4,28 @@ It lives in an importable module so its pickle (model.joblib) loads from any ent
 """
 from __future__ import annotations
 
+from pathlib import Path
+
+import joblib
 import numpy as np
 import pandas as pd
 from scipy.sparse import hstack
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
+from components.catalog import attribute_tokens, product_text
 from components.config import TfidfParams
-from components.features import tfidf_text
+
+
+def tfidf_text(frame: pd.DataFrame, categorical: tuple[str, ...], use_description: bool) -> list[str]:
+    """Title plus metadata as words (field=value tokens) for the TF-IDF baseline."""
+    texts = product_text(frame, use_description)
+    out = []
+    for i, (_, row) in enumerate(frame.iterrows()):
+        meta = [f"{f}={str(row.get(f, '')).replace(' ', '_').lower()}" for f in categorical if row.get(f, "")]
+        meta += [t.replace(" ", "_") for t in attribute_tokens(str(row.get("articleAttributes", "")))]
+        out.append(f"{texts[i]} {' '.join(meta)}")
+    return out
 
 
 class TfidfBaseline:
@@ -46,3 +60,12 @@ class TfidfBaseline:
             full[:, clf.classes_] = clf.predict_proba(x)
             out.append(full)
         return out
+
+
+def load_tfidf(path: str | Path) -> TfidfBaseline:
+    """The pickled baseline the train_baseline stage wrote (our own artifact: joblib is trusted here)."""
+    model = joblib.load(path)
+    if not isinstance(model, TfidfBaseline):
+        raise TypeError(f"{path}: expected a TfidfBaseline, found {type(model).__name__}; rerun "
+                        "`dvc repro train_baseline@tfidf`")
+    return model

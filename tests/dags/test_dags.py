@@ -14,11 +14,10 @@ import yaml
 
 from components.config import deep_merge, load_raw
 from tests.conftest import ROOT, TINY_OVERRIDES, make_catalog
-from tests.dags.conftest import AIRFLOW_ENV
 
 
 @pytest.fixture(scope="module")
-def bag():
+def bag(airflow_env):
     from airflow.dag_processing.dagbag import DagBag
 
     b = DagBag(dag_folder=str(ROOT / "dags"))
@@ -62,7 +61,7 @@ def test_retrain_form_params_and_triggers(bag):
 
 
 def test_run_overrides_really_change_params(tmp_path):
-    from components.orchestration import apply_overrides, run_overrides
+    from components.ops.run_params import apply_overrides, run_overrides
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     apply_overrides(tmp_path, run_overrides({"backbone": "resnet10t", "epochs": 3, "mode": "full"}))
@@ -93,7 +92,7 @@ def workspace(tmp_path_factory):
 
 def run_dag(ws: Path, dag_id: str, conf: dict | None = None) -> dict:
     bindir = Path(sys.executable).parent
-    env = {**os.environ, **AIRFLOW_ENV, "DEEPFUSION_HOME": str(ws), "DEEPFUSION_BIN": str(bindir),
+    env = {**os.environ, "DEEPFUSION_HOME": str(ws), "DEEPFUSION_BIN": str(bindir),
            "PATH": f"{bindir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run([sys.executable, str(Path(__file__).parent / "dag_runner.py"), dag_id,
@@ -105,11 +104,17 @@ def run_dag(ws: Path, dag_id: str, conf: dict | None = None) -> dict:
     return result
 
 
+@pytest.fixture(scope="module")
+def retrained(airflow_db, workspace) -> dict:
+    """The workspace after one full retrain run (a fixture, so no test relies on another having run)."""
+    return run_dag(workspace, "retrain", {"mode": "full", "epochs": 8})
+
+
 @pytest.mark.slow
-def test_retrain_end_to_end_registers_and_promotes(airflow_db, workspace):
-    r = run_dag(workspace, "retrain", {"mode": "full", "epochs": 8})
+def test_retrain_end_to_end_registers_and_promotes(retrained, workspace):
+    r = retrained
     assert r["state"].endswith("success"), r["log"]
-    for tid in ("ingest", "train_fusion", "evaluate", "register", "promote", "announce_champion"):
+    for tid in ("ingest", "train_fusion", "evaluate", "publish", "register", "promote", "announce_champion"):
         assert r["tasks"][tid].endswith("success"), (tid, r["tasks"])
     assert load_raw(workspace / "params.yaml")["train_fusion"]["train"]["epochs"] == 8  # the form changed the run
     assert (workspace / "artifacts/evaluate/metrics.json").is_file()
@@ -120,9 +125,7 @@ def test_retrain_end_to_end_registers_and_promotes(airflow_db, workspace):
 
 
 @pytest.mark.slow
-def test_catalog_drift_flags_a_drifted_batch_then_is_idempotent(airflow_db, workspace):
-    if not (workspace / "artifacts/train_fusion/model/model.pt").is_file():
-        pytest.skip("needs the retrain run above")
+def test_catalog_drift_flags_a_drifted_batch_then_is_idempotent(retrained, workspace):
     landing = workspace / "landing"
     new = make_catalog(landing / "2016-01", n=40, seed=9, start_id=9000)
     lines = (new / "styles.csv").read_text().splitlines()
@@ -152,9 +155,7 @@ def test_bad_batch_fails_the_run_and_is_kept(airflow_db, workspace):
 
 
 @pytest.mark.slow
-def test_categorize_writes_predictions_and_review_queue(airflow_db, workspace, tmp_path):
-    if not (workspace / "artifacts/train_fusion/model/model.pt").is_file():
-        pytest.skip("needs the retrain run above")
+def test_categorize_writes_predictions_and_review_queue(retrained, workspace, tmp_path):
     batch = make_catalog(tmp_path / "batch", n=20, seed=11, labeled=False, start_id=8000)
     r = run_dag(workspace, "categorize", {"batch": str(batch)})
     assert r["state"].endswith("success"), r["log"]

@@ -50,12 +50,8 @@ def workspace(tmp_path_factory) -> Path:
                            "train_fusion": {"train": {"epochs": 10, "lr": 3.0e-3, "patience": 10}},
                            "train_baseline": {"train": {"epochs": 3}}})
     (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    dvc = [str(Path(sys.executable).parent / "dvc")]
-    subprocess.run(dvc + ["init", "--no-scm", "-q"], cwd=ws, check=True, env=env)
-    proc = subprocess.run(dvc + ["repro"], cwd=ws, env=env, capture_output=True, text=True)
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=ws, check=True, env=env())
+    proc = subprocess.run(["dvc", "repro"], cwd=ws, env=env(), capture_output=True, text=True)
     (ws / "repro.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     return ws
@@ -71,37 +67,73 @@ def test_ingest_and_validate_on_the_real_slice(workspace):
     assert json.loads((workspace / "artifacts/validate/report.json").read_text())["success"]
 
 
+def env() -> dict[str, str]:
+    e = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+         "MLFLOW_DISABLE_TELEMETRY": "true"}
+    e.pop("MLFLOW_TRACKING_URI", None)
+    return e
+
+
 def test_every_model_trained_and_reported(workspace):
     for name in ("tfidf", "image", "text", "metadata"):
         m = json.loads((workspace / f"artifacts/train_baseline/metrics_{name}.json").read_text())
         assert 0.0 <= m["val_article_accuracy"] <= 1.0
     fusion = json.loads((workspace / "artifacts/train_fusion/metrics.json").read_text())
-    assert fusion["model_uri"].startswith("models:/")
-    assert (workspace / "mlflow.db").is_file()
+    assert 0.0 <= fusion["val_article_macro_f1"] <= 1.0 and "train_seconds" not in fusion
+    # Training stages write only their DVC outputs: MLflow is the publish step's business.
+    assert not (workspace / "mlflow.db").exists()
 
 
-def test_second_repro_is_a_no_op(workspace):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
-    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), "status"], cwd=workspace, env=env,
-                         capture_output=True, text=True, check=True).stdout
+def test_a_forced_rerun_rewrites_no_hash(workspace):
+    """`dvc repro -f` of the data stages recomputes them from scratch; dvc.lock must not change a byte."""
+    lock = (workspace / "dvc.lock").read_bytes()
+    for stage in ("ingest", "validate", "features"):
+        subprocess.run(["dvc", "repro", "-f", "-s", stage], cwd=workspace, env=env(), check=True,
+                       capture_output=True)
+    assert (workspace / "dvc.lock").read_bytes() == lock
+    out = subprocess.run(["dvc", "status"], cwd=workspace, env=env(), capture_output=True, text=True,
+                         check=True).stdout
     assert "changed" not in out, out
+    repro = subprocess.run(["dvc", "repro"], cwd=workspace, env=env(), capture_output=True, text=True, check=True)
+    assert "didn't change, skipping" in repro.stdout and "Running stage" not in repro.stdout, repro.stdout
+
+
+def test_publish_logs_each_model_once(workspace):
+    import mlflow
+
+    cmd = [sys.executable, "-m", "components.ops.publish"]
+    first = subprocess.run(cmd, cwd=workspace, env=env(), capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run(cmd, cwd=workspace, env=env(), capture_output=True, text=True, check=True)
+    assert again.stdout == first.stdout  # the same runs, found by their outputs' md5: no duplicates
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = {line.split(": run ")[0]: line.split(": run ")[1] for line in first.stdout.splitlines()}
+    assert set(runs) == {"train_baseline/tfidf", "train_baseline/image", "train_baseline/text",
+                         "train_baseline/metadata", "train_fusion"}
+    fusion = client.get_run(runs["train_fusion"])
+    history = client.get_metric_history(fusion.info.run_id, "val_macro_f1")
+    assert len(history) == json.loads((workspace / "artifacts/train_fusion/metrics.json").read_text())["epochs_run"]
+    assert "test.articleType.macro_f1" in fusion.data.metrics and "train_seconds" in fusion.data.metrics
+    assert fusion.data.tags["deepfusion.model_uri"].startswith("models:/")
 
 
 def test_shuffling_text_or_metadata_hurts_fusion(workspace):
     """Misalignment guard: if fusion ignored the pairing of inputs, shuffling would not matter."""
     import torch
 
+    from components.catalog import ARTICLE
     from components.checkpoint import load_checkpoint
     from components.data import load_arrays, split_arrays
-    from components.training import predict_arrays
+    from components.models.runtime import PREDICT_BATCH, predict_arrays
 
     model, _, _ = load_checkpoint(workspace / "artifacts/train_fusion/model/model.pt")
     arrays, split = load_arrays(str(workspace / "artifacts/ingest"), str(workspace / "artifacts/features"))
     test = split_arrays(arrays, split)["val"]
-    y = test.labels[:, 2]
+    y = test.labels[:, ARTICLE]
 
     def acc(a) -> float:
-        return float((predict_arrays(model, a, 256, torch.device("cpu"))["probs"][2].argmax(1) == y).mean())
+        probs = predict_arrays(model, a, PREDICT_BATCH, torch.device("cpu"))["probs"][ARTICLE]
+        return float((probs.argmax(1) == y).mean())
 
     base = acc(test)
     perm = np.random.default_rng(0).permutation(len(test))

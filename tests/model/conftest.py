@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from components import evaluate, features, ingest, train_fusion, validate
 from components.config import params_from_dict
+from components.pipeline import evaluate, features, ingest, train_fusion, validate
 from tests.conftest import make_catalog, tiny_raw
 
 

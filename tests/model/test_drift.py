@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from components import drift, replay
 from components.catalog import read_catalog
 from components.config import DriftParams
+from components.ops import drift, replay
 
 
 def batch_from(source: Path, ids: list[int], dst: Path) -> Path:

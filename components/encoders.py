@@ -1,7 +1,7 @@
-"""Stage features: artifacts/ingest/ -> artifacts/features/ (encoders.json, features.npz).
+"""Encoders: vocabularies, hashed n-grams, metadata and label maps, and the pure functions that apply them.
 
-Pure encoders for titles, metadata and labels, fitted on the train split only. Training, evaluation,
-batch prediction and the MLflow pyfunc all call `encode_frame` with the same Encoders: one path.
+Fitted on the train split only (stage `features`). Training, evaluation, batch prediction and the MLflow
+model all call `encode_frame` with the same Encoders: one preprocessing path.
 """
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.artifacts import atomic_dir, write_json
-from components.catalog import LEVELS, TITLE
-from components.config import FeaturesParams, Params, load_params
+from components.catalog import LEVELS, TITLE, attribute_tokens, product_text
+from components.config import FeaturesParams
 
 log = logging.getLogger(__name__)
 
@@ -32,24 +31,6 @@ class FeatureError(ValueError):
 
 def tokenize(text: str) -> list[str]:
     return _TOKEN.findall(text.lower())
-
-
-def attribute_tokens(raw: str) -> list[str]:
-    """articleAttributes JSON -> ['fabric=cotton', ...]; 'NA' values and bad JSON give no tokens."""
-    if not raw:
-        return []
-    try:
-        attrs = json.loads(raw)
-    except json.JSONDecodeError:
-        return []
-    if not isinstance(attrs, dict):
-        return []
-    out = []
-    for key, val in attrs.items():
-        val = str(val).strip()
-        if val and val != "NA":
-            out.append(f"{key.strip().lower()}={val.lower()}")
-    return out
 
 
 def _bucket(gram: str, buckets: int) -> int:
@@ -67,24 +48,6 @@ def subword_ids(text: str, buckets: int, limit: int, char_ngrams: tuple[int, int
         w = f"<{word}>"
         grams += [w[i : i + n] for n in range(lo, hi + 1) for i in range(len(w) - n + 1)]
     return [_bucket(g, buckets) for g in grams[:limit]]
-
-
-def product_text(frame: pd.DataFrame, use_description: bool) -> list[str]:
-    titles = frame[TITLE].fillna("").astype(str)
-    if use_description and "description" in frame:
-        return (titles + " " + frame["description"].fillna("").astype(str)).tolist()
-    return titles.tolist()
-
-
-def tfidf_text(frame: pd.DataFrame, categorical: tuple[str, ...], use_description: bool) -> list[str]:
-    """Title plus metadata as words (field=value tokens) for the TF-IDF baseline."""
-    texts = product_text(frame, use_description)
-    out = []
-    for i, (_, row) in enumerate(frame.iterrows()):
-        meta = [f"{f}={str(row.get(f, '')).replace(' ', '_').lower()}" for f in categorical if row.get(f, "")]
-        meta += [t.replace(" ", "_") for t in attribute_tokens(str(row.get("articleAttributes", "")))]
-        out.append(f"{texts[i]} {' '.join(meta)}")
-    return out
 
 
 def _vocab(counter: Counter, min_count: int) -> dict[str, int]:
@@ -109,6 +72,14 @@ class Encoders:
     labels: dict[str, list[str]]  # level -> class names (index = class id)
     taxonomy: list[tuple[str, str, str]]  # (master, sub, article) paths seen in training
     text_pretrained: str  # "" = `vocab` ids in `tokens`; else the named pretrained model's WordPiece ids
+
+    def model_sizes(self) -> dict:
+        """The data-decided fields of models.fusion.ModelConfig: table sizes and class counts."""
+        return {"vocab_size": len(self.vocab) + 2, "subword_buckets": self.subword_buckets,
+                "attr_vocab_size": len(self.attr_vocab) + 2,
+                "cardinalities": tuple(len(v) + 1 for v in self.categorical.values()),
+                "n_numeric": 2 * len(self.numeric), "n_classes": tuple(len(self.labels[lvl]) for lvl in LEVELS),
+                "text_pretrained": self.text_pretrained}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -199,35 +170,6 @@ def encode_labels(frame: pd.DataFrame, enc: Encoders) -> np.ndarray:
     return np.stack(cols, axis=1)
 
 
-def run(params: Params) -> dict:
-    df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
-    train = df[df["split"] == "train"]
-    enc = fit_encoders(train, params.features, df)
-    arrays = encode_frame(df, enc)
-    arrays["labels"] = encode_labels(df, enc)
-    arrays["has_image"] = df["has_image"].to_numpy(bool)
-    arrays["split"] = df["split"].map({"train": 0, "val": 1, "test": 2}).to_numpy(np.int8)
-    arrays["group"] = pd.factorize(df["group"])[0].astype(np.int64)
-    summary = {"vocab_size": len(enc.vocab) + 2, "attr_vocab_size": len(enc.attr_vocab) + 2,
-               **{f"classes_{lvl}": len(enc.labels[lvl]) for lvl in LEVELS},
-               "taxonomy_paths": len(enc.taxonomy)}
-    with atomic_dir(params.paths.features) as tmp:
-        write_json(tmp / "encoders.json", enc.to_dict())
-        np.savez(tmp / "features.npz", **arrays)
-        write_json(tmp / "summary.json", summary)
-    log.info("features: %s", summary)
-    return summary
-
-
 def load_encoders(folder: str | Path) -> Encoders:
     with (Path(folder) / "encoders.json").open(encoding="utf-8") as fh:
         return Encoders.from_dict(json.load(fh))
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run(load_params())
-
-
-if __name__ == "__main__":
-    main()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,18 +16,12 @@ import torch
 from components.catalog import LEVELS
 from components.checkpoint import load_checkpoint
 from components.data import Arrays
-from components.features import Encoders, encode_frame
-from components.images import ImageError, decode_image
+from components.encoders import Encoders, encode_frame
+from components.images import ImageBatch, ImageError, decode_image
 from components.models.fusion import FusionModel
-from components.training import predict_arrays, select_device
+from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ImageBatch:
-    pixels: np.ndarray  # (N, H, W, 3) uint8
-    status: list[str]  # "ok", "no_image" or "corrupt_image: why"
 
 
 def load_images(sources: list[object], height: int, width: int) -> ImageBatch:
@@ -88,7 +81,7 @@ class Categorizer:
                       num=feats["num"], images=images.pixels, has_image=np.array([s == "ok" for s in images.status]),
                       labels=np.full((n, 3), -1, dtype=np.int64), group=np.arange(n, dtype=np.int64))
 
-    def predict(self, frame: pd.DataFrame, images: ImageBatch, batch_size: int = 256,
+    def predict(self, frame: pd.DataFrame, images: ImageBatch, batch_size: int = PREDICT_BATCH,
                 embeddings: bool = False) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
         """Predictions table (id, level, level_confidence, status) and optional embeddings."""
         a = self.arrays(frame, images)

@@ -10,7 +10,6 @@ import logging
 import random
 import resource
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,20 +17,17 @@ import torch
 from sklearn.metrics import f1_score
 from tqdm import tqdm
 
+from components.catalog import ARTICLE
 from components.config import TrainParams
 from components.data import Arrays, augment_images, iterate
 from components.models.fusion import MODALITIES, FusionModel
 from components.models.losses import total_loss
+from components.models.runtime import autocast, predict_arrays, select_device
 
 log = logging.getLogger(__name__)
 
-
-def select_device(preference: str) -> torch.device:
-    if preference == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if preference == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    return torch.device(preference)
+ONE_CYCLE_WARMUP = 0.15  # share of the steps the one-cycle LR spends rising to its peak
+CLIP_NORM = 5.0  # dense gradients only; sparse rows are few per step and Adam bounds them
 
 
 def seed_everything(seed: int) -> None:
@@ -58,35 +54,6 @@ def modality_dropout(batch_size: int, p: float, gen: torch.Generator, active: tu
     return keep | ~act  # inactive modalities are ignored by the model anyway
 
 
-@torch.no_grad()
-def predict_arrays(model: FusionModel, a: Arrays, batch_size: int, device: torch.device,
-                   present: tuple[bool, bool, bool] | None = None, embeddings: bool = False) -> dict:
-    """Fused class probabilities per level (and optionally embeddings) for every row of `a`."""
-    model.eval()
-    probs: list[list[np.ndarray]] = [[], [], []]
-    embs: dict[str, list[np.ndarray]] = {}
-    for batch in iterate(a, batch_size, device):
-        if present is not None:
-            batch["present"] = torch.tensor(present, device=device).expand(len(batch["tokens"]), 3)
-        with _autocast(device):
-            feats = model.forward_features(batch)
-        for lvl, lg in enumerate(model.fused_logits({**feats, "fused": feats["fused"].float()})):
-            probs[lvl].append(torch.softmax(lg.float(), 1).cpu().numpy())
-        if embeddings:
-            for k in (*model.cfg.modalities, "fused"):
-                embs.setdefault(k, []).append(feats[k].float().cpu().numpy())
-    out = {"probs": [np.concatenate(p) if p else np.zeros((0, 0)) for p in probs]}
-    if embeddings:
-        out["embeddings"] = {k: np.concatenate(v) for k, v in embs.items()}
-    return out
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast("cpu", enabled=False)
-
-
 def macro_f1(y_true: np.ndarray, probs: np.ndarray) -> float:
     valid = y_true >= 0
     return float(f1_score(y_true[valid], probs[valid].argmax(1), average="macro"))
@@ -97,7 +64,8 @@ class FitResult:
     best_state: dict
     best_epoch: int
     best_val_macro_f1: float
-    history: list[dict] = field(default_factory=list)
+    history: list[dict] = field(default_factory=list)  # per epoch: validation and loss figures only
+    epoch_seconds: list[float] = field(default_factory=list)  # wall time varies run to run: kept apart
     seconds: float = 0.0
     train_products_per_s: float = 0.0
     peak_rss_mib: float = 0.0
@@ -127,8 +95,7 @@ def optimizers(model: FusionModel, lr: float, weight_decay: float, sparse_lr_sca
     return opts
 
 
-def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: int,
-        on_epoch: Callable[[dict], None] | None = None) -> FitResult:
+def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: int) -> FitResult:
     device = select_device(tp.device)
     if tp.num_threads:
         torch.set_num_threads(tp.num_threads)
@@ -139,7 +106,8 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
         steps_per_epoch = min(steps_per_epoch, tp.max_batches_per_epoch)
     opts = optimizers(model, tp.lr, tp.weight_decay, tp.sparse_lr_scale)
     scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=o.defaults["lr"],
-                                                  total_steps=tp.epochs * steps_per_epoch, pct_start=0.15)
+                                                  total_steps=tp.epochs * steps_per_epoch,
+                                                  pct_start=ONE_CYCLE_WARMUP)
               for o in opts]
     dense = [p for p in model.parameters() if p.requires_grad and not _is_sparse(model, p)]
     use_amp = tp.amp and device.type == "cuda"
@@ -160,7 +128,7 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
             if tp.modality_dropout > 0:
                 batch["present"] = modality_dropout(len(batch["tokens"]), tp.modality_dropout, gen,
                                                     model.cfg.modalities).to(device)
-            with _autocast(device):
+            with autocast(device):
                 feats = model.forward_features(batch)
                 loss, parts = total_loss(model, feats, batch, tp.losses, tp.level_weights)
             for opt in opts:
@@ -168,7 +136,7 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
             scaler.scale(loss).backward()
             for opt in opts:
                 scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(dense, 5.0)  # sparse rows are few per step; Adam bounds them
+            torch.nn.utils.clip_grad_norm_(dense, CLIP_NORM)
             for opt, sched in zip(opts, scheds):
                 scaler.step(opt)
                 sched.step()
@@ -180,15 +148,13 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         train_seconds += time.perf_counter() - t_epoch
         out = predict_arrays(model, val, tp.batch_size * 2, device)
-        val_f1 = macro_f1(val.labels[:, 2], out["probs"][2])
-        val_acc = float((out["probs"][2].argmax(1) == val.labels[:, 2]).mean())
+        val_f1 = macro_f1(val.labels[:, ARTICLE], out["probs"][ARTICLE])
+        val_acc = float((out["probs"][ARTICLE].argmax(1) == val.labels[:, ARTICLE]).mean())
         row = {"epoch": epoch, "val_macro_f1": val_f1, "val_accuracy": val_acc,
-               "epoch_seconds": time.perf_counter() - t_epoch,
                **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}}
         best.history.append(row)
-        log.info("epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
-        if on_epoch:
-            on_epoch(row)
+        best.epoch_seconds.append(time.perf_counter() - t_epoch)
+        log.info("epoch %d (%.0f s): %s", epoch, best.epoch_seconds[-1], {k: round(v, 4) for k, v in row.items()})
         if val_f1 > best.best_val_macro_f1:
             best.best_state = copy.deepcopy(model.state_dict())
             best.best_epoch, best.best_val_macro_f1, bad_epochs = epoch, val_f1, 0

@@ -1,0 +1,1 @@
+"""Operations around the pipeline: MLflow publishing and registry, drift, replay, landing batches."""

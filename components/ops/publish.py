@@ -1,0 +1,124 @@
+"""Publish the pipeline's results to MLflow, once per output version: the step after `dvc repro`.
+
+    python -m components.ops.publish     # also run by the retrain DAG and by `registry register`
+
+One MLflow run per trained model (the baselines and the fusion model): its params and per-epoch history
+(from the self-describing checkpoint), validation metrics, the run's timings when the stage left them,
+the model file, and tags linking the DVC data version, the git commit and the output's md5. The fusion
+run also carries the evaluate stage's test metrics, plots and comparison table, and the servable pyfunc
+model that `registry register` turns into a model version. Publishing the same outputs again finds the
+earlier run instead of logging a duplicate.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from components import mlflow_store
+from components.atomic_io import read_json
+from components.checkpoint import fusion_checkpoint, read_blob
+from components.config import Params, load_params, params_to_dict
+from components.ops.provenance import data_md5, files_md5, git_commit
+from components.serving.mlflow_model import example_frame, log_categorizer
+
+log = logging.getLogger(__name__)
+
+PUBLISHED = "deepfusion.published"  # tag: which pipeline result a run holds
+OUTPUT_MD5 = "deepfusion.output_md5"  # tag: md5 of the files it was published from
+MODEL_URI = "deepfusion.model_uri"  # tag: the logged pyfunc model (fusion run)
+
+
+class PublishError(RuntimeError):
+    """A pipeline output needed for publishing is missing."""
+
+
+@dataclass(frozen=True)
+class Result:
+    """One trained model as the pipeline left it."""
+
+    name: str  # MLflow run name, e.g. train_baseline/image
+    model: Path  # model.pt or model.joblib
+    metrics: Path
+    timings: Path  # written beside the DVC outputs; optional
+
+
+def results(params: Params) -> list[Result]:
+    base, fusion = Path(params.paths.train_baseline), Path(params.paths.train_fusion)
+    out = [Result("train_baseline/tfidf", base / "tfidf" / "model.joblib", base / "metrics_tfidf.json",
+                  base / "timings_tfidf.json")]
+    out += [Result(f"train_baseline/{m}", base / m / "model.pt", base / f"metrics_{m}.json",
+                   base / f"timings_{m}.json") for m in params.train_baseline.modalities]
+    out.append(Result("train_fusion", fusion_checkpoint(fusion), fusion / "metrics.json", fusion / "timings.json"))
+    return out
+
+
+def evaluate_files(params: Params) -> list[Path]:
+    ev = Path(params.paths.evaluate)
+    return [ev / "metrics.json", ev / "comparison.md", ev / "per_class.csv", ev / "plots"]
+
+
+def publish_result(params: Params, r: Result) -> str:
+    """The run holding this result: found by its output md5, else logged now."""
+    is_fusion = r.name == "train_fusion"
+    sources = [r.model, r.metrics, *(evaluate_files(params) if is_fusion else [])]
+    missing = [str(p) for p in sources if not p.exists()]
+    if missing:
+        raise PublishError(f"{r.name}: {', '.join(missing)} not found; run `dvc repro` first")
+    key = {PUBLISHED: r.name, OUTPUT_MD5: files_md5(*sources)}
+    existing = mlflow_store.find_run(params, key)
+    if existing:
+        log.info("%s: already published as run %s", r.name, existing)
+        return existing
+    tags = {**key, "stage": r.name.split("/")[0], "data_md5": data_md5(), "git_commit": git_commit()}
+    with mlflow_store.start_run(params, r.name, tags) as run:
+        if r.model.suffix == ".pt":
+            meta = read_blob(r.model)["meta"]
+            run.log_params({**meta["params"], "modalities": ",".join(meta["modalities"]), "seed": meta["seed"]})
+            for row in meta["history"]:
+                run.log_metrics(row, step=int(row["epoch"]))
+        else:
+            run.log_params({"tfidf": params_to_dict(params.train_baseline.tfidf)})
+        run.log_metrics(read_json(r.metrics))
+        if r.timings.is_file():
+            run.log_metrics(read_json(r.timings))
+            run.log_artifact(r.timings)
+        run.log_artifact(r.model)
+        if is_fusion:
+            fusion_test = read_json(Path(params.paths.evaluate) / "metrics.json").get("fusion", {})
+            run.log_metrics({f"test.{k}": v for k, v in mlflow_store.numeric(fusion_test).items()})
+            for p in evaluate_files(params):
+                run.log_artifact(p, artifact_path="evaluate")
+            df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
+            uri = log_categorizer(r.model, example_frame(df[df.split == "val"], Path(params.paths.raw)))
+            mlflow_store.set_run_tag(MODEL_URI, uri)
+        run_id = run.run_id
+    log.info("%s: published as run %s", r.name, run_id)
+    return run_id
+
+
+def publish(params: Params) -> dict[str, str]:
+    """Every trained model the pipeline has produced -> its MLflow run id."""
+    return {r.name: publish_result(params, r) for r in results(params)
+            if r.model.exists() or r.name == "train_fusion"}
+
+
+def fusion_model_uri(params: Params) -> tuple[str, str]:
+    """(run id, logged model URI) of the published fusion model, publishing it first if needed."""
+    run_id = publish_result(params, results(params)[-1])
+    return run_id, mlflow_store.run_tag(params, run_id, MODEL_URI)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        for name, run_id in publish(load_params()).items():
+            print(f"{name}: run {run_id}")
+    except (PublishError, mlflow_store.RegistryError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""MLflow model registry workflow: register, promote (gate), rollback, status.
+
+    python -m components.registry register   # publish (ops.publish), new version of the model, @challenger
+    python -m components.registry promote    # re-score challenger and champion, move @champion if better
+    python -m components.registry rollback   # @champion back to the previous champion
+    python -m components.registry status
+
+The gate's decision is a pure function (`decide`); every decision is recorded as tags on the version.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components import mlflow_store as store
+from components.atomic_io import read_json
+from components.catalog import LEVELS
+from components.checkpoint import CheckpointError, fusion_checkpoint
+from components.config import Params, RegistryParams, load_params, params_to_dict
+from components.data import cached_products
+from components.images import ImageBatch
+from components.metrics import classification
+from components.mlflow_store import MAX_TAG_CHARS, RegistryError
+from components.ops.provenance import data_md5, git_commit
+from components.ops.publish import PublishError, fusion_model_uri
+from components.serving.mlflow_model import load_categorizer_uri
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+@dataclass
+class Decision:
+    promote: bool
+    reason: str
+
+
+def decide(challenger: dict[str, float], champion: dict[str, float] | None, validation_passed: bool,
+           p: RegistryParams) -> Decision:
+    """The promotion gate on macro-F1 per level, both models scored on the same evaluation data."""
+    if not validation_passed:
+        return Decision(False, "data validation did not pass for the challenger's training data")
+    floors = params_to_dict(p.floors)
+    below = [f"{lvl} {challenger[lvl]:.4f} < floor {floors[lvl]:.4f}" for lvl in LEVELS
+             if challenger[lvl] < floors[lvl]]
+    if below:
+        return Decision(False, "below absolute floors: " + "; ".join(below))
+    if champion is None:
+        return Decision(True, "first model meeting the floors becomes champion")
+    gain = challenger["articleType"] - champion["articleType"]
+    if gain < p.min_gain:
+        return Decision(False, f"articleType macro-F1 gain {gain:+.4f} < required {p.min_gain:+.4f}")
+    regressed = [f"{lvl} {challenger[lvl] - champion[lvl]:+.4f}" for lvl in LEVELS
+                 if champion[lvl] - challenger[lvl] > p.max_level_regression]
+    if regressed:
+        return Decision(False, "regresses beyond tolerance: " + "; ".join(regressed))
+    return Decision(True, f"articleType macro-F1 gain {gain:+.4f} >= {p.min_gain:+.4f}, no level regressed")
+
+
+def evaluation_data(params: Params) -> tuple[pd.DataFrame, ImageBatch]:
+    """The pipeline's test split, raw rows plus cached images: both models are re-scored on it."""
+    split = pd.read_parquet(Path(params.paths.ingest) / "products.parquet", columns=["split"])["split"]
+    return cached_products(params.paths.ingest, np.flatnonzero(split.to_numpy() == "test"))
+
+
+def rescore(params: Params, version: str, data: tuple[pd.DataFrame, ImageBatch]) -> dict[str, float]:
+    cat = load_categorizer_uri(store.model_uri(params.registry.model_name, version), params)
+    frame, images = data
+    pred, _ = cat.predict(frame, images)
+    return {lvl: classification(frame[lvl].to_numpy(), pred[lvl].to_numpy())["macro_f1"] for lvl in LEVELS}
+
+
+def champion_scores(params: Params, c, champ: str, chal_tags: dict[str, str],
+                    data: tuple[pd.DataFrame, ImageBatch]) -> tuple[dict[str, float], str]:
+    """Re-score the champion; a champion this code cannot load (an older checkpoint format) is judged by
+    the test macro-F1 recorded at its registration, but only on the same data version as the challenger."""
+    name = params.registry.model_name
+    try:
+        return rescore(params, champ, data), "rescored"
+    except CheckpointError as exc:
+        tags = store.version_tags(c, name, champ)
+        keys = [f"test_{lvl}_macro_f1" for lvl in LEVELS]
+        if all(k in tags for k in keys) and tags.get("data_md5") and tags["data_md5"] == chal_tags.get("data_md5"):
+            log.warning("@%s v%s cannot be re-scored (%s); using its recorded test scores", CHAMPION, champ, exc)
+            return {lvl: float(tags[k]) for lvl, k in zip(LEVELS, keys)}, f"recorded at registration ({exc})"
+        raise RegistryError(f"@{CHAMPION} v{champ} cannot be loaded by this code ({exc}) and has no recorded "
+                            "test scores on the challenger's data version; compare them by hand and move the "
+                            "alias with `mlflow` if the challenger is better") from exc
+
+
+@contextlib.contextmanager
+def promotion_lock(params: Params) -> Iterator[None]:
+    """Serialise promotions on this host; the alias compare-and-set below guards across hosts."""
+    key = hashlib.sha1(store.tracking_uri(params).encode()).hexdigest()[:12]
+    path = Path("/tmp") / f"deepfusion-promote-{key}.lock"
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def register(params: Params) -> str:
+    ckpt = fusion_checkpoint(params.paths.train_fusion)
+    if not ckpt.is_file():
+        raise RegistryError(f"{ckpt} not found; run `dvc repro train_fusion` first")
+    evaluation = read_json(Path(params.paths.evaluate) / "metrics.json")
+    validation = read_json(Path(params.paths.validate) / "report.json")
+    fusion = evaluation["fusion"]
+    tags = {
+        "data_md5": data_md5(), "git_commit": git_commit(), "validation_passed": str(validation["success"]),
+        **{f"test_{lvl}_macro_f1": f"{fusion[lvl]['macro_f1']:.4f}" for lvl in LEVELS},
+        **{f"test_{lvl}_accuracy": f"{fusion[lvl]['accuracy']:.4f}" for lvl in LEVELS},
+        "params": json.dumps({"model": params_to_dict(params.model),
+                              "train_fusion": params_to_dict(params.train_fusion)})[:MAX_TAG_CHARS],
+    }
+    with store.registry_errors(params, "register"):
+        # Publishing is idempotent (keyed by the outputs' md5) and so is registering a run's model: a retried
+        # task or a second `register` of the same checkpoint returns the version it already made.
+        run_id, uri = fusion_model_uri(params)
+        version = store.register_model(params, uri, run_id, tags)
+        store.set_alias(store.client(params), params.registry.model_name, CHALLENGER, version)
+    print(f"registered {params.registry.model_name} v{version} as @{CHALLENGER}")
+    return version
+
+
+def promote(params: Params) -> Decision:
+    name = params.registry.model_name
+    with promotion_lock(params), store.registry_errors(params, "promote"):
+        c = store.client(params)
+        chal = store.alias_version(c, name, CHALLENGER)
+        if chal is None:
+            raise RegistryError(f"{name} has no @{CHALLENGER}; run `python -m components.registry register`")
+        champ = store.alias_version(c, name, CHAMPION)
+        if champ == chal:
+            return Decision(False, f"v{chal} is already @{CHAMPION}")
+        data = evaluation_data(params)
+        chal_scores = rescore(params, chal, data)
+        chal_tags = store.version_tags(c, name, chal)
+        champ_scores, source = champion_scores(params, c, champ, chal_tags, data) if champ else (None, "none")
+        passed = chal_tags.get("validation_passed", "False") == "True"
+        decision = decide(chal_scores, champ_scores, passed, params.registry)
+        # Compare-and-set: another promotion may have moved the champion while we were scoring.
+        if store.alias_version(c, name, CHAMPION) != champ:
+            raise RegistryError(f"@{CHAMPION} moved while v{chal} was being evaluated; nothing changed, rerun")
+        record = {"promotion_decision": "promoted" if decision.promote else "rejected",
+                  "promotion_reason": decision.reason, "compared_with": champ or "none",
+                  "rescored_macro_f1": json.dumps({k: round(v, 4) for k, v in chal_scores.items()}),
+                  "champion_rescored_macro_f1": json.dumps(
+                      {k: round(v, 4) for k, v in (champ_scores or {}).items()}),
+                  "champion_scores_source": source[:MAX_TAG_CHARS]}
+        if decision.promote:
+            record["previous_champion"] = champ or ""
+        store.set_version_tags(c, name, chal, record)
+        if decision.promote:
+            store.set_alias(c, name, CHAMPION, chal)
+    verb = "promoted to" if decision.promote else "kept out of"
+    print(f"v{chal} {verb} @{CHAMPION}: {decision.reason}")
+    return decision
+
+
+def rollback(params: Params) -> str:
+    name = params.registry.model_name
+    with promotion_lock(params), store.registry_errors(params, "rollback"):
+        c = store.client(params)
+        champ = store.alias_version(c, name, CHAMPION)
+        if champ is None:
+            raise RegistryError(f"{name} has no @{CHAMPION} to roll back")
+        prev = store.version_tags(c, name, champ).get("previous_champion", "")
+        if not prev:
+            raise RegistryError(f"v{champ} has no previous champion recorded; set the alias by hand if needed")
+        store.set_alias(c, name, CHAMPION, prev)
+        store.set_version_tags(c, name, champ, {"rolled_back": f"champion returned to v{prev}"})
+    print(f"@{CHAMPION}: v{champ} -> v{prev}")
+    return prev
+
+
+def status(params: Params) -> list[dict]:
+    with store.registry_errors(params, "status"):
+        versions = store.list_versions(store.client(params), params.registry.model_name)
+    for v in versions:
+        t = v["tags"]
+        print(f"v{v['version']:>3} {','.join('@' + a for a in v['aliases']):<24} "
+              f"articleType macro-F1 {t.get('test_articleType_macro_f1', '?'):<7} "
+              f"{t.get('promotion_decision', '')} {t.get('promotion_reason', '')}")
+    if not versions:
+        print(f"no versions of {params.registry.model_name}")
+    return versions
+
+
+COMMANDS = {"register": register, "promote": promote, "rollback": rollback, "status": status}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] not in COMMANDS:
+        print(f"usage: python -m components.registry {{{'|'.join(COMMANDS)}}}", file=sys.stderr)
+        return 2
+    try:
+        COMMANDS[argv[0]](load_params())
+    except (RegistryError, PublishError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Serving: the categorizer, batch predict, search and the MLflow model flavour. Never imports training."""

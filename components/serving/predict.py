@@ -1,0 +1,111 @@
+"""Batch categorization of new products.
+
+    python -m components.predict CATALOG_DIR --output PRED.csv [--model PATH|models:/NAME@ALIAS]
+                                            [--embeddings OUT.npz] [--batch-size N]
+
+CATALOG_DIR has the data/ layout (styles.csv; products.csv and images/<id>.jpg optional per row).
+Category columns may be missing; labels present are never used as input. Bad rows are reported in the
+output's `status`, never fatal; an unusable folder is a clear error (exit 2).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from components.atomic_io import atomic_write_bytes
+from components.catalog import LEVELS, CatalogError, read_catalog
+from components.checkpoint import CheckpointError, fusion_checkpoint
+from components.config import ConfigError
+from components.serving.categorizer import Categorizer, load_images
+
+log = logging.getLogger(__name__)
+
+CHUNK = 2048
+
+
+def default_model() -> str:
+    """The fusion model the pipeline produced, located through params.yaml (paths are written once)."""
+    from components.config import load_params  # raises ConfigError outside the project root
+
+    return str(fusion_checkpoint(load_params().paths.train_fusion))
+
+
+def load_categorizer(model: str) -> Categorizer:
+    """A checkpoint path, or an MLflow model URI (models:/name@alias, runs:/…) of a logged categorizer."""
+    if model.startswith(("models:/", "runs:/", "mlflow-artifacts:")):
+        from components.serving.mlflow_model import load_categorizer_uri
+
+        return load_categorizer_uri(model)
+    return Categorizer.from_checkpoint(model)
+
+
+def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progress: bool = True
+               ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Predict every product of a catalog folder; rows the reader rejected keep their reason as status."""
+    read = read_catalog(folder, require_labels=False)
+    frame = read.frame
+    h, w = cat.image_size
+    parts, embs = [], {"image": [], "text": []}
+    bar = tqdm(total=len(frame), desc="categorize", unit="product", disable=not progress, mininterval=2)
+    for start in range(0, len(frame), CHUNK):
+        chunk = frame.iloc[start : start + CHUNK]
+        images = load_images([str(folder / p) for p in chunk["image"]], h, w)
+        pred, emb = cat.predict(chunk, images, embeddings=embeddings)
+        parts.append(pred)
+        if embeddings:
+            for k in embs:
+                embs[k].append(emb.get(k, np.full((len(chunk), cat.model.cfg.embed_dim), np.nan, np.float32)))
+        bar.update(len(chunk))
+    bar.close()
+    cols = ["id", *[c for lvl in LEVELS for c in (lvl, f"{lvl}_confidence")], "status"]
+    pred = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
+    rejected = pd.DataFrame([{"id": p["id"], "status": f"rejected: {p['reason']} (row {p['row']})"}
+                             for p in read.problems if p["file"] == "styles.csv"], columns=["id", "status"])
+    out = pd.concat([pred, rejected], ignore_index=True)[cols]
+    arrays = {}
+    if embeddings:
+        arrays = {"ids": pred["id"].to_numpy(np.int64),
+                  **{k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in embs.items()}}
+    return out, arrays
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ap = argparse.ArgumentParser(prog="python -m components.predict", description=__doc__.split("\n")[0])
+    ap.add_argument("catalog_dir", type=Path)
+    ap.add_argument("--output", type=Path, required=True)
+    ap.add_argument("--model", help="checkpoint path or models:/NAME@ALIAS (default: the pipeline's fusion model)")
+    ap.add_argument("--embeddings", type=Path)
+    args = ap.parse_args(argv)
+    try:
+        cat = load_categorizer(args.model or default_model())
+        t0 = time.perf_counter()
+        out, arrays = categorize(args.catalog_dir, cat, embeddings=args.embeddings is not None,
+                                 progress=True)
+        seconds = time.perf_counter() - t0
+    except (CatalogError, CheckpointError, ConfigError) as exc:
+        print(f"error: {exc} (or pass --model)" if isinstance(exc, ConfigError) else f"error: {exc}",
+              file=sys.stderr)
+        return 2
+    atomic_write_bytes(args.output, out.to_csv(index=False).encode())
+    if args.embeddings is not None:
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        atomic_write_bytes(args.embeddings, buf.getvalue())
+    counts = out["status"].str.split(":").str[0].value_counts().to_dict()
+    print(f"categorized {len(out)} products in {seconds:.1f} s ({len(out) / max(seconds, 1e-9):.0f} products/s, "
+          f"image decoding included); status: {counts}; wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Training: the loop (fit, optimisers) and one neural training as a stage step."""
