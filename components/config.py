@@ -113,7 +113,8 @@ class TrainParams:
     patience: int
     min_epochs: int  # no early stop before this: validation swings while the one-cycle LR is high
     device: str  # auto | cpu | cuda
-    amp: bool
+    amp: bool  # mixed precision where it helps: fp16 on CUDA, bf16 on a CPU with native bf16
+    cpu_precision: str  # auto (bf16 where native, else fp32) | bf16 | fp32: forces the CPU choice
     num_threads: int  # 0 = torch default
     max_batches_per_epoch: int  # 0 = no cap (tiny profiles)
     modality_dropout: float

@@ -22,7 +22,7 @@ from components.config import TrainParams
 from components.data import Arrays, augment_images, iterate
 from components.models.fusion import MODALITIES, FusionModel
 from components.models.losses import total_loss
-from components.models.runtime import autocast, predict_arrays, select_device
+from components.models.runtime import autocast, fp32, predict_arrays, select_device
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,11 @@ def modality_dropout(batch_size: int, p: float, gen: torch.Generator, active: tu
         fallback = MODALITIES.index("text") if "text" in active else first
         keep[none, fallback] = True
     return keep | ~act  # inactive modalities are ignored by the model anyway
+
+
+def eval_precision(tp: TrainParams) -> str:
+    """The CPU precision a training validates in: its own (train.amp off means fp32 everywhere)."""
+    return tp.cpu_precision if tp.amp else "fp32"
 
 
 def macro_f1(y_true: np.ndarray, probs: np.ndarray) -> float:
@@ -128,9 +133,9 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
             if tp.modality_dropout > 0:
                 batch["present"] = modality_dropout(len(batch["tokens"]), tp.modality_dropout, gen,
                                                     model.cfg.modalities).to(device)
-            with autocast(device):
+            with autocast(device, tp.amp, tp.cpu_precision):
                 feats = model.forward_features(batch)
-                loss, parts = total_loss(model, feats, batch, tp.losses, tp.level_weights)
+            loss, parts = total_loss(model, fp32(feats), batch, tp.losses, tp.level_weights)
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -147,7 +152,7 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
             seen += len(batch["tokens"])
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         train_seconds += time.perf_counter() - t_epoch
-        out = predict_arrays(model, val, tp.batch_size * 2, device)
+        out = predict_arrays(model, val, tp.batch_size * 2, device, cpu_precision=eval_precision(tp))
         val_f1 = macro_f1(val.labels[:, ARTICLE], out["probs"][ARTICLE])
         val_acc = float((out["probs"][ARTICLE].argmax(1) == val.labels[:, ARTICLE]).mean())
         row = {"epoch": epoch, "val_macro_f1": val_f1, "val_accuracy": val_acc,

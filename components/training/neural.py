@@ -15,8 +15,8 @@ from components.config import ModelParams, TrainParams, params_to_dict
 from components.data import Arrays
 from components.encoders import Encoders
 from components.models.fusion import ModelConfig, build_model
-from components.models.runtime import predict_arrays, select_device
-from components.training.loop import fit, macro_f1, seed_everything
+from components.models.runtime import cpu_bf16_native, predict_arrays, select_device
+from components.training.loop import eval_precision, fit, macro_f1, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,14 @@ def train_neural(model_params: ModelParams, seed: int, enc: Encoders, splits: di
     result = fit(model, splits["train"], splits["val"], tp, seed)
     val = splits["val"]
     metrics = {
-        **val_scores(predict_arrays(model, val, tp.batch_size * 2, device)["probs"], val.labels),
+        **val_scores(predict_arrays(model, val, tp.batch_size * 2, device,
+                                    cpu_precision=eval_precision(tp))["probs"], val.labels),
         "best_epoch": result.best_epoch, "epochs_run": len(result.history),
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }
     timings = {"train_seconds": round(result.seconds, 1), "train_products_per_s": round(result.train_products_per_s, 1),
                "peak_rss_mib": round(result.peak_rss_mib, 1), "device": device.type,
+               "cpu_precision": eval_precision(tp), "cpu_bf16_native": cpu_bf16_native()[1],
                "epoch_seconds": [round(s, 1) for s in result.epoch_seconds]}
     h, w = splits["train"].images.shape[1:3]
     save_checkpoint(out_dir / "model.pt", model.cpu(), enc, {

@@ -1,3 +1,4 @@
+"""The Great Expectations gate on curated data: passes clean data, lists every broken expectation."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,8 @@ import pytest
 
 from components.pipeline import ingest, validate
 from components.pipeline.validate import DataValidationError
+
+pytestmark = pytest.mark.slow  # runs Great Expectations (seconds per suite)
 
 
 @pytest.fixture
