@@ -9,6 +9,7 @@ Each measurement runs in a child process so peak RSS is its own.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -49,51 +50,70 @@ print(json.dumps({{"rows": r["summary"]["rows_in"], "seconds": s, "peak_mib": pe
 
 
 def bench_train(batches: int = 40) -> None:
+    """Training steps as the stages run them (components.training.loop.Trainer), fp32 vs bf16 autocast."""
+    from components.models.runtime import cpu_bf16_native
+
+    native, why = cpu_bf16_native()
+    print(f"CPU: {cpu_model()}; native bf16: {'yes' if native else 'no'} ({why}); "
+          f"train.cpu_precision auto -> {'bf16' if native else 'fp32'}")
     rows = {}
-    # "text-dense" is the baseline for the sparse n-gram tables: same model, dense gradients + AdamW;
-    # "fusion-finetune" the baseline for the frozen image backbone: same model, backbone trained too.
-    for which in ("image", "text", "text-dense", "metadata", "fusion", "fusion-finetune"):
+    # fp32 is the baseline for bf16 (same model, same batches). "text-dense" is the baseline for the sparse
+    # n-gram tables (dense gradients + AdamW); "fusion-finetune" the one for training only the backbone's
+    # last stage (the whole backbone trained).
+    runs = [(m, prec) for m in ("image", "text", "metadata", "fusion") for prec in ("fp32", "bf16")]
+    runs += [("text-dense", "auto"), ("fusion-finetune", "auto")]
+    for which, prec in runs:
         mods = ("image", "text", "metadata") if which.startswith("fusion") else (which.split("-")[0],)
-        rows[which] = child(f"""
-import json, time, dataclasses, torch
+        rows[which, prec] = child(f"""
+import json, time, dataclasses, torch, numpy as np
 from components.config import load_params
 from components.data import load_arrays, split_arrays, iterate
 from components.encoders import load_encoders
 from components.models.fusion import ModelConfig, build_model
-from components.models.losses import total_loss
+from components.training.loop import Trainer, seed_everything
 p = load_params(); enc = load_encoders(p.paths.features)
 a, split = load_arrays(p.paths.ingest, p.paths.features)
 train = split_arrays(a, split)["train"]
 tp = (p.train_fusion if "{which}".startswith("fusion") else p.train_baseline).train
+tp = dataclasses.replace(tp, cpu_precision="{prec}")
+seed_everything(0)
 m = build_model(ModelConfig.from_params(p.model, {mods!r}, **enc.model_sizes()))
 if "{which}" == "fusion" and p.train_fusion.finetune_image != "all":  # as the train_fusion stage runs it
     m.towers["image"].freeze_backbone(keep_last_stage=p.train_fusion.finetune_image == "last_stage")
-m.train()
-from components.training.loop import optimizers
 if "{which}" == "text-dense":
     for mod in m.modules():
         if isinstance(mod, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
             mod.sparse = False
-opts = optimizers(m, 1e-3, 1e-4)
-import numpy as np
+m.train()
+trainer = Trainer(m, tp, {batches} + 3, 0, torch.device("cpu"))
 it = iterate(train, tp.batch_size, torch.device("cpu"), True, np.random.default_rng(0), {batches} + 3)
 n, t = 0, None
 for i, b in enumerate(it):
     if i == 3: t = time.perf_counter()
-    loss, _ = total_loss(m, m.forward_features(b), b, tp.losses, tp.level_weights)
-    [o.zero_grad() for o in opts]; loss.backward(); [o.step() for o in opts]
+    trainer.step(b)
     if i >= 3: n += len(b["tokens"])
 s = time.perf_counter() - t
 {PEAK}
 print(json.dumps({{"products_per_s": n / s, "peak_mib": peak, "epoch_s": len(train) / (n / s)}}))""")
-    for k, r in rows.items():
-        print(f"train {k:<15}: {r['products_per_s']:7.0f} products/s (~{r['epoch_s']:.0f} s/epoch), "
-              f"peak RSS {r['peak_mib']:.0f} MiB, {rows['image']['products_per_s'] / r['products_per_s']:.2f}x "
-              "the image-only step time")
-    print(f"sparse n-gram tables: {rows['text']['products_per_s'] / rows['text-dense']['products_per_s']:.2f}x "
-          "the text model's throughput with dense gradients + AdamW")
-    print(f"fusion as configured: {rows['fusion']['products_per_s'] / rows['fusion-finetune']['products_per_s']:.2f}x "
+    for (k, prec), r in rows.items():
+        print(f"train {k:<15} {prec:<4}: {r['products_per_s']:7.0f} products/s (~{r['epoch_s']:.0f} s/epoch), "
+              f"peak RSS {r['peak_mib']:.0f} MiB")
+    for m in ("image", "text", "metadata", "fusion"):
+        ratio = rows[m, "bf16"]["products_per_s"] / rows[m, "fp32"]["products_per_s"]
+        print(f"bf16 / fp32 {m:<9}: {ratio:.2f}x products/s (same run, same batches)")
+    auto = "bf16" if native else "fp32"
+    sparse_gain = rows["text", auto]["products_per_s"] / rows["text-dense", "auto"]["products_per_s"]
+    print(f"sparse n-gram tables: {sparse_gain:.2f}x the text model's throughput with dense gradients + AdamW")
+    print(f"fusion as configured: "
+          f"{rows['fusion', auto]['products_per_s'] / rows['fusion-finetune', 'auto']['products_per_s']:.2f}x "
           "the throughput of fine-tuning the image backbone too")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return f"{line.partition(':')[2].strip()} x {os.cpu_count()}"
+    return "unknown"
 
 
 def bench_predict() -> None:

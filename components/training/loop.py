@@ -100,6 +100,43 @@ def optimizers(model: FusionModel, lr: float, weight_decay: float, sparse_lr_sca
     return opts
 
 
+class Trainer:
+    """One optimisation step as training runs it (augmentation, modality dropout, autocast, clipping,
+    sparse + dense optimisers, one-cycle schedule); `fit` loops it, the benchmark times it."""
+
+    def __init__(self, model: FusionModel, tp: TrainParams, steps: int, seed: int, device: torch.device) -> None:
+        self.model, self.tp, self.device = model, tp, device
+        self.opts = optimizers(model, tp.lr, tp.weight_decay, tp.sparse_lr_scale)
+        self.scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=o.defaults["lr"], total_steps=steps,
+                                                           pct_start=ONE_CYCLE_WARMUP) for o in self.opts]
+        self.dense = [p for p in model.parameters() if p.requires_grad and not _is_sparse(model, p)]
+        self.scaler = torch.amp.GradScaler("cuda", enabled=tp.amp and device.type == "cuda")
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def step(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        model, tp, device = self.model, self.tp, self.device
+        if tp.augment and "image" in model.towers:
+            batch["image"] = augment_images(batch["image"].cpu(), self.gen, tp.scale_jitter,
+                                            tp.erase_prob).to(device)
+        if tp.modality_dropout > 0:
+            batch["present"] = modality_dropout(len(batch["tokens"]), tp.modality_dropout, self.gen,
+                                                model.cfg.modalities).to(device)
+        with autocast(device, tp.amp, tp.cpu_precision):
+            feats = model.forward_features(batch)
+        loss, parts = total_loss(model, fp32(feats), batch, tp.losses, tp.level_weights)
+        for opt in self.opts:
+            opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        for opt in self.opts:
+            self.scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(self.dense, CLIP_NORM)
+        for opt, sched in zip(self.opts, self.scheds):
+            self.scaler.step(opt)
+            sched.step()
+        self.scaler.update()
+        return loss, parts
+
+
 def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: int) -> FitResult:
     device = select_device(tp.device)
     if tp.num_threads:
@@ -109,15 +146,8 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
     steps_per_epoch = -(-len(train) // tp.batch_size)
     if tp.max_batches_per_epoch:
         steps_per_epoch = min(steps_per_epoch, tp.max_batches_per_epoch)
-    opts = optimizers(model, tp.lr, tp.weight_decay, tp.sparse_lr_scale)
-    scheds = [torch.optim.lr_scheduler.OneCycleLR(o, max_lr=o.defaults["lr"],
-                                                  total_steps=tp.epochs * steps_per_epoch,
-                                                  pct_start=ONE_CYCLE_WARMUP)
-              for o in opts]
-    dense = [p for p in model.parameters() if p.requires_grad and not _is_sparse(model, p)]
-    use_amp = tp.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    trainer = Trainer(model, tp, tp.epochs * steps_per_epoch, seed, device)
+    rng = np.random.default_rng(seed)
     best = FitResult(copy.deepcopy(model.state_dict()), 0, -1.0)
     bad_epochs, seen, t0 = 0, 0, time.perf_counter()
     train_seconds = 0.0
@@ -127,25 +157,7 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
         bar = tqdm(iterate(train, tp.batch_size, device, True, rng, tp.max_batches_per_epoch),
                    total=steps_per_epoch, desc=f"epoch {epoch}/{tp.epochs}", mininterval=10, leave=False)
         for batch in bar:
-            if tp.augment and "image" in model.towers:
-                batch["image"] = augment_images(batch["image"].cpu(), gen, tp.scale_jitter,
-                                                tp.erase_prob).to(device)
-            if tp.modality_dropout > 0:
-                batch["present"] = modality_dropout(len(batch["tokens"]), tp.modality_dropout, gen,
-                                                    model.cfg.modalities).to(device)
-            with autocast(device, tp.amp, tp.cpu_precision):
-                feats = model.forward_features(batch)
-            loss, parts = total_loss(model, fp32(feats), batch, tp.losses, tp.level_weights)
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            for opt in opts:
-                scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(dense, CLIP_NORM)
-            for opt, sched in zip(opts, scheds):
-                scaler.step(opt)
-                sched.step()
-            scaler.update()
+            loss, parts = trainer.step(batch)
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
