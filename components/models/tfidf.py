@@ -17,9 +17,10 @@ from components.catalog import attribute_tokens, product_text
 from components.config import TfidfParams
 
 
-def tfidf_text(frame: pd.DataFrame, categorical: tuple[str, ...], use_description: bool) -> list[str]:
-    """Title plus metadata as words (field=value tokens) for the TF-IDF baseline."""
-    texts = product_text(frame, use_description)
+def tfidf_text(frame: pd.DataFrame, categorical: tuple[str, ...], use_description: bool,
+               use_title: bool = True) -> list[str]:
+    """Title plus metadata as words (field=value tokens) for the TF-IDF baseline; metadata alone without title."""
+    texts = product_text(frame, use_description) if use_title else [""] * len(frame)
     out = []
     for i, (_, row) in enumerate(frame.iterrows()):
         meta = [f"{f}={str(row.get(f, '')).replace(' ', '_').lower()}" for f in categorical if row.get(f, "")]
@@ -29,26 +30,36 @@ def tfidf_text(frame: pd.DataFrame, categorical: tuple[str, ...], use_descriptio
 
 
 class TfidfBaseline:
-    """TF-IDF (word + character n-grams) with one multinomial logistic regression per level."""
+    """TF-IDF (word + character n-grams) with one multinomial logistic regression per level.
 
-    def __init__(self, p: TfidfParams, categorical: tuple[str, ...], use_description: bool) -> None:
-        self.categorical, self.use_description = categorical, use_description
+    `use_title=False` makes the metadata-only linear expert of the audit: field=value and attribute
+    tokens as words, no title, no character n-grams.
+    """
+
+    def __init__(self, p: TfidfParams, categorical: tuple[str, ...], use_description: bool,
+                 use_title: bool = True, max_iter: int = 300) -> None:
+        self.categorical, self.use_description, self.use_title = categorical, use_description, use_title
         self.word = TfidfVectorizer(ngram_range=p.word_ngrams, sublinear_tf=True, min_df=1,
-                                    max_features=p.max_features)
+                                    max_features=p.max_features,
+                                    # metadata tokens are whole words such as usage=casual or fabric=cotton
+                                    token_pattern=r"(?u)\b\w\w+\b" if use_title else r"\S+")
         self.char = TfidfVectorizer(analyzer="char_wb", ngram_range=p.char_ngrams, sublinear_tf=True,
-                                    min_df=2, max_features=p.max_features)
-        self.C = p.C
+                                    min_df=2, max_features=p.max_features) if use_title else None
+        self.C, self.max_iter = p.C, max_iter
         self.clfs: list[LogisticRegression] = []
 
     def _x(self, frame: pd.DataFrame, fit: bool = False):
-        text = tfidf_text(frame, self.categorical, self.use_description)
+        text = tfidf_text(frame, self.categorical, self.use_description, getattr(self, "use_title", True))
+        vecs = [v for v in (self.word, self.char) if v is not None]
         if fit:
-            return hstack([self.word.fit_transform(text), self.char.fit_transform(text)]).tocsr()
-        return hstack([self.word.transform(text), self.char.transform(text)]).tocsr()
+            return hstack([v.fit_transform(text) for v in vecs]).tocsr()
+        return hstack([v.transform(text) for v in vecs]).tocsr()
 
     def fit(self, frame: pd.DataFrame, labels: np.ndarray) -> TfidfBaseline:
+        """labels: (N, L) class ids, one column per level to learn (L = 3 for the baseline)."""
         x = self._x(frame, fit=True)
-        self.clfs = [LogisticRegression(C=self.C, max_iter=300).fit(x, labels[:, i]) for i in range(3)]
+        self.clfs = [LogisticRegression(C=self.C, max_iter=getattr(self, "max_iter", 300)).fit(x, labels[:, i])
+                     for i in range(labels.shape[1])]
         return self
 
     def predict_proba(self, frame: pd.DataFrame, n_classes: list[int]) -> list[np.ndarray]:
