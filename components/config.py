@@ -26,6 +26,7 @@ class Paths:
     train_baseline: str
     train_fusion: str
     evaluate: str
+    audit: str
     search: str  # the search index (python -m components.search --build)
     categorize: str  # predictions and review queues of landed batches (categorize DAG)
     mlflow_db: str
@@ -159,6 +160,15 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class AuditParams:
+    folds: int  # K of the group-wise cross-fitting: each product scored by models trained without it
+    epochs: int  # SGD epochs of each fold's logistic model (the stage refits K x 2 experts)
+    sgd_alpha: float  # its L2 penalty
+    text_weight: float  # share of the TF-IDF (title + metadata) expert in the pooled probabilities
+    html_rows: int  # suspects shown on the merchandiser page (all are in audit.csv)
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     experiment: str
 
@@ -202,6 +212,7 @@ class Params:
     train_baseline: TrainBaselineParams
     train_fusion: TrainFusionParams
     evaluate: EvaluateParams
+    audit: AuditParams
     tracking: TrackingParams
     registry: RegistryParams
     drift: DriftParams

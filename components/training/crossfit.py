@@ -13,8 +13,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# fit_predict(train_rows, score_rows) -> class probabilities (len(score_rows), n_classes)
-FitPredict = Callable[[np.ndarray, np.ndarray], np.ndarray]
+# fit_predict(train_rows, score_rows) -> per level, class probabilities (len(score_rows), n_classes[level])
+FitPredict = Callable[[np.ndarray, np.ndarray], list[np.ndarray]]
 
 
 def group_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -35,17 +35,18 @@ def group_folds(groups: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold_of_group[inverse]
 
 
-def out_of_fold(folds: np.ndarray, n_classes: int, fit_predict: FitPredict, rows: np.ndarray | None = None
-                ) -> np.ndarray:
-    """(len(folds), n_classes) probabilities; row i comes from the model fitted without i's fold.
+def out_of_fold(folds: np.ndarray, n_classes: list[int], fit_predict: FitPredict,
+                rows: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per level, (len(folds), n_classes) probabilities; row i comes from the model fitted without i's fold.
 
     `rows` (default: all) are the rows that may train a fold's model, e.g. only labelled ones.
     """
     rows = np.arange(len(folds)) if rows is None else rows
-    out = np.zeros((len(folds), n_classes), dtype=np.float32)
+    out = [np.zeros((len(folds), n), dtype=np.float32) for n in n_classes]
     for f in np.unique(folds):
         held = np.flatnonzero(folds == f)
         train = rows[folds[rows] != f]
-        out[held] = fit_predict(train, held)
+        for level, probs in enumerate(fit_predict(train, held)):
+            out[level][held] = probs
         log.info("fold %d: trained on %d rows, scored %d", f, len(train), len(held))
     return out
