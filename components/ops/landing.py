@@ -10,6 +10,9 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from components.atomic_io import atomic_write_bytes, read_json, write_json
 from components.config import load_params
 
@@ -94,8 +97,29 @@ def drift_batch(home: Path, batch: str, model: str) -> dict:
     return {"batch": batch, "drift_detected": summary["drift_detected"], "reasons": summary["reasons"]}
 
 
+def review_queue(pred: pd.DataFrame, labels: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """The rows a merchandiser should look at, each with its `review_reason`.
+
+    - `unreadable`: the row was rejected or its image is corrupt (a prediction without its image);
+    - `low_confidence`: the model is below the confidence that reached the auto-accept precision;
+    - `suspected_mislabel`: the batch came labelled and the model, at least that confident, files the
+      product elsewhere (`current_articleType` vs the suggested `articleType`).
+    """
+    df = pred.merge(labels.rename(columns={"articleType": "current_articleType"}), on="id", how="left")
+    conf = df["articleType_confidence"].fillna(0)
+    current = df["current_articleType"].fillna("").astype(str).str.strip()
+    unreadable = (df["status"] != "ok") & (df["status"] != "no_image")
+    low = ~unreadable & (conf < threshold)
+    mislabel = ~unreadable & ~low & (current != "") & (current != df["articleType"])
+    df["review_reason"] = np.select([unreadable, mislabel, low], ["unreadable", "suspected_mislabel", "low_confidence"],
+                                    "")
+    return df[df["review_reason"] != ""].reset_index(drop=True)
+
+
 def categorize_batch(home: Path, batch: str, model: str) -> dict:
-    """Predictions for a batch plus the review queue (products below the auto-accept confidence)."""
+    """Predictions for a batch plus the review queue (uncertain predictions and, for a labelled batch,
+    the products the model confidently files elsewhere)."""
+    from components.catalog import read_catalog
     from components.serving.predict import categorize, load_categorizer
 
     batch_path = Path(batch)
@@ -103,14 +127,16 @@ def categorize_batch(home: Path, batch: str, model: str) -> dict:
         params = load_params()
         threshold = auto_accept_threshold(Path(params.paths.evaluate) / "metrics.json")
         pred, _ = categorize(batch_path, load_categorizer(model), progress=False)
-        review = pred[(pred["status"] != "ok") & (pred["status"] != "no_image")
-                      | (pred["articleType_confidence"].fillna(0) < threshold)]
+        frame = read_catalog(batch_path, require_labels=False).frame
+        review = review_queue(pred, frame[["id", "articleType"]] if "articleType" in frame else
+                              pd.DataFrame({"id": [], "articleType": []}), threshold)
         out = Path(params.paths.categorize) / batch_path.name
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "predictions.csv", pred.to_csv(index=False).encode())
         atomic_write_bytes(out / "review_queue.csv", review.to_csv(index=False).encode())
+    counts = review["review_reason"].value_counts().to_dict()
     return {"batch": batch, "products": len(pred), "to_review": len(review), "threshold": threshold,
-            "output": str(Path(home) / out)}
+            "review_reasons": counts, "output": str(Path(home) / out)}
 
 
 REVIEW_PRECISION = 0.99  # auto-accept a prediction when its confidence reached this precision on test
