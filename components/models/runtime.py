@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +16,6 @@ import torch
 
 from components.data import Arrays, iterate
 from components.models.fusion import FusionModel
-
-log = logging.getLogger(__name__)
 
 PREDICT_BATCH = 256  # rows per forward pass at inference; memory, not accuracy, sets it
 CPU_PRECISIONS = ("auto", "bf16", "fp32")

@@ -126,10 +126,10 @@ def categorize_batch(home: Path, batch: str, model: str) -> dict:
     with contextlib.chdir(home):
         params = load_params()
         threshold = auto_accept_threshold(Path(params.paths.evaluate) / "metrics.json")
-        pred, _ = categorize(batch_path, load_categorizer(model), progress=False)
-        frame = read_catalog(batch_path, require_labels=False).frame
-        review = review_queue(pred, frame[["id", "articleType"]] if "articleType" in frame else
-                              pd.DataFrame({"id": [], "articleType": []}), threshold)
+        read = read_catalog(batch_path, require_labels=False)  # once: for the predictions and the labels
+        pred, _ = categorize(batch_path, load_categorizer(model), progress=False, read=read)
+        labels = read.frame.reindex(columns=["id", "articleType"])
+        review = review_queue(pred, labels, threshold)
         out = Path(params.paths.categorize) / batch_path.name
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "predictions.csv", pred.to_csv(index=False).encode())

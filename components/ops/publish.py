@@ -101,6 +101,7 @@ def publish_result(params: Params, r: Result) -> str:
 
 def publish(params: Params) -> dict[str, str]:
     """Every trained model the pipeline has produced -> its MLflow run id."""
+    # A baseline the pipeline did not train is skipped; the fusion model is required (publish_result says so).
     return {r.name: publish_result(params, r) for r in results(params)
             if r.model.exists() or r.name == "train_fusion"}
 

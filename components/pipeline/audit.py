@@ -20,7 +20,7 @@ from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 from PIL import Image
 
-from components.atomic_io import atomic_dir, atomic_write_bytes, write_json
+from components.atomic_io import atomic_dir, write_json
 from components.catalog import ARTICLE, LEVELS, TITLE
 from components.config import AuditParams, Params, TfidfParams, load_params
 from components.encoders import Encoders, encode_labels, load_encoders
@@ -98,8 +98,8 @@ def rank_suspects(frame: pd.DataFrame, labels: np.ndarray, probs: list[np.ndarra
     out["label_quality"] = np.min(quality, axis=0).round(4)
     out["suspect"] = np.any([s != "" for s in suspect_levels], axis=0)
     out["suspect_levels"] = [",".join(x for x in row if x) for row in zip(*suspect_levels)]
-    out["disagreeing_experts"] = [
-        ",".join(e for e in oof if oof[e][ARTICLE][i].argmax() != labels[i, ARTICLE]) for i in range(len(frame))]
+    disagree = {e: oof[e][ARTICLE].argmax(1) != labels[:, ARTICLE] for e in oof}
+    out["disagreeing_experts"] = [",".join(e for e in oof if disagree[e][i]) for i in range(len(frame))]
     # Suspects first, then by how little the experts believe the current label.
     return out.sort_values(["suspect", "label_quality"], ascending=[False, True], kind="stable").reset_index(drop=True)
 
@@ -172,14 +172,12 @@ def run(params: Params) -> dict:
     images = np.load(src / "images.npy", mmap_mode="r")
     row_of_id = {int(i): n for n, i in enumerate(df["id"])}
     metrics = summary(result.table)
-    with atomic_dir(params.paths.audit) as tmp:
-        atomic_write_bytes(tmp / "audit.csv", result.table.to_csv(index=False).encode())
+    with atomic_dir(params.paths.audit) as tmp:  # the folder is swapped in whole: plain writes inside
+        result.table.to_csv(tmp / "audit.csv", index=False)
         page = audit_html(result.table, images, row_of_id, df["has_image"].to_numpy(bool), params.audit.html_rows)
         (tmp / "audit.html").write_text(page, encoding="utf-8")
         arrays = {f"{e}_{lvl}": result.oof[e][i] for e in result.oof for i, lvl in enumerate(LEVELS)}
-        buf = io.BytesIO()
-        np.savez_compressed(buf, ids=df["id"].to_numpy(np.int64), folds=result.folds, **arrays)
-        (tmp / "oof.npz").write_bytes(buf.getvalue())
+        np.savez_compressed(tmp / "oof.npz", ids=df["id"].to_numpy(np.int64), folds=result.folds, **arrays)
         write_json(tmp / "metrics.json", metrics)
     log.info("audit: %d suspects of %d products", metrics["suspects"], metrics["products"])
     return metrics

@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from components.atomic_io import atomic_write_bytes
-from components.catalog import LEVELS, CatalogError, read_catalog
+from components.catalog import LEVELS, CatalogError, CatalogRead, read_catalog
 from components.checkpoint import CheckpointError, fusion_checkpoint
 from components.config import ConfigError
 from components.serving.categorizer import Categorizer, load_images
@@ -46,10 +46,13 @@ def load_categorizer(model: str) -> Categorizer:
     return Categorizer.from_checkpoint(model)
 
 
-def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progress: bool = True
-               ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Predict every product of a catalog folder; rows the reader rejected keep their reason as status."""
-    read = read_catalog(folder, require_labels=False)
+def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progress: bool = True,
+               read: CatalogRead | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Predict every product of a catalog folder; rows the reader rejected keep their reason as status.
+
+    `read`: the folder already read by the caller (it is read here otherwise).
+    """
+    read = read or read_catalog(folder, require_labels=False)
     frame = read.frame
     h, w = cat.image_size
     parts, embs = [], {"image": [], "text": []}
