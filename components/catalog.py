@@ -191,3 +191,39 @@ def product_text(frame: pd.DataFrame, use_description: bool) -> list[str]:
     if use_description and "description" in frame:
         return (titles + " " + frame["description"].fillna("").astype(str)).tolist()
     return titles.tolist()
+
+
+# The inputs users really have, as evaluation variants: a title cut to its first words (often brand +
+# gender: "Nike Men"), no title, no image, no metadata. "no_image" is applied to the images by the caller.
+INPUT_VARIANTS = ("full", "cut_title", "no_title", "no_image", "no_metadata")
+
+
+def present(frame: pd.DataFrame, fields: list[str]) -> np.ndarray:
+    """Per row, whether any of `fields` holds a value (missing columns, NaN and blanks count as absent)."""
+    has = np.zeros(len(frame), dtype=bool)
+    for f in fields:
+        if f in frame:
+            col = frame[f]
+            has |= (col.notna() & (col.astype(str).str.strip() != "") & (col.astype(str) != "nan")).to_numpy()
+    return has
+
+
+def title_words(frame: pd.DataFrame) -> np.ndarray:
+    titles = frame[TITLE] if TITLE in frame else pd.Series([""] * len(frame), index=frame.index)
+    return titles.fillna("").astype(str).str.split().str.len().to_numpy(np.int64)
+
+
+def degrade_frame(frame: pd.DataFrame, variant: str, metadata_fields: list[str], cut_words: int) -> pd.DataFrame:
+    """A copy of `frame` with the input `variant` removes (see INPUT_VARIANTS); labels are kept."""
+    if variant not in INPUT_VARIANTS:
+        raise ValueError(f"unknown input variant {variant!r}; expected one of {INPUT_VARIANTS}")
+    out = frame.copy()
+    if variant == "cut_title":
+        out[TITLE] = out[TITLE].fillna("").astype(str).str.split().str[:cut_words].str.join(" ")
+    elif variant == "no_title":
+        out[TITLE] = ""
+    elif variant == "no_metadata":
+        for f in metadata_fields:
+            if f in out:
+                out[f] = np.nan if pd.api.types.is_numeric_dtype(out[f]) else ""
+    return out

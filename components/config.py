@@ -27,6 +27,7 @@ class Paths:
     train_fusion: str
     evaluate: str
     audit: str
+    stack: str
     search: str  # the search index (python -m components.search --build)
     categorize: str  # predictions and review queues of landed batches (categorize DAG)
     mlflow_db: str
@@ -169,6 +170,16 @@ class AuditParams:
 
 
 @dataclass(frozen=True)
+class StackParams:
+    experts: tuple[str, ...]  # which trained models the stacked categorizer pools (fusion required)
+    variants: tuple[str, ...]  # input variants of the validation split the combiner learns from
+    cut_title_words: int  # "cut_title": the title's first words kept (brand + gender, mostly)
+    folds: int  # group K-fold inside the validation split: selects l2, estimates the stack honestly
+    l2_grid: tuple[float, ...]  # candidate L2 pulls of the combiner's weights towards equal weights
+    balance_grid: tuple[float, ...]  # candidate class balancing of its loss (rows weighted by count^-b)
+
+
+@dataclass(frozen=True)
 class TrackingParams:
     experiment: str
 
@@ -213,6 +224,7 @@ class Params:
     train_fusion: TrainFusionParams
     evaluate: EvaluateParams
     audit: AuditParams
+    stack: StackParams
     tracking: TrackingParams
     registry: RegistryParams
     drift: DriftParams

@@ -27,8 +27,24 @@ def _ci(m: dict, key: str) -> str:
     return "" if lo is None else f" [{_pct(lo)}–{_pct(hi)}]"
 
 
+def _views(views: dict, title: str, with_n: bool = False) -> list[str]:
+    """One row per view (input variant or slice), one column per model."""
+    if not views:
+        return []
+    models = list(dict.fromkeys(m for v in views.values() for m in v))
+    lines = ["", title + ":", "", "| | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    for view, row in views.items():
+        label = f"{view} (n={next(iter(row.values()))['n']})" if with_n else view
+        cells = [f"{_pct(row[m]['accuracy'])} / {_pct(row[m]['macro_f1'])}" if m in row else "–" for m in models]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def comparison_table(results: dict) -> str:
     models = [k for k in results if isinstance(results[k], dict) and "articleType" in results[k]]
+    served = results.get("served_model")
+    if served in models:  # the model we register and serve opens the table
+        models = [served] + [m for m in models if m != served]
     lines = [
         f"Test split: {results.get('test_products', '?')} products (group-aware split, never used for tuning).",
         "Accuracy and F1 in %, bootstrap 95% CI in brackets.",
@@ -45,14 +61,19 @@ def comparison_table(results: dict) -> str:
             f"| {name} | {_pct(a['accuracy'])}{_ci(a, 'accuracy')} | {_pct(a['macro_f1'])}{_ci(a, 'macro_f1')} "
             f"| {_pct(a['weighted_f1'])} | {_pct(s['accuracy'])} | {_pct(m['accuracy'])} "
             f"| {_pct(a.get('f1_tail'))} | {pub_s} |")
+    for name in dict.fromkeys([results.get("served_model", "fusion"), "fusion", "tfidf"]):
+        b = results.get(name, {}).get("business")
+        if b:
+            lines += ["", f"{name}, business view (articleType): "
+                      f"ECE {b['ece']:.3f}; hierarchy consistency {_pct(b['hierarchy_consistency'])}%; "
+                      + "; ".join(f"auto-accept {_pct(b[f'coverage_at_{t}'])}% at {t} precision "
+                                  f"({b[f'review_per_10k_at_{t}']:.0f} per 10,000 to review)"
+                                  for t in ("0.99", "0.995") if f"coverage_at_{t}" in b)]
+    lines += _views(results.get("inputs", {}), "Inputs users really have (articleType accuracy / macro-F1 in %, "
+                    "every test product with that part of its input removed; cut title = its first words only)")
+    lines += _views(results.get("slices", {}), "Slices of the full test input (articleType accuracy / macro-F1 "
+                    "in %; n = products in the slice)", with_n=True)
     fusion = results.get("fusion", {})
-    if "business" in fusion:
-        b = fusion["business"]
-        lines += ["", "Fusion, business view (articleType): "
-                  f"ECE {b['ece']:.3f}; hierarchy consistency {_pct(b['hierarchy_consistency'])}%; "
-                  + "; ".join(f"auto-accept {_pct(b[f'coverage_at_{t}'])}% at {t} precision "
-                              f"({b[f'review_per_10k_at_{t}']:.0f} per 10,000 to review)"
-                              for t in ("0.99", "0.995") if f"coverage_at_{t}" in b)]
     if "retrieval" in fusion:
         r = fusion["retrieval"]
         lines += ["", f"Cross-modal retrieval on {r['queries']} test products (identical title or image counts "

@@ -15,28 +15,33 @@ import torch
 from sklearn.metrics import precision_recall_fscore_support
 
 from components import metrics as M
-from components.atomic_io import atomic_dir, write_json
-from components.catalog import ARTICLE, LEVELS
-from components.checkpoint import fusion_checkpoint, load_checkpoint
+from components.atomic_io import atomic_dir, read_json, write_json
+from components.catalog import ARTICLE, INPUT_VARIANTS, LEVELS, title_words
 from components.config import EvaluateParams, Params, load_params
-from components.data import Arrays, load_arrays, split_arrays
-from components.encoders import Encoders, load_encoders
+from components.data import Arrays, cached_products
+from components.encoders import Encoders, encode_labels
+from components.models.combiner import Combiner
 from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
-from components.models.tfidf import load_tfidf
 from components.report import comparison_table
+from components.serving.categorizer import to_arrays
+from components.serving.stacked import COMBINER_FILE, Experts, StackedCategorizer, degraded, expert_files
 
 log = logging.getLogger(__name__)
 
 ABLATIONS = {"fusion[image only]": (True, False, False), "fusion[text only]": (False, True, False),
              "fusion[metadata only]": (False, False, True)}
-HEAD_MIN, TAIL_MAX = 500, 100  # train rows: head >= 500, tail < 100, torso in between
+HEAD_MIN, TAIL_MAX = 500, 100
+EXPERT_ROWS = {"tfidf": "tfidf", "image": "image-only", "text": "text-only", "metadata": "metadata-only",
+               "fusion": "fusion"}  # expert -> its row in the comparison table  # train rows: head >= 500, tail < 100, torso in between
 
 
 def score_model(probs: list[np.ndarray], labels: np.ndarray, p: EvaluateParams, seed: int,
-                bands: dict[int, str]) -> dict:
+                bands: dict[int, str], preds: np.ndarray | None = None) -> dict:
+    """Per level: accuracy, F1s with bootstrap CIs; `preds` (N, 3) when the model decides by whole paths."""
     out = {}
     for lvl, name in enumerate(LEVELS):
-        y, pred = labels[:, lvl], probs[lvl].argmax(1)
+        y = labels[:, lvl]
+        pred = probs[lvl].argmax(1) if preds is None else preds[:, lvl]
         res = M.classification(y, pred)
         for k, (lo, hi) in M.bootstrap_ci(y, pred, p.bootstrap, seed).items():
             res[f"{k}_ci_low"], res[f"{k}_ci_high"] = lo, hi
@@ -46,19 +51,27 @@ def score_model(probs: list[np.ndarray], labels: np.ndarray, p: EvaluateParams, 
     return out
 
 
-def business_view(probs: list[np.ndarray], labels: np.ndarray, enc: Encoders, p: EvaluateParams) -> dict:
+def business_view(probs: list[np.ndarray], labels: np.ndarray, enc: Encoders, p: EvaluateParams,
+                  preds: np.ndarray | None = None) -> dict:
     """Calibration, auto-accept coverage and hierarchy consistency of the articleType predictions."""
-    conf = probs[ARTICLE].max(1)
-    correct = probs[ARTICLE].argmax(1) == labels[:, ARTICLE]
+    preds = np.stack([pr.argmax(1) for pr in probs], axis=1) if preds is None else preds
+    rows = np.arange(len(labels))
+    conf = probs[ARTICLE][rows, preds[:, ARTICLE]]
+    correct = preds[:, ARTICLE] == labels[:, ARTICLE]
     out = {"ece": M.expected_calibration_error(conf, correct, p.calibration_bins)}
     for t in p.precision_targets:
         cov = M.coverage_at_precision(conf, correct, t)
         out.update({f"coverage_at_{t:g}": cov["coverage"], f"threshold_at_{t:g}": cov["threshold"],
                     f"review_per_10k_at_{t:g}": cov["review_per_10k"]})
     names = [np.asarray(enc.labels[lvl], dtype=object) for lvl in LEVELS]
-    paths = list(zip(*(names[i][probs[i].argmax(1)] for i in range(3))))
+    paths = list(zip(*(names[i][preds[:, i]] for i in range(3))))
     out["hierarchy_consistency"] = M.hierarchy_consistency(paths, set(enc.taxonomy))
     return out
+
+
+def article_view(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    res = M.classification(y, pred)
+    return {"n": len(y), "accuracy": res["accuracy"], "macro_f1": res["macro_f1"]}
 
 
 def retrieval_view(model, test: Arrays, frame: pd.DataFrame, ks: tuple[int, ...], device) -> dict:
@@ -73,62 +86,102 @@ def retrieval_view(model, test: Arrays, frame: pd.DataFrame, ks: tuple[int, ...]
             **{f"image_to_text_{k}": v for k, v in i2t.items()}}
 
 
-def per_class_table(labels: np.ndarray, probs: np.ndarray, enc: Encoders, train_counts: dict[int, int],
+def per_class_table(labels: np.ndarray, pred: np.ndarray, enc: Encoders, train_counts: dict[int, int],
                     bands: dict[int, str]) -> pd.DataFrame:
     classes = list(range(len(enc.labels["articleType"])))
-    p, r, f, s = precision_recall_fscore_support(labels, probs.argmax(1), labels=classes, zero_division=0)
+    p, r, f, s = precision_recall_fscore_support(labels, pred, labels=classes, zero_division=0)
     return pd.DataFrame({"articleType": enc.labels["articleType"], "band": [bands[c] for c in classes],
                          "train_rows": [train_counts[c] for c in classes], "test_support": s,
                          "precision": p.round(4), "recall": r.round(4), "f1": f.round(4)})
 
 
+def load_stack(params: Params) -> tuple[Experts, StackedCategorizer | None, dict]:
+    """The served stack (its experts are the models compared) or, before `stack` ran, the experts alone."""
+    spec_file = Path(params.paths.stack) / COMBINER_FILE
+    if spec_file.is_file():
+        cat = StackedCategorizer.load(spec_file)
+        return cat.experts, cat, read_json(spec_file)
+    log.warning("no stacked categorizer at %s: the experts are compared without it", spec_file)
+    files = {e: f for e, f in expert_files(params.paths).items() if f.is_file()}
+    return Experts.load(files), None, {}
+
+
+def variant_predictions(experts: Experts, stack: StackedCategorizer | None, spec: dict, frame: pd.DataFrame,
+                        images, variant: str, cut_words: int, ablations: bool
+                        ) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray], object]:
+    """Per model, per-level probabilities on one input variant; path decisions of the stacked models."""
+    f, im = degraded(frame, images, variant, experts.encoders, cut_words)
+    a = to_arrays(f, im, experts.encoders)
+    raw, _ = experts.probs(f, a)
+    probs = {EXPERT_ROWS[e]: pr for e, pr in raw.items()}
+    decisions: dict[str, np.ndarray] = {}
+    if stack is not None:
+        comb = stack.combiner
+        x = experts.inputs(f, a, raw, comb.paths, comb.experts)
+        probs["stacked"], decisions["stacked"] = comb.predict(x, experts.n_classes())
+        for e, d in (spec.get("ablations", {}).items() if ablations else ()):
+            sub = Combiner.from_dict(d)
+            xs = experts.inputs(f, a, raw, sub.paths, sub.experts)
+            probs[f"stacked[-{e}]"], decisions[f"stacked[-{e}]"] = sub.predict(xs, experts.n_classes())
+    return probs, decisions, a
+
+
+def slices(frame: pd.DataFrame, labels: np.ndarray, bands: dict[int, str]) -> dict[str, np.ndarray]:
+    """Test rows of the inputs and classes that are hard in practice (masks)."""
+    return {"no image": ~frame["has_image"].to_numpy(bool), "title of at most 3 words": title_words(frame) <= 3,
+            "tail classes": np.array([bands[c] == "tail" for c in labels[:, ARTICLE]], bool)}
+
+
 def run(params: Params) -> dict:
     p, device = params.evaluate, select_device("auto")
-    enc = load_encoders(params.paths.features)
+    experts, stack, spec = load_stack(params)
+    enc = experts.encoders
     df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
-    arrays, split = load_arrays(params.paths.ingest, params.paths.features)
-    splits = split_arrays(arrays, split)
-    test, frame = splits["test"], df[df["split"] == "test"].reset_index(drop=True)
-    y = test.labels
-    train_y = splits["train"].labels[:, ARTICLE]
+    idx = np.flatnonzero(df["split"].to_numpy() == "test")
+    frame, images = cached_products(params.paths.ingest, idx)
+    y = encode_labels(frame, enc)
+    train_y = encode_labels(df[df["split"] == "train"], enc)[:, ARTICLE]
     train_counts = {c: int((train_y == c).sum()) for c in range(len(enc.labels["articleType"]))}
     bands = M.frequency_bands(train_counts, HEAD_MIN, TAIL_MAX)
+    cut = params.stack.cut_title_words
 
-    probs: dict[str, list[np.ndarray]] = {}
-    base = Path(params.paths.train_baseline)
-    if (base / "tfidf" / "model.joblib").is_file():  # the classical baseline every model is compared with
-        tfidf = load_tfidf(base / "tfidf" / "model.joblib")
-        probs["tfidf"] = tfidf.predict_proba(frame, [len(enc.labels[lvl]) for lvl in LEVELS])
-    for m in params.train_baseline.modalities:
-        if not (base / m / "model.pt").is_file():
-            log.warning("no %s baseline at %s: left out of the comparison", m, base / m)
-            continue
-        model, _, _ = load_checkpoint(base / m / "model.pt", device)
-        probs[f"{m}-only"] = predict_arrays(model, test, PREDICT_BATCH, device)["probs"]
-    fusion, _, _ = load_checkpoint(fusion_checkpoint(params.paths.train_fusion), device)
-    probs["fusion"] = predict_arrays(fusion, test, PREDICT_BATCH, device)["probs"]
+    probs, decisions, test = variant_predictions(experts, stack, spec, frame, images, "full", cut, ablations=True)
+    fusion = experts.models["fusion"]
     for name, present in ABLATIONS.items():
         probs[name] = predict_arrays(fusion, test, PREDICT_BATCH, device, present=present)["probs"]
-
-    results = {name: score_model(pr, y, p, params.seed, bands) for name, pr in probs.items()}
-    results["fusion"]["business"] = business_view(probs["fusion"], y, enc, p)
-    if "tfidf" in probs:
-        results["tfidf"]["business"] = business_view(probs["tfidf"], y, enc, p)
+    results = {name: score_model(pr, y, p, params.seed, bands, decisions.get(name)) for name, pr in probs.items()}
+    served = "stacked" if stack is not None else "fusion"
+    for name in {"fusion", "tfidf", served} & set(probs):
+        results[name]["business"] = business_view(probs[name], y, enc, p, decisions.get(name))
     results["fusion"]["retrieval"] = retrieval_view(fusion, test, frame, p.retrieval_k, device)
+
+    def article_pred(name: str, pr: dict, dec: dict) -> np.ndarray:
+        return dec[name][:, ARTICLE] if name in dec else pr[name][ARTICLE].argmax(1)
+
+    main_rows = [m for m in [*EXPERT_ROWS.values(), "stacked"] if m in probs]
+    results["slices"] = {s: {m: article_view(y[mask, ARTICLE], article_pred(m, probs, decisions)[mask])
+                             for m in main_rows} for s, mask in slices(frame, y, bands).items() if mask.any()}
+    results["inputs"] = {"full": {m: article_view(y[:, ARTICLE], article_pred(m, probs, decisions))
+                                  for m in main_rows}}
+    for v in INPUT_VARIANTS[1:]:
+        pv, dv, _ = variant_predictions(experts, stack, spec, frame, images, v, cut, ablations=False)
+        results["inputs"][v] = {m: article_view(y[:, ARTICLE], article_pred(m, pv, dv)) for m in main_rows}
+    results["served_model"] = served
     results["test_products"] = len(y)
 
+    served_pred = article_pred(served, probs, decisions)
     with atomic_dir(params.paths.evaluate) as tmp:
         write_json(tmp / "metrics.json", results)
-        per_class_table(y[:, ARTICLE], probs["fusion"][ARTICLE], enc, train_counts, bands).to_csv(tmp / "per_class.csv",
-                                                                                       index=False)
+        per_class_table(y[:, ARTICLE], served_pred, enc, train_counts, bands).to_csv(tmp / "per_class.csv",
+                                                                                    index=False)
         (tmp / "plots").mkdir()
         names = np.asarray(enc.labels["articleType"], dtype=object)
-        pd.DataFrame({"actual": names[y[:, ARTICLE]], "predicted": names[probs["fusion"][ARTICLE].argmax(1)]}).to_csv(
+        pd.DataFrame({"actual": names[y[:, ARTICLE]], "predicted": names[served_pred]}).to_csv(
             tmp / "plots" / "confusion.csv", index=False)
         pc = pd.read_csv(tmp / "per_class.csv")[["articleType", "f1"]].sort_values("f1")
         pc.to_csv(tmp / "plots" / "per_class_f1.csv", index=False)
         (tmp / "comparison.md").write_text(comparison_table(results))
-    log.info("evaluate: fusion articleType %s", results["fusion"]["articleType"])
+    log.info("evaluate: %s articleType %s", served, results[served]["articleType"])
     return results
 
 

@@ -59,6 +59,15 @@ def _read_source(src: object) -> bytes | None:
         raise ImageError(f"image is neither an existing path nor valid base64 ({exc})") from exc
 
 
+def to_arrays(frame: pd.DataFrame, images: ImageBatch, encoders: Encoders) -> Arrays:
+    """Raw rows + decoded images -> model inputs (labels unknown: serving never reads them)."""
+    feats = encode_frame(frame, encoders)
+    n = len(frame)
+    return Arrays(tokens=feats["tokens"], subwords=feats["subwords"], attrs=feats["attrs"], cat=feats["cat"],
+                  num=feats["num"], images=images.pixels, has_image=np.array([s == "ok" for s in images.status], bool),
+                  labels=np.full((n, 3), -1, dtype=np.int64), group=np.arange(n, dtype=np.int64))
+
+
 class Categorizer:
     """A loaded model plus its encoders; turns catalog rows into predictions and embeddings."""
 
@@ -75,11 +84,7 @@ class Categorizer:
         return cls(model, enc, meta, dev, size)
 
     def arrays(self, frame: pd.DataFrame, images: ImageBatch) -> Arrays:
-        feats = encode_frame(frame, self.encoders)
-        n = len(frame)
-        return Arrays(tokens=feats["tokens"], subwords=feats["subwords"], attrs=feats["attrs"], cat=feats["cat"],
-                      num=feats["num"], images=images.pixels, has_image=np.array([s == "ok" for s in images.status]),
-                      labels=np.full((n, 3), -1, dtype=np.int64), group=np.arange(n, dtype=np.int64))
+        return to_arrays(frame, images, self.encoders)
 
     def predict(self, frame: pd.DataFrame, images: ImageBatch, batch_size: int = PREDICT_BATCH,
                 embeddings: bool = False) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:

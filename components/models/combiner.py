@@ -1,0 +1,166 @@
+"""The stacked categorizer's combiner: a learned, input-aware log-linear pool of the experts.
+
+Each expert e gives class probabilities at every level l. A product's score for a taxonomy path
+(master, sub, article) is
+
+    s(path | x) = sum_e sum_l  w_el(x) * log p_el(path_l | x),   w_el(x) = mask_e(x) * softplus(theta_el . c(x))
+
+and the path distribution is softmax(s). `c(x)` describes the input (bias, short title, no title, no image,
+no metadata), so the combiner learns how far to trust each expert when its input is poor; `mask_e(x)` is 0
+for an expert whose input is absent (the image model on a product without image), so a missing modality
+is scored by the experts that apply. The weights double as per-expert temperatures, which is what
+calibrates the pool. 15 x 5 = 75 parameters for five experts, fitted by L-BFGS on the negative
+log-likelihood with an L2 pull towards equal weights.
+
+Predicting over whole paths keeps the three levels consistent with the taxonomy by construction: the
+predicted path is one the training data holds, and each level's probabilities are marginals of the path
+distribution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+CONDITIONS = ("bias", "short_title", "no_title", "no_image", "no_metadata")
+SHORT_TITLE_WORDS = 3  # a title of at most this many words counts as poor ("Nike Men", "Style 12345")
+LOG_FLOOR = 1e-7  # an expert's zero probability is not a veto: log p is floored here
+INIT_WEIGHT = 0.3  # every expert's weight before fitting (and what the L2 penalty pulls towards)
+
+
+def input_conditions(title_words: np.ndarray, has_image: np.ndarray, has_metadata: np.ndarray) -> np.ndarray:
+    """(N, len(CONDITIONS)) float32 description of each product's input."""
+    words = np.asarray(title_words)
+    return np.stack([np.ones(len(words)), (words > 0) & (words <= SHORT_TITLE_WORDS), words == 0,
+                     ~np.asarray(has_image, bool), ~np.asarray(has_metadata, bool)], axis=1).astype(np.float32)
+
+
+def path_log_probs(probs: list[np.ndarray], paths: np.ndarray) -> np.ndarray:
+    """One expert's per-level probabilities -> (N, L, P) log-probability of each path's class at each level."""
+    return np.stack([np.log(np.maximum(p[:, paths[:, lvl]], LOG_FLOOR)) for lvl, p in enumerate(probs)],
+                    axis=1).astype(np.float32)
+
+
+@dataclass
+class StackInputs:
+    """What the combiner sees for N products: every expert's path log-probs, masks and input conditions."""
+
+    logp: np.ndarray  # (N, E, L, P)
+    mask: np.ndarray  # (N, E) 1 = the expert applies to this product
+    cond: np.ndarray  # (N, C)
+
+    def __len__(self) -> int:
+        return len(self.cond)
+
+    def subset(self, idx: np.ndarray) -> StackInputs:
+        return StackInputs(self.logp[idx], self.mask[idx], self.cond[idx])
+
+    def without(self, expert: int) -> StackInputs:
+        keep = [e for e in range(self.logp.shape[1]) if e != expert]
+        return StackInputs(self.logp[:, keep], self.mask[:, keep], self.cond)
+
+    @staticmethod
+    def concat(parts: list[StackInputs]) -> StackInputs:
+        return StackInputs(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("logp", "mask", "cond")))
+
+
+def _init_theta(experts: int, levels: int) -> np.ndarray:
+    theta = np.zeros((experts, levels, len(CONDITIONS)), dtype=np.float64)
+    theta[..., 0] = np.log(np.expm1(INIT_WEIGHT))  # softplus^-1: every weight starts at INIT_WEIGHT
+    return theta
+
+
+def _scores(theta: torch.Tensor, bias: torch.Tensor, x: StackInputs) -> torch.Tensor:
+    cond, mask = torch.from_numpy(x.cond).double(), torch.from_numpy(x.mask).double()
+    w = torch.nn.functional.softplus(torch.einsum("elc,nc->nel", theta, cond)) * mask[:, :, None]
+    return torch.einsum("nel,nelp->np", w, torch.from_numpy(x.logp).double()) + bias
+
+
+@dataclass
+class Combiner:
+    experts: tuple[str, ...]
+    paths: np.ndarray  # (P, 3) class id per level of every taxonomy path
+    theta: np.ndarray = field(default=None)  # (E, L, C); None = initial equal weights
+    l2: float = 1e-2
+    bias: np.ndarray = field(default=None)  # (P,) per-path offset (prior correction); None = zeros
+    fit_bias: bool = False
+    balance: float = 0.0  # rows weighted by (their path's row count)^-balance: 0 = plain NLL, 1 = balanced
+
+    def __post_init__(self) -> None:
+        self.paths = np.asarray(self.paths, dtype=np.int64)
+        if self.theta is None:
+            self.theta = _init_theta(len(self.experts), self.paths.shape[1])
+        self.theta = np.asarray(self.theta, dtype=np.float64)
+        self.bias = np.zeros(len(self.paths)) if self.bias is None else np.asarray(self.bias, dtype=np.float64)
+
+    def weights(self, cond: np.ndarray) -> np.ndarray:
+        """(N, E, L) expert weights for inputs described by `cond` (before masking)."""
+        return np.logaddexp(0.0, np.einsum("elc,nc->nel", self.theta, cond))
+
+    def fit(self, x: StackInputs, path_y: np.ndarray, max_iter: int = 200) -> Combiner:
+        """Minimise the mean NLL of the true paths (rows with path_y < 0 are skipped) + l2 * |theta - init|^2."""
+        keep = np.flatnonzero(path_y >= 0)
+        x, y = x.subset(keep), torch.from_numpy(path_y[keep])
+        counts = np.bincount(path_y[keep], minlength=len(self.paths)).astype(np.float64)
+        w = torch.from_numpy(np.maximum(counts[path_y[keep]], 1.0) ** -self.balance)
+        w = w / w.mean()
+        init = torch.from_numpy(_init_theta(len(self.experts), self.paths.shape[1]))
+        theta = init.clone().requires_grad_(True)
+        bias = torch.zeros(len(self.paths), dtype=torch.float64, requires_grad=self.fit_bias)
+        opt = torch.optim.LBFGS([theta, bias] if self.fit_bias else [theta], lr=1.0, max_iter=max_iter,
+                                line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = ((torch.nn.functional.cross_entropy(_scores(theta, bias, x), y, reduction="none") * w).mean()
+                    + self.l2 * (((theta - init) ** 2).sum() + (bias ** 2).sum()))
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        self.theta, self.bias = theta.detach().numpy(), bias.detach().numpy()
+        return self
+
+    def path_probs(self, x: StackInputs) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(_scores(torch.from_numpy(self.theta), torch.from_numpy(self.bias), x), dim=1).numpy()
+
+    def nll(self, x: StackInputs, path_y: np.ndarray) -> float:
+        keep = path_y >= 0
+        p = self.path_probs(x.subset(np.flatnonzero(keep)))
+        return float(-np.log(np.maximum(p[np.arange(len(p)), path_y[keep]], 1e-12)).mean())
+
+    def predict(self, x: StackInputs, n_classes: list[int]) -> tuple[list[np.ndarray], np.ndarray]:
+        """(per level (N, classes) marginal probabilities, (N, 3) class ids of the most probable path)."""
+        pp = self.path_probs(x)
+        marginals = []
+        for lvl, n in enumerate(n_classes):
+            onehot = np.zeros((len(self.paths), n), dtype=np.float64)
+            onehot[np.arange(len(self.paths)), self.paths[:, lvl]] = 1.0
+            marginals.append((pp @ onehot).astype(np.float32))
+        best = pp.argmax(1) if len(pp) else np.zeros(0, dtype=np.int64)
+        return marginals, self.paths[best]
+
+    def without(self, expert: str) -> Combiner:
+        """An unfitted combiner over the other experts (leave-one-expert-out ablation)."""
+        return Combiner(tuple(e for e in self.experts if e != expert), self.paths, None, self.l2,
+                        fit_bias=self.fit_bias, balance=self.balance)
+
+    def to_dict(self) -> dict:
+        return {"experts": list(self.experts), "conditions": list(CONDITIONS), "l2": self.l2,
+                "paths": self.paths.tolist(), "theta": np.round(self.theta, 6).tolist(),
+                "bias": np.round(self.bias, 6).tolist(), "fit_bias": self.fit_bias, "balance": self.balance}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Combiner:
+        if list(d.get("conditions", [])) != list(CONDITIONS):
+            raise ValueError(f"combiner conditions {d.get('conditions')} differ from this code's {list(CONDITIONS)}")
+        return cls(tuple(d["experts"]), np.asarray(d["paths"]), np.asarray(d["theta"]), float(d["l2"]),
+                   np.asarray(d["bias"]), bool(d["fit_bias"]), float(d["balance"]))
+
+
+def path_index(labels: np.ndarray, paths: np.ndarray) -> np.ndarray:
+    """Index into `paths` of each row's (master, sub, article) label triple; -1 where it is not a known path."""
+    index = {tuple(p): i for i, p in enumerate(paths.tolist())}
+    return np.array([index.get(tuple(r), -1) for r in np.asarray(labels).tolist()], dtype=np.int64)

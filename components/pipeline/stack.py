@@ -1,0 +1,149 @@
+"""Stage stack: the trained experts + the validation split -> artifacts/stack/ (combiner.json, metrics.json).
+
+Fits the combiner of the stacked categorizer (`models.combiner`, served by `serving.stacked`) on
+predictions of products no expert trained on: the validation split, as given and as every degraded input
+variant (cut title, no title, no image, no metadata). Its L2 strength is chosen by group K-fold
+cross-validation inside that data (never the test split), and the out-of-fold predictions of the chosen
+setting give an honest validation score of the stack next to each expert's. Leave-one-expert-out
+combiners are fitted too, for evaluate's ablation rows.
+
+Bias, said plainly: the neural experts chose their stopping epoch on this validation split, so their
+validation predictions are slightly better than on new products and the combiner may trust them a little
+more than it should; the test split (evaluate) is the unbiased judge.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components import metrics as M
+from components.atomic_io import atomic_dir, write_json
+from components.catalog import ARTICLE, LEVELS
+from components.config import Params, StackParams, load_params
+from components.data import cached_products
+from components.encoders import Encoders, encode_labels
+from components.models.combiner import CONDITIONS, Combiner, StackInputs, path_index
+from components.serving.categorizer import to_arrays
+from components.serving.stacked import COMBINER_FILE, FORMAT, Experts, degraded, expert_files, file_md5
+from components.training.crossfit import group_folds
+
+log = logging.getLogger(__name__)
+
+
+def taxonomy_paths(enc: Encoders) -> np.ndarray:
+    """(P, 3) class ids of every (master, sub, article) path of the training data."""
+    index = [{c: i for i, c in enumerate(enc.labels[lvl])} for lvl in LEVELS]
+    return np.array([[index[lvl][name] for lvl, name in enumerate(path)] for path in enc.taxonomy], dtype=np.int64)
+
+
+def variant_inputs(experts: Experts, frame: pd.DataFrame, images, variants: tuple[str, ...], cut_words: int,
+                   paths: np.ndarray) -> tuple[dict[str, StackInputs], dict[str, dict[str, list[np.ndarray]]]]:
+    """Per input variant: the combiner's inputs and every expert's probabilities."""
+    inputs, probs = {}, {}
+    for v in variants:
+        f, im = degraded(frame, images, v, experts.encoders, cut_words)
+        a = to_arrays(f, im, experts.encoders)
+        probs[v], _ = experts.probs(f, a)
+        inputs[v] = experts.inputs(f, a, probs[v], paths, experts.names)
+    return inputs, probs
+
+
+def cross_validate(x: StackInputs, y: np.ndarray, folds: np.ndarray, make: Callable[[], Combiner]) -> np.ndarray:
+    """Out-of-fold path probabilities of the combiner `make()` builds (each row from a fit without its fold)."""
+    out = np.zeros((len(x), len(make().paths)), dtype=np.float32)
+    for f in np.unique(folds):
+        held, train = np.flatnonzero(folds == f), np.flatnonzero(folds != f)
+        out[held] = make().fit(x.subset(train), y[train]).path_probs(x.subset(held))
+    return out
+
+
+def fit_stack(x: StackInputs, y: np.ndarray, folds: np.ndarray, names: tuple[str, ...], paths: np.ndarray,
+              p: StackParams) -> tuple[Combiner, dict[str, float], np.ndarray]:
+    """The combiner setting (L2, class balance) of best out-of-fold articleType macro-F1, averaged over the
+    input variants (rows are variant-major), refitted on all rows; the score per setting; its out-of-fold probs.
+    """
+    scores, oof = {}, {}
+    article, n = paths[:, ARTICLE], len(x) // len(p.variants)
+    truth = np.where(y >= 0, article[np.maximum(y, 0)], -1)
+    for l2 in p.l2_grid:
+        for balance in p.balance_grid:
+            key = f"l2={l2:g},balance={balance:g}"
+            oof[key] = cross_validate(x, y, folds, lambda: Combiner(names, paths, l2=l2, fit_bias=True,
+                                                                    balance=balance))
+            pred = article[oof[key].argmax(1)]
+            scores[key] = float(np.mean([M.classification(truth[j * n:(j + 1) * n][truth[j * n:(j + 1) * n] >= 0],
+                                                          pred[j * n:(j + 1) * n][truth[j * n:(j + 1) * n] >= 0]
+                                                          )["macro_f1"] for j in range(len(p.variants))]))
+            log.info("stack: %s -> out-of-fold articleType macro-F1 %.4f (mean over input variants)", key, scores[key])
+    best = max(scores, key=scores.get)
+    l2, balance = (float(kv.split("=")[1]) for kv in best.split(","))
+    return Combiner(names, paths, l2=l2, fit_bias=True, balance=balance).fit(x, y), scores, oof[best]
+
+
+def article_scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    res = M.classification(y, pred)
+    return {"accuracy": round(res["accuracy"], 4), "macro_f1": round(res["macro_f1"], 4)}
+
+
+def run(params: Params) -> dict:
+    p = params.stack
+    torch.manual_seed(params.seed)
+    files = {e: f for e, f in expert_files(params.paths).items() if e in p.experts and f.is_file()}
+    for e in p.experts:
+        if e not in files:
+            log.warning("stack: no %s expert at %s; the stack goes without it", e, expert_files(params.paths)[e])
+    experts = Experts.load(files)
+    enc = experts.encoders
+    split = pd.read_parquet(Path(params.paths.ingest) / "products.parquet", columns=["split"])["split"].to_numpy()
+    frame, images = cached_products(params.paths.ingest, np.flatnonzero(split == "val"))
+    paths = taxonomy_paths(enc)
+    labels = encode_labels(frame, enc)
+    y1 = path_index(labels, paths)
+    inputs, probs = variant_inputs(experts, frame, images, p.variants, p.cut_title_words, paths)
+    x = StackInputs.concat([inputs[v] for v in p.variants])
+    k = len(p.variants)
+    y = np.tile(y1, k)
+    folds = np.tile(group_folds(frame["group"].to_numpy(), p.folds, params.seed), k)  # a product's variants share a fold
+    combiner, cv, oof = fit_stack(x, y, folds, experts.names, paths, p)
+    ablations = {e: combiner.without(e).fit(x.without(i), y).to_dict() for i, e in enumerate(experts.names)}
+
+    n = len(frame)
+    per_variant = {}
+    for j, v in enumerate(p.variants):
+        stacked = paths[oof[j * n:(j + 1) * n].argmax(1), ARTICLE]
+        per_variant[v] = {"stacked (out-of-fold)": article_scores(labels[:, ARTICLE], stacked),
+                          **{e: article_scores(labels[:, ARTICLE], probs[v][e][ARTICLE].argmax(1))
+                             for e in experts.names}}
+    conds = np.eye(len(CONDITIONS), dtype=np.float32)
+    conds[:, 0] = 1.0  # the bias alone, then the bias plus each poor-input condition
+    weights = combiner.weights(conds)  # (C, E, L)
+    metrics = {"val_products": n, "rows": len(x), "l2": combiner.l2, "balance": combiner.balance,
+               "cv_macro_f1": cv,
+               "unknown_paths": int((y1 < 0).sum()), "val_articleType": per_variant,
+               "article_weight_by_condition": {c: {e: round(float(weights[ci, ei, ARTICLE]), 3)
+                                                   for ei, e in enumerate(experts.names)}
+                                               for ci, c in enumerate(CONDITIONS)}}
+    spec = {"format": FORMAT, "combiner": combiner.to_dict(), "ablations": ablations,
+            "files": {e: str(f) for e, f in files.items()}, "md5": {e: file_md5(f) for e, f in files.items()},
+            "variants": list(p.variants), "cut_title_words": p.cut_title_words}
+    with atomic_dir(params.paths.stack) as tmp:
+        write_json(tmp / COMBINER_FILE, spec)
+        write_json(tmp / "metrics.json", metrics)
+    log.info("stack: experts %s, l2 %g; validation (out-of-fold) %s", ", ".join(experts.names), combiner.l2,
+             {v: r["stacked (out-of-fold)"] for v, r in per_variant.items()})
+    return metrics
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_grad_enabled(True)
+    run(load_params())
+
+
+if __name__ == "__main__":
+    main()

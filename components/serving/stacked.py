@@ -1,0 +1,197 @@
+"""The stacked categorizer: every trained expert plus the learned combiner (`models.combiner`).
+
+Experts: the TF-IDF linear model (title + metadata tokens), the image-, text- and metadata-only towers and
+the HUSE fusion network. Each gives class probabilities at all three levels; the combiner pools them by
+how much each deserves trust on this product's input, over whole taxonomy paths. Embeddings (search,
+retrieval) stay those of the fusion network's shared space.
+
+A stack is described by `combiner.json`: the combiner, and the file name and md5 of every expert, so a
+retrained expert cannot be paired with a combiner fitted to its predecessor.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.atomic_io import read_json
+from components.catalog import LEVELS, degrade_frame, present, title_words
+from components.checkpoint import CheckpointError, load_checkpoint
+from components.config import Paths
+from components.data import Arrays
+from components.encoders import Encoders
+from components.images import ImageBatch
+from components.models.combiner import Combiner, StackInputs, input_conditions, path_log_probs
+from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
+from components.models.tfidf import TfidfBaseline, load_tfidf
+from components.serving.categorizer import Categorizer, to_arrays
+
+log = logging.getLogger(__name__)
+
+EXPERTS = ("tfidf", "image", "text", "metadata", "fusion")
+COMBINER_FILE = "combiner.json"
+FORMAT = "deepfusion-stack/1"
+
+
+def expert_files(paths: Paths) -> dict[str, Path]:
+    """Where the pipeline writes each expert (the stack stage keeps those that exist)."""
+    base = Path(paths.train_baseline)
+    return {"tfidf": base / "tfidf" / "model.joblib", "image": base / "image" / "model.pt",
+            "text": base / "text" / "model.pt", "metadata": base / "metadata" / "model.pt",
+            "fusion": Path(paths.train_fusion) / "model" / "model.pt"}
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def metadata_fields(enc: Encoders) -> list[str]:
+    return [*enc.categorical, *enc.numeric, "articleAttributes"]
+
+
+def degraded(frame: pd.DataFrame, images: ImageBatch, variant: str, enc: Encoders, cut_words: int
+             ) -> tuple[pd.DataFrame, ImageBatch]:
+    """The products as one of catalog.INPUT_VARIANTS (the evaluation's and the combiner's poor inputs)."""
+    if variant == "no_image":
+        return frame, ImageBatch(np.zeros_like(images.pixels), ["no_image"] * len(frame))
+    return degrade_frame(frame, variant, metadata_fields(enc), cut_words), images
+
+
+class Experts:
+    """The loaded experts (any subset of EXPERTS, the fusion network required) and their shared encoders."""
+
+    def __init__(self, models: dict[str, object], encoders: Encoders, meta: dict, device: torch.device) -> None:
+        if "fusion" not in models:
+            raise CheckpointError("the stacked categorizer needs the fusion network (search and embeddings)")
+        self.models, self.encoders, self.meta, self.device = models, encoders, meta, device
+        self.names = tuple(e for e in EXPERTS if e in models)
+
+    @classmethod
+    def load(cls, files: dict[str, Path], device: str = "auto") -> Experts:
+        dev = select_device(device)
+        models: dict[str, object] = {}
+        encoders, meta = None, {}
+        for name in EXPERTS:
+            if name not in files:
+                continue
+            path = Path(files[name])
+            if name == "tfidf":
+                try:
+                    models[name] = load_tfidf(path)
+                except (OSError, EOFError, TypeError, ValueError, AttributeError, ImportError) as exc:
+                    raise CheckpointError(f"{path}: the TF-IDF expert cannot be loaded ({type(exc).__name__}: "
+                                          f"{exc}); rerun `dvc repro train_baseline@tfidf`") from exc
+                continue
+            model, enc, m = load_checkpoint(path, dev)
+            if encoders is None:
+                encoders = enc
+            elif enc.to_dict() != encoders.to_dict():
+                raise CheckpointError(f"{path}: the {name} expert was trained on other features than the rest "
+                                      "(encoders differ); rerun `dvc repro` so every expert shares them")
+            models[name] = model
+            if name == "fusion":
+                meta = m
+        if encoders is None:
+            raise CheckpointError("no neural expert given: the stacked categorizer needs at least the fusion network")
+        return cls(models, encoders, meta, dev)
+
+    def n_classes(self) -> list[int]:
+        return [len(self.encoders.labels[lvl]) for lvl in LEVELS]
+
+    def probs(self, frame: pd.DataFrame, a: Arrays, batch_size: int = PREDICT_BATCH,
+              embeddings: bool = False) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
+        """Every expert's per-level probabilities (and the fusion network's embeddings when asked)."""
+        out, embs = {}, {}
+        for name in self.names:
+            model = self.models[name]
+            if isinstance(model, TfidfBaseline):
+                out[name] = model.predict_proba(frame, self.n_classes())
+                continue
+            res = predict_arrays(model, a, batch_size, self.device, embeddings=embeddings and name == "fusion")
+            out[name] = res["probs"]
+            embs = res.get("embeddings", embs)
+        return out, embs
+
+    def inputs(self, frame: pd.DataFrame, a: Arrays, probs: dict[str, list[np.ndarray]], paths: np.ndarray,
+               names: tuple[str, ...]) -> StackInputs:
+        """What the combiner sees: path log-probs of `names`, which of them apply, and the input conditions."""
+        words, has_meta = title_words(frame), present(frame, metadata_fields(self.encoders))
+        applies = {"tfidf": (words > 0) | has_meta, "image": a.has_image, "text": words > 0,
+                   "metadata": has_meta, "fusion": np.ones(len(frame), dtype=bool)}
+        logp = np.stack([path_log_probs(probs[e], paths) for e in names], axis=1)
+        mask = np.stack([applies[e] for e in names], axis=1).astype(np.float32)
+        return StackInputs(logp, mask, input_conditions(words, a.has_image, has_meta))
+
+
+class StackedCategorizer(Categorizer):
+    """The categorizer we serve: experts + combiner; `model` stays the fusion network (embeddings)."""
+
+    def __init__(self, experts: Experts, combiner: Combiner, image_size: tuple[int, int]) -> None:
+        super().__init__(experts.models["fusion"], experts.encoders, {**experts.meta, "stack": combiner.experts},
+                         experts.device, image_size)
+        missing = [e for e in combiner.experts if e not in experts.models]
+        if missing:
+            raise CheckpointError(f"the combiner was fitted with expert(s) {', '.join(missing)} that are not loaded")
+        self.experts, self.combiner = experts, combiner
+
+    @classmethod
+    def load(cls, combiner_file: str | Path, files: dict[str, Path] | None = None,
+             device: str = "auto") -> StackedCategorizer:
+        """A stack from its combiner.json; expert files from `files` (MLflow artifacts) or the paths it records.
+
+        Every expert file must have the md5 the combiner was fitted with.
+        """
+        combiner_file = Path(combiner_file)
+        try:
+            spec = read_json(combiner_file)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{combiner_file}: not a readable stacked categorizer ({exc}); rerun "
+                                  "`dvc repro stack`") from exc
+        if spec.get("format") != FORMAT:
+            raise CheckpointError(f"{combiner_file}: not a {FORMAT} file (found {spec.get('format')!r})")
+        combiner = Combiner.from_dict(spec["combiner"])
+        found = {e: Path(files[e]) if files else Path(spec["files"][e]) for e in combiner.experts}
+        for e, path in found.items():
+            if not path.is_file():
+                raise CheckpointError(f"{path}: the {e} expert of {combiner_file} is missing; restore it "
+                                      "(`dvc pull`) or rerun `dvc repro`")
+            if file_md5(path) != spec["md5"][e]:
+                raise CheckpointError(f"{path}: the {e} expert differs from the one {combiner_file} was fitted "
+                                      "with (md5 mismatch); rerun `dvc repro stack`")
+        experts = Experts.load(found, device)
+        return cls(experts, combiner, tuple(experts.meta.get("image_size", (80, 64))))
+
+    def predict(self, frame: pd.DataFrame, images: ImageBatch, batch_size: int = PREDICT_BATCH,
+                embeddings: bool = False) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+        a = to_arrays(frame, images, self.encoders)
+        probs, embs = self.experts.probs(frame, a, batch_size, embeddings)
+        x = self.experts.inputs(frame, a, probs, self.combiner.paths, self.combiner.experts)
+        marginals, best = self.combiner.predict(x, self.experts.n_classes())
+        pred = pd.DataFrame({"id": frame["id"].to_numpy() if "id" in frame else np.arange(len(frame))})
+        rows = np.arange(len(frame))
+        for lvl, name in enumerate(LEVELS):
+            names = np.asarray(self.encoders.labels[name], dtype=object)
+            pred[name] = names[best[:, lvl]] if len(frame) else []
+            pred[f"{name}_confidence"] = marginals[lvl][rows, best[:, lvl]].round(4) if len(frame) else []
+        pred["status"] = [s.split(":")[0] if s != "ok" else "ok" for s in images.status]
+        if embeddings and "image" in embs:
+            embs["image"] = np.where(a.has_image[:, None], embs["image"], np.nan).astype(np.float32)
+        return pred, embs
+
+
+def is_stack(path: str | Path) -> bool:
+    p = Path(path)
+    return p.name == COMBINER_FILE or (p / COMBINER_FILE).is_file()
+
+
+def stack_file(path: str | Path) -> Path:
+    p = Path(path)
+    return p if p.name == COMBINER_FILE else p / COMBINER_FILE
