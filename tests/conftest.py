@@ -48,6 +48,7 @@ TINY_OVERRIDES = {
                                                                    "patience": 2}},
     "train_fusion": {"train": {"epochs": 2, "batch_size": 32, "patience": 2}},
     "evaluate": {"bootstrap": 20},
+    "stack": {"folds": 3, "balance_grid": [0.25]},
 }
 
 
@@ -113,7 +114,7 @@ def catalog(tmp_path: Path) -> Path:
 def tiny_raw(tmp: Path, raw_dir: Path, extra: dict | None = None) -> dict:
     raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
     paths = {k: str(tmp / "artifacts" / k) for k in ("ingest", "validate", "features", "train_baseline",
-                                                     "train_fusion", "evaluate", "audit", "search", "categorize")}
+                                                     "train_fusion", "evaluate", "audit", "stack", "search", "categorize")}
     raw = deep_merge(raw, {"paths": {**paths, "raw": str(raw_dir), "mlflow_db": str(tmp / "mlflow.db")}})
     return deep_merge(raw, extra or {})
 

@@ -2,11 +2,12 @@
 
     python -m components.ops.publish     # also run by the retrain DAG and by `registry register`
 
-One MLflow run per trained model (the baselines and the fusion model): its params and per-epoch history
-(from the self-describing checkpoint), validation metrics, the run's timings when the stage left them,
-the model file, and tags linking the DVC data version, the git commit and the output's md5. The fusion
-run also carries the evaluate stage's test metrics, plots and comparison table, and the servable pyfunc
-model that `registry register` turns into a model version. Publishing the same outputs again finds the
+One MLflow run per trained model (the baselines, the fusion network and the stacked categorizer): its
+params and per-epoch history (from the self-describing checkpoint), validation metrics, the run's timings
+when the stage left them, the model file, and tags linking the DVC data version, the git commit and the
+output's md5. The served model's run (the stack; the fusion network before `stack` ran) also carries the
+evaluate stage's test metrics, plots and comparison table, and the servable pyfunc model that
+`registry register` turns into a model version. Publishing the same outputs again finds the
 earlier run instead of logging a duplicate.
 """
 from __future__ import annotations
@@ -23,12 +24,13 @@ from components.checkpoint import fusion_checkpoint, read_blob
 from components.config import Params, load_params, params_to_dict
 from components.ops.provenance import data_md5, files_md5, git_commit
 from components.serving.mlflow_model import example_frame, log_categorizer
+from components.serving.stacked import COMBINER_FILE
 
 log = logging.getLogger(__name__)
 
 PUBLISHED = "deepfusion.published"  # tag: which pipeline result a run holds
 OUTPUT_MD5 = "deepfusion.output_md5"  # tag: md5 of the files it was published from
-MODEL_URI = "deepfusion.model_uri"  # tag: the logged pyfunc model (fusion run)
+MODEL_URI = "deepfusion.model_uri"  # tag: the logged pyfunc model (served model's run)
 
 
 class PublishError(RuntimeError):
@@ -52,7 +54,15 @@ def results(params: Params) -> list[Result]:
     out += [Result(f"train_baseline/{m}", base / m / "model.pt", base / f"metrics_{m}.json",
                    base / f"timings_{m}.json") for m in params.train_baseline.modalities]
     out.append(Result("train_fusion", fusion_checkpoint(fusion), fusion / "metrics.json", fusion / "timings.json"))
+    stack = Path(params.paths.stack)
+    out.append(Result("stack", stack / COMBINER_FILE, stack / "metrics.json", stack / "timings.json"))
     return out
+
+
+def served(params: Params) -> Result:
+    """The result we register and serve: the stacked categorizer, or the fusion network before `stack` ran."""
+    by_name = {r.name: r for r in results(params)}
+    return by_name["stack"] if by_name["stack"].model.is_file() else by_name["train_fusion"]
 
 
 def evaluate_files(params: Params) -> list[Path]:
@@ -62,8 +72,8 @@ def evaluate_files(params: Params) -> list[Path]:
 
 def publish_result(params: Params, r: Result) -> str:
     """The run holding this result: found by its output md5, else logged now."""
-    is_fusion = r.name == "train_fusion"
-    sources = [r.model, r.metrics, *(evaluate_files(params) if is_fusion else [])]
+    serves = r == served(params)
+    sources = [r.model, r.metrics, *(evaluate_files(params) if serves else [])]
     missing = [str(p) for p in sources if not p.exists()]
     if missing:
         raise PublishError(f"{r.name}: {', '.join(missing)} not found; run `dvc repro` first")
@@ -79,6 +89,8 @@ def publish_result(params: Params, r: Result) -> str:
             run.log_params({**meta["params"], "modalities": ",".join(meta["modalities"]), "seed": meta["seed"]})
             for row in meta["history"]:
                 run.log_metrics(row, step=int(row["epoch"]))
+        elif r.name == "stack":
+            run.log_params({"stack": params_to_dict(params.stack), "experts": read_json(r.model)["md5"]})
         else:
             run.log_params({"tfidf": params_to_dict(params.train_baseline.tfidf)})
         run.log_metrics(read_json(r.metrics))
@@ -86,9 +98,10 @@ def publish_result(params: Params, r: Result) -> str:
             run.log_metrics(read_json(r.timings))
             run.log_artifact(r.timings)
         run.log_artifact(r.model)
-        if is_fusion:
-            fusion_test = read_json(Path(params.paths.evaluate) / "metrics.json").get("fusion", {})
-            run.log_metrics({f"test.{k}": v for k, v in mlflow_store.numeric(fusion_test).items()})
+        if serves:
+            evaluation = read_json(Path(params.paths.evaluate) / "metrics.json")
+            test = evaluation.get(evaluation.get("served_model", "fusion"), {})
+            run.log_metrics({f"test.{k}": v for k, v in mlflow_store.numeric(test).items()})
             for p in evaluate_files(params):
                 run.log_artifact(p, artifact_path="evaluate")
             df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
@@ -101,14 +114,14 @@ def publish_result(params: Params, r: Result) -> str:
 
 def publish(params: Params) -> dict[str, str]:
     """Every trained model the pipeline has produced -> its MLflow run id."""
-    # A baseline the pipeline did not train is skipped; the fusion model is required (publish_result says so).
+    # A model the pipeline did not train is skipped; the fusion model is required (publish_result says so).
     return {r.name: publish_result(params, r) for r in results(params)
             if r.model.exists() or r.name == "train_fusion"}
 
 
-def fusion_model_uri(params: Params) -> tuple[str, str]:
-    """(run id, logged model URI) of the published fusion model, publishing it first if needed."""
-    run_id = publish_result(params, results(params)[-1])
+def served_model_uri(params: Params) -> tuple[str, str]:
+    """(run id, logged model URI) of the published served model, publishing it first if needed."""
+    run_id = publish_result(params, served(params))
     return run_id, mlflow_store.run_tag(params, run_id, MODEL_URI)
 
 

@@ -25,14 +25,14 @@ import pandas as pd
 from components import mlflow_store as store
 from components.atomic_io import read_json
 from components.catalog import LEVELS
-from components.checkpoint import CheckpointError, fusion_checkpoint
+from components.checkpoint import CheckpointError
 from components.config import Params, RegistryParams, load_params, params_to_dict
 from components.data import cached_products
 from components.images import ImageBatch
 from components.metrics import classification
 from components.mlflow_store import MAX_TAG_CHARS, RegistryError
 from components.ops.provenance import data_md5, git_commit
-from components.ops.publish import PublishError, fusion_model_uri
+from components.ops.publish import PublishError, served, served_model_uri
 from components.serving.mlflow_model import load_categorizer_uri
 
 log = logging.getLogger(__name__)
@@ -113,23 +113,24 @@ def promotion_lock(params: Params) -> Iterator[None]:
 
 
 def register(params: Params) -> str:
-    ckpt = fusion_checkpoint(params.paths.train_fusion)
-    if not ckpt.is_file():
-        raise RegistryError(f"{ckpt} not found; run `dvc repro train_fusion` first")
+    model = served(params).model
+    if not model.is_file():
+        raise RegistryError(f"{model} not found; run `dvc repro` first")
     evaluation = read_json(Path(params.paths.evaluate) / "metrics.json")
     validation = read_json(Path(params.paths.validate) / "report.json")
-    fusion = evaluation["fusion"]
+    test = evaluation[evaluation.get("served_model", "fusion")]
     tags = {
         "data_md5": data_md5(), "git_commit": git_commit(), "validation_passed": str(validation["success"]),
-        **{f"test_{lvl}_macro_f1": f"{fusion[lvl]['macro_f1']:.4f}" for lvl in LEVELS},
-        **{f"test_{lvl}_accuracy": f"{fusion[lvl]['accuracy']:.4f}" for lvl in LEVELS},
-        "params": json.dumps({"model": params_to_dict(params.model),
-                              "train_fusion": params_to_dict(params.train_fusion)})[:MAX_TAG_CHARS],
+        **{f"test_{lvl}_macro_f1": f"{test[lvl]['macro_f1']:.4f}" for lvl in LEVELS},
+        **{f"test_{lvl}_accuracy": f"{test[lvl]['accuracy']:.4f}" for lvl in LEVELS},
+        "served_model": evaluation.get("served_model", "fusion"),
+        "params": json.dumps({"model": params_to_dict(params.model), "train_fusion": params_to_dict(
+            params.train_fusion), "stack": params_to_dict(params.stack)})[:MAX_TAG_CHARS],
     }
     with store.registry_errors(params, "register"):
         # Publishing is idempotent (keyed by the outputs' md5) and so is registering a run's model: a retried
         # task or a second `register` of the same checkpoint returns the version it already made.
-        run_id, uri = fusion_model_uri(params)
+        run_id, uri = served_model_uri(params)
         version = store.register_model(params, uri, run_id, tags)
         store.set_alias(store.client(params), params.registry.model_name, CHALLENGER, version)
     print(f"registered {params.registry.model_name} v{version} as @{CHALLENGER}")

@@ -72,7 +72,7 @@ def fit_stack(x: StackInputs, y: np.ndarray, folds: np.ndarray, names: tuple[str
     truth = np.where(y >= 0, article[np.maximum(y, 0)], -1)
     for l2 in p.l2_grid:
         for balance in p.balance_grid:
-            key = f"l2={l2:g},balance={balance:g}"
+            key = f"l2_{l2:g}_balance_{balance:g}"
             oof[key] = cross_validate(x, y, folds, lambda: Combiner(names, paths, l2=l2, fit_bias=True,
                                                                     balance=balance))
             pred = article[oof[key].argmax(1)]
@@ -81,7 +81,7 @@ def fit_stack(x: StackInputs, y: np.ndarray, folds: np.ndarray, names: tuple[str
                                                           )["macro_f1"] for j in range(len(p.variants))]))
             log.info("stack: %s -> out-of-fold articleType macro-F1 %.4f (mean over input variants)", key, scores[key])
     best = max(scores, key=scores.get)
-    l2, balance = (float(kv.split("=")[1]) for kv in best.split(","))
+    l2, balance = float(best.split("_")[1]), float(best.split("_")[3])
     return Combiner(names, paths, l2=l2, fit_bias=True, balance=balance).fit(x, y), scores, oof[best]
 
 
@@ -116,7 +116,7 @@ def run(params: Params) -> dict:
     per_variant = {}
     for j, v in enumerate(p.variants):
         stacked = paths[oof[j * n:(j + 1) * n].argmax(1), ARTICLE]
-        per_variant[v] = {"stacked (out-of-fold)": article_scores(labels[:, ARTICLE], stacked),
+        per_variant[v] = {"stacked_out_of_fold": article_scores(labels[:, ARTICLE], stacked),
                           **{e: article_scores(labels[:, ARTICLE], probs[v][e][ARTICLE].argmax(1))
                              for e in experts.names}}
     conds = np.eye(len(CONDITIONS), dtype=np.float32)
@@ -135,7 +135,7 @@ def run(params: Params) -> dict:
         write_json(tmp / COMBINER_FILE, spec)
         write_json(tmp / "metrics.json", metrics)
     log.info("stack: experts %s, l2 %g; validation (out-of-fold) %s", ", ".join(experts.names), combiner.l2,
-             {v: r["stacked (out-of-fold)"] for v, r in per_variant.items()})
+             {v: r["stacked_out_of_fold"] for v, r in per_variant.items()})
     return metrics
 
 

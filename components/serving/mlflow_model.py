@@ -1,7 +1,9 @@
 """The categorizer as an MLflow pyfunc model: what `registry register` logs and `mlflow models serve` serves.
 
 The pyfunc flavour is the one place serving meets MLflow; runs, the registry and URIs live in
-`components.mlflow_store`.
+`components.mlflow_store`. The model is logged *from code* (`mlflow_entry.py`), not as a cloudpickled
+object, and its artifacts are torch weights (read with weights_only=True) and JSON: loading a registered
+model runs no code stored in the registry. The one exception left is the TF-IDF expert's joblib file.
 """
 from __future__ import annotations
 
@@ -16,7 +18,9 @@ import pandas as pd
 from components import mlflow_store
 from components.checkpoint import CheckpointError
 from components.config import Params
+from components.atomic_io import read_json
 from components.serving.categorizer import Categorizer, load_images
+from components.serving.stacked import StackedCategorizer, is_stack, stack_file
 
 # What a served model needs at inference (not the training or orchestration stack).
 SERVING_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "pandas>=3.0,<3.1",
@@ -24,39 +28,71 @@ SERVING_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", 
 INPUT_COLUMNS = ["id", "productDisplayName", "gender", "baseColour", "season", "year", "usage", "brandName",
                  "ageGroup", "colour1", "colour2", "price", "discountedPrice", "fashionType",
                  "articleAttributes", "image"]
+NUMERIC_COLUMNS = ("year", "price", "discountedPrice")  # float: they may be missing (NaN)
+ENTRY = Path(__file__).with_name("mlflow_entry.py")
+
+
+def input_schema():
+    """Only `id` is required: a product needs a title or an image, and every other field is optional, as for
+    the batch CLI (a row with neither title nor image is answered with its status, not rejected)."""
+    from mlflow.types import ColSpec, Schema
+
+    def spec(c: str) -> ColSpec:
+        kind = "long" if c == "id" else "double" if c in NUMERIC_COLUMNS else "string"
+        return ColSpec(kind, c, required=c == "id")
+
+    return Schema([spec(c) for c in INPUT_COLUMNS])
 
 
 class CategorizerModel(mlflow.pyfunc.PythonModel):
     """pyfunc: DataFrame of products (INPUT_COLUMNS; image as base64 or path) -> categories + confidences."""
 
     def load_context(self, context: Any) -> None:
-        self.load_from(Path(context.artifacts["checkpoint"]))
+        arts = {k: Path(v) for k, v in context.artifacts.items()}
+        self.load_from(arts.pop("combiner") if "combiner" in arts else arts["checkpoint"], arts)
 
-    def load_from(self, checkpoint: Path) -> None:
-        self.categorizer = Categorizer.from_checkpoint(checkpoint, device="auto")
+    def load_from(self, model: Path, files: dict[str, Path] | None = None) -> None:
+        """A stack's combiner.json (experts from `files` or the paths it records) or a fusion checkpoint."""
+        if is_stack(model):
+            self.categorizer = StackedCategorizer.load(stack_file(model), files or None, device="auto")
+        else:
+            self.categorizer = Categorizer.from_checkpoint(model, device="auto")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         frame = model_input.copy()
         for c in INPUT_COLUMNS:
             if c not in frame:
                 frame[c] = ""
-        frame = frame.fillna("")
+        for c in frame.columns:
+            if c not in NUMERIC_COLUMNS and c != "id":
+                frame[c] = frame[c].fillna("")
         h, w = self.categorizer.image_size
         images = load_images(frame["image"].tolist(), h, w)
         pred, _ = self.categorizer.predict(frame, images)
         return pred
 
 
-def log_categorizer(checkpoint: str | Path, example: pd.DataFrame) -> str:
-    """Log a checkpoint as a pyfunc model in the active run (signature from a real prediction); its URI."""
-    from mlflow.models import infer_signature
+def model_artifacts(model: str | Path) -> dict[str, str]:
+    """What the logged model carries: a stack's combiner.json and every expert file, or one checkpoint."""
+    if not is_stack(model):
+        return {"checkpoint": str(model)}
+    spec = read_json(stack_file(model))
+    return {"combiner": str(stack_file(model)), **{e: str(f) for e, f in spec["files"].items()}}
 
-    model = CategorizerModel()
-    model.load_from(Path(checkpoint))
-    out = model.predict(None, example)
+
+def log_categorizer(model: str | Path, example: pd.DataFrame) -> str:
+    """Log a stack or a checkpoint as a pyfunc model (from code) in the active run; its URI.
+
+    The output signature comes from a real prediction of the example.
+    """
+    from mlflow.models import ModelSignature, infer_signature
+
+    loaded = CategorizerModel()
+    loaded.load_from(Path(model))
+    out = loaded.predict(None, example)
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=CategorizerModel(), artifacts={"checkpoint": str(checkpoint)},
-        signature=infer_signature(example, out), input_example=example,
+        name="model", python_model=str(ENTRY), artifacts=model_artifacts(model),
+        signature=ModelSignature(inputs=input_schema(), outputs=infer_signature(example, out).outputs), input_example=example,
         pip_requirements=SERVING_REQUIREMENTS,
         code_paths=[str(Path(__file__).parents[1])],  # the components package
     )

@@ -24,6 +24,7 @@ from components.catalog import LEVELS, CatalogError, CatalogRead, read_catalog
 from components.checkpoint import CheckpointError, fusion_checkpoint
 from components.config import ConfigError
 from components.serving.categorizer import Categorizer, load_images
+from components.serving.stacked import COMBINER_FILE, StackedCategorizer, is_stack, stack_file
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +32,24 @@ CHUNK = 2048
 
 
 def default_model() -> str:
-    """The fusion model the pipeline produced, located through params.yaml (paths are written once)."""
+    """The stacked categorizer the pipeline produced (the fusion network before `stack` ran), located
+    through params.yaml (paths are written once)."""
     from components.config import load_params  # raises ConfigError outside the project root
 
-    return str(fusion_checkpoint(load_params().paths.train_fusion))
+    paths = load_params().paths
+    stack = Path(paths.stack) / COMBINER_FILE
+    return str(stack if stack.is_file() else fusion_checkpoint(paths.train_fusion))
 
 
 def load_categorizer(model: str) -> Categorizer:
-    """A checkpoint path, or an MLflow model URI (models:/name@alias, runs:/…) of a logged categorizer."""
+    """A stack (combiner.json or its folder), a checkpoint path, or an MLflow model URI (models:/name@alias,
+    runs:/…) of a logged categorizer."""
     if model.startswith(("models:/", "runs:/", "mlflow-artifacts:")):
         from components.serving.mlflow_model import load_categorizer_uri
 
         return load_categorizer_uri(model)
+    if is_stack(model):
+        return StackedCategorizer.load(stack_file(model))
     return Categorizer.from_checkpoint(model)
 
 
@@ -84,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m components.predict", description=__doc__.split("\n")[0])
     ap.add_argument("catalog_dir", type=Path)
     ap.add_argument("--output", type=Path, required=True)
-    ap.add_argument("--model", help="checkpoint path or models:/NAME@ALIAS (default: the pipeline's fusion model)")
+    ap.add_argument("--model", help="artifacts/stack, a checkpoint path or models:/NAME@ALIAS "
+                                    "(default: the pipeline's stacked categorizer)")
     ap.add_argument("--embeddings", type=Path)
     args = ap.parse_args(argv)
     try:

@@ -1,10 +1,11 @@
-"""A small fusion model trained on a synthetic catalog (package scope: trained once, ~30 s on CPU)."""
+"""A small stacked categorizer (TF-IDF + fusion network + combiner) trained on a synthetic catalog
+(package scope: trained once, ~30 s on CPU)."""
 from __future__ import annotations
 
 import pytest
 
 from components.config import params_from_dict
-from components.pipeline import evaluate, features, ingest, train_fusion, validate
+from components.pipeline import evaluate, features, ingest, stack, train_baseline, train_fusion, validate
 from tests.conftest import make_catalog, tiny_raw
 
 
@@ -23,6 +24,8 @@ def trained(tmp_path_factory):
     ingest.run(params)
     validate.run(params)
     features.run(params)
+    train_baseline.run(params, "tfidf")
     metrics = train_fusion.run(params)
+    stack.run(params)
     evaluate.run(params)
     return params, data, metrics

@@ -1,0 +1,97 @@
+"""The stacked categorizer's combiner: contract, missing experts, taxonomy-consistent paths, learning whom to trust."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from components.models.combiner import (CONDITIONS, Combiner, StackInputs, input_conditions, path_index,
+                                        path_log_probs)
+
+# Two masters, three paths; "Tshirts" (article 0) sits under two parents, as in the real catalog.
+PATHS = np.array([[0, 0, 0], [1, 1, 0], [0, 0, 1]])
+N_CLASSES = [2, 2, 2]
+
+
+def expert_probs(rng: np.random.Generator, truth: np.ndarray, accuracy: float) -> list[np.ndarray]:
+    """Per level, probabilities that put most mass on the true class `accuracy` of the time."""
+    out = []
+    for lvl in range(3):
+        y = PATHS[truth, lvl]
+        right = rng.random(len(truth)) < accuracy
+        guess = np.where(right, y, 1 - y)
+        p = np.full((len(truth), 2), 0.1)
+        p[np.arange(len(truth)), guess] = 0.9
+        out.append(p)
+    return out
+
+
+def inputs(rng, truth, good_has_input: np.ndarray) -> StackInputs:
+    """Expert 0 is good when its input is present and useless otherwise; expert 1 is mediocre always."""
+    good = expert_probs(rng, truth, 0.97)
+    noise = expert_probs(rng, rng.integers(0, 3, len(truth)), 1.0)
+    good = [np.where(good_has_input[:, None], g, z) for g, z in zip(good, noise)]
+    mediocre = expert_probs(rng, truth, 0.75)
+    logp = np.stack([path_log_probs(good, PATHS), path_log_probs(mediocre, PATHS)], axis=1)
+    words = np.where(good_has_input, 6, 0)
+    cond = input_conditions(words, np.ones(len(truth), bool), np.ones(len(truth), bool))
+    return StackInputs(logp, np.ones((len(truth), 2), np.float32), cond)
+
+
+def test_contract_shapes_probabilities_and_paths():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 200)
+    x = inputs(rng, truth, np.ones(200, bool))
+    comb = Combiner(("good", "mediocre"), PATHS).fit(x, truth)
+    marginals, best = comb.predict(x, N_CLASSES)
+    assert [m.shape for m in marginals] == [(200, 2)] * 3
+    for m in marginals:
+        np.testing.assert_allclose(m.sum(1), 1.0, atol=1e-5)
+    assert {tuple(p) for p in best} <= {tuple(p) for p in PATHS}  # only paths the taxonomy holds
+    assert (best == PATHS[truth]).all(1).mean() > 0.9
+
+
+def test_learns_to_distrust_an_expert_whose_input_is_missing():
+    rng = np.random.default_rng(1)
+    truth = rng.integers(0, 3, 1200)
+    has_title = rng.random(1200) < 0.5
+    x = inputs(rng, truth, has_title)
+    comb = Combiner(("good", "mediocre"), PATHS, l2=1e-4).fit(x, truth)
+    w = comb.weights(x.cond)  # (N, E, L)
+    assert w[has_title, 0].mean() > 2 * w[~has_title, 0].mean()
+    _, best = comb.predict(x, N_CLASSES)
+    acc_without = (best[~has_title] == PATHS[truth[~has_title]]).all(1).mean()
+    mediocre_alone = PATHS[x.logp[~has_title, 1].sum(1).argmax(1)]
+    # Without its title the good expert is noise: the pool must do as well as the mediocre expert alone.
+    assert acc_without >= (mediocre_alone == PATHS[truth[~has_title]]).all(1).mean() - 0.01
+
+
+def test_a_masked_expert_has_no_say():
+    rng = np.random.default_rng(2)
+    truth = rng.integers(0, 3, 100)
+    x = inputs(rng, truth, np.ones(100, bool))
+    comb = Combiner(("good", "mediocre"), PATHS).fit(x, truth)
+    x.mask[:, 0] = 0.0
+    scrambled = StackInputs(x.logp.copy(), x.mask, x.cond)
+    scrambled.logp[:, 0] = rng.normal(size=scrambled.logp[:, 0].shape)
+    np.testing.assert_allclose(comb.path_probs(x), comb.path_probs(scrambled), atol=1e-6)
+    x.mask[:] = 0.0  # no expert applies: the fitted prior alone, still a distribution
+    np.testing.assert_allclose(comb.path_probs(x).sum(1), 1.0, atol=1e-6)
+
+
+def test_round_trip_and_ablation():
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 3, 150)
+    x = inputs(rng, truth, np.ones(150, bool))
+    comb = Combiner(("good", "mediocre"), PATHS, l2=1e-3, fit_bias=True, balance=0.25).fit(x, truth)
+    again = Combiner.from_dict(comb.to_dict())
+    np.testing.assert_allclose(comb.path_probs(x), again.path_probs(x), atol=1e-5)
+    solo = comb.without("mediocre").fit(x.without(1), truth)
+    assert solo.experts == ("good",) and solo.path_probs(x.without(1)).shape == (150, 3)
+    bad = comb.to_dict() | {"conditions": list(CONDITIONS[:2])}
+    with pytest.raises(ValueError, match="conditions"):
+        Combiner.from_dict(bad)
+
+
+def test_unknown_label_paths_are_skipped_not_fitted():
+    labels = np.array([[0, 0, 0], [1, 0, 1], [0, 0, 1]])  # the middle one is not a taxonomy path
+    assert path_index(labels, PATHS).tolist() == [0, -1, 2]
