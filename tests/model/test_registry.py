@@ -23,6 +23,7 @@ from components.mlflow_store import RegistryError
 from components.ops import registry
 from components.ops.registry import Decision, decide
 from components.serving.mlflow_model import load_categorizer_uri
+from components.serving.stacked import StackedCategorizer, file_md5
 
 P = RegistryParams(model_name="m", min_gain=0.01, max_level_regression=0.005,
                    floors=Floors(masterCategory=0.9, subCategory=0.8, articleType=0.7))
@@ -54,8 +55,8 @@ def reg(trained, tmp_path_factory):
 
 
 def with_other_checkpoint(params, tmp_path: Path, seed: int):
-    """Params whose fusion checkpoint is a copy of the trained one with other metadata: same scores,
-    another file, hence another published run and model version."""
+    """Params whose fusion checkpoint (and the stack around it) is a copy of the trained one with other
+    metadata: same scores, other files, hence another published run and model version."""
     import torch
 
     from components.checkpoint import fusion_checkpoint
@@ -67,7 +68,14 @@ def with_other_checkpoint(params, tmp_path: Path, seed: int):
     blob = torch.load(src, weights_only=True)
     torch.save({**blob, "meta": {**blob["meta"], "seed": seed}}, dst)
     shutil.copy(Path(params.paths.train_fusion) / "metrics.json", dst_dir / "metrics.json")
-    return dataclasses.replace(params, paths=dataclasses.replace(params.paths, train_fusion=str(dst_dir)))
+    stack_dir = tmp_path / f"stack_{seed}"
+    stack_dir.mkdir()
+    spec = json.loads((Path(params.paths.stack) / "combiner.json").read_text())
+    spec["files"]["fusion"], spec["md5"]["fusion"] = str(dst), file_md5(dst)
+    (stack_dir / "combiner.json").write_text(json.dumps(spec))
+    shutil.copy(Path(params.paths.stack) / "metrics.json", stack_dir / "metrics.json")
+    return dataclasses.replace(params, paths=dataclasses.replace(params.paths, train_fusion=str(dst_dir),
+                                                                 stack=str(stack_dir)))
 
 
 def aliases(params) -> dict[str, str | None]:
@@ -146,7 +154,10 @@ def test_load_by_alias_and_predict(reg, trained, tmp_path):
         pred, _ = predict.categorize(data, cat, progress=False)
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI")
+    assert isinstance(cat, StackedCategorizer) and cat.combiner.experts == ("tfidf", "fusion")
     assert len(pred) == 180 and (pred["status"] != "").all()
+    local, _ = predict.categorize(data, StackedCategorizer.load(Path(reg.paths.stack) / "combiner.json"), progress=False)
+    pd.testing.assert_frame_equal(pred, local)  # the registered model is the pipeline's stack
 
 
 def test_concurrent_promotions_leave_consistent_aliases(reg, tmp_path):
@@ -221,6 +232,14 @@ def test_mlflow_models_serve_answers_with_base64_image(reg, trained):
         pred = pd.DataFrame(answer["predictions"])
         assert pred.loc[0, "status"] == "ok" and pred.loc[0, "id"] == 1011
         assert 0 <= pred.loc[0, "articleType_confidence"] <= 1 and pred.loc[0, "articleType"]
+        # As for the batch CLI, only the id is required: a product with just a title is answered too.
+        body = json.dumps({"dataframe_split": {"columns": ["id", "productDisplayName"],
+                                               "data": [[7, "Puma Men Black Jeans"]]}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            minimal = pd.DataFrame(json.loads(r.read())["predictions"])
+        assert minimal.loc[0, "status"] == "no_image" and minimal.loc[0, "articleType"] == "Jeans"
     finally:
         proc.terminate()
         proc.wait(timeout=30)

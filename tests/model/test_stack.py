@@ -1,0 +1,76 @@
+"""The stacked categorizer on the trained synthetic pipeline: what it learns from, how it fails, what it serves."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.checkpoint import CheckpointError
+from components.pipeline import stack
+from components.serving import predict
+from components.serving.stacked import StackedCategorizer
+
+
+def test_combiner_learns_only_from_products_no_expert_trained_on(trained, tmp_path, monkeypatch):
+    params, _, _ = trained
+    seen = []
+    real = stack.variant_inputs
+
+    def spy(experts, frame, *args, **kwargs):
+        seen.append(frame["id"].to_numpy())
+        return real(experts, frame, *args, **kwargs)
+
+    monkeypatch.setattr(stack, "variant_inputs", spy)
+    out = dataclasses.replace(params, paths=dataclasses.replace(params.paths, stack=str(tmp_path / "stack")))
+    stack.run(out)
+    df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
+    trained_on = set(df.loc[df["split"] == "train", "id"])  # what every expert trained on
+    train_groups = set(df.loc[df["split"] == "train", "group"])
+    fitted = set(np.concatenate(seen))
+    assert fitted and not fitted & trained_on
+    assert not set(df.loc[df["id"].isin(fitted), "group"]) & train_groups  # not even a duplicate listing
+    assert fitted == set(df.loc[df["split"] == "val", "id"])  # never the test split
+
+
+def test_evaluate_reports_stack_inputs_slices_and_ablations(trained):
+    params, _, _ = trained
+    m = json.loads((Path(params.paths.evaluate) / "metrics.json").read_text())
+    assert m["served_model"] == "stacked"
+    assert set(m["inputs"]) == {"full", "cut_title", "no_title", "no_image", "no_metadata"}
+    assert {"stacked", "tfidf", "fusion"} <= set(m["inputs"]["cut_title"])
+    assert "stacked[-tfidf]" in m and "stacked[-fusion]" in m
+    assert m["stacked"]["business"]["hierarchy_consistency"] == 1.0  # paths, never mixed levels
+
+
+def test_predict_uses_the_stack_by_default(trained, monkeypatch):
+    params, data, _ = trained
+    monkeypatch.setattr(predict, "default_model", lambda: str(Path(params.paths.stack) / "combiner.json"))
+    cat = predict.load_categorizer(predict.default_model())
+    assert isinstance(cat, StackedCategorizer)
+    pred, emb = predict.categorize(data, cat, embeddings=True, progress=False)
+    assert len(pred) == 180 and emb["text"].shape[1] == cat.model.cfg.embed_dim  # search keeps HUSE's space
+    ok = pred[pred["status"] == "ok"]
+    assert (ok["articleType_confidence"] > 0).all()
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "retrained"])
+def test_a_bad_expert_file_is_named(trained, tmp_path, damage):
+    params, _, _ = trained
+    spec = json.loads((Path(params.paths.stack) / "combiner.json").read_text())
+    files = {e: tmp_path / Path(f).name.replace("model", e) for e, f in spec["files"].items()}
+    for e, f in spec["files"].items():
+        shutil.copy(f, files[e])
+    target = files["fusion"]
+    if damage == "missing":
+        target.unlink()
+    elif damage == "corrupt":
+        target.write_bytes(b"not a checkpoint")
+    else:
+        target.write_bytes(target.read_bytes() + b"\0")
+    with pytest.raises(CheckpointError, match=str(target)):
+        StackedCategorizer.load(Path(params.paths.stack) / "combiner.json", files)
