@@ -20,7 +20,7 @@ from common.settings import (
 
 # dvc.yaml stage order (tests/dags checks it); GPU_STAGES go to the GPU queue and pool.
 STAGES = ["ingest", "validate", "features", "train_baseline@tfidf", "train_baseline@image",
-          "train_baseline@text", "train_baseline@metadata", "train_fusion", "evaluate", "audit"]
+          "train_baseline@text", "train_baseline@metadata", "train_fusion", "stack", "evaluate", "audit"]
 GPU_STAGES = {"train_baseline@image", "train_fusion"}
 JOIN = "none_failed_min_one_success"
 

@@ -1,0 +1,93 @@
+"""Hostile and broken images: every one gets a per-row status, none stops the batch or reads outside it."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from components.images import MAX_IMAGE_BYTES, ImageError, decode_image
+from components.serving.categorizer import load_images
+
+H, W = 80, 64
+
+
+def encoded(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    bomb = encoded(Image.new("1", (20_000, 20_000)), "PNG")  # 400 Mpx in a few tens of KB
+    assert len(bomb) < 200_000
+    with pytest.raises(ImageError, match="pixel"):
+        decode_image(bomb, H, W)
+
+
+def test_image_over_the_pixel_cap_but_under_pillows_is_refused():
+    big = encoded(Image.new("L", (8_000, 6_000)), "PNG")  # 48 Mpx: Pillow would only warn
+    with pytest.raises(ImageError, match="40,000,000-pixel limit"):
+        decode_image(big, H, W)
+
+
+def test_large_jpeg_decodes_at_reduced_scale_to_the_same_picture():
+    img = Image.new("RGB", (2_400, 3_000), (200, 30, 30))
+    out = decode_image(encoded(img, "JPEG"), H, W)
+    assert out.shape == (H, W, 3) and abs(int(out[40, 32, 0]) - 200) < 10
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF"])
+def test_formats_outside_the_allowed_list_are_refused(fmt):
+    with pytest.raises(ImageError, match="not a JPEG/PNG/WEBP image"):
+        decode_image(encoded(Image.new("RGB", (60, 80)), fmt), H, W)
+
+
+def test_paths_outside_the_batch_folder_are_rejected_without_saying_whether_they_exist(tmp_path):
+    batch = tmp_path / "batch"
+    (batch / "images").mkdir(parents=True)
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(encoded(Image.new("RGB", (60, 80)), "JPEG"))
+    (batch / "images" / "link.jpg").symlink_to(secret)
+    (batch / "images" / "dir.jpg").mkdir()
+    good = batch / "images" / "ok.jpg"
+    good.write_bytes(encoded(Image.new("RGB", (60, 80), (10, 200, 10)), "JPEG"))
+    huge = batch / "images" / "huge.jpg"
+    with huge.open("wb") as fh:
+        fh.truncate(MAX_IMAGE_BYTES + 1)  # sparse: nothing is really written
+    sources = ["images/ok.jpg", "../secret.jpg", "../nope.jpg", str(secret), "images/link.jpg",
+               "images/dir.jpg", "images/missing.jpg", "images/huge.jpg"]
+    status = [s.split(":")[0] for s in load_images(sources, H, W, root=batch).status]
+    assert status == ["ok", "rejected_image", "rejected_image", "rejected_image", "rejected_image", "no_image",
+                      "no_image", "corrupt_image"]
+
+
+def test_the_served_model_accepts_base64_and_refuses_paths(tmp_path):
+    img = tmp_path / "a.jpg"
+    img.write_bytes(encoded(Image.new("RGB", (60, 80)), "JPEG"))
+    b64 = base64.b64encode(img.read_bytes()).decode()
+    batch = load_images([b64, str(img), "/etc/passwd", "not base64 !", None], H, W)  # no root: paths refused
+    assert [s.split(":")[0] for s in batch.status] == ["ok", "rejected_image", "rejected_image", "corrupt_image",
+                                                       "no_image"]
+    assert np.all(batch.pixels[1:] == 0)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
+def test_an_unreadable_file_is_a_status_not_a_crash(tmp_path):
+    """Root reads every file, so the check runs as `nobody` in a child process."""
+    import subprocess
+    import sys
+
+    batch = tmp_path / "b"
+    batch.mkdir()
+    (batch / "x.jpg").write_bytes(encoded(Image.new("RGB", (60, 80)), "JPEG"))
+    (batch / "x.jpg").chmod(0)
+    tmp_path.chmod(0o755)
+    batch.chmod(0o755)
+    code = ("import os; os.setgid(65534); os.setuid(65534); from components.serving.categorizer import load_images; "
+            f"print(load_images(['x.jpg'], 80, 64, root={str(batch)!r}).status[0])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=os.getcwd(), check=True)
+    assert out.stdout.startswith("unreadable_image: PermissionError")
