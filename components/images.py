@@ -10,6 +10,9 @@ from PIL import Image, UnidentifiedImageError
 
 # Catalog shots sit on white; padding with white keeps the product's look when the aspect differs.
 PAD_VALUE = 255
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP")
+MAX_IMAGE_BYTES = 20 * 2**20  # a catalog shot is ~3 KB; a 20 MB file is an upload mistake or an attack
+MAX_IMAGE_PIXELS = 40_000_000  # 40 Mpx (~120 MB decoded): above any camera's shot, far below Pillow's 178 Mpx
 
 
 @dataclass
@@ -23,15 +26,31 @@ class ImageError(ValueError):
 
 
 def decode_image(data: bytes, height: int, width: int) -> np.ndarray:
-    """Decode JPEG/PNG bytes to an (height, width, 3) uint8 array, aspect kept, padded with white."""
+    """Decode JPEG/PNG/WebP bytes to an (height, width, 3) uint8 array, aspect kept, padded with white.
+
+    Hostile files are refused before they cost memory: more than MAX_IMAGE_BYTES, more than
+    MAX_IMAGE_PIXELS (a decompression bomb declares its size in a few header bytes), another format.
+    Every failure is an ImageError, whatever the decoder raised.
+    """
     if not data:
         raise ImageError("empty file")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageError(f"file of {len(data):,} bytes is over the {MAX_IMAGE_BYTES:,}-byte limit")
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as img:
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ImageError(f"image of {w}x{h} pixels is over the {MAX_IMAGE_PIXELS:,}-pixel limit")
+            if img.format == "JPEG" and w >= 2 * width and h >= 2 * height:
+                img.draft("RGB", (width, height))  # decode a large JPEG at 1/2..1/8 scale: less time and memory
             img.load()  # forces a full decode: truncated files raise here, not later in training
             img = img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise ImageError(f"cannot decode image: {exc}") from exc
+    except ImageError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageError(f"not a {'/'.join(ALLOWED_FORMATS)} image ({exc})") from exc
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise ImageError(f"cannot decode image ({type(exc).__name__}: {exc})") from exc
     w, h = img.size
     if w < 4 or h < 4:
         raise ImageError(f"image too small ({w}x{h})")

@@ -130,14 +130,14 @@ fusion = Categorizer.from_checkpoint(fusion_checkpoint(p.paths.train_fusion), de
 df = pd.read_parquet(p.paths.ingest + "/products.parquet")
 df = df[df.split == "test"].head(3000).reset_index(drop=True)
 h, w = stack.image_size
-files = [p.paths.raw + "/" + x for x in df["image"]]
+files = list(df["image"])
 out = {{"n": len(df)}}
 for name, cat in (("fusion", fusion), ("stacked", stack), ("fusion_again", fusion)):
     t = time.perf_counter()
-    cat.predict(df, load_images(files, h, w))
+    cat.predict(df, load_images(files, h, w, root=p.paths.raw))
     out[name] = len(df) / (time.perf_counter() - t)
 t = time.perf_counter()
-load_images(files, h, w)
+load_images(files, h, w, root=p.paths.raw)
 out["decode"] = len(df) / (time.perf_counter() - t)
 {PEAK}
 out["peak_mib"] = peak

@@ -146,7 +146,7 @@ def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
         raise CatalogError(f"{batch_dir}: no readable products ({len(read.problems)} rejected rows)")
     cat = load_categorizer(model)
     h, w = cat.image_size
-    images = load_images([str(batch_dir / p) for p in read.frame["image"]], h, w)
+    images = load_images(list(read.frame["image"]), h, w, root=batch_dir)
     cur, extra = describe(read.frame, images, cat)
     ref = reference(params, cat)
     snap = evidently_report(ref, cur, params.drift)

@@ -17,20 +17,29 @@ from components.catalog import LEVELS
 from components.checkpoint import load_checkpoint
 from components.data import Arrays
 from components.encoders import Encoders, encode_frame
-from components.images import ImageBatch, ImageError, decode_image
+from components.images import MAX_IMAGE_BYTES, ImageBatch, ImageError, decode_image
 from components.models.fusion import FusionModel
 from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
 
 log = logging.getLogger(__name__)
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
-def load_images(sources: list[object], height: int, width: int) -> ImageBatch:
-    """Decode each source: bytes, a base64 string, a file path, or empty/None for no image."""
+
+def load_images(sources: list[object], height: int, width: int, root: str | Path | None = None) -> ImageBatch:
+    """Decode each source: bytes, a base64 string, a file path under `root`, or empty/None for no image.
+
+    Paths are read only when a `root` is given (the batch folder; the served model has none unless
+    DEEPFUSION_IMAGE_ROOT names one) and only inside it once resolved (no `../`, absolute paths or symlinks
+    out of it), so a row cannot read, or learn of, any other file of the machine. Nothing about one image
+    stops the batch: every failure is that row's status.
+    """
+    base = Path(root).resolve() if root is not None else None
     pixels = np.zeros((len(sources), height, width, 3), dtype=np.uint8)
     status = []
     for i, src in enumerate(sources):
         try:
-            data = _read_source(src)
+            data = _read_source(src, base)
             if data is None:
                 status.append("no_image")
                 continue
@@ -38,10 +47,18 @@ def load_images(sources: list[object], height: int, width: int) -> ImageBatch:
             status.append("ok")
         except ImageError as exc:
             status.append(f"corrupt_image: {exc}")
+        except ImagePathError as exc:
+            status.append(f"rejected_image: {exc}")
+        except OSError as exc:  # permission denied, a directory, an I/O error: this row only
+            status.append(f"unreadable_image: {type(exc).__name__}: {exc.strerror or exc}")
     return ImageBatch(pixels, status)
 
 
-def _read_source(src: object) -> bytes | None:
+class ImagePathError(ValueError):
+    """An image path points outside the folder images may be read from (or paths are not accepted)."""
+
+
+def _read_source(src: object, root: Path | None) -> bytes | None:
     if src is None or (isinstance(src, float) and np.isnan(src)):
         return None
     if isinstance(src, (bytes, bytearray)):
@@ -49,14 +66,39 @@ def _read_source(src: object) -> bytes | None:
     if not isinstance(src, str) or not src.strip():
         return None
     s = src.strip()
-    if len(s) < 1024 and Path(s).is_file():
-        return Path(s).read_bytes()
-    if len(s) < 1024 and ("/" in s or s.lower().endswith((".jpg", ".jpeg", ".png"))):
-        return None  # a path that does not exist: the product has no image
+    if len(s) > 2 * MAX_IMAGE_BYTES:
+        raise ImageError(f"image string of {len(s):,} characters is over the size limit")
+    decoded = _base64_image(s)
+    if decoded is not None:
+        return decoded
+    if len(s) < 1024 and ("/" in s or "\\" in s or s.lower().endswith(IMAGE_SUFFIXES)):
+        if root is None:
+            raise ImagePathError("image paths are not accepted here; send the image as base64")
+        path = (root / s).resolve()
+        if not path.is_relative_to(root):
+            raise ImagePathError(f"{s!r} is outside the batch folder; images must be inside it")
+        if not path.is_file():
+            return None  # the product has no image (inside the batch folder: nothing is revealed)
+        size = path.stat().st_size
+        if size > MAX_IMAGE_BYTES:
+            raise ImageError(f"file of {size:,} bytes is over the {MAX_IMAGE_BYTES:,}-byte limit")
+        return path.read_bytes()
     try:
-        return base64.b64decode(s, validate=True)
+        return base64.b64decode(s, validate=True)  # valid base64 of something that is not an image: decode says so
     except (binascii.Error, ValueError) as exc:
-        raise ImageError(f"image is neither an existing path nor valid base64 ({exc})") from exc
+        raise ImageError(f"image is neither a path nor valid base64 ({exc})") from exc
+
+
+IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"RIFF")  # JPEG, PNG, WebP (RIFF....WEBP)
+
+
+def _base64_image(s: str) -> bytes | None:
+    """The bytes when `s` is strict base64 of a JPEG/PNG/WebP file (base64 may hold '/', like a path)."""
+    try:
+        data = base64.b64decode(s, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data if data.startswith(IMAGE_MAGIC) else None
 
 
 def to_arrays(frame: pd.DataFrame, images: ImageBatch, encoders: Encoders) -> Arrays:

@@ -8,6 +8,7 @@ model runs no code stored in the registry. The one exception left is the TF-IDF 
 from __future__ import annotations
 
 import base64
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,8 @@ class CategorizerModel(mlflow.pyfunc.PythonModel):
             if c not in NUMERIC_COLUMNS and c != "id":
                 frame[c] = frame[c].fillna("")
         h, w = self.categorizer.image_size
-        images = load_images(frame["image"].tolist(), h, w)
+        # Paths only under DEEPFUSION_IMAGE_ROOT (trusted batch use); by default the served model takes base64.
+        images = load_images(frame["image"].tolist(), h, w, root=os.environ.get("DEEPFUSION_IMAGE_ROOT") or None)
         pred, _ = self.categorizer.predict(frame, images)
         return pred
 

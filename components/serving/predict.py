@@ -66,7 +66,7 @@ def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progres
     bar = tqdm(total=len(frame), desc="categorize", unit="product", disable=not progress, mininterval=2)
     for start in range(0, len(frame), CHUNK):
         chunk = frame.iloc[start : start + CHUNK]
-        images = load_images([str(folder / p) for p in chunk["image"]], h, w)
+        images = load_images(list(chunk["image"]), h, w, root=folder)
         pred, emb = cat.predict(chunk, images, embeddings=embeddings)
         parts.append(pred)
         if embeddings:

@@ -77,7 +77,7 @@ def embed_text(cat: Categorizer, text: str) -> np.ndarray:
 def embed_image(cat: Categorizer, path: Path) -> np.ndarray:
     frame = pd.DataFrame({"id": [0], TITLE: [""]})
     h, w = cat.image_size
-    images = load_images([str(path)], h, w)
+    images = load_images([path.read_bytes() if path.is_file() else None], h, w)  # the user's own file
     if images.status[0] != "ok":
         raise ValueError(f"{path}: {images.status[0]}")
     _, emb = cat.predict(frame, images, embeddings=True)
