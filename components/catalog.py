@@ -38,7 +38,7 @@ class CatalogError(ValueError):
 @dataclass
 class CatalogRead:
     frame: pd.DataFrame  # one row per accepted product, columns STYLE_COLUMNS + PRODUCT_COLUMNS + extras
-    problems: list[dict] = field(default_factory=list)  # {file, row, id, field, reason}
+    problems: list[dict] = field(default_factory=list)  # {file, row, id, field, reason[, kept: the row was read]}
 
 
 def _decode(path: Path) -> str:
@@ -60,11 +60,57 @@ def _clean(value: str) -> str:
     return "" if value in MISSING_TOKENS else value
 
 
+MAX_FIELD_CHARS = 1 << 24  # the csv module's default (131,072) stops the whole file at one long field
+
+
+def _records(text: str, path: Path) -> tuple[list[tuple[int, list[str]]], list[dict]]:
+    """(first line number, fields) of every record, the header first, and the problems met.
+
+    A quote opened at the start of a field and never closed would make the csv module read every line up
+    to the next quote as one field; such a record is re-read line by line with the quote as a literal
+    character, so no line is lost, and reported.
+    """
+    csv.field_size_limit(MAX_FIELD_CHARS)
+    lines = text.split("\n")  # how StringIO iterates: line k of the reader is lines[k - 1]
+    reader = csv.reader(io.StringIO(text))
+    out, problems = [], []
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # a field over MAX_FIELD_CHARS, a NUL byte...
+            raise CatalogError(f"{path}: line {start}: {exc}; fix that line and export again") from exc
+        end = reader.line_num
+        if end > start and any("\n" in f for f in fields):
+            # kept: a note on rows that were read, not a rejection (predict and ingest keep these rows)
+            problems.append({"file": path.name, "row": start, "id": lines[start - 1].split(",")[0], "field": "*",
+                             "kept": True, "reason": f"unbalanced_quote (a quote opened here ran to line {end}; lines "
+                                       f"{start}-{end} were read with it as a plain character)"})
+            out += [(start + k, f) for k, f in enumerate(csv.reader(lines[start - 1:end], quoting=csv.QUOTE_NONE))]
+        else:
+            out.append((start, fields))
+    return out, problems
+
+
+def normal_id(raw: str) -> str | None:
+    """A product id as its canonical decimal string ('007' -> '7'), or None when it is not a positive
+    integer that fits int64 (ASCII digits only: '²' passes str.isdigit())."""
+    if not raw or not raw.isascii() or not raw.isdigit():
+        return None
+    value = int(raw)
+    return str(value) if 0 < value < 2**63 else None
+
+
 def parse_styles(path: Path, require_labels: bool) -> tuple[list[dict], list[dict]]:
     """Parse styles.csv, which is written with bare commas: a title may hold commas."""
     text = _decode(path)
-    reader = csv.reader(io.StringIO(text))
-    header = [h.strip() for h in next(reader)]
+    records, problems = _records(text, path)
+    if not records:
+        raise CatalogError(f"{path}: no header row; export the catalog again")
+    header = [h.strip() for h in records[0][1]]
+    records = records[1:]
     required = ["id", TITLE, *(LEVELS if require_labels else ())]
     missing = [c for c in required if c not in header]
     if missing:
@@ -72,8 +118,8 @@ def parse_styles(path: Path, require_labels: bool) -> tuple[list[dict], list[dic
                            f"Expected the Kaggle layout: {','.join(STYLE_COLUMNS)}")
     # Unquoted commas inside the title shift fields; the title is rejoined when it is the last column.
     title_last = header[-1] == TITLE
-    rows, problems = [], []
-    for lineno, fields in enumerate(reader, start=2):
+    rows = []
+    for lineno, fields in records:
         if not fields or not any(f.strip() for f in fields):
             continue
         if len(fields) > len(header):
@@ -98,11 +144,16 @@ def parse_styles(path: Path, require_labels: bool) -> tuple[list[dict], list[dic
 def parse_products(path: Path) -> tuple[dict[str, dict], list[dict]]:
     """Parse products.csv (properly quoted), keyed by id."""
     text = _decode(path)
+    csv.field_size_limit(MAX_FIELD_CHARS)
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or "id" not in reader.fieldnames:
         raise CatalogError(f"{path}: no 'id' column; found {reader.fieldnames}")
     out, problems = {}, []
-    for lineno, rec in enumerate(reader, start=2):
+    try:
+        rows = list(reader)
+    except csv.Error as exc:  # a field over MAX_FIELD_CHARS, a NUL byte...
+        raise CatalogError(f"{path}: line {reader.line_num}: {exc}; fix that line and export again") from exc
+    for lineno, rec in enumerate(rows, start=2):
         if None in rec:  # more fields than the header
             problems.append({"file": path.name, "row": lineno, "id": rec.get("id"), "field": "*",
                              "reason": "too_many_fields"})
@@ -135,18 +186,20 @@ def read_catalog(folder: str | Path, require_labels: bool = True) -> CatalogRead
         products, p_problems = parse_products(folder / "products.csv")
         problems += p_problems
 
+    products = {normal_id(k) or k: v for k, v in products.items()}
     accepted, seen = [], set()
     for rec in rows:
-        pid = rec["id"]
-        if not pid.isdigit():
-            problems.append({"file": "styles.csv", "row": rec["source_row"], "id": pid, "field": "id",
-                             "reason": "bad_id (not a positive integer)"})
+        raw, pid = rec["id"], normal_id(rec["id"])
+        if pid is None:
+            problems.append({"file": "styles.csv", "row": rec["source_row"], "id": raw, "field": "id",
+                             "reason": "bad_id (not a positive integer below 2^63 in ASCII digits)"})
             continue
         if pid in seen:
-            problems.append({"file": "styles.csv", "row": rec["source_row"], "id": pid, "field": "id",
-                             "reason": "duplicate_id"})
+            problems.append({"file": "styles.csv", "row": rec["source_row"], "id": raw, "field": "id",
+                             "reason": "duplicate_id" + (f" (same product as id {pid})" if raw != pid else "")})
             continue
         seen.add(pid)
+        rec["id"] = pid
         extra = products.get(pid, {})
         for col in PRODUCT_COLUMNS:
             rec.setdefault(col, extra.get(col, ""))

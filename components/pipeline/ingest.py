@@ -132,7 +132,7 @@ def curate(read: CatalogRead, params: IngestParams) -> tuple[pd.DataFrame, list[
     df = read.frame
     if params.limit > 0:
         df = df.iloc[: params.limit]
-    quarantine = list(read.problems)
+    quarantine = [p for p in read.problems if not p.get("kept")]  # kept: a note on a row that was read
     keep = pd.Series(True, index=df.index)
     for level in LEVELS:
         bad = keep & (df[level] == "")
