@@ -155,7 +155,7 @@ def run(params: Params) -> dict:
     p = params.ingest
     started = time.perf_counter()
     read = read_catalog(params.paths.raw, require_labels=True)
-    rows_in = len(read.frame) + sum(1 for q in read.problems if q["file"] == "styles.csv")
+    rows_in = len(read.frame) + sum(1 for q in read.problems if q["file"] == "styles.csv" and not q.get("kept"))
     df, quarantine = curate(read, p)
     raw = Path(params.paths.raw)
 
