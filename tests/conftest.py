@@ -113,8 +113,8 @@ def catalog(tmp_path: Path) -> Path:
 
 def tiny_raw(tmp: Path, raw_dir: Path, extra: dict | None = None) -> dict:
     raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
-    paths = {k: str(tmp / "artifacts" / k) for k in ("ingest", "validate", "features", "train_baseline",
-                                                     "train_fusion", "evaluate", "audit", "stack", "search", "categorize")}
+    paths = {k: str(tmp / "artifacts" / k) for k in ("ingest", "validate", "features", "train_baseline", "train_fusion",
+                                                     "evaluate", "audit", "stack", "search", "categorize")}
     raw = deep_merge(raw, {"paths": {**paths, "raw": str(raw_dir), "mlflow_db": str(tmp / "mlflow.db")}})
     return deep_merge(raw, extra or {})
 

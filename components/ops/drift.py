@@ -152,7 +152,8 @@ def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
     snap = evidently_report(ref, cur, params.drift)
     q = quality(read.frame, extra["pred"], cat)
     summary = decide(snap.dict(), q, params.drift)
-    summary.update({"batch": str(batch_dir), "products": len(cur), "rejected_rows": sum(1 for p in read.problems if not p.get("kept")),
+    rejected = sum(1 for p in read.problems if not p.get("kept"))  # kept: a note on a row that was read
+    summary.update({"batch": str(batch_dir), "products": len(cur), "rejected_rows": rejected,
                     "reference_products": len(ref), "quality": q, "model": model,
                     "seconds": round(time.perf_counter() - t0, 1)})
     with atomic_dir(output) as tmp:

@@ -30,9 +30,9 @@ log = logging.getLogger(__name__)
 
 ABLATIONS = {"fusion[image only]": (True, False, False), "fusion[text only]": (False, True, False),
              "fusion[metadata only]": (False, False, True)}
-HEAD_MIN, TAIL_MAX = 500, 100
+HEAD_MIN, TAIL_MAX = 500, 100  # train rows: head >= 500, tail < 100, torso in between
 EXPERT_ROWS = {"tfidf": "tfidf", "image": "image-only", "text": "text-only", "metadata": "metadata-only",
-               "fusion": "fusion"}  # expert -> its row in the comparison table  # train rows: head >= 500, tail < 100, torso in between
+               "fusion": "fusion"}  # expert -> its row in the comparison table
 
 
 def score_model(probs: list[np.ndarray], labels: np.ndarray, p: EvaluateParams, seed: int,

@@ -13,6 +13,7 @@ more than it should; the test split (evaluate) is the unbiased judge.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -73,8 +74,8 @@ def fit_stack(x: StackInputs, y: np.ndarray, folds: np.ndarray, names: tuple[str
     for l2 in p.l2_grid:
         for balance in p.balance_grid:
             key = f"l2_{l2:g}_balance_{balance:g}"
-            oof[key] = cross_validate(x, y, folds, lambda: Combiner(names, paths, l2=l2, fit_bias=True,
-                                                                    balance=balance))
+            oof[key] = cross_validate(x, y, folds, functools.partial(Combiner, names, paths, l2=l2, fit_bias=True,
+                                                                     balance=balance))
             pred = article[oof[key].argmax(1)]
             scores[key] = float(np.mean([M.classification(truth[j * n:(j + 1) * n][truth[j * n:(j + 1) * n] >= 0],
                                                           pred[j * n:(j + 1) * n][truth[j * n:(j + 1) * n] >= 0]
@@ -108,7 +109,8 @@ def run(params: Params) -> dict:
     x = StackInputs.concat([inputs[v] for v in p.variants])
     k = len(p.variants)
     y = np.tile(y1, k)
-    folds = np.tile(group_folds(frame["group"].to_numpy(), p.folds, params.seed), k)  # a product's variants share a fold
+    # A product's variants share its fold: no variant of a held-out product helps fit its own prediction.
+    folds = np.tile(group_folds(frame["group"].to_numpy(), p.folds, params.seed), k)
     combiner, cv, oof = fit_stack(x, y, folds, experts.names, paths, p)
     ablations = {e: combiner.without(e).fit(x.without(i), y).to_dict() for i, e in enumerate(experts.names)}
 

@@ -17,9 +17,9 @@ import mlflow.pyfunc
 import pandas as pd
 
 from components import mlflow_store
+from components.atomic_io import read_json
 from components.checkpoint import CheckpointError
 from components.config import Params
-from components.atomic_io import read_json
 from components.serving.categorizer import Categorizer, load_images
 from components.serving.stacked import StackedCategorizer, is_stack, stack_file
 
@@ -94,7 +94,8 @@ def log_categorizer(model: str | Path, example: pd.DataFrame) -> str:
     out = loaded.predict(None, example)
     info = mlflow.pyfunc.log_model(
         name="model", python_model=str(ENTRY), artifacts=model_artifacts(model),
-        signature=ModelSignature(inputs=input_schema(), outputs=infer_signature(example, out).outputs), input_example=example,
+        signature=ModelSignature(inputs=input_schema(), outputs=infer_signature(example, out).outputs),
+        input_example=example,
         pip_requirements=SERVING_REQUIREMENTS,
         code_paths=[str(Path(__file__).parents[1])],  # the components package
     )

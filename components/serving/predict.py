@@ -77,7 +77,8 @@ def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progres
     cols = ["id", *[c for lvl in LEVELS for c in (lvl, f"{lvl}_confidence")], "status"]
     pred = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
     rejected = pd.DataFrame([{"id": p["id"], "status": f"rejected: {p['reason']} (row {p['row']})"}
-                             for p in read.problems if p["file"] == "styles.csv" and not p.get("kept")], columns=["id", "status"])
+                             for p in read.problems if p["file"] == "styles.csv" and not p.get("kept")],
+                            columns=["id", "status"])
     out = pd.concat([pred, rejected], ignore_index=True)[cols]
     arrays = {}
     if embeddings:

@@ -156,7 +156,8 @@ def test_load_by_alias_and_predict(reg, trained, tmp_path):
         os.environ.pop("MLFLOW_TRACKING_URI")
     assert isinstance(cat, StackedCategorizer) and cat.combiner.experts == ("tfidf", "fusion")
     assert len(pred) == 180 and (pred["status"] != "").all()
-    local, _ = predict.categorize(data, StackedCategorizer.load(Path(reg.paths.stack) / "combiner.json"), progress=False)
+    stack = StackedCategorizer.load(Path(reg.paths.stack) / "combiner.json")
+    local, _ = predict.categorize(data, stack, progress=False)
     pd.testing.assert_frame_equal(pred, local)  # the registered model is the pipeline's stack
 
 

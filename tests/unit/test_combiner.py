@@ -4,8 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.models.combiner import (CONDITIONS, Combiner, StackInputs, input_conditions, path_index,
-                                        path_log_probs)
+from components.models.combiner import CONDITIONS, Combiner, StackInputs, input_conditions, path_index, path_log_probs
 
 # Two masters, three paths; "Tshirts" (article 0) sits under two parents, as in the real catalog.
 PATHS = np.array([[0, 0, 0], [1, 1, 0], [0, 0, 1]])
