@@ -23,8 +23,7 @@ from components.encoders import Encoders, encode_labels
 from components.models.combiner import Combiner
 from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
 from components.report import comparison_table
-from components.serving.categorizer import to_arrays
-from components.serving.stacked import COMBINER_FILE, Experts, StackedCategorizer, degraded, expert_files
+from components.serving.stacked import COMBINER_FILE, Experts, StackedCategorizer, expert_files
 
 log = logging.getLogger(__name__)
 
@@ -110,19 +109,18 @@ def variant_predictions(experts: Experts, stack: StackedCategorizer | None, spec
                         images, variant: str, cut_words: int, ablations: bool
                         ) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray], object]:
     """Per model, per-level probabilities on one input variant; path decisions of the stacked models."""
-    f, im = degraded(frame, images, variant, experts.encoders, cut_words)
-    a = to_arrays(f, im, experts.encoders)
-    raw, _ = experts.probs(f, a)
+    names = stack.combiner.experts if stack is not None else experts.names
+    paths = stack.combiner.paths if stack is not None else np.zeros((0, 3), np.int64)
+    a, raw, x = experts.on_variant(frame, images, variant, cut_words, paths, names)
     probs = {EXPERT_ROWS[e]: pr for e, pr in raw.items()}
     decisions: dict[str, np.ndarray] = {}
     if stack is not None:
-        comb = stack.combiner
-        x = experts.inputs(f, a, raw, comb.paths, comb.experts)
-        probs["stacked"], decisions["stacked"] = comb.predict(x, experts.n_classes())
+        probs["stacked"], decisions["stacked"] = stack.combiner.predict(x, experts.n_classes())
         for e, d in (spec.get("ablations", {}).items() if ablations else ()):
-            sub = Combiner.from_dict(d)
-            xs = experts.inputs(f, a, raw, sub.paths, sub.experts)
-            probs[f"stacked[-{e}]"], decisions[f"stacked[-{e}]"] = sub.predict(xs, experts.n_classes())
+            # The same inputs without that expert's column: an ablation combiner never saw it.
+            xs = x.without(names.index(e))
+            probs[f"stacked[-{e}]"], decisions[f"stacked[-{e}]"] = Combiner.from_dict(d).predict(
+                xs, experts.n_classes())
     return probs, decisions, a
 
 

@@ -29,8 +29,7 @@ from components.config import Params, StackParams, load_params
 from components.data import cached_products
 from components.encoders import Encoders, encode_labels
 from components.models.combiner import CONDITIONS, Combiner, StackInputs, path_index
-from components.serving.categorizer import to_arrays
-from components.serving.stacked import COMBINER_FILE, FORMAT, Experts, degraded, expert_files, file_md5
+from components.serving.stacked import COMBINER_FILE, FORMAT, Experts, expert_files, file_md5
 from components.training.crossfit import group_folds
 
 log = logging.getLogger(__name__)
@@ -47,10 +46,7 @@ def variant_inputs(experts: Experts, frame: pd.DataFrame, images, variants: tupl
     """Per input variant: the combiner's inputs and every expert's probabilities."""
     inputs, probs = {}, {}
     for v in variants:
-        f, im = degraded(frame, images, v, experts.encoders, cut_words)
-        a = to_arrays(f, im, experts.encoders)
-        probs[v], _ = experts.probs(f, a)
-        inputs[v] = experts.inputs(f, a, probs[v], paths, experts.names)
+        _, probs[v], inputs[v] = experts.on_variant(frame, images, v, cut_words, paths, experts.names)
     return inputs, probs
 
 
@@ -77,9 +73,11 @@ def fit_stack(x: StackInputs, y: np.ndarray, folds: np.ndarray, names: tuple[str
             oof[key] = cross_validate(x, y, folds, functools.partial(Combiner, names, paths, l2=l2, fit_bias=True,
                                                                      balance=balance))
             pred = article[oof[key].argmax(1)]
-            scores[key] = float(np.mean([M.classification(truth[j * n:(j + 1) * n][truth[j * n:(j + 1) * n] >= 0],
-                                                          pred[j * n:(j + 1) * n][truth[j * n:(j + 1) * n] >= 0]
-                                                          )["macro_f1"] for j in range(len(p.variants))]))
+            per_variant = []
+            for j in range(len(p.variants)):
+                t, q = truth[j * n:(j + 1) * n], pred[j * n:(j + 1) * n]
+                per_variant.append(M.classification(t[t >= 0], q[t >= 0])["macro_f1"])
+            scores[key] = float(np.mean(per_variant))
             log.info("stack: %s -> out-of-fold articleType macro-F1 %.4f (mean over input variants)", key, scores[key])
     best = max(scores, key=scores.get)
     l2, balance = float(best.split("_")[1]), float(best.split("_")[3])
@@ -143,7 +141,6 @@ def run(params: Params) -> dict:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    torch.set_grad_enabled(True)
     run(load_params())
 
 

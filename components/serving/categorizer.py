@@ -110,6 +110,13 @@ def to_arrays(frame: pd.DataFrame, images: ImageBatch, encoders: Encoders) -> Ar
                   labels=np.full((n, 3), -1, dtype=np.int64), group=np.arange(n, dtype=np.int64))
 
 
+def masked_embeddings(embs: dict[str, np.ndarray], a: Arrays) -> dict[str, np.ndarray]:
+    """The image embedding of a product without image is NaN: it must not be searched as a picture."""
+    if "image" in embs:
+        embs["image"] = np.where(a.has_image[:, None], embs["image"], np.nan).astype(np.float32)
+    return embs
+
+
 class Categorizer:
     """A loaded model plus its encoders; turns catalog rows into predictions and embeddings."""
 
@@ -133,13 +140,18 @@ class Categorizer:
         """Predictions table (id, level, level_confidence, status) and optional embeddings."""
         a = self.arrays(frame, images)
         out = predict_arrays(self.model, a, batch_size, self.device, embeddings=embeddings)
+        best = np.stack([p.argmax(1) for p in out["probs"]], axis=1) if len(frame) else np.zeros((0, 3), np.int64)
+        return self.table(frame, images, out["probs"], best), masked_embeddings(out.get("embeddings", {}), a)
+
+    def table(self, frame: pd.DataFrame, images: ImageBatch, probs: list[np.ndarray], best: np.ndarray
+              ) -> pd.DataFrame:
+        """The predictions table (id, level, level_confidence, status) from per-level probabilities and the
+        chosen class ids (N, 3)."""
         pred = pd.DataFrame({"id": frame["id"].to_numpy() if "id" in frame else np.arange(len(frame))})
-        for lvl, probs in zip(LEVELS, out["probs"]):
-            names = np.asarray(self.encoders.labels[lvl], dtype=object)
-            pred[lvl] = names[probs.argmax(1)] if len(probs) else []
-            pred[f"{lvl}_confidence"] = probs.max(1).round(4) if len(probs) else []
+        rows = np.arange(len(frame))
+        for lvl, name in enumerate(LEVELS):
+            names = np.asarray(self.encoders.labels[name], dtype=object)
+            pred[name] = names[best[:, lvl]] if len(frame) else []
+            pred[f"{name}_confidence"] = probs[lvl][rows, best[:, lvl]].round(4) if len(frame) else []
         pred["status"] = [s.split(":")[0] if s != "ok" else "ok" for s in images.status]
-        embs = out.get("embeddings", {})
-        if embeddings and "image" in embs:
-            embs["image"] = np.where(a.has_image[:, None], embs["image"], np.nan).astype(np.float32)
-        return pred, embs
+        return pred

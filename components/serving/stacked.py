@@ -28,7 +28,7 @@ from components.images import ImageBatch
 from components.models.combiner import Combiner, StackInputs, input_conditions, path_log_probs
 from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
 from components.models.tfidf import TfidfBaseline, load_tfidf
-from components.serving.categorizer import Categorizer, to_arrays
+from components.serving.categorizer import Categorizer, masked_embeddings, to_arrays
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,14 @@ class Experts:
             embs = res.get("embeddings", embs)
         return out, embs
 
+    def on_variant(self, frame: pd.DataFrame, images: ImageBatch, variant: str, cut_words: int, paths: np.ndarray,
+                   names: tuple[str, ...]) -> tuple[Arrays, dict[str, list[np.ndarray]], StackInputs]:
+        """The products as one input variant: model inputs, every expert's probabilities, the combiner's inputs."""
+        f, im = degraded(frame, images, variant, self.encoders, cut_words)
+        a = to_arrays(f, im, self.encoders)
+        probs, _ = self.probs(f, a)
+        return a, probs, self.inputs(f, a, probs, paths, names)
+
     def inputs(self, frame: pd.DataFrame, a: Arrays, probs: dict[str, list[np.ndarray]], paths: np.ndarray,
                names: tuple[str, ...]) -> StackInputs:
         """What the combiner sees: path log-probs of `names`, which of them apply, and the input conditions."""
@@ -175,16 +183,7 @@ class StackedCategorizer(Categorizer):
         probs, embs = self.experts.probs(frame, a, batch_size, embeddings)
         x = self.experts.inputs(frame, a, probs, self.combiner.paths, self.combiner.experts)
         marginals, best = self.combiner.predict(x, self.experts.n_classes())
-        pred = pd.DataFrame({"id": frame["id"].to_numpy() if "id" in frame else np.arange(len(frame))})
-        rows = np.arange(len(frame))
-        for lvl, name in enumerate(LEVELS):
-            names = np.asarray(self.encoders.labels[name], dtype=object)
-            pred[name] = names[best[:, lvl]] if len(frame) else []
-            pred[f"{name}_confidence"] = marginals[lvl][rows, best[:, lvl]].round(4) if len(frame) else []
-        pred["status"] = [s.split(":")[0] if s != "ok" else "ok" for s in images.status]
-        if embeddings and "image" in embs:
-            embs["image"] = np.where(a.has_image[:, None], embs["image"], np.nan).astype(np.float32)
-        return pred, embs
+        return self.table(frame, images, marginals, best), masked_embeddings(embs, a)
 
 
 def is_stack(path: str | Path) -> bool:
