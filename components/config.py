@@ -189,10 +189,13 @@ class DriftParams:
     reference_date: str  # YYYY-MM-DD
     reference_sample: int
     min_batch_rows: int
-    column_drift_share: float
-    embedding_auc: float
     pca_components: int
-    unseen_label_share: float
+    false_alarm_rate: float
+    null_split: str
+    null_batches: int
+    null_sizes: tuple[int, ...]
+    max_batch_rows: int
+    cache: str
     output: str
     replay_output: str
 

@@ -1,24 +1,31 @@
-"""Drift of a new catalog batch against the training reference; the only module that touches Evidently.
+"""Drift of a new catalog batch against the model's training data; the only module that touches Evidently.
 
     python -m components.drift BATCH_DIR [--output DIR] [--model PATH|models:/NAME@ALIAS]
 
-Writes report.html (Evidently) and summary.json whose top-level `drift_detected` is our decision from
-params.drift thresholds, with the reasons. Exit 0 whether or not drift is found; 2 if the batch is unreadable.
+Reference: a seeded sample of the train split of the current data version (artifacts/ingest), described by
+the model being monitored. Each signal (drift_signals) alarms only beyond what batches of the same size
+drawn from held-out products of that data version show (`drift.false_alarm_rate` per batch); that null
+distribution is cached per model and data version under `drift.cache`. Writes summary.json (decision,
+every signal with value, threshold and a sentence) and report.html (that list, then Evidently's
+distributions). Exit 0 whether or not drift is found; 2 if the batch is unreadable.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import html
+import io
+import json
 import logging
 import os
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from components.atomic_io import atomic_dir, write_json
+from components.atomic_io import atomic_dir, atomic_write_bytes, read_json, write_json
 from components.catalog import LEVELS, TITLE, CatalogError, read_catalog
 from components.checkpoint import CheckpointError, fusion_checkpoint
 from components.config import DriftParams, Params, load_params
@@ -26,27 +33,25 @@ from components.data import cached_products
 from components.encoders import tokenize
 from components.images import ImageBatch
 from components.metrics import classification
+from components.ops import drift_signals as sig
 from components.serving.categorizer import Categorizer, load_images
 from components.serving.predict import load_categorizer
 
 log = logging.getLogger(__name__)
 
-ONE_DAY_S = 86_400
-
-CATEGORICAL = ["gender", "baseColour", "season", "usage", "pred_masterCategory", "pred_articleType"]
-NUMERIC = ["price", "title_length", "title_oov_share", "pred_confidence", "image_brightness",
-           "image_white_share"]
+CHUNK = 1024  # products decoded and scored at once: bounds memory whatever the batch size
+CACHE_VERSION = 1  # bump when the described columns or the signals change: old caches are then ignored
 
 
-def describe(frame: pd.DataFrame, images: ImageBatch, cat: Categorizer) -> tuple[pd.DataFrame, dict]:
-    """One row per product: monitored columns, predictions and image/text embeddings (emb_*)."""
+def describe(frame: pd.DataFrame, images: ImageBatch, cat: Categorizer) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per product: monitored columns and image/text embeddings (img_*, txt_*); and the predictions."""
     pred, emb = cat.predict(frame, images, embeddings=True)
     vocab = cat.encoders.vocab
     tokens = [tokenize(t) for t in frame[TITLE].fillna("")]
     has = np.array([s == "ok" for s in images.status])
-    px = images.pixels.astype(np.float32)
+    px = images.pixels
     out = pd.DataFrame({
-        **{c: frame[c].fillna("").astype(str).to_numpy() for c in CATEGORICAL[:4]},
+        **{c: frame[c].fillna("").astype(str).to_numpy() for c in sig.CATEGORICAL[:4]},
         "price": pd.to_numeric(frame["price"], errors="coerce").to_numpy(float),
         "title_length": [len(t) for t in tokens],
         "title_oov_share": [np.mean([w not in vocab for w in t]) if t else 1.0 for t in tokens],
@@ -54,23 +59,130 @@ def describe(frame: pd.DataFrame, images: ImageBatch, cat: Categorizer) -> tuple
         "pred_articleType": pred["articleType"].to_numpy(),
         "pred_confidence": pred["articleType_confidence"].to_numpy(float),
         # Scalar photo statistics: Evidently does not read pixels. NaN when there is no image.
-        "image_brightness": np.where(has, px.mean(axis=(1, 2, 3)) / 255.0, np.nan),
+        "image_brightness": np.where(has, px.mean(axis=(1, 2, 3), dtype=np.float32) / 255.0, np.nan),
         "image_white_share": np.where(has, (px.min(axis=3) > 240).mean(axis=(1, 2)), np.nan),
+        sig.LABEL: frame["articleType"].fillna("").astype(str).to_numpy() if "articleType" in frame else "",
     })
     # Rows without an image get a zero image embedding: a growing share of imageless products is itself
     # a change worth seeing, and it moves the embedding distribution accordingly.
-    img = np.nan_to_num(emb["image"], nan=0.0)
-    vectors = pd.DataFrame(np.concatenate([img, emb["text"]], axis=1),
-                           columns=[f"img_{i}" for i in range(img.shape[1])]
-                           + [f"txt_{i}" for i in range(emb["text"].shape[1])])
-    return pd.concat([out, vectors], axis=1), {"pred": pred}
+    img = np.nan_to_num(emb["image"], nan=0.0).astype(np.float32)
+    txt = emb["text"].astype(np.float32)
+    vectors = pd.DataFrame(np.concatenate([img, txt], axis=1),
+                           columns=[*(f"img_{i}" for i in range(img.shape[1])),
+                                    *(f"txt_{i}" for i in range(txt.shape[1]))])
+    return pd.concat([out, vectors], axis=1), pred
+
+
+def describe_chunks(frame: pd.DataFrame, images_of, cat: Categorizer) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """`describe` CHUNK rows at a time; images_of(start, stop) gives those rows' images. Only one chunk's
+    pixels are in memory at once."""
+    parts, preds = [], []
+    for start in range(0, len(frame), CHUNK):
+        chunk = frame.iloc[start : start + CHUNK].reset_index(drop=True)
+        d, p = describe(chunk, images_of(start, start + len(chunk)), cat)
+        parts.append(d)
+        preds.append(p)
+    return pd.concat(parts, ignore_index=True), pd.concat(preds, ignore_index=True)
+
+
+def describe_split(ingest: str, split: str, sample: int | None, seed: int, cat: Categorizer) -> pd.DataFrame:
+    """Products of one split of the curated catalog (a seeded sample), described from ingest's image cache."""
+    df = pd.read_parquet(Path(ingest) / "products.parquet", columns=["split"])
+    idx = np.flatnonzero((df["split"] == split).to_numpy())
+    if sample is not None and sample < len(idx):
+        idx = np.sort(np.random.default_rng(seed).choice(idx, size=sample, replace=False))
+    frame = pd.read_parquet(Path(ingest) / "products.parquet").iloc[idx].reset_index(drop=True)
+    # Labels as a batch carries them: the export's article type, before rare types were merged into one class.
+    frame["articleType"] = frame["articleType_raw"]
+    described, _ = describe_chunks(frame, lambda a, b: cached_products(ingest, idx[a:b])[1], cat)
+    return described
+
+
+def model_fingerprint(cat: Categorizer) -> str:
+    """Identity of the monitored model: its network weights and, for a stack, the combiner (which records
+    every expert's md5). Same weights from a file or from the registry give the same fingerprint."""
+    h = hashlib.sha256()
+    for name, t in sorted(cat.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    combiner = getattr(cat, "combiner", None)
+    if combiner is not None:
+        h.update(json.dumps(combiner.to_dict(), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+class Baseline:
+    """The reference (train sample) and the null pool (held-out split) described by one model, cached on disk
+    with the null distributions per batch size; a new model or data version gets a new cache folder."""
+
+    def __init__(self, params: Params, cat: Categorizer) -> None:
+        p, products = params.drift, Path(params.paths.ingest) / "products.parquet"
+        self.params = p
+        self.seed = params.seed
+        key = {"version": CACHE_VERSION, "model": model_fingerprint(cat), "data": _file_md5(products),
+               "reference_sample": p.reference_sample, "null_split": p.null_split, "pca": p.pca_components,
+               "seed": params.seed}
+        self.key = key
+        self.folder = Path(p.cache) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        ref_file, pool_file = self.folder / "reference.parquet", self.folder / "pool.parquet"
+        self.cached = ref_file.is_file() and pool_file.is_file()
+        if self.cached:
+            ref, pool = pd.read_parquet(ref_file), pd.read_parquet(pool_file)
+        else:
+            ref = describe_split(params.paths.ingest, "train", p.reference_sample, params.seed, cat)
+            pool = describe_split(params.paths.ingest, p.null_split, None, params.seed, cat)
+            _write_parquet(ref_file, ref)
+            _write_parquet(pool_file, pool)
+            write_json(self.folder / "key.json", key)
+        self.reference = sig.prepare(ref, cat.encoders.labels["articleType"], p.pca_components, params.seed)
+        self.pool = pool
+
+    def calibration(self, size: int) -> sig.Calibration:
+        """Null calibration for batches of `size` rows, computed once per size and cached."""
+        path = self.folder / f"null_{size}_{self.params.null_batches}.json"
+        if path.is_file():
+            null = read_json(path)["values"]
+        else:
+            t0 = time.perf_counter()
+            null = sig.null_values(self.reference, self.pool, size, self.params.null_batches, self.seed)
+            write_json(path, {"size": size, "batches": self.params.null_batches, "values": null,
+                              "seconds": round(time.perf_counter() - t0, 1)})
+        return sig.calibrate(null, self.params.false_alarm_rate, size)
+
+
+def null_size(rows: int, p: DriftParams) -> int:
+    """The calibrated batch size used for a batch of `rows`: the largest grid size not above it (a smaller
+    size has a wider null, so rounding down errs towards fewer alarms); a tiny batch is calibrated at its size."""
+    return max((s for s in p.null_sizes if s <= rows), default=rows)
+
+
+def assess(base: Baseline, cur: pd.DataFrame) -> dict:
+    """Signals of a described batch against the baseline, decided against the null of its size."""
+    values, skipped = sig.measure(base.reference, cur, base.seed)
+    calib = base.calibration(null_size(len(cur), base.params))
+    return sig.decide(base.reference, cur, values, skipped, calib)
 
 
 def quality(frame: pd.DataFrame, pred: pd.DataFrame, cat: Categorizer) -> dict:
-    """Accuracy and macro-F1 per level when the batch carries labels; unseen classes counted apart."""
+    """Accuracy and macro-F1 per level of the scored rows when the batch carries labels; unseen classes
+    counted apart."""
     out = {}
     for lvl in LEVELS:
-        y = frame[lvl].fillna("").astype(str).to_numpy()
+        y = frame[lvl].fillna("").astype(str).to_numpy() if lvl in frame else np.array([""] * len(frame))
         labelled = y != ""
         if not labelled.any():
             continue
@@ -80,84 +192,71 @@ def quality(frame: pd.DataFrame, pred: pd.DataFrame, cat: Categorizer) -> dict:
     return out
 
 
-def evidently_report(ref: pd.DataFrame, cur: pd.DataFrame, p: DriftParams):
+def evidently_report(ref: pd.DataFrame, cur: pd.DataFrame, skipped: dict[str, str]):
+    """Evidently's per-column distributions of the measurable columns (a picture; the decision is ours)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     from evidently import DataDefinition, Dataset, Report
-    from evidently.legacy.metrics.data_drift.embedding_drift_methods import model as domain_classifier
-    from evidently.metrics import EmbeddingsDrift
     from evidently.presets import DataDriftPreset
 
-    img = [c for c in cur.columns if c.startswith("img_")]
-    txt = [c for c in cur.columns if c.startswith("txt_")]
-    defn = DataDefinition(numerical_columns=NUMERIC + img + txt, categorical_columns=CATEGORICAL,
-                          embeddings={"image": img, "text": txt})
-    method = domain_classifier(threshold=p.embedding_auc, pca_components=p.pca_components)
-    report = Report([DataDriftPreset(columns=CATEGORICAL + NUMERIC, drift_share=p.column_drift_share),
-                     EmbeddingsDrift(embeddings_name="image", drift_method=method),
-                     EmbeddingsDrift(embeddings_name="text", drift_method=method)], include_tests=True)
-    return report.run(current_data=Dataset.from_pandas(cur, data_definition=defn),
-                      reference_data=Dataset.from_pandas(ref, data_definition=defn))
+    cat_cols = [c for c in sig.CATEGORICAL if c not in skipped]
+    num_cols = [c for c in sig.NUMERIC if c not in skipped]
+    defn = DataDefinition(numerical_columns=num_cols, categorical_columns=cat_cols)
+    report = Report([DataDriftPreset(columns=cat_cols + num_cols)])
+    # A category absent from the reference makes Evidently's chi-square divide by zero: its verdict is
+    # meaningless then, and it is not our decision anyway.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return report.run(current_data=Dataset.from_pandas(cur[cat_cols + num_cols], data_definition=defn),
+                          reference_data=Dataset.from_pandas(ref[cat_cols + num_cols], data_definition=defn))
 
 
-def decide(snapshot: dict, quality_: dict, p: DriftParams) -> dict:
-    """Our decision from Evidently's statistics: drifted columns, embeddings, predictions, new labels."""
-    columns, embeddings = {}, {}
-    for t in snapshot.get("tests", []):
-        params = t["metric_config"]["params"]
-        if params.get("type", "").endswith("ValueDrift"):
-            columns[params["column"]] = str(t["status"]).endswith("FAIL")
-    for m in snapshot.get("metrics", []):
-        if m["config"].get("type", "").endswith("EmbeddingsDrift"):
-            embeddings[m["config"]["embeddings_name"]] = float(m["value"])
-    reasons = []
-    drifted = sorted(c for c, d in columns.items() if d)
-    share = len(drifted) / max(len(columns), 1)
-    if share >= p.column_drift_share:
-        reasons.append(f"{len(drifted)}/{len(columns)} monitored columns drifted: {', '.join(drifted)}")
-    for name, auc in embeddings.items():
-        if auc > p.embedding_auc:
-            reasons.append(f"{name} embeddings drifted (domain classifier ROC AUC {auc:.3f} > {p.embedding_auc})")
-    if columns.get("pred_articleType"):
-        reasons.append("predicted article-type mix changed")
-    unseen = quality_.get("articleType", {}).get("unseen_label_share", 0.0)
-    if unseen > p.unseen_label_share:
-        reasons.append(f"{unseen:.1%} of labelled products have article types the model does not know")
-    return {"drift_detected": bool(reasons), "reasons": reasons, "drifted_columns": drifted,
-            "drifted_column_share": share, "columns": columns, "embedding_auc": embeddings}
-
-
-def reference(params: Params, cat: Categorizer) -> pd.DataFrame:
-    """Train-split products added up to drift.reference_date (or undated), a seeded sample, described."""
-    df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet", columns=["split", "catalogAddDate"])
-    cutoff = datetime.fromisoformat(params.drift.reference_date).replace(tzinfo=UTC).timestamp()
-    # The reference date is a whole day: products added during it belong to the reference.
-    keep = (df["split"] == "train") & ~(df["catalogAddDate"] > cutoff + ONE_DAY_S)
-    idx = np.flatnonzero(keep.to_numpy())
-    rng = np.random.default_rng(params.seed)
-    idx = np.sort(rng.choice(idx, size=min(len(idx), params.drift.reference_sample), replace=False))
-    described, _ = describe(*cached_products(params.paths.ingest, idx), cat)
-    return described
+def report_html(summary: dict, evidently_html: str) -> str:
+    """Our decision first (drifted signals in sentences, every signal against its threshold), then Evidently."""
+    verdict = "DRIFT" if summary["drift_detected"] else "no drift"
+    rows = "".join(f"<tr><td>{html.escape(s['signal'])}</td><td>{s['value']:.4g}</td><td>{s['threshold']:.4g}</td>"
+                   f"<td>{'<b>drifted</b>' if s['drifted'] else 'normal'}</td></tr>" for s in summary["signals"])
+    skipped = "".join(f"<li>{html.escape(k)}: not measurable ({html.escape(v)})</li>"
+                      for k, v in summary["not_measurable"].items())
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"]) or "<li>nothing beyond normal</li>"
+    c = summary["calibration"]
+    head = (f"<section style='font-family:sans-serif;margin:1em'><h1>{html.escape(summary['batch'])}: {verdict}</h1>"
+            f"<p>{summary['products']} products scored against {summary['reference_products']} training products. "
+            f"Thresholds: what {c['null_batches']} batches of {c['null_batch_size']} held-out products reach, at a "
+            f"false-alarm rate of {c['false_alarm_rate']:.0%} per batch.</p><ul>{reasons}</ul>"
+            f"<table border=1 cellpadding=4><tr><th>signal</th><th>value</th><th>alarm above</th><th></th></tr>"
+            f"{rows}</table><ul>{skipped}</ul><p>Below: Evidently's distributions; its per-column verdicts are "
+            f"uncalibrated p-values, not this decision.</p></section>")
+    at = evidently_html.find("<body")
+    at = evidently_html.find(">", at) + 1 if at >= 0 else 0
+    return evidently_html[:at] + head + evidently_html[at:]
 
 
 def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
     t0 = time.perf_counter()
     read = read_catalog(batch_dir, require_labels=False)
     if read.frame.empty:
-        raise CatalogError(f"{batch_dir}: no readable products ({len(read.problems)} rejected rows)")
+        raise CatalogError(f"{batch_dir}: no readable products ({len(read.problems)} rejected rows); nothing to "
+                           "compare, fix styles.csv and land the batch again")
+    frame = read.frame
     cat = load_categorizer(model)
+    scored = frame
+    if len(frame) > params.drift.max_batch_rows:  # effect sizes need no more rows: bounded time and memory
+        keep = np.random.default_rng(params.seed).choice(len(frame), params.drift.max_batch_rows, replace=False)
+        scored = frame.iloc[np.sort(keep)].reset_index(drop=True)
     h, w = cat.image_size
-    images = load_images(list(read.frame["image"]), h, w, root=batch_dir)
-    cur, extra = describe(read.frame, images, cat)
-    ref = reference(params, cat)
-    snap = evidently_report(ref, cur, params.drift)
-    q = quality(read.frame, extra["pred"], cat)
-    summary = decide(snap.dict(), q, params.drift)
+    cur, pred = describe_chunks(scored, lambda a, b: load_images(list(scored["image"].iloc[a:b]), h, w,
+                                                                 root=batch_dir), cat)
+    base = Baseline(params, cat)
+    summary = {"batch": str(batch_dir), **assess(base, cur)}
     rejected = sum(1 for p in read.problems if not p.get("kept"))  # kept: a note on a row that was read
-    summary.update({"batch": str(batch_dir), "products": len(cur), "rejected_rows": rejected,
-                    "reference_products": len(ref), "quality": q, "model": model,
-                    "seconds": round(time.perf_counter() - t0, 1)})
+    summary.update({"products": len(frame), "scored_products": len(cur), "rejected_rows": rejected,
+                    "reference_products": len(base.reference.frame), "quality": quality(scored, pred, cat),
+                    "model": model, "null_cache": str(base.folder),
+                    "null_cache_reused": base.cached})
+    snap = evidently_report(base.reference.frame, cur, summary["not_measurable"])
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    page = report_html(summary, snap.get_html_str(as_iframe=False))
     with atomic_dir(output) as tmp:
-        snap.save_html(str(tmp / "report.html"))
+        (tmp / "report.html").write_text(page, encoding="utf-8")
         write_json(tmp / "summary.json", summary)
     return summary
 

@@ -89,9 +89,9 @@ def drift_batch(home: Path, batch: str, model: str) -> dict:
         out = Path(params.drift.output) / batch_path.name
         summary = drift.run(params, batch_path, out, model)
         mlflow_store.log_report(params, f"drift/{batch_path.name}", out,
-                            {"drift_detected": float(summary["drift_detected"]),
-                             "drifted_column_share": summary["drifted_column_share"],
-                             **{f"{k}_embedding_auc": v for k, v in summary["embedding_auc"].items()}})
+                                {"drift_detected": float(summary["drift_detected"]),
+                                 "drifted_signals": float(len(summary["drifted"])),
+                                 **{f"signal_{s['signal']}": s["value"] for s in summary["signals"]}})
         write_json(batch_path.parent / "_state" / f"{batch_path.name}.json",
                    {"drift_detected": summary["drift_detected"], "report": str(Path(home) / out)})
     return {"batch": batch, "drift_detected": summary["drift_detected"], "reasons": summary["reasons"]}

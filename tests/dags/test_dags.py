@@ -127,7 +127,7 @@ def test_retrain_end_to_end_registers_and_promotes(retrained, workspace):
 @pytest.mark.slow
 def test_catalog_drift_flags_a_drifted_batch_then_is_idempotent(retrained, workspace):
     landing = workspace / "landing"
-    new = make_catalog(landing / "2016-01", n=40, seed=9, start_id=9000)
+    new = make_catalog(landing / "2016-01", n=120, seed=9, start_id=9000)
     lines = (new / "styles.csv").read_text().splitlines()
     keep = [lines[0]] + [ln for ln in lines[1:] if ",Watches," in ln or ",Jeans," in ln]
     (new / "styles.csv").write_text("\n".join(keep) + "\n")

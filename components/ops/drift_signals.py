@@ -1,0 +1,208 @@
+"""Drift signals and their calibration against normal variation (pure: numpy, scipy, scikit-learn; no I/O).
+
+A signal is an effect size between the training reference and a batch, one per monitored column/embedding:
+  numeric column     Wasserstein distance in units of the reference's standard deviation
+  categorical column Jensen-Shannon distance (base 2, 0..1) between the category shares
+  labels (if any)    share of labelled products whose articleType the model does not know
+  embedding          ROC AUC of a domain classifier (PCA fitted on the reference + logistic regression,
+                     2-fold cross-fitted) telling batch rows from reference rows
+Effect sizes, not p-values: with thousands of rows a test finds *some* difference in any column.
+
+Calibration: the same signals on `batches` bootstrap batches of the batch's size drawn from held-out products
+of the same data version (no drift by construction) give each signal's null mean and standard deviation.
+A batch's signal alarms when its z-score exceeds the (1 - false_alarm_rate) quantile of the *largest* z over
+all signals of each null batch (a max-statistic correction: the false-alarm rate holds for the whole batch,
+however many signals there are and however correlated they are).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import wasserstein_distance
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+CATEGORICAL = ["gender", "baseColour", "season", "usage", "pred_masterCategory", "pred_articleType"]
+NUMERIC = ["price", "title_length", "title_oov_share", "pred_confidence", "image_brightness",
+           "image_white_share"]
+EMBEDDINGS = {"image": "img_", "text": "txt_"}
+LABEL = "label_articleType"  # the batch's own articleType label, "" when it has none
+UNSEEN = "unseen_articleType"
+MIN_ROWS = 20  # fewer measured rows than this in a batch: the column is "not measurable"
+MISSING = "(missing)"
+
+LABELS = {"gender": "gender", "baseColour": "colour", "season": "season", "usage": "usage",
+          "pred_masterCategory": "predicted masterCategory", "pred_articleType": "predicted articleType",
+          "price": "price", "title_length": "title length (words)",
+          "title_oov_share": "share of title words outside the training vocabulary",
+          "pred_confidence": "prediction confidence", "image_brightness": "photo brightness",
+          "image_white_share": "white share of photos"}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The described training reference, with what every measurement reuses precomputed."""
+
+    frame: pd.DataFrame
+    shares: dict[str, pd.Series]
+    values: dict[str, np.ndarray]
+    scale: dict[str, float]
+    pca: dict[str, PCA]
+    projected: dict[str, np.ndarray]
+    known: frozenset[str]  # the article types the model predicts
+
+
+def embedding_columns(frame: pd.DataFrame, name: str) -> list[str]:
+    return [c for c in frame.columns if c.startswith(EMBEDDINGS[name])]
+
+
+def _categories(frame: pd.DataFrame, col: str) -> pd.Series:
+    return frame[col].astype(str).replace("", MISSING)
+
+
+def prepare(ref: pd.DataFrame, known: list[str], pca_components: int, seed: int) -> Reference:
+    shares = {c: _categories(ref, c).value_counts(normalize=True) for c in CATEGORICAL}
+    values = {c: ref[c].dropna().to_numpy(float) for c in NUMERIC}
+    scale = {c: float(v.std()) if len(v) > 1 and v.std() > 0 else 1.0 for c, v in values.items()}
+    pca, projected = {}, {}
+    for name in EMBEDDINGS:
+        x = ref[embedding_columns(ref, name)].to_numpy(np.float32)
+        pca[name] = PCA(n_components=min(pca_components, *x.shape), random_state=seed).fit(x)
+        projected[name] = pca[name].transform(x)
+    return Reference(ref, shares, values, scale, pca, projected, frozenset(known))
+
+
+def domain_auc(ref: np.ndarray, cur: np.ndarray, seed: int) -> float:
+    """Cross-fitted ROC AUC of a linear classifier separating `cur` rows from `ref` rows (0.5: alike)."""
+    x = np.concatenate([ref, cur])
+    y = np.r_[np.zeros(len(ref)), np.ones(len(cur))]
+    fold = np.random.default_rng(seed).permutation(len(x)) % 2
+    score = np.empty(len(x))
+    for k in (0, 1):
+        clf = LogisticRegression(max_iter=300).fit(x[fold != k], y[fold != k])
+        score[fold == k] = clf.decision_function(x[fold == k])
+    return float(roc_auc_score(y, score))
+
+
+def measure(ref: Reference, cur: pd.DataFrame, seed: int) -> tuple[dict[str, float], dict[str, str]]:
+    """Signal values of one batch, and the signals that cannot be measured on it with the reason."""
+    values: dict[str, float] = {}
+    skipped: dict[str, str] = {}
+    for c in CATEGORICAL:
+        cats = _categories(cur, c)
+        if (cats == MISSING).all():
+            skipped[c] = "empty in the batch"
+            continue
+        p = cats.value_counts(normalize=True)
+        keys = ref.shares[c].index.union(p.index)
+        values[c] = float(jensenshannon(ref.shares[c].reindex(keys, fill_value=0).to_numpy(),
+                                        p.reindex(keys, fill_value=0).to_numpy(), base=2))
+    for c in NUMERIC:
+        v = cur[c].dropna().to_numpy(float)
+        if len(v) < MIN_ROWS:
+            skipped[c] = f"{len(v)} products carry it (fewer than {MIN_ROWS})"
+        elif np.ptp(v) == 0:
+            skipped[c] = f"constant in the batch ({v[0]:g})"
+        else:
+            values[c] = float(wasserstein_distance(ref.values[c], v) / ref.scale[c])
+    labels = cur[LABEL].astype(str)
+    labelled = labels[labels != ""]
+    if len(labelled) >= MIN_ROWS:
+        values[UNSEEN] = float((~labelled.isin(ref.known)).mean())
+    elif len(labelled):
+        skipped[UNSEEN] = f"{len(labelled)} products carry a label (fewer than {MIN_ROWS})"
+    with_image = int(cur["image_brightness"].notna().sum())
+    for name in EMBEDDINGS:
+        if name == "image" and with_image < MIN_ROWS:
+            skipped[f"{name}_embedding"] = f"{with_image} products have a readable image (fewer than {MIN_ROWS})"
+            continue
+        x = ref.pca[name].transform(cur[embedding_columns(cur, name)].to_numpy(np.float32))
+        values[f"{name}_embedding"] = domain_auc(ref.projected[name], x, seed)
+    return values, skipped
+
+
+def null_values(ref: Reference, pool: pd.DataFrame, size: int, batches: int, seed: int) -> dict[str, list[float]]:
+    """Signals of `batches` bootstrap batches of `size` rows drawn from held-out products (no drift)."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[float]] = {}
+    for b in range(batches):
+        vals, _ = measure(ref, pool.iloc[rng.integers(0, len(pool), size)].reset_index(drop=True), seed + b)
+        for k, v in vals.items():
+            out.setdefault(k, []).append(v)
+    return out
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Null mean/std per signal and the shared z threshold; threshold(k) = mean + z * std."""
+
+    mean: dict[str, float]
+    std: dict[str, float]
+    z: float
+    false_alarm_rate: float
+    batches: int
+    size: int
+    null_max: dict[str, float] = field(default_factory=dict)
+
+    def threshold(self, signal: str) -> float:
+        return self.mean[signal] + self.z * self.std[signal]
+
+
+def calibrate(null: dict[str, list[float]], false_alarm_rate: float, size: int) -> Calibration:
+    names = sorted(null)
+    m = np.array([null[k] for k in names], dtype=float).T  # (batches, signals)
+    mean, std = m.mean(0), np.maximum(m.std(0, ddof=1), 1e-9)
+    z_max = ((m - mean) / std).max(1)
+    z = float(np.quantile(z_max, 1 - false_alarm_rate))
+    return Calibration(dict(zip(names, mean.tolist())), dict(zip(names, std.tolist())), z, false_alarm_rate,
+                       len(m), size, dict(zip(names, m.max(0).tolist())))
+
+
+def explain(ref: Reference, cur: pd.DataFrame, signal: str, value: float, threshold: float, null_mean: float
+            ) -> str:
+    """One plain sentence saying what changed, with the signal's value and alarm threshold."""
+    if signal in CATEGORICAL:
+        p = _categories(cur, signal).value_counts(normalize=True)
+        keys = ref.shares[signal].index.union(p.index)
+        diff = p.reindex(keys, fill_value=0) - ref.shares[signal].reindex(keys, fill_value=0)
+        top = diff.abs().idxmax()
+        return (f"share of {LABELS[signal]} '{top}' {p.get(top, 0):.1%} vs {ref.shares[signal].get(top, 0):.1%} "
+                f"in training (Jensen-Shannon distance {value:.3f}, alarm above {threshold:.3f})")
+    if signal in NUMERIC:
+        v = cur[signal].dropna().to_numpy(float)
+        return (f"{LABELS[signal]}: mean {v.mean():.3g} vs {ref.values[signal].mean():.3g} in training "
+                f"(Wasserstein distance {value:.2f} training std, alarm above {threshold:.2f})")
+    if signal == UNSEEN:
+        return (f"{value:.1%} of labelled products have article types the model does not know (alarm above "
+                f"{threshold:.1%}; held-out products of the training data version: {null_mean:.1%})")
+    name = signal.removesuffix("_embedding")
+    return (f"{name} embeddings: a classifier tells batch from training products with ROC AUC {value:.3f} "
+            f"(alarm above {threshold:.3f})")
+
+
+def decide(ref: Reference, cur: pd.DataFrame, values: dict[str, float], skipped: dict[str, str],
+           calib: Calibration) -> dict:
+    """The batch decision: every measured signal with its value, null threshold and verdict; drifted ones
+    explained in a sentence; unmeasurable ones with the reason."""
+    signals, skipped = [], dict(skipped)
+    for k, v in values.items():
+        if k not in calib.mean:  # e.g. labels in the batch, none in the held-out pool
+            skipped[k] = "no null distribution for it (held-out products lack it)"
+            continue
+        thr = calib.threshold(k)
+        s = {"signal": k, "value": round(v, 5), "threshold": round(thr, 5), "null_mean": round(calib.mean[k], 5),
+             "z": round((v - calib.mean[k]) / calib.std[k], 2), "drifted": bool(v > thr)}
+        if s["drifted"]:
+            s["sentence"] = explain(ref, cur, k, v, thr, calib.mean[k])
+        signals.append(s)
+    signals.sort(key=lambda s: -s["z"])
+    reasons = [s["sentence"] for s in signals if s["drifted"]]
+    return {"drift_detected": bool(reasons), "reasons": reasons,
+            "drifted": [s["signal"] for s in signals if s["drifted"]], "signals": signals,
+            "not_measurable": skipped,
+            "calibration": {"null_batches": calib.batches, "null_batch_size": calib.size,
+                            "false_alarm_rate": calib.false_alarm_rate, "z_threshold": round(calib.z, 3)}}
