@@ -185,6 +185,13 @@ class TrackingParams:
 
 
 @dataclass(frozen=True)
+class BacktestParams:
+    epochs: int  # fusion epochs of each as-of model (fast profile)
+    retrains: int  # months that fired after which a retrained model is scored on the next month
+    output: str
+
+
+@dataclass(frozen=True)
 class DriftParams:
     reference_date: str  # YYYY-MM-DD
     reference_sample: int
@@ -198,6 +205,7 @@ class DriftParams:
     cache: str
     output: str
     replay_output: str
+    backtest: BacktestParams
 
 
 @dataclass(frozen=True)

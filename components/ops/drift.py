@@ -187,8 +187,11 @@ def quality(frame: pd.DataFrame, pred: pd.DataFrame, cat: Categorizer) -> dict:
         if not labelled.any():
             continue
         known = np.isin(y, cat.encoders.labels[lvl]) & labelled
+        got = pred[lvl].to_numpy()
         out[lvl] = {"labelled": int(labelled.sum()), "unseen_label_share": float(1 - known.sum() / labelled.sum()),
-                    **classification(y[labelled], pred[lvl].to_numpy()[labelled])}
+                    **classification(y[labelled], got[labelled]),
+                    # comparable with the model's validation accuracy (its labels are all known to it)
+                    "known_label_accuracy": float((y[known] == got[known]).mean()) if known.any() else None}
     return out
 
 

@@ -1,6 +1,7 @@
 """Carve the catalog export into monthly "new catalog" batches by catalogAddDate.
 
     python -m components.replay [--source data] [--output artifacts/replay]
+    python -m components.replay backtest [--output artifacts/backtest]   (components.ops.backtest)
 
 Products added after drift.reference_date become batches `YYYY-MM/` in the data/ layout (styles.csv written
 as in the export, products.csv, images/ hard-linked). Months under drift.min_batch_rows are merged into the
@@ -89,9 +90,22 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     params = load_params()
     ap = argparse.ArgumentParser(prog="python -m components.replay", description=__doc__.split("\n")[0])
+    ap.add_argument("command", nargs="?", choices=["batches", "backtest"], default="batches")
     ap.add_argument("--source", type=Path, default=Path(params.paths.raw))
-    ap.add_argument("--output", type=Path, default=Path(params.drift.replay_output))
+    ap.add_argument("--output", type=Path)
     args = ap.parse_args()
+    if args.command == "backtest":
+        from components.ops import backtest
+
+        result = backtest.run(params, args.output or Path(params.drift.backtest.output))
+        for m in result["months"]:
+            print(f"{m['month']}: {'DRIFT' if m['drift_detected'] else 'quiet'} score {m['drift_score']}, "
+                  f"accuracy {m['accuracy']}, macro-F1 {m['macro_f1']}")
+        for r in result["retrains"]:
+            print(f"retrained after {r['fired_on']}: on {r['scored_on']} accuracy {r['as_of_accuracy']:.4f} -> "
+                  f"{r['retrained_accuracy']:.4f}, macro-F1 {r['as_of_macro_f1']:.4f} -> {r['retrained_macro_f1']:.4f}")
+        return
+    args.output = args.output or Path(params.drift.replay_output)
     for name, n in run(args.source, args.output, params.drift.reference_date, params.drift.min_batch_rows).items():
         print(f"{name}: {n} products")
 

@@ -146,3 +146,23 @@ def test_replay_writes_batches_in_catalog_layout(trained, tmp_path):
     first = out / next(iter(index))
     read = read_catalog(first)
     assert len(read.frame) == index[first.name] and not read.problems
+
+
+def test_backtest_trains_as_of_scores_each_month_and_a_retrain(tmp_path):
+    from components.config import params_from_dict
+    from components.ops import backtest
+    from tests.conftest import tiny_raw
+
+    data = make_catalog(tmp_path / "data", n=180, seed=4)  # one product a day from 2015-01-01
+    params = params_from_dict(tiny_raw(tmp_path, data, {"drift": {
+        "reference_date": "2015-03-31", "min_batch_rows": 25, "null_batches": 40,
+        "backtest": {"epochs": 2, "retrains": 1, "output": str(tmp_path / "bt")}}}))
+    result = backtest.run(params, tmp_path / "bt")
+    assert [m["month"] for m in result["months"]] == ["2015-04", "2015-05", "2015-06"]
+    assert result["as_of_products"] == 90 and all(m["accuracy"] is not None for m in result["months"])
+    # The generator's price grows with the row (= the day added): every later month has drifted prices.
+    assert result["months"][0]["drift_detected"] and "price" in result["months"][0]["drifted"]
+    assert [(r["fired_on"], r["scored_on"]) for r in result["retrains"]] == [("2015-04", "2015-05")]
+    for f in ("backtest.json", "backtest.csv", "backtest.png"):
+        assert (tmp_path / "bt" / f).stat().st_size > 100
+    assert not (tmp_path / "artifacts" / "train_fusion").exists()  # the pipeline's own outputs untouched
