@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -23,6 +24,26 @@ class ImageBatch:
 
 class ImageError(ValueError):
     """An image file cannot be decoded (corrupt, truncated, not an image)."""
+
+
+class ImagePathError(ValueError):
+    """An image path points outside the folder images may be read from (or paths are not accepted)."""
+
+
+def read_image_file(root: Path, rel: str) -> bytes | None:
+    """The bytes of image `rel` of a catalog folder `root` (resolved: no `../`, absolute path or symlink may
+    lead out of it), None when it has no such file. Raises ImagePathError (outside), ImageError (too big),
+    OSError (unreadable)."""
+    root = root.resolve()
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root):
+        raise ImagePathError(f"{rel!r} is outside the batch folder; images must be inside it")
+    if not path.is_file():
+        return None  # the product has no image (inside the batch folder: nothing is revealed)
+    size = path.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise ImageError(f"file of {size:,} bytes is over the {MAX_IMAGE_BYTES:,}-byte limit")
+    return path.read_bytes()
 
 
 def decode_image(data: bytes, height: int, width: int) -> np.ndarray:

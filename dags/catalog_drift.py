@@ -2,7 +2,8 @@
 report (stored, logged to MLflow) -> NEW_CATALOG, and RETRAIN_REQUEST when drift crosses params.drift."""
 from __future__ import annotations
 
-from airflow.sdk import dag, task
+from airflow.sdk import TriggerRule, dag, task
+from airflow.sdk.exceptions import AirflowSkipException
 
 from common.assets import NEW_CATALOG, RETRAIN_REQUEST
 from common.settings import DEFAULT_ARGS, START, home, landing
@@ -35,19 +36,23 @@ def catalog_drift():
 
         return drift_batch(home(), batch, model_uri)
 
-    @task(outlets=[NEW_CATALOG])
-    def announce_batches(results: list[dict], *, outlet_events=None) -> list[str]:
-        batches = [r["batch"] for r in results]
+    # all_done: one batch whose drift report failed (it stays in the landing area, unmarked, for the next run)
+    # must not keep the others, already marked processed, from being announced and categorized.
+    @task(outlets=[NEW_CATALOG], trigger_rule=TriggerRule.ALL_DONE)
+    def announce_batches(results: list[dict | None], *, outlet_events=None) -> list[str]:
+        batches = [r["batch"] for r in results if r]
+        if not batches:  # nothing new (or nothing succeeded): no event, so categorize does not run for nothing
+            raise AirflowSkipException("no batch to announce")
         outlet_events[NEW_CATALOG].extra = {"batches": batches}
         return batches
 
-    @task.short_circuit
-    def drifted(results: list[dict]) -> bool:
-        return any(r["drift_detected"] for r in results)
+    @task.short_circuit(trigger_rule=TriggerRule.ALL_DONE)
+    def drifted(results: list[dict | None]) -> bool:
+        return any(r and r["drift_detected"] for r in results)
 
     @task(outlets=[RETRAIN_REQUEST])
-    def request_retrain(results: list[dict], *, outlet_events=None) -> None:
-        outlet_events[RETRAIN_REQUEST].extra = {"drifted": [r["batch"] for r in results if r["drift_detected"]]}
+    def request_retrain(results: list[dict | None], *, outlet_events=None) -> None:
+        outlet_events[RETRAIN_REQUEST].extra = {"drifted": [r["batch"] for r in results if r and r["drift_detected"]]}
 
     checked = validate_batch.expand(batch=find_batches())
     results = drift_report.partial(model_uri=model()).expand(batch=checked)

@@ -233,8 +233,22 @@ def report_html(summary: dict, evidently_html: str) -> str:
     return evidently_html[:at] + head + evidently_html[at:]
 
 
+def check_output(batch_dir: Path, output: Path) -> None:
+    """The report folder is replaced whole: refuse one that holds something other than an earlier report
+    (`--output .` would wipe the working folder) or that is, or holds, the batch itself."""
+    out, batch = Path(output).resolve(), Path(batch_dir).resolve()
+    if out == batch or batch.is_relative_to(out):
+        raise CatalogError(f"{output}: would replace the batch {batch_dir} itself; write the report elsewhere")
+    if out.is_dir() and any(out.iterdir()) and not (out / "summary.json").is_file():
+        raise CatalogError(f"{output}: exists and is not a drift report folder (no summary.json); it would be "
+                           "replaced whole, so pass a new or empty folder")
+    if out.exists() and not out.is_dir():
+        raise CatalogError(f"{output}: is a file; pass a folder for the report")
+
+
 def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
     t0 = time.perf_counter()
+    check_output(batch_dir, output)
     read = read_catalog(batch_dir, require_labels=False)
     if read.frame.empty:
         raise CatalogError(f"{batch_dir}: no readable products ({len(read.problems)} rejected rows); nothing to "

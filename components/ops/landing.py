@@ -6,6 +6,7 @@ folder `home` and runs there, because params.yaml paths are relative.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -18,7 +19,10 @@ from components.config import load_params
 
 log = logging.getLogger(__name__)
 
-# <landing>/_state/<batch>.json marks a processed batch; <landing>/_failed/ keeps rejected ones.
+# A batch is picked up once it holds READY (written last by the uploader: a half-copied folder is never read).
+# <landing>/_state/<batch>.json marks a processed batch with the md5 of its content, so a corrected re-upload
+# under the same name is processed again; <landing>/_failed/<batch>/ keeps a rejected batch with the reason.
+READY = "_READY"
 FAILED = "_failed"
 
 
@@ -26,18 +30,50 @@ class BatchRejected(RuntimeError):
     """A new catalog batch failed validation; it was moved to <landing>/_failed/ with its report."""
 
 
+def content_md5(batch: Path) -> str:
+    """md5 over every file of the batch (relative path and bytes), the READY marker left out."""
+    h = hashlib.md5()
+    for f in sorted(p for p in batch.rglob("*") if p.is_file() and p.name != READY):
+        h.update(str(f.relative_to(batch)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023 (fh is read before the next file)
+                h.update(block)
+    return h.hexdigest()
+
+
 def pending_batches(landing: Path) -> list[str]:
-    """Batch folders in the landing area not processed yet (idempotency marker) and not failed."""
+    """Ready batch folders whose content was not processed yet (and not failed)."""
     landing = Path(landing)
     if not landing.is_dir():
         return []
-    done = {p.stem for p in (landing / "_state").glob("*.json")}
-    return sorted(str(p) for p in landing.iterdir()
-                  if p.is_dir() and not p.name.startswith(("_", ".")) and p.name not in done)
+    out = []
+    for p in sorted(landing.iterdir()):
+        if not p.is_dir() or p.name.startswith(("_", ".")):
+            continue
+        if not (p / READY).is_file():
+            log.info("landing: %s has no %s marker yet (still uploading?): left for a later run", p.name, READY)
+            continue
+        state = landing / "_state" / f"{p.name}.json"
+        if state.is_file() and read_json(state).get("content_md5") == content_md5(p):
+            continue
+        out.append(str(p))
+    return out
+
+
+def reject(batch_path: Path, failures: list[str]) -> Path:
+    """Move a batch to <landing>/_failed/ with its report (a previous rejection of that name is replaced)."""
+    dest = batch_path.parent / FAILED / batch_path.name
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.move(str(batch_path), dest)
+    write_json(dest / "validation_report.json", {"success": False, "failures": failures})
+    return dest
 
 
 def check_batch(home: Path, batch: str) -> str:
-    """Validate a new batch with the row-level GX suite; a failing batch moves to _failed/ with its report."""
+    """Validate a new batch with the row-level GX suite. A batch that fails, or that cannot be read at all
+    for any reason, moves to _failed/ with the reason: it never blocks the landing area."""
     from components.catalog import CatalogError, read_catalog
     from components.pipeline.validate import validate_batch
 
@@ -46,19 +82,20 @@ def check_batch(home: Path, batch: str) -> str:
         params = load_params()
         try:
             frame = read_catalog(batch_path, require_labels=False).frame
-            frame["has_image"] = [(batch_path / p).is_file() for p in frame["image"]]
+            root = batch_path.resolve()
+            # Only files inside the batch count (a `../` path would otherwise reveal files of the machine).
+            frame["has_image"] = [(path := (root / str(p)).resolve()).is_relative_to(root) and path.is_file()
+                                  for p in frame["image"].fillna("")]
             results = validate_batch(frame, labeled=False,
                                      max_missing_image_share=params.validate.max_missing_image_share)
             failures = [f for r in results for f in r.failures]
         except CatalogError as exc:
             failures = [str(exc)]
+        except Exception as exc:  # noqa: BLE001 (whatever the file does to a reader, the batch gets a verdict)
+            log.exception("landing: %s could not be validated", batch_path.name)
+            failures = [f"unreadable batch ({type(exc).__name__}: {str(exc)[:300]})"]
     if failures:
-        dest = batch_path.parent / FAILED / batch_path.name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if dest.exists():
-            shutil.rmtree(dest)
-        shutil.move(str(batch_path), dest)
-        write_json(dest / "validation_report.json", {"success": False, "failures": failures})
+        dest = reject(batch_path, failures)
         raise BatchRejected(f"{batch_path.name}: {len(failures)} validation failure(s), batch moved to {dest}:\n  - "
                             + "\n  - ".join(failures))
     return batch
@@ -93,7 +130,8 @@ def drift_batch(home: Path, batch: str, model: str) -> dict:
                                  "drifted_signals": float(len(summary["drifted"])),
                                  **{f"signal_{s['signal']}": s["value"] for s in summary["signals"]}})
         write_json(batch_path.parent / "_state" / f"{batch_path.name}.json",
-                   {"drift_detected": summary["drift_detected"], "report": str(Path(home) / out)})
+                   {"drift_detected": summary["drift_detected"], "report": str(Path(home) / out),
+                    "content_md5": content_md5(batch_path)})
     return {"batch": batch, "drift_detected": summary["drift_detected"], "reasons": summary["reasons"]}
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 from components.atomic_io import atomic_dir, write_json
 from components.catalog import KNOWN_MASTERS, LEVELS, TITLE, CatalogRead, read_catalog
 from components.config import IngestParams, Params, load_params
-from components.images import ImageError, content_md5, decode_image, dhash
+from components.images import ImageError, ImagePathError, content_md5, decode_image, dhash, read_image_file
 
 log = logging.getLogger(__name__)
 
@@ -93,12 +93,18 @@ def collapse_rare(labels: pd.Series, min_count: int, rare_label: str) -> pd.Seri
     return labels.where(~labels.isin(rare), rare_label)
 
 
-def _load_one(args: tuple[int, str, int, int]) -> tuple[int, np.ndarray | None, str, int | None, str]:
-    idx, path, height, width = args
-    p = Path(path)
-    if not p.is_file():
+def _load_one(args: tuple[int, Path, str, int, int]) -> tuple[int, np.ndarray | None, str, int | None, str]:
+    idx, root, rel, height, width = args
+    try:
+        data = read_image_file(root, rel) if rel else None
+    except ImagePathError as exc:  # `../x`, an absolute path or a symlink out of the catalog: never read
+        return idx, None, "", None, f"rejected_image: {exc}"
+    except ImageError as exc:
+        return idx, None, "", None, f"corrupt_image: {exc}"
+    except OSError as exc:  # permission denied, a directory, an I/O error: this row only
+        return idx, None, "", None, f"unreadable_image: {type(exc).__name__}: {exc.strerror or exc}"
+    if data is None:
         return idx, None, "", None, "no_image"
-    data = p.read_bytes()
     try:
         pixels = decode_image(data, height, width)
     except ImageError as exc:
@@ -106,11 +112,12 @@ def _load_one(args: tuple[int, str, int, int]) -> tuple[int, np.ndarray | None, 
     return idx, pixels, content_md5(data), dhash(pixels), "ok"
 
 
-def load_images(paths: list[str], out: np.ndarray, height: int, width: int, workers: int
+def load_images(root: Path, paths: list[str], out: np.ndarray, height: int, width: int, workers: int
                 ) -> tuple[list[str], list[int | None], list[str]]:
-    """Decode every image into `out` (a memmap); returns md5s, dHashes and a status per row."""
+    """Decode every image (paths relative to the catalog folder `root`, read only inside it) into `out`
+    (a memmap); returns md5s, dHashes and a status per row."""
     md5s, phashes, status = [""] * len(paths), [None] * len(paths), [""] * len(paths)
-    jobs = [(i, p, height, width) for i, p in enumerate(paths)]
+    jobs = [(i, Path(root), str(p or ""), height, width) for i, p in enumerate(paths)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             results = pool.map(_load_one, jobs, chunksize=256)
@@ -163,7 +170,7 @@ def run(params: Params) -> dict:
     with atomic_dir(out_dir) as tmp:
         cache = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
                                           shape=(len(df), p.image_height, p.image_width, 3))
-        md5s, phashes, status = load_images([str(raw / rel) for rel in df["image"]], cache,
+        md5s, phashes, status = load_images(raw, list(df["image"]), cache,
                                             p.image_height, p.image_width, p.workers)
         cache.flush()
         del cache
@@ -171,7 +178,7 @@ def run(params: Params) -> dict:
         df["image_status"] = [s.split(":")[0] for s in status]
         df["has_image"] = df["image_status"] == "ok"
         for (_, r), st in zip(df.iterrows(), status):
-            if st.startswith("corrupt_image"):
+            if st.startswith(("corrupt_image", "rejected_image", "unreadable_image")):
                 # The product stays (text and metadata are usable); its image is quarantined.
                 quarantine.append({"file": r.image, "row": r.source_row, "id": r.id, "field": "image",
                                    "reason": st})

@@ -17,7 +17,7 @@ from components.catalog import LEVELS
 from components.checkpoint import load_checkpoint
 from components.data import Arrays
 from components.encoders import Encoders, encode_frame
-from components.images import MAX_IMAGE_BYTES, ImageBatch, ImageError, decode_image
+from components.images import MAX_IMAGE_BYTES, ImageBatch, ImageError, ImagePathError, decode_image, read_image_file
 from components.models.fusion import FusionModel
 from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
 
@@ -54,10 +54,6 @@ def load_images(sources: list[object], height: int, width: int, root: str | Path
     return ImageBatch(pixels, status)
 
 
-class ImagePathError(ValueError):
-    """An image path points outside the folder images may be read from (or paths are not accepted)."""
-
-
 def _read_source(src: object, root: Path | None) -> bytes | None:
     if src is None or (isinstance(src, float) and np.isnan(src)):
         return None
@@ -74,15 +70,7 @@ def _read_source(src: object, root: Path | None) -> bytes | None:
     if len(s) < 1024 and ("/" in s or "\\" in s or s.lower().endswith(IMAGE_SUFFIXES)):
         if root is None:
             raise ImagePathError("image paths are not accepted here; send the image as base64")
-        path = (root / s).resolve()
-        if not path.is_relative_to(root):
-            raise ImagePathError(f"{s!r} is outside the batch folder; images must be inside it")
-        if not path.is_file():
-            return None  # the product has no image (inside the batch folder: nothing is revealed)
-        size = path.stat().st_size
-        if size > MAX_IMAGE_BYTES:
-            raise ImageError(f"file of {size:,} bytes is over the {MAX_IMAGE_BYTES:,}-byte limit")
-        return path.read_bytes()
+        return read_image_file(root, s)
     try:
         return base64.b64decode(s, validate=True)  # valid base64 of something that is not an image: decode says so
     except (binascii.Error, ValueError) as exc:

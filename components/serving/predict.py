@@ -41,6 +41,17 @@ def default_model() -> str:
     return str(stack if stack.is_file() else fusion_checkpoint(paths.train_fusion))
 
 
+def refuse_overwriting_input(catalog_dir: Path, outputs: list[Path | None]) -> None:
+    """An output may not replace a file of the catalog being read (styles.csv, an image...), even via a
+    symlink: the input would be lost and a rerun would read our own predictions."""
+    root = Path(catalog_dir).resolve()
+    for out in filter(None, outputs):
+        target = Path(out).resolve()
+        if target == root or (target.is_relative_to(root) and target.exists()):
+            raise CatalogError(f"{out}: is {'the catalog folder' if target == root else 'a file of the catalog'} "
+                               f"{catalog_dir} being read; write the output elsewhere")
+
+
 def load_categorizer(model: str) -> Categorizer:
     """A stack (combiner.json or its folder), a checkpoint path, or an MLflow model URI (models:/name@alias,
     runs:/…) of a logged categorizer."""
@@ -97,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--embeddings", type=Path)
     args = ap.parse_args(argv)
     try:
+        refuse_overwriting_input(args.catalog_dir, [args.output, args.embeddings])
         cat = load_categorizer(args.model or default_model())
         t0 = time.perf_counter()
         out, arrays = categorize(args.catalog_dir, cat, embeddings=args.embeddings is not None,

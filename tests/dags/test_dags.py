@@ -131,6 +131,7 @@ def test_catalog_drift_flags_a_drifted_batch_then_is_idempotent(retrained, works
     lines = (new / "styles.csv").read_text().splitlines()
     keep = [lines[0]] + [ln for ln in lines[1:] if ",Watches," in ln or ",Jeans," in ln]
     (new / "styles.csv").write_text("\n".join(keep) + "\n")
+    (new / "_READY").write_text("")  # the uploader's last step
     r = run_dag(workspace, "catalog_drift")
     assert r["state"].endswith("success"), r["log"]
     assert r["tasks"]["request_retrain"].endswith("success")  # emits RETRAIN_REQUEST -> retrain's schedule
@@ -147,6 +148,7 @@ def test_bad_batch_fails_the_run_and_is_kept(airflow_db, workspace):
     bad = landing / "broken"
     bad.mkdir(parents=True)
     (bad / "styles.csv").write_text("sku,name\n1,x\n")
+    (bad / "_READY").write_text("")
     r = run_dag(workspace, "catalog_drift")
     assert r["state"].endswith("failed")
     kept = landing / "_failed" / "broken"

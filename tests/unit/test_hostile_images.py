@@ -72,3 +72,21 @@ def test_the_served_model_accepts_base64_and_refuses_paths(tmp_path):
     assert [s.split(":")[0] for s in batch.status] == ["ok", "rejected_image", "rejected_image", "corrupt_image",
                                                        "no_image"]
     assert np.all(batch.pixels[1:] == 0)
+
+
+def test_ingest_reads_images_only_inside_the_catalog(tmp_path):
+    from components.pipeline.ingest import load_images as ingest_images
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "images" / "1.jpg").write_bytes(encoded(Image.new("RGB", (60, 80), (10, 200, 10)), "JPEG"))
+    secret = tmp_path / "secret.jpg"
+    secret.write_bytes(encoded(Image.new("RGB", (60, 80)), "JPEG"))
+    (root / "images" / "2.jpg").symlink_to(secret)
+    (root / "images" / "3.jpg").mkdir()  # a folder where a file should be
+    paths = ["images/1.jpg", "images/2.jpg", str(secret), "../secret.jpg", "images/3.jpg", "", "images/none.jpg"]
+    out = np.zeros((len(paths), H, W, 3), np.uint8)
+    md5s, _, status = ingest_images(root, paths, out, H, W, workers=1)
+    kinds = [s.split(":")[0] for s in status]
+    assert kinds == ["ok", "rejected_image", "rejected_image", "rejected_image", "no_image", "no_image", "no_image"]
+    assert md5s[1:4] == ["", "", ""] and out[1:4].max() == 0  # nothing of the outside file was read
