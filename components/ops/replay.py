@@ -59,9 +59,11 @@ def write_batch(source: Path, frame: pd.DataFrame, styles_lines: dict[int, str],
     products = pd.read_csv(source / "products.csv", dtype=str, keep_default_na=False)
     products[products["id"].astype(int).isin(set(frame["id"]))].to_csv(dst / "products.csv", index=False,
                                                                        quoting=csv.QUOTE_MINIMAL)
-    for rel in frame["image"]:
-        src = source / rel
-        if src.is_file():
+    root = source.resolve()
+    for rel in frame["image"].fillna(""):
+        src = (root / str(rel)).resolve()
+        # Only files of the catalog: a `../` or absolute path (or a symlink out) is never linked into a batch.
+        if rel and src.is_relative_to(root) and src.is_file():
             _link_or_copy(src, dst / "images" / src.name)
 
 

@@ -90,3 +90,20 @@ def test_ingest_reads_images_only_inside_the_catalog(tmp_path):
     kinds = [s.split(":")[0] for s in status]
     assert kinds == ["ok", "rejected_image", "rejected_image", "rejected_image", "no_image", "no_image", "no_image"]
     assert md5s[1:4] == ["", "", ""] and out[1:4].max() == 0  # nothing of the outside file was read
+
+
+def test_replay_links_only_images_inside_the_catalog(tmp_path):
+    import pandas as pd
+
+    from components.ops.replay import write_batch
+
+    src = tmp_path / "data"
+    (src / "images").mkdir(parents=True)
+    (src / "images" / "1.jpg").write_bytes(b"\xff\xd8\xff inside")
+    (tmp_path / "secret.jpg").write_bytes(b"\xff\xd8\xff outside")
+    (src / "products.csv").write_text("id,image\n1,images/1.jpg\n2,../secret.jpg\n3,/etc/hostname\n")
+    header = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
+    frame = pd.DataFrame({"id": [1, 2, 3], "image": ["images/1.jpg", "../secret.jpg", "/etc/hostname"]})
+    write_batch(src, frame, {i: f"{i},Men,A,B,C,Red,Summer,2015,Casual,t{i}" for i in (1, 2, 3)}, header,
+                tmp_path / "batch")
+    assert sorted(p.name for p in (tmp_path / "batch" / "images").iterdir()) == ["1.jpg"]
