@@ -164,6 +164,11 @@ def set_alias(c: Any, name: str, alias: str, version: str) -> None:
     c.set_registered_model_alias(name, alias, version)
 
 
+def delete_alias(c: Any, name: str, alias: str) -> None:
+    with contextlib.suppress(mlflow.exceptions.MlflowException):  # already gone: nothing to do
+        c.delete_registered_model_alias(name, alias)
+
+
 def list_versions(c: Any, name: str) -> list[dict]:
     try:
         model = c.get_registered_model(name)

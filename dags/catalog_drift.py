@@ -3,7 +3,7 @@ report (stored, logged to MLflow) -> NEW_CATALOG, and RETRAIN_REQUEST when drift
 from __future__ import annotations
 
 from airflow.sdk import TriggerRule, dag, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from common.assets import NEW_CATALOG, RETRAIN_REQUEST
 from common.settings import DEFAULT_ARGS, START, home, landing
@@ -30,17 +30,17 @@ def catalog_drift():
 
         return check_batch(home(), batch)
 
-    @task
+    @task(retries=0)  # failures come back as results: the batch stays unmarked and the next run retries it
     def drift_report(batch: str, model_uri: str) -> dict:
         from components.ops.landing import drift_batch
 
         return drift_batch(home(), batch, model_uri)
 
-    # all_done: one batch whose drift report failed (it stays in the landing area, unmarked, for the next run)
-    # must not keep the others, already marked processed, from being announced and categorized.
+    # all_done: even if a report task dies outright, the batches that succeeded (already marked processed)
+    # are announced and categorized.
     @task(outlets=[NEW_CATALOG], trigger_rule=TriggerRule.ALL_DONE)
     def announce_batches(results: list[dict | None], *, outlet_events=None) -> list[str]:
-        batches = [r["batch"] for r in results if r]
+        batches = [r["batch"] for r in results if r and not r.get("error")]
         if not batches:  # nothing new (or nothing succeeded): no event, so categorize does not run for nothing
             raise AirflowSkipException("no batch to announce")
         outlet_events[NEW_CATALOG].extra = {"batches": batches}
@@ -54,10 +54,17 @@ def catalog_drift():
     def request_retrain(results: list[dict | None], *, outlet_events=None) -> None:
         outlet_events[RETRAIN_REQUEST].extra = {"drifted": [r["batch"] for r in results if r and r["drift_detected"]]}
 
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def check_failures(results: list[dict | None]) -> None:
+        failed = [f"{r['batch']}: {r['error']}" for r in results if r and r.get("error")]
+        if failed:  # the run shows red, after the other batches were announced
+            raise AirflowFailException("drift report failed for:\n" + "\n".join(failed))
+
     checked = validate_batch.expand(batch=find_batches())
     results = drift_report.partial(model_uri=model()).expand(batch=checked)
     announce_batches(results)
     drifted(results) >> request_retrain(results)
+    check_failures(results)
 
 
 catalog_drift()

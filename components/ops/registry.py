@@ -132,7 +132,12 @@ def register(params: Params) -> str:
         # task or a second `register` of the same checkpoint returns the version it already made.
         run_id, uri = served_model_uri(params)
         version = store.register_model(params, uri, run_id, tags)
-        store.set_alias(store.client(params), params.registry.model_name, CHALLENGER, version)
+        c = store.client(params)
+        if store.alias_version(c, params.registry.model_name, CHAMPION) == version:
+            # A retried or repeated register of the model that already won: nothing to judge.
+            print(f"{params.registry.model_name} v{version} is already @{CHAMPION}")
+            return version
+        store.set_alias(c, params.registry.model_name, CHALLENGER, version)
     print(f"registered {params.registry.model_name} v{version} as @{CHALLENGER}")
     return version
 
@@ -142,11 +147,21 @@ def promote(params: Params) -> Decision:
     with promotion_lock(params), store.registry_errors(params, "promote"):
         c = store.client(params)
         chal = store.alias_version(c, name, CHALLENGER)
-        if chal is None:
-            raise RegistryError(f"{name} has no @{CHALLENGER}; run `python -m components.registry register`")
         champ = store.alias_version(c, name, CHAMPION)
+        if chal is None and champ is None:
+            raise RegistryError(f"{name} has no @{CHALLENGER}; run `python -m components.registry register`")
+        if chal is None:  # the last challenger was promoted (or rolled back): a rerun of the gate is a no-op
+            print(f"no @{CHALLENGER} to judge; @{CHAMPION} is v{champ}")
+            return Decision(False, f"no @{CHALLENGER}; v{champ} is @{CHAMPION}")
         if champ == chal:
+            store.delete_alias(c, name, CHALLENGER)
             return Decision(False, f"v{chal} is already @{CHAMPION}")
+        rolled_back = store.version_tags(c, name, chal).get("rolled_back")
+        if rolled_back:
+            reason = f"v{chal} was rolled back ({rolled_back}); register a new model instead"
+            store.set_version_tags(c, name, chal, {"promotion_decision": "rejected", "promotion_reason": reason})
+            print(f"v{chal} kept out of @{CHAMPION}: {reason}")
+            return Decision(False, reason)
         data = evaluation_data(params)
         chal_scores = rescore(params, chal, data)
         chal_tags = store.version_tags(c, name, chal)
@@ -167,6 +182,7 @@ def promote(params: Params) -> Decision:
         store.set_version_tags(c, name, chal, record)
         if decision.promote:
             store.set_alias(c, name, CHAMPION, chal)
+            store.delete_alias(c, name, CHALLENGER)  # it is the champion now; nothing is waiting to be judged
     verb = "promoted to" if decision.promote else "kept out of"
     print(f"v{chal} {verb} @{CHAMPION}: {decision.reason}")
     return decision
@@ -184,6 +200,8 @@ def rollback(params: Params) -> str:
             raise RegistryError(f"v{champ} has no previous champion recorded; set the alias by hand if needed")
         store.set_alias(c, name, CHAMPION, prev)
         store.set_version_tags(c, name, champ, {"rolled_back": f"champion returned to v{prev}"})
+        if store.alias_version(c, name, CHALLENGER) == champ:  # the gate refuses it anyway; do not leave it waiting
+            store.delete_alias(c, name, CHALLENGER)
     print(f"@{CHAMPION}: v{champ} -> v{prev}")
     return prev
 

@@ -143,6 +143,26 @@ def test_catalog_drift_flags_a_drifted_batch_then_is_idempotent(retrained, works
 
 
 @pytest.mark.slow
+def test_one_failing_drift_report_does_not_hold_back_the_other_batches(retrained, workspace):
+    landing = workspace / "landing"
+    for name, seed in (("2016-02", 12), ("2016-03", 13)):
+        make_catalog(landing / name, n=60, seed=seed, start_id=10_000 * seed)
+        (landing / name / "_READY").write_text("")
+    blocker = workspace / "artifacts" / "drift" / "2016-03"  # a folder drift may not replace: its report fails
+    blocker.mkdir(parents=True)
+    (blocker / "notes.txt").write_text("not a report")
+    r = run_dag(workspace, "catalog_drift")
+    assert r["state"].endswith("failed") and r["tasks"]["check_failures"].endswith("failed")
+    assert r["tasks"]["announce_batches"].endswith("success")  # 2016-02 announced all the same
+    assert (landing / "_state" / "2016-02.json").is_file() and not (landing / "_state" / "2016-03.json").exists()
+    assert (blocker / "notes.txt").read_text() == "not a report"
+    shutil.rmtree(blocker)
+    again = run_dag(workspace, "catalog_drift")  # the next run picks up only the batch that failed
+    assert again["state"].endswith("success") and (landing / "_state" / "2016-03.json").is_file()
+    assert [k for k in again["tasks"] if k.startswith("drift_report[")] == ["drift_report[0]"]
+
+
+@pytest.mark.slow
 def test_bad_batch_fails_the_run_and_is_kept(airflow_db, workspace):
     landing = workspace / "landing"
     bad = landing / "broken"

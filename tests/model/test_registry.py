@@ -91,9 +91,11 @@ def test_register_promote_refuse_rollback(reg, capsys, tmp_path):
     assert tags["validation_passed"] == "True" and "test_articleType_macro_f1" in tags and "params" in tags
     assert aliases(reg) == {"champion": None, "challenger": v1}
     assert registry.promote(reg).promote  # first model meeting the floors
-    assert aliases(reg)["champion"] == v1
+    assert aliases(reg) == {"champion": v1, "challenger": None}  # nothing left waiting to be judged
+    assert not registry.promote(reg).promote  # a rerun of the gate is a no-op
 
     assert registry.register(reg) == v1  # the same checkpoint again: the same version, not a duplicate
+    assert aliases(reg) == {"champion": v1, "challenger": None}  # ...and not a challenger of itself
     other = with_other_checkpoint(reg, tmp_path, seed=1)
     v2 = registry.register(other)  # another checkpoint with the same weights: re-scored equal, so no gain
     assert v2 != v1
@@ -106,9 +108,13 @@ def test_register_promote_refuse_rollback(reg, capsys, tmp_path):
     eager = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, min_gain=-1.0))
     assert registry.promote(eager).promote
     assert aliases(reg)["champion"] == v2
-    assert registry.rollback(reg) == v1 and aliases(reg)["champion"] == v1
+    assert aliases(reg) == {"champion": v2, "challenger": None}
+    assert registry.rollback(reg) == v1 and aliases(reg) == {"champion": v1, "challenger": None}
     with pytest.raises(RegistryError, match="no previous champion"):
         registry.rollback(reg)
+    assert registry.register(other) == v2 and aliases(reg)["challenger"] == v2  # the bad model, registered again
+    d = registry.promote(eager)  # the gate refuses a rolled-back version whatever its scores
+    assert not d.promote and "was rolled back" in d.reason and aliases(reg)["champion"] == v1
     versions = registry.status(reg)
     assert [v["version"] for v in versions][:2] == [v1, v2]
     assert "@champion" in capsys.readouterr().out
@@ -162,7 +168,7 @@ def test_load_by_alias_and_predict(reg, trained, tmp_path):
 
 
 def test_concurrent_promotions_leave_consistent_aliases(reg, tmp_path):
-    registry.register(with_other_checkpoint(reg, tmp_path, seed=21))
+    v = registry.register(with_other_checkpoint(reg, tmp_path, seed=21))
     eager = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, min_gain=-1.0))
     results: list[object] = []
 
@@ -178,9 +184,8 @@ def test_concurrent_promotions_leave_consistent_aliases(reg, tmp_path):
     for t in threads:
         t.join()
     promoted = [r for r in results if isinstance(r, Decision) and r.promote]
-    assert len(promoted) == 1  # the second saw the challenger already champion
-    a = aliases(reg)
-    assert a["champion"] == a["challenger"]
+    assert len(promoted) == 1  # the second saw the challenger already champion, or no challenger left
+    assert aliases(reg) == {"champion": v, "challenger": None}
 
 
 def test_unreachable_registry_is_a_clear_error(reg, monkeypatch):
