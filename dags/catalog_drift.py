@@ -6,31 +6,33 @@ from airflow.sdk import TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from common.assets import NEW_CATALOG, RETRAIN_REQUEST
-from common.settings import DEFAULT_ARGS, START, home, landing
+from common.settings import DEFAULT_ARGS, START, TIMEOUT, home, landing
 
 
 @dag(dag_id="catalog_drift", schedule="@hourly", start_date=START, catchup=False, max_active_runs=1,
      default_args=DEFAULT_ARGS, tags=["deepfusion", "monitoring"])
 def catalog_drift():
-    @task
+    @task(execution_timeout=TIMEOUT["quick"])
     def find_batches() -> list[str]:
         from components.ops.landing import pending_batches
 
         return pending_batches(landing())
 
-    @task
+    @task(execution_timeout=TIMEOUT["quick"])
     def model() -> str:
         from components.ops.landing import serving_model
 
         return serving_model(home())
 
-    @task(retries=0)  # a rejected batch is not transient: it is moved to _failed/ with its report
+    # A rejected batch is not transient: it is moved to _failed/ with its report.
+    @task(retries=0, execution_timeout=TIMEOUT["batch"])
     def validate_batch(batch: str) -> str:
         from components.ops.landing import check_batch
 
         return check_batch(home(), batch)
 
-    @task(retries=0)  # failures come back as results: the batch stays unmarked and the next run retries it
+    # Failures come back as results: the batch stays unmarked and the next run retries it.
+    @task(retries=0, execution_timeout=TIMEOUT["batch"])
     def drift_report(batch: str, model_uri: str) -> dict:
         from components.ops.landing import drift_batch
 
@@ -38,7 +40,7 @@ def catalog_drift():
 
     # all_done: even if a report task dies outright, the batches that succeeded (already marked processed)
     # are announced and categorized.
-    @task(outlets=[NEW_CATALOG], trigger_rule=TriggerRule.ALL_DONE)
+    @task(outlets=[NEW_CATALOG], trigger_rule=TriggerRule.ALL_DONE, execution_timeout=TIMEOUT["quick"])
     def announce_batches(results: list[dict | None], *, outlet_events=None) -> list[str]:
         batches = [r["batch"] for r in results if r and not r.get("error")]
         if not batches:  # nothing new (or nothing succeeded): no event, so categorize does not run for nothing
@@ -46,15 +48,15 @@ def catalog_drift():
         outlet_events[NEW_CATALOG].extra = {"batches": batches}
         return batches
 
-    @task.short_circuit(trigger_rule=TriggerRule.ALL_DONE)
+    @task.short_circuit(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=TIMEOUT["quick"])
     def drifted(results: list[dict | None]) -> bool:
         return any(r and r["drift_detected"] for r in results)
 
-    @task(outlets=[RETRAIN_REQUEST])
+    @task(outlets=[RETRAIN_REQUEST], execution_timeout=TIMEOUT["quick"])
     def request_retrain(results: list[dict | None], *, outlet_events=None) -> None:
         outlet_events[RETRAIN_REQUEST].extra = {"drifted": [r["batch"] for r in results if r and r["drift_detected"]]}
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=TIMEOUT["quick"])
     def check_failures(results: list[dict | None]) -> None:
         failed = [f"{r['batch']}: {r['error']}" for r in results if r and r.get("error")]
         if failed:  # the run shows red, after the other batches were announced

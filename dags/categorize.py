@@ -4,27 +4,27 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, task
 
 from common.assets import NEW_CATALOG
-from common.settings import DEFAULT_ARGS, START, home
+from common.settings import DEFAULT_ARGS, START, TIMEOUT, home
 
 
 @dag(dag_id="categorize", schedule=[NEW_CATALOG], start_date=START, catchup=False, max_active_runs=1,
      default_args=DEFAULT_ARGS, tags=["deepfusion", "inference"],
      params={"batch": Param("", type="string", description="a batch folder to categorize (manual runs)")})
 def categorize():
-    @task
+    @task(execution_timeout=TIMEOUT["quick"])
     def batches(params: dict, *, triggering_asset_events=None) -> list[str]:
         found = [params["batch"]] if params.get("batch") else []
         for event in (triggering_asset_events or {}).get(NEW_CATALOG, []):
             found += event.extra.get("batches", [])
         return sorted(set(found))
 
-    @task
+    @task(execution_timeout=TIMEOUT["quick"])
     def model() -> str:
         from components.ops.landing import serving_model
 
         return serving_model(home())
 
-    @task
+    @task(execution_timeout=TIMEOUT["batch"])
     def categorize_batch(batch: str, model_uri: str) -> dict:
         from components.ops.landing import categorize_batch as run
 

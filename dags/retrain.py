@@ -13,7 +13,7 @@ from common.settings import (
     GPU_QUEUE,
     SH_BIN,
     SH_HOME,
-    START,
+    TIMEOUT,
     gpu_executor_config,
     home,
 )
@@ -40,9 +40,12 @@ PUSH = "if dvc remote list | grep -q '^artifacts[[:space:]]'; then dvc push -q -
 
 @dag(
     dag_id="retrain",
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC"),
+    # No start_date: with one in the past, Airflow schedules the latest missed Sunday as soon as the DAG
+    # appears (catchup=False still runs one), i.e. an hour of training from starting a UI. Without it,
+    # run_immediately=False makes the first scheduled run the next Sunday 03:00.
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC", run_immediately=False),
                                  assets=RETRAIN_REQUEST),
-    start_date=START, catchup=False, max_active_runs=1,  # one `dvc repro` per workspace
+    catchup=False, max_active_runs=1,  # one `dvc repro` per workspace
     default_args=DEFAULT_ARGS, tags=["deepfusion", "training"],
     params={
         "mode": Param("full", enum=["full", "register_only", "promote_only"],
@@ -54,27 +57,29 @@ PUSH = "if dvc remote list | grep -q '^artifacts[[:space:]]'; then dvc push -q -
     },
 )
 def retrain():
-    @task.branch
+    @task.branch(execution_timeout=TIMEOUT["quick"])
     def choose(params: dict) -> str:
         return {"full": "configure", "register_only": "to_register", "promote_only": "to_promote"}[params["mode"]]
 
-    @task
+    @task(execution_timeout=TIMEOUT["quick"])
     def configure(params: dict) -> dict:
         from components.ops.run_params import apply_overrides, run_overrides
 
         return apply_overrides(home(), run_overrides(params))
 
-    dvc_pull = BashOperator(task_id="dvc_pull", bash_command=in_workspace(PULL))
+    dvc_pull = BashOperator(task_id="dvc_pull", bash_command=in_workspace(PULL), execution_timeout=TIMEOUT["io"])
     force = "{{ '-f ' if params.force else '' }}"
     stages = [
-        BashOperator(task_id=s.replace("@", "_"), bash_command=in_workspace(f"dvc repro {force}-s {s}"),
+        # retries=1: a stage is deterministic, but its worker may be lost mid-run (DVC resumes from the cache).
+        BashOperator(task_id=s.replace("@", "_"), bash_command=in_workspace(f"dvc repro {force}-s {s}"), retries=1,
+                     execution_timeout=TIMEOUT["training" if s in GPU_STAGES or "train" in s else "stage"],
                      **({"queue": GPU_QUEUE, "pool": GPU_POOL, "executor_config": gpu_executor_config()}
                         if s in GPU_STAGES else {}))
         for s in STAGES
     ]
-    dvc_push = BashOperator(task_id="dvc_push", bash_command=in_workspace(PUSH))
+    dvc_push = BashOperator(task_id="dvc_push", bash_command=in_workspace(PUSH), execution_timeout=TIMEOUT["io"])
 
-    @task
+    @task(execution_timeout=TIMEOUT["registry"])
     def publish() -> dict:
         """Params, history, metrics, plots and the model of this pipeline result to MLflow, once."""
         import contextlib
@@ -85,7 +90,7 @@ def retrain():
         with contextlib.chdir(home()):
             return ops_publish.publish(load_params())
 
-    @task(trigger_rule=JOIN)
+    @task(trigger_rule=JOIN, execution_timeout=TIMEOUT["registry"])  # idempotent: a retry returns the same version
     def register() -> str:
         import contextlib
 
@@ -95,7 +100,7 @@ def retrain():
         with contextlib.chdir(home()):
             return registry.register(load_params())
 
-    @task(trigger_rule=JOIN)
+    @task(trigger_rule=JOIN, execution_timeout=TIMEOUT["registry"])
     def promote(params: dict) -> bool:
         import contextlib
 
@@ -109,11 +114,11 @@ def retrain():
         with contextlib.chdir(home()):
             return registry.promote(load_params()).promote
 
-    @task.short_circuit
+    @task.short_circuit(execution_timeout=TIMEOUT["quick"])
     def promoted(decision: bool) -> bool:
         return decision
 
-    @task(outlets=[CHAMPION])
+    @task(outlets=[CHAMPION], execution_timeout=TIMEOUT["quick"])
     def announce_champion() -> None:
         """Emits the CHAMPION asset: the serving side reloads models:/deepfusion@champion."""
 

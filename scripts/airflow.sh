@@ -10,6 +10,10 @@ port=${AIRFLOW_PORT:-8080}
 export AIRFLOW_HOME="$root/airflow_home"
 export AIRFLOW__CORE__DAGS_FOLDER="$root/dags" AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__EXECUTOR=LocalExecutor AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+# One task process per core (the default 32 LocalExecutor processes on 2 cores only thrash); retrain has no
+# start_date, so starting the UI does not launch the Sunday training that was just missed.
+cores=$(nproc)
+export AIRFLOW__CORE__PARALLELISM=$cores AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG=$cores
 export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="sqlite:///$root/airflow_home/airflow.db"
 # A different API port must be told to the workers too, or every task fails with "Connection refused".
 export AIRFLOW__API__PORT=$port AIRFLOW__API__BASE_URL="http://localhost:$port"

@@ -8,8 +8,14 @@ from pathlib import Path
 import pendulum
 
 START = pendulum.datetime(2026, 1, 1, tz="UTC")
-DEFAULT_ARGS = {"retries": 2, "retry_delay": pendulum.duration(minutes=1),
-                "retry_exponential_backoff": True}
+# How long a task may run, by kind: a hung `dvc pull` or training must not hold the one-repro-per-workspace
+# run forever. Tasks name their kind; the default covers the rest.
+TIMEOUT = {"quick": pendulum.duration(minutes=10), "io": pendulum.duration(hours=1),
+           "registry": pendulum.duration(minutes=30), "batch": pendulum.duration(hours=1),
+           "stage": pendulum.duration(hours=2), "training": pendulum.duration(hours=8)}
+# Retries help against a lost worker or a network blip; tasks whose failure is deterministic set retries=0.
+DEFAULT_ARGS = {"retries": 2, "retry_delay": pendulum.duration(minutes=1), "retry_exponential_backoff": True,
+                "execution_timeout": TIMEOUT["stage"]}
 GPU_QUEUE, GPU_POOL = "gpu", "gpu_pool"
 # Bash-side equivalents of home() and bin_dir(), evaluated by the worker's shell.
 SH_HOME = '"${DEEPFUSION_HOME:-' + str(Path(__file__).resolve().parents[2]) + '}"'

@@ -29,7 +29,22 @@ def test_dags_import_and_exist(bag):
     assert set(bag.dags) == {"retrain", "catalog_drift", "categorize"}
     for dag in bag.dags.values():
         assert dag.catchup is False and dag.max_active_runs == 1
-        assert all(t.retries >= 1 for t in dag.tasks if t.task_id not in ("validate_batch",))
+        # Deterministic failures are not retried; everything else may meet a lost worker or a network blip.
+        assert all(t.retries >= 1 for t in dag.tasks if t.task_id not in ("validate_batch", "drift_report"))
+        assert all(t.execution_timeout is not None for t in dag.tasks)
+
+
+def test_retrain_does_not_run_at_first_start(bag):
+    import pendulum
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    dag = bag.dags["retrain"]
+    assert dag.start_date is None
+    first = coerce_to_core_timetable(dag.timetable).next_dagrun_info(last_automated_data_interval=None,
+                                           restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
+    assert first.run_after > pendulum.now("UTC")  # the next Sunday, not the one that just passed
+    assert dag.get_task("train_fusion").execution_timeout > dag.get_task("ingest").execution_timeout
 
 
 def test_retrain_follows_dvc_yaml_order_and_routes_training_to_gpu(bag):
