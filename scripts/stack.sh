@@ -1,0 +1,223 @@
+#!/usr/bin/env bash
+# The production stack on one machine, each service a real process started from the project venv:
+# PostgreSQL (Airflow metadata + MLflow backend), Redis (Celery broker), the MLflow server (basic-auth app,
+# explicit --allowed-hosts, artifacts proxied), Airflow 3 api-server, scheduler, dag-processor, triggerer and
+# two Celery workers (queue `default`, queue `gpu`).
+#   bash scripts/stack.sh up       # installs postgresql/redis-server if missing; idempotent
+#   bash scripts/stack.sh status
+#   bash scripts/stack.sh down     # stops only what `up` started (pid files)
+#   source .stack/env              # the client side: MLFLOW_TRACKING_URI + credentials, Airflow URL + user
+# Everything lives in $STACK_DIR (default .stack/, git-ignored): data, logs/, pids/, and env (mode 0600)
+# with the generated passwords; nothing secret is in the repo or on a command line.
+# Workers run the DAGs against DEEPFUSION_HOME (default: this project).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+dir=${STACK_DIR:-$root/.stack}
+pg_port=${STACK_PG_PORT:-55432}
+redis_port=${STACK_REDIS_PORT:-56379}
+mlflow_port=${STACK_MLFLOW_PORT:-5050}
+api_port=${STACK_AIRFLOW_PORT:-8088}
+venv=${DEEPFUSION_VENV:-$root/.venv}
+pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+
+log() { echo "[stack] $*"; }
+
+install_services() {
+  local missing=()
+  [ -n "$pgbin" ] && [ -x "$pgbin/initdb" ] || missing+=(postgresql)
+  command -v redis-server >/dev/null || missing+=(redis-server)
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >"$dir/logs/apt.log" 2>&1
+    pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+  fi
+}
+
+secrets() {
+  # Generated once, kept in $dir/env (0600); the services and the clients read it.
+  if [ ! -f "$dir/env" ]; then
+    umask 077
+    local pg_pw redis_pw mlflow_pw jwt fernet
+    pg_pw=$(openssl rand -hex 16); redis_pw=$(openssl rand -hex 16); mlflow_pw=$(openssl rand -hex 16)
+    jwt=$(openssl rand -hex 32)
+    fernet=$("$venv/bin/python" -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")
+    cat >"$dir/env" <<EOF
+# Written by scripts/stack.sh (mode 0600). Source it to talk to the stack.
+export STACK_PG_PASSWORD=$pg_pw
+export STACK_REDIS_PASSWORD=$redis_pw
+export MLFLOW_TRACKING_URI=http://127.0.0.1:$mlflow_port
+export MLFLOW_TRACKING_USERNAME=admin
+export MLFLOW_TRACKING_PASSWORD=$mlflow_pw
+export AIRFLOW_URL=http://127.0.0.1:$api_port
+export AIRFLOW__API_AUTH__JWT_SECRET=$jwt
+export AIRFLOW__CORE__FERNET_KEY=$fernet
+EOF
+    umask 022
+  fi
+  # shellcheck disable=SC1091
+  source "$dir/env"
+}
+
+alive() { [ -f "$dir/pids/$1.pid" ] && kill -0 "$(cat "$dir/pids/$1.pid")" 2>/dev/null; }
+
+start() {  # start NAME CMD...: a background process with its log and pid file, unless it already runs
+  local name=$1; shift
+  if alive "$name"; then log "$name already running (pid $(cat "$dir/pids/$name.pid"))"; return; fi
+  nohup setsid "$@" >>"$dir/logs/$name.log" 2>&1 &
+  echo $! >"$dir/pids/$name.pid"
+  log "$name started (pid $!, log $dir/logs/$name.log)"
+}
+
+wait_for() {  # wait_for WHAT SECONDS CMD...
+  local what=$1 secs=$2; shift 2
+  for _ in $(seq "$secs"); do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    sleep 1
+  done
+  log "$what did not come up in ${secs}s; see $dir/logs/"; return 1
+}
+
+postgres_up() {
+  local data=$dir/pg
+  if [ ! -f "$data/PG_VERSION" ]; then
+    mkdir -p "$data" "$dir/pgrun"
+    chown postgres:postgres "$data" "$dir/pgrun"
+    chmod 700 "$data"
+    local pwfile; pwfile=$(mktemp); chown postgres "$pwfile"; chmod 600 "$pwfile"
+    echo "$STACK_PG_PASSWORD" >"$pwfile"
+    runuser -u postgres -- "$pgbin/initdb" -D "$data" -U deepfusion --pwfile="$pwfile" \
+      --auth-host=scram-sha-256 --auth-local=peer >"$dir/logs/initdb.log" 2>&1
+    rm -f "$pwfile"
+  fi
+  touch "$dir/logs/postgres.log" && chown postgres "$dir/logs/postgres.log"
+  if runuser -u postgres -- "$pgbin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    log "postgres already running"
+  else
+    runuser -u postgres -- "$pgbin/pg_ctl" -D "$data" -l "$dir/logs/postgres.log" -w start \
+      -o "-p $pg_port -k $dir/pgrun -c listen_addresses=127.0.0.1" >/dev/null
+    log "postgres started on 127.0.0.1:$pg_port"
+  fi
+  export PGPASSWORD=$STACK_PG_PASSWORD
+  for db in airflow mlflow mlflow_auth; do
+    psql -h 127.0.0.1 -p "$pg_port" -U deepfusion -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" \
+      | grep -q 1 || psql -h 127.0.0.1 -p "$pg_port" -U deepfusion -d postgres -qc "CREATE DATABASE $db" >/dev/null
+  done
+  unset PGPASSWORD
+}
+
+redis_up() {
+  mkdir -p "$dir/redis"
+  if alive redis; then log "redis already running"; return; fi
+  # The password goes in through a config file (not argv: `ps` would show it).
+  (umask 077; printf 'port %s\nbind 127.0.0.1\ndir %s\nrequirepass %s\nsave ""\n' \
+    "$redis_port" "$dir/redis" "$STACK_REDIS_PASSWORD" >"$dir/redis/redis.conf")
+  start redis redis-server "$dir/redis/redis.conf"
+  wait_for redis 20 redis-cli -p "$redis_port" -a "$STACK_REDIS_PASSWORD" --no-auth-warning ping
+}
+
+pg_uri() { echo "postgresql+psycopg2://deepfusion:$STACK_PG_PASSWORD@127.0.0.1:$pg_port/$1"; }
+
+mlflow_up() {
+  mkdir -p "$dir/mlartifacts"
+  (umask 077; printf '[mlflow]\ndefault_permission = READ\ndatabase_uri = %s\nadmin_username = admin\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n' \
+    "$(pg_uri mlflow_auth)" >"$dir/mlflow_auth.ini")
+  # Backend URI and admin password by environment: neither appears in the process list.
+  MLFLOW_BACKEND_STORE_URI=$(pg_uri mlflow) MLFLOW_AUTH_CONFIG_PATH=$dir/mlflow_auth.ini \
+  MLFLOW_AUTH_ADMIN_PASSWORD=$MLFLOW_TRACKING_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY=$AIRFLOW__API_AUTH__JWT_SECRET \
+    start mlflow "$venv/bin/mlflow" server --app-name basic-auth --host 127.0.0.1 --port "$mlflow_port" \
+      --workers 2 --artifacts-destination "$dir/mlartifacts" \
+      --allowed-hosts "127.0.0.1:$mlflow_port,localhost:$mlflow_port"
+  wait_for mlflow 120 curl -fsS "http://127.0.0.1:$mlflow_port/health"
+}
+
+airflow_env() {
+  export AIRFLOW_HOME=$dir/airflow
+  export AIRFLOW__CORE__DAGS_FOLDER=$root/dags AIRFLOW__CORE__LOAD_EXAMPLES=False
+  export AIRFLOW__CORE__EXECUTOR=CeleryExecutor
+  export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
+  AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(pg_uri airflow)
+  export AIRFLOW__CELERY__BROKER_URL="redis://:$STACK_REDIS_PASSWORD@127.0.0.1:$redis_port/0"
+  export AIRFLOW__CELERY__RESULT_BACKEND
+  AIRFLOW__CELERY__RESULT_BACKEND="db+postgresql+psycopg2://deepfusion:$STACK_PG_PASSWORD@127.0.0.1:$pg_port/airflow"
+  export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$api_port/execution/
+  export AIRFLOW__API__BASE_URL=http://127.0.0.1:$api_port AIRFLOW__API__PORT=$api_port AIRFLOW__API__HOST=127.0.0.1
+  export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
+  export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+  local cores; cores=$(nproc)
+  export AIRFLOW__CORE__PARALLELISM=$((cores * 2)) AIRFLOW__CELERY__WORKER_CONCURRENCY=1
+  export AIRFLOW__OPERATORS__DEFAULT_QUEUE=default
+  export PYTHONPATH="$root/dags${PYTHONPATH:+:$PYTHONPATH}"
+  export DEEPFUSION_HOME=${DEEPFUSION_HOME:-$root} DEEPFUSION_BIN=$venv/bin PATH="$venv/bin:$PATH"
+  export DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=False DO_NOT_TRACK=1
+}
+
+airflow_up() {
+  airflow_env
+  mkdir -p "$AIRFLOW_HOME"
+  "$venv/bin/airflow" db migrate >"$dir/logs/airflow-migrate.log" 2>&1
+  "$venv/bin/airflow" pools set gpu_pool 1 "GPU training slots" >/dev/null
+  start airflow-api-server "$venv/bin/airflow" api-server --port "$api_port"
+  start airflow-scheduler "$venv/bin/airflow" scheduler
+  start airflow-dag-processor "$venv/bin/airflow" dag-processor
+  start airflow-triggerer "$venv/bin/airflow" triggerer
+  start worker-default "$venv/bin/airflow" celery worker --queues default --concurrency 1 \
+    --celery-hostname "default@%h" --skip-serve-logs
+  # On a machine with a GPU this worker sees it; params.gpu.yaml is applied by the stages it runs.
+  start worker-gpu "$venv/bin/airflow" celery worker --queues gpu --concurrency 1 \
+    --celery-hostname "gpu@%h" --skip-serve-logs
+  wait_for airflow-api-server 180 curl -fsS "http://127.0.0.1:$api_port/api/v2/version"
+  # The simple auth manager writes admin's generated password here; the client env gets it.
+  local pwfile=$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated
+  wait_for "airflow admin password" 60 test -s "$pwfile"
+  local pw; pw=$("$venv/bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['admin'])" "$pwfile")
+  grep -q AIRFLOW_PASSWORD "$dir/env" || (umask 077; printf 'export AIRFLOW_USERNAME=admin\nexport AIRFLOW_PASSWORD=%s\n' "$pw" >>"$dir/env")
+}
+
+stop() {
+  local name=$1
+  if alive "$name"; then
+    local pid; pid=$(cat "$dir/pids/$name.pid")
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
+    for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null
+    log "$name stopped"
+  fi
+  rm -f "$dir/pids/$name.pid"
+}
+
+AIRFLOW_PROCS=(worker-gpu worker-default airflow-triggerer airflow-dag-processor airflow-scheduler airflow-api-server)
+
+case "${1:-}" in
+  up)
+    t0=$(date +%s)
+    mkdir -p "$dir/logs" "$dir/pids"
+    install_services
+    secrets
+    postgres_up
+    redis_up
+    mlflow_up
+    airflow_up
+    log "up in $(( $(date +%s) - t0 )) s: MLflow http://127.0.0.1:$mlflow_port, Airflow http://127.0.0.1:$api_port (source $dir/env)"
+    ;;
+  down)
+    for p in "${AIRFLOW_PROCS[@]}" mlflow redis; do stop "$p"; done
+    if [ -f "$dir/pg/PG_VERSION" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg" status >/dev/null 2>&1; then
+      runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg" -m fast -w stop >/dev/null && log "postgres stopped"
+    fi
+    ;;
+  status)
+    [ -f "$dir/env" ] || { echo "not set up ($dir/env missing)"; exit 1; }
+    rc=0
+    for p in redis mlflow "${AIRFLOW_PROCS[@]}"; do
+      if alive "$p"; then echo "$p: running (pid $(cat "$dir/pids/$p.pid"))"; else echo "$p: DOWN"; rc=1; fi
+    done
+    if runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg" status >/dev/null 2>&1; then echo "postgres: running"
+    else echo "postgres: DOWN"; rc=1; fi
+    curl -fsS "http://127.0.0.1:$mlflow_port/health" >/dev/null && echo "mlflow /health: ok" || rc=1
+    curl -fsS "http://127.0.0.1:$api_port/api/v2/version" >/dev/null && echo "airflow api: ok" || rc=1
+    exit $rc
+    ;;
+  *)
+    echo "usage: bash scripts/stack.sh up|down|status" >&2; exit 2 ;;
+esac
