@@ -6,10 +6,14 @@ import io
 import json
 import os
 import random
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from components.config import deep_merge, load_raw, params_from_dict
@@ -130,3 +134,19 @@ def tiny_params(tmp_path: Path, catalog: Path):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def dag_workspace(ws: Path) -> Path:
+    """A project workspace the DAGs can run in (DEEPFUSION_HOME): a synthetic catalog, tiny params, dvc.yaml,
+    the components package linked, DVC initialised without git."""
+    make_catalog(ws / "data", n=150, seed=5)
+    shutil.copy(ROOT / "dvc.yaml", ws / "dvc.yaml")
+    os.symlink(ROOT / "components", ws / "components")
+    raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
+    raw = deep_merge(raw, {"registry": {"floors": {"masterCategory": 0.1, "subCategory": 0.1, "articleType": 0.1}},
+                           "train_fusion": {"train": {"lr": 3.0e-3, "patience": 8}},
+                           "train_baseline": {"train": {"patience": 8}},
+                           "drift": {"reference_date": "2030-01-01"}})
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "--no-scm", "-q"], cwd=ws, check=True)
+    return ws

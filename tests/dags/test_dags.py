@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from components.config import deep_merge, load_raw
-from tests.conftest import ROOT, TINY_OVERRIDES, make_catalog
+from components.config import load_raw
+from tests.conftest import ROOT, dag_workspace, make_catalog
 
 
 @pytest.fixture(scope="module")
@@ -90,19 +90,7 @@ def test_run_overrides_really_change_params(tmp_path):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    ws = tmp_path_factory.mktemp("dagws")
-    make_catalog(ws / "data", n=150, seed=5)
-    shutil.copy(ROOT / "dvc.yaml", ws / "dvc.yaml")
-    os.symlink(ROOT / "components", ws / "components")
-    raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
-    raw = deep_merge(raw, {"registry": {"floors": {"masterCategory": 0.1, "subCategory": 0.1, "articleType": 0.1}},
-                           "train_fusion": {"train": {"lr": 3.0e-3, "patience": 8}},
-                           "train_baseline": {"train": {"patience": 8}},
-                           "drift": {"reference_date": "2030-01-01"}})
-    (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    bindir = Path(sys.executable).parent
-    subprocess.run([str(bindir / "dvc"), "init", "--no-scm", "-q"], cwd=ws, check=True)
-    return ws
+    return dag_workspace(tmp_path_factory.mktemp("dagws"))
 
 
 def run_dag(ws: Path, dag_id: str, conf: dict | None = None) -> dict:

@@ -1,0 +1,165 @@
+"""The production path for real: `scripts/stack.sh up` (PostgreSQL, Redis, MLflow server with basic auth,
+Airflow 3 with CeleryExecutor and a `default` and a `gpu` worker), then the DAGs driven through the REST API
+as the UI does, on a tiny workspace. Run alone: `pytest -m stack tests/stack` (about 10 minutes on 2 cores)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, dag_workspace, make_catalog
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+PORTS = {"STACK_PG_PORT": "55442", "STACK_REDIS_PORT": "56389", "STACK_MLFLOW_PORT": "5061",
+         "STACK_AIRFLOW_PORT": "8099"}
+
+
+def read_env(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export "):
+            k, v = line.removeprefix("export ").split("=", 1)
+            out[k] = v
+    return out
+
+
+class Stack:
+    def __init__(self, folder: Path, home: Path) -> None:
+        self.folder, self.home = folder, home
+        self.env = {**os.environ, **PORTS, "STACK_DIR": str(folder), "DEEPFUSION_HOME": str(home),
+                    # A lost worker is noticed after a minute instead of five.
+                    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60"}
+        self.env.pop("MLFLOW_TRACKING_URI", None)
+
+    def sh(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+        r = subprocess.run(["bash", str(ROOT / "scripts" / "stack.sh"), *args], env=self.env, capture_output=True,
+                           text=True, timeout=timeout)
+        assert r.returncode == 0 or args[0] == "status", r.stdout + r.stderr
+        return r
+
+    @property
+    def client(self) -> dict[str, str]:
+        return read_env(self.folder / "env")
+
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+        c = self.client
+        if not hasattr(self, "_token"):
+            self._token = self._call("POST", f"{c['AIRFLOW_URL']}/auth/token",
+                                     {"username": c["AIRFLOW_USERNAME"], "password": c["AIRFLOW_PASSWORD"]},
+                                     auth=None)["access_token"]
+        return self._call(method, f"{c['AIRFLOW_URL']}/api/v2{path}", body, auth=f"Bearer {self._token}")
+
+    @staticmethod
+    def _call(method: str, url: str, body: dict | None, auth: str | None) -> dict:
+        req = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": auth} if auth else {})})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return json.loads(resp.read() or b"{}")
+
+    def trigger(self, dag_id: str, conf: dict) -> str:
+        return self.api("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+
+    def wait(self, dag_id: str, run_id: str, minutes: float = 20) -> dict:
+        deadline = time.time() + minutes * 60
+        while time.time() < deadline:
+            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+            if run["state"] in ("success", "failed"):
+                return run
+            time.sleep(5)
+        raise AssertionError(f"{dag_id} {run_id} still {run['state']} after {minutes} min")
+
+    def tasks(self, dag_id: str, run_id: str) -> dict[str, dict]:
+        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
+        return {t["task_id"] + (f"[{t['map_index']}]" if t["map_index"] >= 0 else ""): t for t in tis}
+
+    def mlflow(self):
+        from mlflow import MlflowClient
+
+        c = self.client
+        os.environ.update({k: c[k] for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")})
+        return MlflowClient(tracking_uri=c["MLFLOW_TRACKING_URI"], registry_uri=c["MLFLOW_TRACKING_URI"])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = dag_workspace(tmp_path_factory.mktemp("stackws"))
+    s = Stack(tmp_path_factory.mktemp("stack"), home)
+    # The workers log to MLflow with the credentials from the stack's env file, never from the repo.
+    t0 = time.time()
+    s.sh("up")
+    s.started_in = time.time() - t0
+    yield s
+    s.sh("down", timeout=300)
+
+
+def test_services_are_real_and_guarded(stack):
+    assert "DOWN" not in stack.sh("status").stdout
+    c = stack.client
+    url = f"{c['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
+    for headers, expected in (({}, 401), ({"Host": "mlflow.attacker.example:5061"}, 403)):
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=30)
+            code = 200
+        except urllib.error.HTTPError as exc:
+            code = exc.code
+        assert code == expected, (headers, code)
+    dags = {d["dag_id"]: d for d in stack.api("GET", "/dags")["dags"]}
+    assert set(dags) == {"retrain", "catalog_drift", "categorize"}
+    runs = stack.api("GET", "/dags/retrain/dagRuns")["dag_runs"]
+    assert runs == []  # starting the stack does not start a training
+
+
+def test_retrain_through_celery_registers_on_the_mlflow_server(stack):
+    t0 = time.time()
+    run_id = stack.trigger("retrain", {"mode": "full", "epochs": 2})
+    run = stack.wait("retrain", run_id)
+    tasks = stack.tasks("retrain", run_id)
+    assert run["state"] == "success", {k: t["state"] for k, t in tasks.items()}
+    stack.retrain_seconds = time.time() - t0
+    assert tasks["train_fusion"]["queue"] == "gpu" and tasks["ingest"]["queue"] == "default"
+    gpu_log = (stack.folder / "logs" / "worker-gpu.log").read_text()
+    assert "train_fusion" in gpu_log and "train_baseline_tfidf" not in gpu_log  # routed by queue
+    versions = stack.mlflow().search_model_versions("name='deepfusion'")
+    assert len(versions) == 1 and versions[0].tags.get("promotion_decision") == "promoted"
+    print(f"stack up in {stack.started_in:.0f} s; tiny retrain through Celery in {stack.retrain_seconds:.0f} s")
+
+
+def test_new_batch_is_drift_checked_then_categorized_through_asset_events(stack):
+    batch = make_catalog(stack.home / "landing" / "2016-05", n=60, seed=31, start_id=70_000)
+    (batch / "_READY").write_text("")
+    run_id = stack.trigger("catalog_drift", {})
+    assert stack.wait("catalog_drift", run_id)["state"] == "success"
+    deadline = time.time() + 600
+    while time.time() < deadline:  # categorize is scheduled by the deepfusion_new_catalog asset event
+        runs = stack.api("GET", "/dags/categorize/dagRuns")["dag_runs"]
+        if runs and runs[-1]["state"] in ("success", "failed"):
+            break
+        time.sleep(5)
+    assert runs and runs[-1]["state"] == "success" and runs[-1]["run_type"] == "asset_triggered"
+    out = stack.home / "artifacts" / "categorize" / "2016-05"
+    assert (out / "predictions.csv").is_file() and (out / "review_queue.csv").is_file()
+
+
+def test_a_worker_lost_mid_training_is_recovered_without_a_duplicate_version(stack):
+    run_id = stack.trigger("retrain", {"mode": "full", "epochs": 2, "force": True})
+    deadline = time.time() + 900
+    while stack.tasks("retrain", run_id).get("train_fusion", {}).get("state") != "running":
+        assert time.time() < deadline, "train_fusion never started"
+        time.sleep(2)
+    pid = int((stack.folder / "pids" / "worker-gpu.pid").read_text())
+    os.killpg(pid, signal.SIGKILL)  # the machine running the GPU worker dies
+    time.sleep(3)
+    stack.sh("up")  # ...and comes back
+    run = stack.wait("retrain", run_id, minutes=25)
+    tasks = stack.tasks("retrain", run_id)
+    assert run["state"] == "success", {k: t["state"] for k, t in tasks.items()}
+    assert tasks["train_fusion"]["try_number"] >= 2
+    assert len(stack.mlflow().search_model_versions("name='deepfusion'")) == 1  # same weights: same version
