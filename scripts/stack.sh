@@ -80,6 +80,8 @@ wait_for() {  # wait_for WHAT SECONDS CMD...
 
 postgres_up() {
   local data=$dir/pg
+  runuser -u postgres -- test -x "$dir" || {
+    log "the postgres user cannot reach $dir (a parent folder is private?); choose another STACK_DIR"; exit 1; }
   if [ ! -f "$data/PG_VERSION" ]; then
     mkdir -p "$data" "$dir/pgrun"
     chown postgres:postgres "$data" "$dir/pgrun"
@@ -87,7 +89,8 @@ postgres_up() {
     local pwfile; pwfile=$(mktemp); chown postgres "$pwfile"; chmod 600 "$pwfile"
     echo "$STACK_PG_PASSWORD" >"$pwfile"
     runuser -u postgres -- "$pgbin/initdb" -D "$data" -U deepfusion --pwfile="$pwfile" \
-      --auth-host=scram-sha-256 --auth-local=peer >"$dir/logs/initdb.log" 2>&1
+      --auth-host=scram-sha-256 --auth-local=peer >"$dir/logs/initdb.log" 2>&1 \
+      || { rm -f "$pwfile"; log "initdb failed:"; tail -5 "$dir/logs/initdb.log"; exit 1; }
     rm -f "$pwfile"
   fi
   touch "$dir/logs/postgres.log" && chown postgres "$dir/logs/postgres.log"

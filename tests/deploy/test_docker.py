@@ -60,3 +60,19 @@ def test_entrypoint_runs_its_command_as_a_plain_command():
     assert r.returncode == 0 and r.stdout.strip().startswith("3.3"), r.stdout + r.stderr
     r = run(str(DOCKER / "entrypoint.sh"), "python", "-c", "import components.registry; print('ok')", env=env)
     assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+
+
+def test_compose_refuses_missing_secrets_and_the_context_leaves_local_state_out():
+    import re
+
+    text = (DOCKER / "compose.yaml").read_text()
+    interpolated = re.findall(r"(?<!\$)\$\{([A-Z_]+)([^}]*)\}", text)
+    assert interpolated and all(rest.startswith(":?") for _, rest in interpolated), interpolated
+    example = dict(ln.split("=", 1) for ln in (DOCKER / "env.example").read_text().splitlines()
+                   if ln and not ln.startswith("#"))
+    secrets = [k for k in example if any(w in k for w in ("PASSWORD", "SECRET", "KEY"))]
+    assert secrets and all(example[k] == "" for k in secrets)  # no placeholder a stack could run on
+    assert "--backend-store-uri" not in text and "MLFLOW_BACKEND_STORE_URI" in text  # no password in argv
+    assert "--allowed-hosts" in text and "basic-auth" in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "docker/.env", "data", "mlflow.db", ".git", "artifacts"} <= set(ignored)

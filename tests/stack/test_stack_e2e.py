@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -91,13 +93,17 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     home = dag_workspace(tmp_path_factory.mktemp("stackws"))
-    s = Stack(tmp_path_factory.mktemp("stack"), home)
+    # PostgreSQL runs as the `postgres` user, which cannot enter pytest's private temp folders.
+    folder = Path(tempfile.mkdtemp(prefix="deepfusion-stack-"))
+    folder.chmod(0o755)
+    s = Stack(folder, home)
     # The workers log to MLflow with the credentials from the stack's env file, never from the repo.
     t0 = time.time()
     s.sh("up")
     s.started_in = time.time() - t0
     yield s
     s.sh("down", timeout=300)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_services_are_real_and_guarded(stack):
