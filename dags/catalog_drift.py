@@ -57,16 +57,20 @@ def catalog_drift():
         outlet_events[RETRAIN_REQUEST].extra = {"drifted": [r["batch"] for r in results if r and r["drift_detected"]]}
 
     @task(trigger_rule=TriggerRule.ALL_DONE, execution_timeout=TIMEOUT["quick"])
-    def check_failures(results: list[dict | None]) -> None:
-        failed = [f"{r['batch']}: {r['error']}" for r in results if r and r.get("error")]
-        if failed:  # the run shows red, after the other batches were announced
-            raise AirflowFailException("drift report failed for:\n" + "\n".join(failed))
+    def check_failures(found: list[str], results: list[dict | None]) -> None:
+        """The run shows red for any batch that was rejected or whose report failed, after the others went on."""
+        done = {r["batch"] for r in results if r and not r.get("error")}
+        errors = {r["batch"]: r["error"] for r in results if r and r.get("error")}
+        failed = [f"{b}: {errors.get(b, 'rejected (see landing/_failed/)')}" for b in found if b not in done]
+        if failed:
+            raise AirflowFailException("batches not processed:\n" + "\n".join(failed))
 
-    checked = validate_batch.expand(batch=find_batches())
+    found = find_batches()
+    checked = validate_batch.expand(batch=found)
     results = drift_report.partial(model_uri=model()).expand(batch=checked)
     announce_batches(results)
     drifted(results) >> request_retrain(results)
-    check_failures(results)
+    check_failures(found, results)
 
 
 catalog_drift()
