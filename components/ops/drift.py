@@ -34,6 +34,7 @@ from components.encoders import tokenize
 from components.images import ImageBatch
 from components.metrics import classification
 from components.ops import drift_signals as sig
+from components.ops.provenance import files_md5
 from components.serving.categorizer import Categorizer, load_images
 from components.serving.predict import load_categorizer
 
@@ -111,14 +112,6 @@ def model_fingerprint(cat: Categorizer) -> str:
     return h.hexdigest()
 
 
-def _file_md5(path: Path) -> str:
-    h = hashlib.md5()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
@@ -133,7 +126,7 @@ class Baseline:
         p, products = params.drift, Path(params.paths.ingest) / "products.parquet"
         self.params = p
         self.seed = params.seed
-        key = {"version": CACHE_VERSION, "model": model_fingerprint(cat), "data": _file_md5(products),
+        key = {"version": CACHE_VERSION, "model": model_fingerprint(cat), "data": files_md5(products),
                "reference_sample": p.reference_sample, "null_split": p.null_split, "pca": p.pca_components,
                "seed": params.seed}
         self.key = key

@@ -6,7 +6,6 @@ folder `home` and runs there, because params.yaml paths are relative.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -16,29 +15,20 @@ import pandas as pd
 
 from components.atomic_io import atomic_write_bytes, read_json, write_json
 from components.config import load_params
+from components.ops.provenance import files_md5
 
 log = logging.getLogger(__name__)
 
 # A batch is picked up once it holds READY (written last by the uploader: a half-copied folder is never read).
-# <landing>/_state/<batch>.json marks a processed batch with the md5 of its content, so a corrected re-upload
-# under the same name is processed again; <landing>/_failed/<batch>/ keeps a rejected batch with the reason.
+# <landing>/_state/<batch>.json marks a processed batch with the md5 of its files (names and bytes), so a
+# corrected re-upload under the same name is processed again; <landing>/_failed/<batch>/ keeps a rejected
+# batch with the reason.
 READY = "_READY"
 FAILED = "_failed"
 
 
 class BatchRejected(RuntimeError):
     """A new catalog batch failed validation; it was moved to <landing>/_failed/ with its report."""
-
-
-def content_md5(batch: Path) -> str:
-    """md5 over every file of the batch (relative path and bytes), the READY marker left out."""
-    h = hashlib.md5()
-    for f in sorted(p for p in batch.rglob("*") if p.is_file() and p.name != READY):
-        h.update(str(f.relative_to(batch)).encode() + b"\0")
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023 (fh is read before the next file)
-                h.update(block)
-    return h.hexdigest()
 
 
 def pending_batches(landing: Path) -> list[str]:
@@ -54,7 +44,7 @@ def pending_batches(landing: Path) -> list[str]:
             log.info("landing: %s has no %s marker yet (still uploading?): left for a later run", p.name, READY)
             continue
         state = landing / "_state" / f"{p.name}.json"
-        if state.is_file() and read_json(state).get("content_md5") == content_md5(p):
+        if state.is_file() and read_json(state).get("content_md5") == files_md5(p):
             continue
         out.append(str(p))
     return out
@@ -140,7 +130,7 @@ def _drift_batch(home: Path, batch: str, model: str) -> dict:
                                  **{f"signal_{s['signal']}": s["value"] for s in summary["signals"]}})
         write_json(batch_path.parent / "_state" / f"{batch_path.name}.json",
                    {"drift_detected": summary["drift_detected"], "report": str(Path(home) / out),
-                    "content_md5": content_md5(batch_path)})
+                    "content_md5": files_md5(batch_path)})
     return {"batch": batch, "drift_detected": summary["drift_detected"], "reasons": summary["reasons"]}
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from components.atomic_io import write_json
 from components.ops import landing
+from components.ops.provenance import files_md5
 from tests.conftest import make_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +31,7 @@ def test_a_batch_is_picked_up_only_once_it_is_marked_ready(tmp_path):
 def test_processed_marker_is_keyed_on_content_so_a_corrected_upload_runs_again(tmp_path):
     area = tmp_path / "landing"
     batch = ready(make_catalog(area / "2016-02", n=12))
-    write_json(area / "_state" / "2016-02.json", {"content_md5": landing.content_md5(batch)})
+    write_json(area / "_state" / "2016-02.json", {"content_md5": files_md5(batch)})
     assert landing.pending_batches(area) == []
     styles = batch / "styles.csv"
     styles.write_text(styles.read_text().replace("Summer", "Winter"))  # the team re-uploads a fix
