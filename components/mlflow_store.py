@@ -190,6 +190,20 @@ def model_uri(name: str, version: str) -> str:
     return f"models:/{name}/{version}"
 
 
+def registered_tags(params: Params, uri: str) -> dict[str, str]:
+    """Tags of the model version behind models:/NAME@ALIAS or models:/NAME/VERSION; {} for other URIs."""
+    if not uri.startswith("models:/"):
+        return {}
+    ref = uri.removeprefix("models:/")
+    c = client(params)
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = alias_version(c, name, alias)
+    else:
+        name, _, version = ref.partition("/")
+    return version_tags(c, name, version) if version else {}
+
+
 def log_report(params: Params, run_name: str, folder: Path, metrics: dict) -> str:
     """Log a report folder (HTML + JSON) and its headline numbers as an MLflow run."""
     with start_run(params, run_name, {"stage": run_name.split("/")[0]}) as run:

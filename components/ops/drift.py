@@ -34,7 +34,7 @@ from components.encoders import tokenize
 from components.images import ImageBatch
 from components.metrics import classification
 from components.ops import drift_signals as sig
-from components.ops.provenance import files_md5
+from components.ops.provenance import data_md5, files_md5
 from components.serving.categorizer import Categorizer, load_images
 from components.serving.predict import load_categorizer
 
@@ -217,7 +217,10 @@ def report_html(summary: dict, evidently_html: str) -> str:
     head = (f"<section style='font-family:sans-serif;margin:1em'><h1>{html.escape(summary['batch'])}: {verdict}</h1>"
             f"<p>{summary['products']} products scored against {summary['reference_products']} training products. "
             f"Thresholds: what {c['null_batches']} batches of {c['null_batch_size']} held-out products reach, at a "
-            f"false-alarm rate of {c['false_alarm_rate']:.0%} per batch.</p><ul>{reasons}</ul>"
+            f"false-alarm rate of {c['false_alarm_rate']:.0%} per batch.</p>"
+            + (f"<p><b>Note:</b> {html.escape(summary['reference']['warning'])}</p>"
+               if summary.get("reference", {}).get("warning") else "")
+            + f"<ul>{reasons}</ul>"
             f"<table border=1 cellpadding=4><tr><th>signal</th><th>value</th><th>alarm above</th><th></th></tr>"
             f"{rows}</table><ul>{skipped}</ul><p>Below: Evidently's distributions; its per-column verdicts are "
             f"uncalibrated p-values, not this decision.</p></section>")
@@ -237,6 +240,25 @@ def check_output(batch_dir: Path, output: Path) -> None:
                            "replaced whole, so pass a new or empty folder")
     if out.exists() and not out.is_dir():
         raise CatalogError(f"{output}: is a file; pass a folder for the report")
+
+
+def reference_version(params: Params, model: str) -> dict:
+    """The data version the reference is drawn from (data.dvc) and, for a registered model, the one it was
+    trained on (its data_md5 tag). When they differ the reference is not the model's own training data: said in
+    the summary (checking out that version's catalog is left to the operator: `git checkout` + `dvc pull`)."""
+    current = data_md5()
+    trained = ""
+    if model.startswith("models:/"):
+        from components import mlflow_store
+
+        trained = mlflow_store.registered_tags(params, model).get("data_md5", "")
+    out = {"data_md5": current, "model_data_md5": trained or None, "matches_model": None}
+    if trained and current:
+        out["matches_model"] = trained == current
+        if trained != current:
+            out["warning"] = (f"the model was trained on data version {trained[:12]}, the reference is drawn from "
+                              f"{current[:12]} (the current data.dvc): differences may be the catalog's own change")
+    return out
 
 
 def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
@@ -260,7 +282,7 @@ def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
     rejected = sum(1 for p in read.problems if not p.get("kept"))  # kept: a note on a row that was read
     summary.update({"products": len(frame), "scored_products": len(cur), "rejected_rows": rejected,
                     "reference_products": len(base.reference.frame), "quality": quality(scored, pred, cat),
-                    "model": model, "null_cache": str(base.folder),
+                    "model": model, "reference": reference_version(params, model), "null_cache": str(base.folder),
                     "null_cache_reused": base.cached})
     snap = evidently_report(base.reference.frame, cur, summary["not_measurable"])
     summary["seconds"] = round(time.perf_counter() - t0, 1)
