@@ -254,12 +254,18 @@ def test_mlflow_models_serve_answers_with_base64_image(reg, trained):
 def test_drift_says_when_the_reference_is_not_the_registered_models_data(reg):
     from components.ops.drift import reference_version
 
-    v = registry.register(reg)
+    registry.register(reg)
     registry.promote(reg)
-    uri = f"models:/{reg.registry.model_name}@champion"
+    c, name = store.client(reg), reg.registry.model_name
+    champion = store.alias_version(c, name, "champion")  # whichever version earlier tests left as champion
+    uri = f"models:/{name}@champion"
     same = reference_version(reg, uri)
     assert same["matches_model"] is True and "warning" not in same
-    store.set_version_tags(store.client(reg), reg.registry.model_name, v, {"data_md5": "0123456789abcdef"})
-    other = reference_version(reg, uri)
+    recorded = store.version_tags(c, name, champion)["data_md5"]
+    store.set_version_tags(c, name, champion, {"data_md5": "0123456789abcdef"})
+    try:
+        other = reference_version(reg, uri)
+    finally:
+        store.set_version_tags(c, name, champion, {"data_md5": recorded})
     assert other["matches_model"] is False and "trained on data version 0123456789ab" in other["warning"]
     assert reference_version(reg, "artifacts/stack/combiner.json")["matches_model"] is None
