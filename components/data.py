@@ -105,10 +105,13 @@ def split_arrays(arrays: Arrays, split: np.ndarray) -> dict[str, Arrays]:
     return {name: arrays.subset(np.flatnonzero(split == code)) for name, code in SPLIT_CODES.items()}
 
 
+def cached_images(ingest_dir: str | Path, idx: np.ndarray, has_image: np.ndarray) -> ImageBatch:
+    """Images of rows `idx` from ingest's uint8 cache (no JPEG decoding); `has_image` of those rows."""
+    cache = np.load(Path(ingest_dir) / "images.npy", mmap_mode="r")
+    return ImageBatch(np.ascontiguousarray(cache[idx]), ["ok" if h else "no_image" for h in has_image])
+
+
 def cached_products(ingest_dir: str | Path, idx: np.ndarray) -> tuple[pd.DataFrame, ImageBatch]:
     """Rows `idx` of the curated table with their images from ingest's uint8 cache (no JPEG decoding)."""
-    src = Path(ingest_dir)
-    df = pd.read_parquet(src / "products.parquet")
-    cache = np.load(src / "images.npy", mmap_mode="r")
-    status = ["ok" if h else "no_image" for h in df["has_image"].to_numpy()[idx]]
-    return df.iloc[idx].reset_index(drop=True), ImageBatch(np.ascontiguousarray(cache[idx]), status)
+    df = pd.read_parquet(Path(ingest_dir) / "products.parquet").iloc[idx].reset_index(drop=True)
+    return df, cached_images(ingest_dir, idx, df["has_image"].to_numpy())

@@ -37,10 +37,9 @@ def false_alarms(base: drift.Baseline, pool: pd.DataFrame, size: int, batches: i
 
 
 def write(source: Path, frame: pd.DataFrame, ids: list[int], dst: Path) -> Path:
-    lines = (source / "styles.csv").read_text(encoding="utf-8").splitlines()
-    styles = {int(ln.split(",", 1)[0]): ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit()}
+    header, lines = replay.styles_lines(source)
     shutil.rmtree(dst, ignore_errors=True)
-    replay.write_batch(source, frame[frame["id"].isin(ids)], styles, lines[0], dst)
+    replay.write_batch(source, frame[frame["id"].isin(ids)], lines, header, dst)
     return dst
 
 

@@ -13,6 +13,7 @@ Writes backtest.json, backtest.csv and backtest.png (drift score vs accuracy dro
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ import pandas as pd
 from components.atomic_io import atomic_dir, read_json, write_json
 from components.catalog import LEVELS, read_catalog
 from components.checkpoint import fusion_checkpoint
-from components.config import Params, deep_merge, params_from_dict, params_to_dict
+from components.config import Params, Paths, deep_merge, params_from_dict, params_to_dict
 from components.metrics import classification
 from components.ops import drift, replay
 from components.pipeline import features, ingest, train_fusion, validate
@@ -32,8 +33,8 @@ from components.serving.predict import categorize, load_categorizer
 
 log = logging.getLogger(__name__)
 
-STAGE_PATHS = ("ingest", "validate", "features", "train_baseline", "train_fusion", "evaluate", "audit", "stack",
-               "search", "categorize")
+# Every stage output folder of Paths moves under the workspace (raw and the MLflow DB are set apart).
+STAGE_PATHS = tuple(f.name for f in dataclasses.fields(Paths) if f.name not in ("raw", "mlflow_db"))
 
 
 def month_end(name: str) -> float:
@@ -60,14 +61,10 @@ def train_as_of(params: Params, source: Path, catalog: pd.DataFrame, cutoff: flo
                 ) -> tuple[Params, str]:
     """Train the pipeline on the products added up to `cutoff` (undated ones stay out); its params and model."""
     p = as_of_params(params, workdir)
-    lines = (source / "styles.csv").read_text(encoding="utf-8").splitlines()
-    styles = {int(ln.split(",", 1)[0]): ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit()}
+    header, lines = replay.styles_lines(source)
     rows = catalog[catalog["catalogAddDate"] <= cutoff]
     with atomic_dir(p.paths.raw) as tmp:
-        replay.write_batch(source, rows, styles, lines[0], tmp / "catalog")
-        for f in (tmp / "catalog").iterdir():
-            f.rename(tmp / f.name)
-        (tmp / "catalog").rmdir()
+        replay.write_batch(source, rows, lines, header, tmp)
     t0 = time.perf_counter()
     ingest.run(p)
     validate.run(p)

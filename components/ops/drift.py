@@ -29,7 +29,7 @@ from components.atomic_io import atomic_dir, atomic_write_bytes, read_json, writ
 from components.catalog import LEVELS, TITLE, CatalogError, read_catalog
 from components.checkpoint import CheckpointError, fusion_checkpoint
 from components.config import DriftParams, Params, load_params
-from components.data import cached_products
+from components.data import cached_images
 from components.encoders import tokenize
 from components.images import ImageBatch
 from components.metrics import classification
@@ -88,14 +88,15 @@ def describe_chunks(frame: pd.DataFrame, images_of, cat: Categorizer) -> tuple[p
 
 def describe_split(ingest: str, split: str, sample: int | None, seed: int, cat: Categorizer) -> pd.DataFrame:
     """Products of one split of the curated catalog (a seeded sample), described from ingest's image cache."""
-    df = pd.read_parquet(Path(ingest) / "products.parquet", columns=["split"])
+    df = pd.read_parquet(Path(ingest) / "products.parquet")
     idx = np.flatnonzero((df["split"] == split).to_numpy())
     if sample is not None and sample < len(idx):
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=sample, replace=False))
-    frame = pd.read_parquet(Path(ingest) / "products.parquet").iloc[idx].reset_index(drop=True)
+    frame = df.iloc[idx].reset_index(drop=True)
+    has = frame["has_image"].to_numpy()
     # Labels as a batch carries them: the export's article type, before rare types were merged into one class.
     frame["articleType"] = frame["articleType_raw"]
-    described, _ = describe_chunks(frame, lambda a, b: cached_products(ingest, idx[a:b])[1], cat)
+    described, _ = describe_chunks(frame, lambda a, b: cached_images(ingest, idx[a:b], has[a:b]), cat)
     return described
 
 
@@ -129,7 +130,6 @@ class Baseline:
         key = {"version": CACHE_VERSION, "model": model_fingerprint(cat), "data": files_md5(products),
                "reference_sample": p.reference_sample, "null_split": p.null_split, "pca": p.pca_components,
                "seed": params.seed}
-        self.key = key
         self.folder = Path(p.cache) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         ref_file, pool_file = self.folder / "reference.parquet", self.folder / "pool.parquet"
         self.cached = ref_file.is_file() and pool_file.is_file()

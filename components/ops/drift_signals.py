@@ -16,7 +16,7 @@ however many signals there are and however correlated they are).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -146,7 +146,6 @@ class Calibration:
     false_alarm_rate: float
     batches: int
     size: int
-    null_max: dict[str, float] = field(default_factory=dict)
 
     def threshold(self, signal: str) -> float:
         return self.mean[signal] + self.z * self.std[signal]
@@ -159,7 +158,7 @@ def calibrate(null: dict[str, list[float]], false_alarm_rate: float, size: int) 
     z_max = ((m - mean) / std).max(1)
     z = float(np.quantile(z_max, 1 - false_alarm_rate))
     return Calibration(dict(zip(names, mean.tolist())), dict(zip(names, std.tolist())), z, false_alarm_rate,
-                       len(m), size, dict(zip(names, m.max(0).tolist())))
+                       len(m), size)
 
 
 def explain(ref: Reference, cur: pd.DataFrame, signal: str, value: float, threshold: float, null_mean: float

@@ -45,6 +45,13 @@ def month_batches(dates: pd.Series, cutoff: float, min_rows: int) -> dict[str, l
     return batches
 
 
+def styles_lines(source: Path) -> tuple[str, dict[int, str]]:
+    """The export's styles.csv header and each product's original line (bare commas kept), so a batch written
+    from them parses exactly like the export."""
+    lines = (source / "styles.csv").read_text(encoding="utf-8").splitlines()
+    return lines[0], {int(ln.split(",", 1)[0]): ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit()}
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, dst)
@@ -70,16 +77,13 @@ def write_batch(source: Path, frame: pd.DataFrame, styles_lines: dict[int, str],
 def run(source: Path, output: Path, reference_date: str, min_rows: int) -> dict:
     read = read_catalog(source, require_labels=False)
     frame = read.frame
-    text = (source / "styles.csv").read_text(encoding="utf-8")
-    lines = text.splitlines()
-    # Keep each product's original styles.csv line (bare commas), so batches parse exactly like the export.
-    styles_lines = {int(ln.split(",", 1)[0]): ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit()}
+    header, lines = styles_lines(source)
     cutoff = datetime.fromisoformat(reference_date).replace(tzinfo=UTC).timestamp() + 86400
     batches = month_batches(frame["catalogAddDate"], cutoff, min_rows)
     index = {}
     with atomic_dir(output) as tmp:
         for name, rows in batches.items():
-            write_batch(source, frame.iloc[rows], styles_lines, lines[0], tmp / name)
+            write_batch(source, frame.iloc[rows], lines, header, tmp / name)
             index[name] = len(rows)
         write_json(tmp / "batches.json", {"reference_date": reference_date, "batches": index,
                                           "reference_products": int((frame["catalogAddDate"] <= cutoff).sum()),
