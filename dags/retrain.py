@@ -1,5 +1,5 @@
-"""retrain: dvc pull -> DVC stages in dvc.yaml order (training on GPU workers) -> dvc push -> publish -> register
--> promotion gate."""
+"""retrain: configure the run's workspace -> DVC stages in dvc.yaml order (training on GPU workers), each pulling
+its inputs and pushing its outputs -> publish -> register -> promotion gate."""
 from __future__ import annotations
 
 from airflow.providers.standard.operators.bash import BashOperator
@@ -25,17 +25,53 @@ GPU_STAGES = {"train_baseline@image", "train_fusion"}
 JOIN = "none_failed_min_one_success"
 
 
-def in_workspace(command: str) -> str:
+def in_home(command: str) -> str:
     # set -e: any failing step (cd, pull, repro) fails the task; `if` conditions are exempt by design.
     return f"set -e; cd {SH_HOME}; export PATH={SH_BIN}:$PATH DVC_NO_ANALYTICS=1; {command}"
 
 
-# The catalog comes from the default remote; pipeline outputs go to (and come back from) a remote named
-# `artifacts` when one is configured. Without remotes (tests, a bare workspace) both are no-ops; when a remote
-# exists, a failing pull or push fails the task.
-PULL = ("if dvc remote list | grep -q .; then dvc pull -q data.dvc; fi; "
-        "if dvc remote list | grep -q '^artifacts[[:space:]]'; then dvc pull -q -r artifacts --allow-missing; fi")
-PUSH = "if dvc remote list | grep -q '^artifacts[[:space:]]'; then dvc push -q -r artifacts; fi"
+# Every stage task works in the run's own workspace (components.ops.run_workspace: tracked params.yaml and dvc.lock
+# are never edited by a run), rebuilt from RUN_SPEC and the run's dvc.lock so far (RUN_LOCK, the previous stage's
+# XCom), so consecutive stages may run on machines that share no disk. The catalog comes from the project's
+# default remote; a stage pulls its inputs from and pushes its outputs to the remote `artifacts` when one is
+# configured, else takes them from the shared DVC cache. The last line it prints (its XCom) is the updated lock.
+DATA = "if dvc remote list | grep -q .; then dvc pull -q data.dvc; fi; "
+ARTIFACTS = "dvc remote list | grep -q '^artifacts[[:space:]]'"
+
+
+def stage_command(stage: str, force: str) -> str:
+    return in_home(
+        (DATA if stage == "ingest" else "")
+        + 'cd "$(python -m components.ops.run_workspace materialize)"; '
+        + f"if {ARTIFACTS}; then dvc pull -q -r artifacts --allow-missing --with-deps {stage}; "
+        + f"else dvc checkout -q --allow-missing --with-deps {stage}; fi; "
+        + f"dvc repro {force}-s {stage}; "
+        + f"if {ARTIFACTS}; then dvc push -q -r artifacts {stage}; fi; "
+        + "python -m components.ops.run_workspace lock")
+
+
+def task_id(stage: str) -> str:
+    return stage.replace("@", "_")
+
+
+def previous_lock(stage: str) -> str:
+    return "{{ ti.xcom_pull(task_ids='" + task_id(stage) + "') or '' }}"
+
+
+def run_workspace(lock_from: str):
+    """The run's workspace, outputs in place, for the Python steps after the stages; when `configure` did not run
+    (register_only, promote_only), the current pipeline result: the latest finished run's, else the project's."""
+    from airflow.sdk import get_current_context
+
+    from components.ops.run_workspace import checked_out
+
+    ti = get_current_context()["ti"]
+    spec = ti.xcom_pull(task_ids="configure")
+    if not spec:
+        from components.ops.run_workspace import current
+
+        return current(home())
+    return checked_out(home(), spec["run_id"], spec["overrides"], ti.xcom_pull(task_ids=lock_from) or None)
 
 
 @dag(
@@ -61,23 +97,32 @@ def retrain():
     def choose(params: dict) -> str:
         return {"full": "configure", "register_only": "to_register", "promote_only": "to_promote"}[params["mode"]]
 
-    @task(execution_timeout=TIMEOUT["quick"])
+    # On the GPU queue: the worker that trains decides whether the GPU profile applies (a CUDA device visible).
+    @task(queue=GPU_QUEUE, execution_timeout=TIMEOUT["quick"])
     def configure(params: dict) -> dict:
-        from components.ops.run_params import apply_overrides, run_overrides
+        from airflow.sdk import get_current_context
 
-        return apply_overrides(home(), run_overrides(params))
+        from components.ops.run_params import run_params
+        from components.ops.run_workspace import materialize, prune
 
-    dvc_pull = BashOperator(task_id="dvc_pull", bash_command=in_workspace(PULL), execution_timeout=TIMEOUT["io"])
+        run_id = get_current_context()["run_id"]
+        overrides = run_params(home(), params)
+        materialize(home(), run_id, overrides)  # a bad override fails here, before any stage runs
+        prune(home(), current=run_id)
+        return {"run_id": run_id, "overrides": overrides}
+
     force = "{{ '-f ' if params.force else '' }}"
+    spec = "{{ ti.xcom_pull(task_ids='configure') | tojson }}"
     stages = [
         # retries=1: a stage is deterministic, but its worker may be lost mid-run (DVC resumes from the cache).
-        BashOperator(task_id=s.replace("@", "_"), bash_command=in_workspace(f"dvc repro {force}-s {s}"), retries=1,
+        BashOperator(task_id=task_id(s), bash_command=stage_command(s, force), retries=1, append_env=True,
+                     env={"RUN_SPEC": spec, "RUN_LOCK": previous_lock(STAGES[i - 1]) if i else ""},
                      execution_timeout=TIMEOUT["training" if s in GPU_STAGES or "train" in s else "stage"],
                      **({"queue": GPU_QUEUE, "pool": GPU_POOL, "executor_config": gpu_executor_config()}
                         if s in GPU_STAGES else {}))
-        for s in STAGES
+        for i, s in enumerate(STAGES)
     ]
-    dvc_push = BashOperator(task_id="dvc_push", bash_command=in_workspace(PUSH), execution_timeout=TIMEOUT["io"])
+    last = task_id(STAGES[-1])
 
     @task(execution_timeout=TIMEOUT["registry"])
     def publish() -> dict:
@@ -86,9 +131,13 @@ def retrain():
 
         from components.config import load_params
         from components.ops import publish as ops_publish
+        from components.ops.run_workspace import mark_latest
 
-        with contextlib.chdir(home()):
-            return ops_publish.publish(load_params())
+        ws = run_workspace(last)
+        with contextlib.chdir(ws):
+            published = ops_publish.publish(load_params())
+        mark_latest(home(), ws)  # drift, categorize and register_only now use this run's result
+        return published
 
     @task(trigger_rule=JOIN, execution_timeout=TIMEOUT["registry"])  # idempotent: a retry returns the same version
     def register() -> str:
@@ -97,7 +146,7 @@ def retrain():
         from components.config import load_params
         from components.ops import registry
 
-        with contextlib.chdir(home()):
+        with contextlib.chdir(run_workspace(last)):
             return registry.register(load_params())
 
     @task(trigger_rule=JOIN, execution_timeout=TIMEOUT["registry"])
@@ -111,7 +160,7 @@ def retrain():
 
         if params["mode"] == "register_only":
             raise AirflowSkipException("register_only: the promotion gate is not run")
-        with contextlib.chdir(home()):
+        with contextlib.chdir(run_workspace(last)):
             return registry.promote(load_params()).promote
 
     @task.short_circuit(execution_timeout=TIMEOUT["quick"])
@@ -125,7 +174,7 @@ def retrain():
     # Empty hops keep the branch from skipping register/promote directly in the full run.
     to_register, to_promote = EmptyOperator(task_id="to_register"), EmptyOperator(task_id="to_promote")
     branch, cfg, pub, reg, gate = choose(), configure(), publish(), register(), promote()
-    chain(branch, cfg, dvc_pull, *stages, dvc_push, pub, reg, gate)
+    chain(branch, cfg, *stages, pub, reg, gate)
     branch >> to_register >> reg
     branch >> to_promote >> gate
     promoted(gate) >> announce_champion()

@@ -6,6 +6,7 @@ folder `home` and runs there, because params.yaml paths are relative.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -92,9 +93,12 @@ def check_batch(home: Path, batch: str) -> str:
 
 
 def serving_model(home: Path) -> str:
-    """models:/<name>@champion when the registry has a champion, else the pipeline's fusion checkpoint."""
+    """models:/<name>@champion when the registry has a champion, else the current pipeline result's fusion
+    checkpoint."""
     from components import mlflow_store
+    from components.ops.run_workspace import current
 
+    home = current(home)
     with contextlib.chdir(home):
         params = load_params()
         c = mlflow_store.client(params)
@@ -118,10 +122,14 @@ def drift_batch(home: Path, batch: str, model: str) -> dict:
 def _drift_batch(home: Path, batch: str, model: str) -> dict:
     from components import mlflow_store
     from components.ops import drift
+    from components.ops.run_workspace import current
 
     batch_path = Path(batch)
     with contextlib.chdir(home):
         params = load_params()
+        # The reference is the training data of the current pipeline result (the latest retrain run's workspace).
+        ingest = current(home) / params.paths.ingest
+        params = dataclasses.replace(params, paths=dataclasses.replace(params.paths, ingest=str(ingest)))
         out = Path(params.drift.output) / batch_path.name
         summary = drift.run(params, batch_path, out, model)
         mlflow_store.log_report(params, f"drift/{batch_path.name}", out,

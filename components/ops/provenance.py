@@ -2,17 +2,21 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
 import yaml
 
+RUN_FILE = "run.json"  # in a retrain run's workspace: its overrides and catalog version
+
 
 def data_md5(dvc_file: str | Path = "data.dvc") -> str:
-    """The DVC md5 of the catalog version; '' outside the project root."""
+    """The DVC md5 of the catalog version (in a run workspace: the one it was made from); '' outside a project."""
     p = Path(dvc_file)
     if not p.is_file():
-        return ""
+        run = p.with_name(RUN_FILE)
+        return str(json.loads(run.read_text()).get("data_md5", "")) if run.is_file() else ""
     outs = yaml.safe_load(p.read_text()).get("outs", [{}])
     return str(outs[0].get("md5", ""))
 
@@ -23,6 +27,12 @@ def git_commit() -> str:
                               timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
+
+
+def run_overrides(run_file: str | Path = RUN_FILE) -> dict:
+    """The params a retrain run changed over the tracked params.yaml (its run workspace's run.json); {} else."""
+    p = Path(run_file)
+    return dict(json.loads(p.read_text()).get("overrides") or {}) if p.is_file() else {}
 
 
 def files_md5(*paths: str | Path) -> str:

@@ -12,6 +12,7 @@ earlier run instead of logging a duplicate.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from components import mlflow_store
 from components.atomic_io import read_json
 from components.checkpoint import fusion_checkpoint, read_blob
 from components.config import Params, load_params, params_to_dict
-from components.ops.provenance import data_md5, files_md5, git_commit
+from components.ops.provenance import data_md5, files_md5, git_commit, run_overrides
 from components.serving.mlflow_model import example_frame, log_categorizer
 from components.serving.stacked import COMBINER_FILE
 
@@ -82,7 +83,9 @@ def publish_result(params: Params, r: Result) -> str:
     if existing:
         log.info("%s: already published as run %s", r.name, existing)
         return existing
-    tags = {**key, "stage": r.name.split("/")[0], "data_md5": data_md5(), "git_commit": git_commit()}
+    tags = {**key, "stage": r.name.split("/")[0], "data_md5": data_md5(), "git_commit": git_commit(),
+            # A retrain run's own params over the tracked params.yaml (form, GPU profile); "{}" for none.
+            "run_overrides": json.dumps(run_overrides(), sort_keys=True)}
     with mlflow_store.start_run(params, r.name, tags) as run:
         if r.model.suffix == ".pt":
             meta = read_blob(r.model)["meta"]

@@ -1,5 +1,8 @@
 """Params for one run: the retrain form's choices and hardware profiles as overrides of params.yaml.
 
+A DAG run never writes them into the tracked params.yaml: they go into the run's own workspace
+(components.ops.run_workspace). By hand, on a GPU machine's own clone, a profile can be made the default:
+
     python -m components.ops.run_params profile params.gpu.yaml   # merge a params profile into params.yaml
 """
 from __future__ import annotations
@@ -24,6 +27,22 @@ def run_overrides(conf: dict) -> dict:
         epochs = {"train": {"epochs": int(conf["epochs"])}}
         out = deep_merge(out, {"train_baseline": epochs, "train_fusion": epochs})
     return out
+
+
+GPU_PROFILE = "params.gpu.yaml"
+
+
+def device_profile(home: Path) -> dict:
+    """params.gpu.yaml when this machine sees a CUDA device, else nothing: asked on the worker that will train."""
+    from components.models.runtime import select_device  # torch: imported only by the task that asks
+
+    path = Path(home) / GPU_PROFILE
+    return load_raw(path) if path.is_file() and select_device("auto").type == "cuda" else {}
+
+
+def run_params(home: Path, conf: dict) -> dict:
+    """A retrain run's overrides: the device profile, then the form's choices over it."""
+    return deep_merge(device_profile(home), run_overrides(conf))
 
 
 def apply_overrides(home: Path, overrides: dict) -> dict:

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from components.config import load_raw
+from components.ops.run_workspace import current
 from tests.conftest import ROOT, dag_workspace, make_catalog
 
 
@@ -55,7 +56,7 @@ def test_retrain_follows_dvc_yaml_order_and_routes_training_to_gpu(bag):
         items = stage.get("matrix", {}).get("model")
         expected += [f"{name}_{i}" for i in items] if items else [name]
     chain_ids, t = [], dag.get_task("ingest")
-    while t.task_id != "dvc_push":
+    while t.task_id != "publish":
         chain_ids.append(t.task_id)
         (t,) = [dag.get_task(i) for i in t.downstream_task_ids]
     assert chain_ids == expected
@@ -119,8 +120,13 @@ def test_retrain_end_to_end_registers_and_promotes(retrained, workspace):
     assert r["state"].endswith("success"), r["log"]
     for tid in ("ingest", "train_fusion", "evaluate", "publish", "register", "promote", "announce_champion"):
         assert r["tasks"][tid].endswith("success"), (tid, r["tasks"])
-    assert load_raw(workspace / "params.yaml")["train_fusion"]["train"]["epochs"] == 8  # the form changed the run
-    assert (workspace / "artifacts/evaluate/metrics.json").is_file()
+    # The form changed the run, in the run's own workspace; the project's tracked files are untouched.
+    assert load_raw(workspace / "params.yaml")["train_fusion"]["train"]["epochs"] != 8
+    assert not (workspace / "artifacts").exists() and not (workspace / "dvc.lock").exists()
+    run = current(workspace)
+    assert run.parent == workspace / "runs" and load_raw(run / "params.yaml")["train_fusion"]["train"]["epochs"] == 8
+    assert (run / "artifacts/evaluate/metrics.json").is_file()
+    assert json.loads((run / "run.json").read_text())["overrides"]["train_fusion"]["train"]["epochs"] == 8
     # promote_only reruns just the gate: the same model is already champion.
     r = run_dag(workspace, "retrain", {"mode": "promote_only"})
     assert r["state"].endswith("success") and r["tasks"]["ingest"].endswith("skipped")

@@ -1,0 +1,185 @@
+"""A run-scoped DVC workspace for one retrain run, so a DAG run never edits the project's tracked files.
+
+A retrain run's params (the form's choices, the GPU profile) are overrides of the tracked `params.yaml`. Each task
+of the run materialises the same workspace under `<home>/runs/<run id>/`: the pipeline definition and code copied
+from the project, `params.yaml` with the run's overrides merged in, the catalog `data/` linked read-only, and the
+project's DVC cache and remotes (URLs made absolute). Outputs and `dvc.lock` stay in the run folder; unchanged
+stages are checked out from the shared cache instead of rerunning. The run's `dvc.lock` travels from task to
+task as an XCom (`lock` prints it), so a task on another machine rebuilds the workspace and pulls the outputs it
+needs from the `artifacts` remote: the workers need not share a disk.
+
+    python -m components.ops.run_workspace materialize   # env RUN_SPEC (json), RUN_LOCK (base64, optional)
+    python -m components.ops.run_workspace lock          # the current folder's dvc.lock, base64 on one line
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from configobj import ConfigObj
+
+from components.atomic_io import atomic_write_bytes
+from components.config import ConfigError, deep_merge, load_raw, params_from_dict
+from components.ops.provenance import RUN_FILE, data_md5
+
+RUNS = "runs"  # under the project home; listed in .dvcignore, .gitignore and .dockerignore
+KEEP_RUNS = 3  # run workspaces kept besides the current one (outputs stay in the DVC cache anyway)
+LATEST = "latest"  # runs/latest -> the workspace of the last run whose stages all finished (set by publish)
+COPIED = ("dvc.yaml", "dvc.lock", ".dvcignore")  # not data.dvc: data/ is linked from the project
+CODE = ("components",)
+LINKED = ("data",)  # read-only inputs: linked, never copied
+
+
+class WorkspaceError(RuntimeError):
+    """The run's workspace cannot be made (missing project files, bad spec)."""
+
+
+def run_folder(home: Path, run_id: str) -> Path:
+    # Airflow run ids carry ':' and '+' ("manual__2026-11-30T19:00:00+00:00"): keep a portable folder name.
+    return Path(home) / RUNS / re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+
+
+def dvc_config(home: Path) -> str:
+    """The run workspace's .dvc/config: the project's remotes with absolute URLs, its cache, no git."""
+    dvc = Path(home) / ".dvc"
+    src = ConfigObj(str(dvc / "config"), encoding="utf-8")
+    if (dvc / "config.local").is_file():
+        src.merge(ConfigObj(str(dvc / "config.local"), encoding="utf-8"))
+    out = ConfigObj()
+    core = dict(src.get("core", {}))
+    core.update({"no_scm": "true", "analytics": "false"})
+    out["core"] = core
+    # Hard links: checking a 1 GB stage output out of the shared cache costs nothing (DVC protects cache files).
+    out["cache"] = {"dir": str((dvc / "cache").resolve()), "type": "hardlink,symlink"}
+    for section, values in src.items():
+        if section.startswith("remote "):
+            values = dict(values)
+            url = values.get("url", "")
+            if url and "://" not in url and not os.path.isabs(url):
+                values["url"] = str((dvc / url).resolve())  # relative URLs are relative to .dvc/
+            out[section] = values
+    return "\n".join(out.write()) + "\n"
+
+
+def _create(home: Path, ws: Path, overrides: dict) -> None:
+    if not (home / "dvc.yaml").is_file() or not (home / ".dvc").is_dir():
+        raise WorkspaceError(f"{home}: not a DVC project (dvc.yaml and .dvc/ expected); set DEEPFUSION_HOME")
+    merged = deep_merge(load_raw(home / "params.yaml"), overrides)
+    params_from_dict(merged)  # a bad override fails here, naming the key, before any stage runs
+    tmp = ws.with_name(ws.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / ".dvc").mkdir(parents=True)
+    (tmp / ".dvc" / "config").write_text(dvc_config(home), encoding="utf-8")
+    (tmp / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False), encoding="utf-8")
+    # The catalog version the run trains on, for provenance tags (data.dvc itself stays out: data/ is linked).
+    run = {"overrides": overrides, "data_md5": data_md5(home / "data.dvc")}
+    (tmp / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    for name in COPIED:
+        if (home / name).is_file():
+            shutil.copy2(home / name, tmp / name)
+    for name in CODE:
+        shutil.copytree(home / name, tmp / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in LINKED:
+        if (home / name).exists():
+            os.symlink((home / name).resolve(), tmp / name)
+    try:
+        tmp.rename(ws)
+    except OSError:  # another task of the run made it first: theirs is the same
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def materialize(home: Path, run_id: str, overrides: dict, lock: str | None = None) -> Path:
+    """The run's workspace (made once per machine), with `lock` (the run's dvc.lock so far) written in."""
+    home = Path(home).resolve()
+    ws = run_folder(home, run_id)
+    if not (ws / ".dvc").is_dir():
+        ws.parent.mkdir(parents=True, exist_ok=True)
+        _create(home, ws, overrides)
+    if lock:
+        atomic_write_bytes(ws / "dvc.lock", base64.b64decode(lock))
+    return ws
+
+
+def has_remote(ws: Path, name: str) -> bool:
+    return f"['remote \"{name}\"']" in (Path(ws) / ".dvc" / "config").read_text()
+
+
+def checked_out(home: Path, run_id: str, overrides: dict, lock: str | None) -> Path:
+    """The run's workspace with every output of its dvc.lock in place: pulled from the `artifacts` remote when
+    one is configured, else checked out of the (shared) cache. For the steps after the stages (publish, register)."""
+    ws = materialize(home, run_id, overrides, lock)
+    dvc = str(Path(sys.executable).parent / "dvc")
+    cmd = [dvc, "pull", "-q", "-r", "artifacts"] if has_remote(ws, "artifacts") else [dvc, "checkout", "-q"]
+    subprocess.run([*cmd, "--allow-missing"], cwd=ws, check=True, timeout=3600)
+    return ws
+
+
+def mark_latest(home: Path, ws: Path) -> None:
+    """Point runs/latest at `ws` (atomically: a reader sees the old or the new result, never none)."""
+    link = Path(home) / RUNS / LATEST
+    if Path(ws).resolve().parent != link.parent.resolve():
+        return  # the project's own result is what `current` falls back to anyway
+    tmp = link.with_name(f".{LATEST}.{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    os.symlink(Path(ws).name, tmp)
+    os.replace(tmp, link)
+
+
+def current(home: Path) -> Path:
+    """Where the current pipeline result lives: the latest finished run's workspace, else the project itself
+    (a `dvc repro` by hand, or no retrain run yet)."""
+    link = Path(home) / RUNS / LATEST
+    return link.resolve() if (link / ".dvc").is_dir() else Path(home)
+
+
+def prune(home: Path, keep: int = KEEP_RUNS, current: str | None = None) -> list[Path]:
+    """Remove all but the `keep` newest run workspaces (never `current` nor runs/latest); returns what was removed."""
+    root = Path(home) / RUNS
+    if not root.is_dir():
+        return []
+    spared = {run_folder(home, current) if current else None, (root / LATEST).resolve()}
+    runs = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p not in spared),
+                  key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in runs[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return runs[keep:]
+
+
+def encoded_lock(ws: Path) -> str:
+    path = Path(ws) / "dvc.lock"
+    return base64.b64encode(path.read_bytes()).decode() if path.is_file() else ""
+
+
+def spec_from_env() -> dict:
+    raw = os.environ.get("RUN_SPEC", "")
+    try:
+        spec = json.loads(raw)
+        return {"run_id": str(spec["run_id"]), "overrides": dict(spec.get("overrides") or {})}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise WorkspaceError(f"RUN_SPEC must be JSON with run_id and overrides, got {raw[:200]!r}") from exc
+
+
+def main() -> None:
+    cmd = sys.argv[1] if len(sys.argv) == 2 else ""
+    try:
+        if cmd == "materialize":
+            spec = spec_from_env()
+            home = Path(os.environ.get("DEEPFUSION_HOME", Path.cwd()))
+            print(materialize(home, spec["run_id"], spec["overrides"], os.environ.get("RUN_LOCK") or None))
+        elif cmd == "lock":
+            print(encoded_lock(Path.cwd()))
+        else:
+            raise SystemExit("usage: python -m components.ops.run_workspace materialize|lock")
+    except (WorkspaceError, ConfigError) as exc:
+        raise SystemExit(f"run workspace: {exc}") from exc
+
+
+if __name__ == "__main__":
+    main()

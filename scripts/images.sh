@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Build the DeepFusion image and check it runs: `airflow version` and a prediction, as the non-root user.
+#   bash scripts/images.sh build                # deepfusion:latest from docker/pipeline.Dockerfile
+#   bash scripts/images.sh smoke MODEL CATALOG  # airflow version + predict CATALOG with MODEL, inside the image
+# One image serves every role: the Airflow services, both Celery workers and the MLflow server. The GPU worker needs
+# no CUDA base image: the locked torch wheels carry the CUDA runtime, the NVIDIA container toolkit brings the driver.
+# Environment: IMAGE (default deepfusion:latest); BASE_IMAGE (default python:3.11-slim-bookworm; when Docker Hub is
+# out of reach, a local Debian 12 stand-in local/debian:bookworm is made with debootstrap); DOCKER (client).
+# Starts dockerd (installing docker.io when missing, as root) if no engine answers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+IMAGE=${IMAGE:-deepfusion:latest}
+OFFICIAL_BASE=python:3.11-slim-bookworm
+LOCAL_BASE=local/debian:bookworm
+CA=/etc/ssl/certs/ca-certificates.crt
+export DOCKER_BUILDKIT=1
+
+# A client that can build with BuildKit: a newer CLI without its buildx plugin cannot, the engine's own CLI can.
+DOCKER=${DOCKER:-docker}
+if ! command -v "$DOCKER" >/dev/null || { ! "$DOCKER" buildx version >/dev/null 2>&1 && [ -x /usr/bin/docker ]; }; then
+  DOCKER=/usr/bin/docker
+fi
+
+engine() {
+  "$DOCKER" info >/dev/null 2>&1 && return 0
+  if ! command -v dockerd >/dev/null; then
+    echo "[images] installing docker.io"
+    apt-get install -y -q docker.io >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q docker.io >/dev/null; }
+    [ -x /usr/bin/docker ] && ! "$DOCKER" buildx version >/dev/null 2>&1 && DOCKER=/usr/bin/docker
+  fi
+  echo "[images] starting dockerd (log: /tmp/deepfusion-dockerd.log)"
+  nohup dockerd >/tmp/deepfusion-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do "$DOCKER" info >/dev/null 2>&1 && return 0; sleep 1; done
+  echo "[images] dockerd did not come up; see /tmp/deepfusion-dockerd.log" >&2
+  return 1
+}
+
+mirror() {
+  # The apt mirror this machine uses (deb822 or one-line format), else Debian's own.
+  local m
+  m=$(grep -hoE '^URIs: *[^ ]+' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1 | awk '{print $2}')
+  [ -n "$m" ] || m=$(grep -hoE '^deb +[^ ]+' /etc/apt/sources.list 2>/dev/null | head -1 | awk '{print $2}')
+  echo "${m:-http://deb.debian.org/debian}"
+}
+
+base_image() {
+  if [ -n "${BASE_IMAGE:-}" ]; then echo "$BASE_IMAGE"; return; fi
+  if "$DOCKER" image inspect "$OFFICIAL_BASE" >/dev/null 2>&1 \
+     || timeout 60 "$DOCKER" pull -q "$OFFICIAL_BASE" >/dev/null 2>&1; then
+    echo "$OFFICIAL_BASE"; return
+  fi
+  if ! "$DOCKER" image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
+    echo "[images] $OFFICIAL_BASE cannot be pulled: making $LOCAL_BASE with debootstrap" >&2
+    command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >/dev/null
+    local root
+    root=$(mktemp -d /tmp/deepfusion-rootfs.XXXXXX)
+    debootstrap --variant=minbase bookworm "$root" "$(mirror)" >/tmp/deepfusion-debootstrap.log 2>&1
+    tar -C "$root" -c . | "$DOCKER" import - "$LOCAL_BASE" >/dev/null
+    rm -rf "$root"
+  fi
+  echo "$LOCAL_BASE"
+}
+
+build() {
+  engine
+  local base secret=()
+  base=$(base_image)
+  # Behind a TLS proxy pip needs its CA: a BuildKit secret, mounted for the install step only.
+  [ -s "$CA" ] && secret=(--secret "id=ca,src=$CA")
+  echo "[images] building $IMAGE on $base"
+  local t0=$SECONDS
+  "$DOCKER" build -f docker/pipeline.Dockerfile --build-arg "BASE_IMAGE=$base" "${secret[@]}" -t "$IMAGE" .
+  echo "[images] built $IMAGE in $((SECONDS - t0)) s ($("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE" | \
+    awk '{printf "%.1f GB", $1/1e9}'))"
+}
+
+smoke() {
+  local model=$1 catalog=$2 out
+  engine
+  out=$(mktemp -d /tmp/deepfusion-smoke.XXXXXX)
+  chmod 777 "$out"  # the container's user (uid 50000) writes the predictions here
+  "$DOCKER" run --rm "$IMAGE" bash -c 'set -e; [ "$(id -u)" != 0 ]; echo "user $(id -un)"; airflow version'
+  # Paths mounted at the same place inside, and the project's artifacts/ at the image's: a stacked model names
+  # its experts by the paths its pipeline wrote them to (absolute, or relative to the project).
+  local arts=()
+  [ -d artifacts ] && arts=(-v "$PWD/artifacts:/opt/deepfusion/artifacts:ro")
+  "$DOCKER" run --rm -v "$model:$model:ro" -v "$catalog:$catalog:ro" "${arts[@]}" -v "$out:/out" "$IMAGE" \
+    python -m components.predict "$catalog" --model "$model" --output /out/predictions.csv
+  echo "[images] predictions: $(($(wc -l <"$out/predictions.csv") - 1)) rows in $out/predictions.csv"
+}
+
+case "${1:-}" in
+  build) build ;;
+  smoke) [ $# -eq 3 ] || { echo "usage: $0 smoke MODEL CATALOG" >&2; exit 2; }; smoke "$(realpath "$2")" "$(realpath "$3")" ;;
+  *) echo "usage: $0 build | smoke MODEL CATALOG" >&2; exit 2 ;;
+esac

@@ -1,0 +1,104 @@
+"""Run-scoped workspaces: a retrain run's params never touch the project's tracked files."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.config import ConfigError, load_raw
+from components.ops import run_params, run_workspace
+from components.ops.provenance import data_md5, run_overrides
+from tests.conftest import ROOT
+
+DVC = str(Path(sys.executable).parent / "dvc")
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    (home / "data" / "styles.csv").write_text("id\n1\n")
+    for name in ("dvc.yaml", "params.yaml", "params.gpu.yaml"):
+        shutil.copy(ROOT / name, home / name)
+    (home / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    (home / "data.dvc").write_text("outs:\n- md5: abc123.dir\n  path: data\n")
+    os.symlink(ROOT / "components", home / "components")
+    subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=home, check=True)
+    subprocess.run([DVC, "remote", "add", "-q", "artifacts", "../remote"], cwd=home, check=True)
+    return home
+
+
+def snapshot(home: Path) -> dict[str, bytes]:
+    return {n: (home / n).read_bytes() for n in ("params.yaml", "dvc.lock", ".dvc/config")}
+
+
+def test_overrides_live_in_the_run_workspace_only(project, monkeypatch):
+    before = snapshot(project)
+    ws = run_workspace.materialize(project, "manual__2026-11-30T19:00:00+00:00", {"train_fusion": {"train": {
+        "epochs": 1}}})
+    assert snapshot(project) == before
+    assert ws.parent == project / "runs" and ":" not in ws.name
+    assert load_raw(ws / "params.yaml")["train_fusion"]["train"]["epochs"] == 1
+    assert (ws / "data").resolve() == (project / "data").resolve()  # the catalog is linked, not copied
+    monkeypatch.chdir(ws)
+    assert run_overrides() == {"train_fusion": {"train": {"epochs": 1}}} and data_md5() == "abc123.dir"
+    # The project's remotes and cache, with relative URLs made absolute (`dvc remote add` in home stored
+    # ../remote as ../../remote, relative to home/.dvc).
+    cfg = (ws / ".dvc" / "config").read_text()
+    assert str((project.parent / "remote").resolve()) in cfg and str((project / ".dvc" / "cache").resolve()) in cfg
+    assert run_workspace.has_remote(ws, "artifacts")
+    r = subprocess.run([DVC, "remote", "list"], cwd=ws, capture_output=True, text=True, check=True)
+    assert "artifacts" in r.stdout
+
+
+def test_the_run_lock_travels_and_a_second_materialize_keeps_the_workspace(project):
+    ws = run_workspace.materialize(project, "r1", {})
+    (ws / "marker").write_text("made by the first task")
+    lock = base64.b64encode(b"schema: '2.0'\nstages:\n  ingest: {cmd: x}\n").decode()
+    again = run_workspace.materialize(project, "r1", {}, lock)
+    assert again == ws and (ws / "marker").is_file()
+    assert b"ingest" in (ws / "dvc.lock").read_bytes() and run_workspace.encoded_lock(ws) == lock
+    assert b"ingest" not in (project / "dvc.lock").read_bytes()
+
+
+def test_a_bad_override_fails_before_anything_is_made(project):
+    with pytest.raises(ConfigError, match="epochs"):
+        run_workspace.materialize(project, "bad", {"train_fusion": {"train": {"epochs": "many"}}})
+    assert not (project / "runs" / "bad").exists()
+
+
+def test_latest_and_prune(project):
+    made = [run_workspace.materialize(project, f"r{i}", {}) for i in range(6)]
+    for i, ws in enumerate(made):
+        os.utime(ws, (1000 + i, 1000 + i))
+    run_workspace.mark_latest(project, made[0])
+    assert run_workspace.current(project) == made[0].resolve()
+    removed = run_workspace.prune(project, keep=2, current="r1")
+    kept = {p.name for p in (project / "runs").iterdir()}
+    assert kept == {"latest", "r0", "r1", "r4", "r5"} and len(removed) == 2
+    shutil.rmtree(project / "runs")
+    assert run_workspace.current(project) == project  # no run yet: the project's own result
+
+
+def test_gpu_profile_applies_only_where_cuda_is_visible(project, monkeypatch):
+    assert run_params.device_profile(project) == {}  # this CPU machine
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    merged = run_params.run_params(project, {"epochs": 3})
+    assert merged["model"]["backbone"] == load_raw(project / "params.gpu.yaml")["model"]["backbone"]
+    assert merged["train_fusion"]["train"]["epochs"] == 3  # the form wins over the profile
+    assert merged["train_fusion"]["train"]["device"] == "cuda"
+
+
+def test_spec_from_env_names_the_problem(monkeypatch):
+    monkeypatch.setenv("RUN_SPEC", json.dumps({"run_id": "r", "overrides": {}}))
+    assert run_workspace.spec_from_env() == {"run_id": "r", "overrides": {}}
+    monkeypatch.setenv("RUN_SPEC", "None")
+    with pytest.raises(run_workspace.WorkspaceError, match="RUN_SPEC"):
+        run_workspace.spec_from_env()
