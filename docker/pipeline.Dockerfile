@@ -13,8 +13,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_
 # The official Python image brings python3.11; a plain Debian 12 base (the local stand-in) gets Debian's own 3.11.
 # Either way the project lives in one venv at /opt/venv.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git curl ca-certificates \
- && if ! command -v python3.11 >/dev/null; then apt-get install -y --no-install-recommends python3.11 python3.11-venv; fi \
+ && apt-get install -y --no-install-recommends git=1:2.39.* curl=7.88.* ca-certificates=20230311* \
+ && if ! command -v python3.11 >/dev/null; then \
+      apt-get install -y --no-install-recommends python3.11=3.11.2-* python3.11-venv=3.11.2-*; fi \
  && rm -rf /var/lib/apt/lists/* \
  && python3.11 -m venv /opt/venv \
  && groupadd --gid 50000 deepfusion \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the DeepFusion image and check it runs: `airflow version` and a prediction, as the non-root user.
 #   bash scripts/images.sh build                # deepfusion:latest from docker/pipeline.Dockerfile
-#   bash scripts/images.sh smoke MODEL CATALOG  # airflow version + predict CATALOG with MODEL, inside the image
+#   bash scripts/images.sh smoke MODEL CATALOG  # airflow version + predict CATALOG with MODEL (a pipeline's
+#                                               # artifacts/stack), inside the image
 # One image serves every role: the Airflow services, both Celery workers and the MLflow server. The GPU worker needs
 # no CUDA base image: the locked torch wheels carry the CUDA runtime, the NVIDIA container toolkit brings the driver.
 # Environment: IMAGE (default deepfusion:latest); BASE_IMAGE (default python:3.11-slim-bookworm; when Docker Hub is
@@ -80,11 +81,11 @@ smoke() {
   out=$(mktemp -d /tmp/deepfusion-smoke.XXXXXX)
   chmod 777 "$out"  # the container's user (uid 50000) writes the predictions here
   "$DOCKER" run --rm "$IMAGE" bash -c 'set -e; [ "$(id -u)" != 0 ]; echo "user $(id -un)"; airflow version'
-  # Paths mounted at the same place inside, and the project's artifacts/ at the image's: a stacked model names
-  # its experts by the paths its pipeline wrote them to (absolute, or relative to the project).
-  local arts=()
-  [ -d artifacts ] && arts=(-v "$PWD/artifacts:/opt/deepfusion/artifacts:ro")
-  "$DOCKER" run --rm -v "$model:$model:ro" -v "$catalog:$catalog:ro" "${arts[@]}" -v "$out:/out" "$IMAGE" \
+  # A stacked model names its experts by the paths its pipeline wrote them to, absolute or relative to the project:
+  # the model's artifacts folder is mounted at the same path, and the project's artifacts/ at the image's.
+  local arts=(-v "$(dirname "$model"):$(dirname "$model"):ro")
+  [ -d artifacts ] && arts+=(-v "$PWD/artifacts:/opt/deepfusion/artifacts:ro")
+  "$DOCKER" run --rm -v "$catalog:$catalog:ro" "${arts[@]}" -v "$out:/out" "$IMAGE" \
     python -m components.predict "$catalog" --model "$model" --output /out/predictions.csv
   echo "[images] predictions: $(($(wc -l <"$out/predictions.csv") - 1)) rows in $out/predictions.csv"
 }

@@ -1,12 +1,16 @@
 """The classical baseline: TF-IDF (word + character n-grams) with a linear model per level (scikit-learn).
 
-It lives in an importable module so its pickle (model.joblib) loads from any entry point.
+Saved as plain arrays (`model.npz`: vocabularies, idf weights, coefficients, and the settings as JSON) and
+loaded with `allow_pickle=False`: a model file from a registry or a shared disk cannot run code, unlike a
+pickle, and it does not depend on the scikit-learn version that wrote it.
 """
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 from scipy.sparse import hstack
@@ -80,10 +84,76 @@ class TfidfBaseline:
         return out
 
 
+FORMAT = "deepfusion-tfidf/1"
+# What transform() needs of a vectorizer; the fit-only settings (min_df, max_features) are not kept.
+VECTORIZER_KEYS = ("analyzer", "ngram_range", "sublinear_tf", "token_pattern", "lowercase", "norm", "use_idf",
+                   "smooth_idf", "binary", "strip_accents")
+
+
+class TfidfFileError(ValueError):
+    """A TF-IDF model file that is missing, corrupt or of another format."""
+
+
+def _vectorizer_arrays(name: str, v: TfidfVectorizer) -> tuple[dict, dict[str, np.ndarray]]:
+    terms = np.empty(len(v.vocabulary_), dtype=object)
+    for term, j in v.vocabulary_.items():
+        terms[j] = term
+    settings = {k: v.get_params()[k] for k in VECTORIZER_KEYS}
+    return settings, {f"{name}_terms": terms.astype(str), f"{name}_idf": v.idf_.astype(np.float64)}
+
+
+def save_tfidf(model: TfidfBaseline, path: str | Path) -> None:
+    """model.npz: arrays only (see the module docstring); written by the caller's atomic folder."""
+    meta = {"format": FORMAT, "categorical": list(model.categorical), "use_description": model.use_description,
+            "use_title": getattr(model, "use_title", True), "vectorizers": {}, "classifiers": []}
+    arrays: dict[str, np.ndarray] = {}
+    for name, v in (("word", model.word), ("char", model.char)):
+        if v is not None:
+            meta["vectorizers"][name], a = _vectorizer_arrays(name, v)
+            arrays.update(a)
+    for i, clf in enumerate(model.clfs):
+        meta["classifiers"].append("sgd_log" if isinstance(clf, SGDClassifier) else "logreg")
+        arrays.update({f"coef_{i}": clf.coef_, f"intercept_{i}": clf.intercept_, f"classes_{i}": clf.classes_})
+    arrays["meta"] = np.array(json.dumps(meta))
+    with open(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+def _vectorizer(settings: dict, terms: np.ndarray, idf: np.ndarray) -> TfidfVectorizer:
+    v = TfidfVectorizer(**{**settings, "ngram_range": tuple(settings["ngram_range"])},
+                        vocabulary={str(t): j for j, t in enumerate(terms)})
+    v.idf_ = idf  # sets the fitted transformer; the vocabulary is fixed, so transform() needs nothing else
+    return v
+
+
+def _classifier(kind: str, coef: np.ndarray, intercept: np.ndarray, classes: np.ndarray):
+    # The same estimator class as trained: multinomial softmax (lbfgs) and one-vs-rest sigmoids (SGD) differ.
+    clf = SGDClassifier(loss="log_loss") if kind == "sgd_log" else LogisticRegression()
+    clf.coef_, clf.intercept_, clf.classes_ = coef, intercept, classes
+    clf.n_features_in_ = coef.shape[1]
+    return clf
+
+
 def load_tfidf(path: str | Path) -> TfidfBaseline:
-    """The pickled baseline the train_baseline stage wrote (our own artifact: joblib is trusted here)."""
-    model = joblib.load(path)
-    if not isinstance(model, TfidfBaseline):
-        raise TypeError(f"{path}: expected a TfidfBaseline, found {type(model).__name__}; rerun "
-                        "`dvc repro train_baseline@tfidf`")
+    """The baseline from its model.npz, without unpickling anything."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        meta = json.loads(str(arrays["meta"]))
+        if meta.get("format") != FORMAT:
+            raise TfidfFileError(f"format {meta.get('format')!r}, expected {FORMAT!r}")
+        model = TfidfBaseline.__new__(TfidfBaseline)
+        model.categorical, model.use_description = tuple(meta["categorical"]), meta["use_description"]
+        model.use_title = meta["use_title"]
+        vecs = meta["vectorizers"]
+        model.word = _vectorizer(vecs["word"], arrays["word_terms"], arrays["word_idf"])
+        model.char = _vectorizer(vecs["char"], arrays["char_terms"], arrays["char_idf"]) if "char" in vecs else None
+        model.clfs = [_classifier(kind, arrays[f"coef_{i}"], arrays[f"intercept_{i}"], arrays[f"classes_{i}"])
+                      for i, kind in enumerate(meta["classifiers"])]
+    except FileNotFoundError as exc:
+        raise TfidfFileError(f"{path}: not found; run `dvc repro train_baseline@tfidf`") from exc
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, io.UnsupportedOperation) as exc:
+        raise TfidfFileError(f"{path}: not a readable TF-IDF model ({type(exc).__name__}: {exc}); rerun "
+                             "`dvc repro train_baseline@tfidf`") from exc
     return model

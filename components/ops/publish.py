@@ -43,14 +43,14 @@ class Result:
     """One trained model as the pipeline left it."""
 
     name: str  # MLflow run name, e.g. train_baseline/image
-    model: Path  # model.pt or model.joblib
+    model: Path  # model.pt, model.npz (TF-IDF) or combiner.json
     metrics: Path
     timings: Path  # written beside the DVC outputs; optional
 
 
 def results(params: Params) -> list[Result]:
     base, fusion = Path(params.paths.train_baseline), Path(params.paths.train_fusion)
-    out = [Result("train_baseline/tfidf", base / "tfidf" / "model.joblib", base / "metrics_tfidf.json",
+    out = [Result("train_baseline/tfidf", base / "tfidf" / "model.npz", base / "metrics_tfidf.json",
                   base / "timings_tfidf.json")]
     out += [Result(f"train_baseline/{m}", base / m / "model.pt", base / f"metrics_{m}.json",
                    base / f"timings_{m}.json") for m in params.train_baseline.modalities]

@@ -73,6 +73,9 @@ def _create(home: Path, ws: Path, overrides: dict) -> None:
         raise WorkspaceError(f"{home}: not a DVC project (dvc.yaml and .dvc/ expected); set DEEPFUSION_HOME")
     merged = deep_merge(load_raw(home / "params.yaml"), overrides)
     params_from_dict(merged)  # a bad override fails here, naming the key, before any stage runs
+    # One MLflow store for the project: a run logs and registers where serving and drift look, not beside itself.
+    db = Path(merged["paths"]["mlflow_db"])
+    merged["paths"]["mlflow_db"] = str(db if db.is_absolute() else home / db)
     tmp = ws.with_name(ws.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / ".dvc").mkdir(parents=True)

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import joblib
 import pandas as pd
 
 from components.atomic_io import atomic_dir, write_json
@@ -18,7 +17,7 @@ from components.catalog import LEVELS
 from components.config import Params, load_params
 from components.data import load_arrays, split_arrays
 from components.encoders import Encoders, encode_labels, load_encoders
-from components.models.tfidf import TfidfBaseline
+from components.models.tfidf import TfidfBaseline, save_tfidf
 from components.training.loop import peak_rss_mib
 from components.training.neural import train_neural, val_scores
 
@@ -44,7 +43,7 @@ def train_tfidf(params: Params, enc: Encoders, df: pd.DataFrame, out_dir: Path) 
                           params.features.use_description).fit(train, y_train)
     seconds = time.perf_counter() - t0
     metrics = val_scores(model.predict_proba(val, [len(enc.labels[lvl]) for lvl in LEVELS]), y_val)
-    joblib.dump(model, out_dir / "model.joblib")
+    save_tfidf(model, out_dir / "model.npz")
     timings = {"train_seconds": round(seconds, 1), "train_products_per_s": round(len(train) / seconds, 1),
                "peak_rss_mib": round(peak_rss_mib(), 1)}
     return metrics, timings

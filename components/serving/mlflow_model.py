@@ -3,7 +3,7 @@
 The pyfunc flavour is the one place serving meets MLflow; runs, the registry and URIs live in
 `components.mlflow_store`. The model is logged *from code* (`mlflow_entry.py`), not as a cloudpickled
 object, and its artifacts are torch weights (read with weights_only=True) and JSON: loading a registered
-model runs no code stored in the registry. The one exception left is the TF-IDF expert's joblib file.
+model runs no code stored in the registry (the TF-IDF expert is arrays too: `model.npz`, read without pickle).
 """
 from __future__ import annotations
 

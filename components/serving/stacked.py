@@ -27,7 +27,7 @@ from components.encoders import Encoders
 from components.images import ImageBatch
 from components.models.combiner import Combiner, StackInputs, input_conditions, path_log_probs
 from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
-from components.models.tfidf import TfidfBaseline, load_tfidf
+from components.models.tfidf import TfidfBaseline, TfidfFileError, load_tfidf
 from components.serving.categorizer import Categorizer, masked_embeddings, to_arrays
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ FORMAT = "deepfusion-stack/1"
 def expert_files(paths: Paths) -> dict[str, Path]:
     """Where the pipeline writes each expert (the stack stage keeps those that exist)."""
     base = Path(paths.train_baseline)
-    return {"tfidf": base / "tfidf" / "model.joblib", "image": base / "image" / "model.pt",
+    return {"tfidf": base / "tfidf" / "model.npz", "image": base / "image" / "model.pt",
             "text": base / "text" / "model.pt", "metadata": base / "metadata" / "model.pt",
             "fusion": Path(paths.train_fusion) / "model" / "model.pt"}
 
@@ -86,9 +86,8 @@ class Experts:
             if name == "tfidf":
                 try:
                     models[name] = load_tfidf(path)
-                except (OSError, EOFError, TypeError, ValueError, AttributeError, ImportError) as exc:
-                    raise CheckpointError(f"{path}: the TF-IDF expert cannot be loaded ({type(exc).__name__}: "
-                                          f"{exc}); rerun `dvc repro train_baseline@tfidf`") from exc
+                except TfidfFileError as exc:
+                    raise CheckpointError(f"the TF-IDF expert cannot be loaded: {exc}") from exc
                 continue
             model, enc, m = load_checkpoint(path, dev)
             if encoders is None:

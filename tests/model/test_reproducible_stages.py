@@ -21,7 +21,7 @@ OUTPUTS = {
     "ingest": ["products.parquet", "images.npy", "quarantine.csv", "report.json", "metrics.json"],
     "validate": ["report.json"],
     "features": ["encoders.json", "features.npz", "summary.json"],
-    "train_baseline": ["metadata/model.pt", "metrics_metadata.json", "tfidf/model.joblib", "metrics_tfidf.json"],
+    "train_baseline": ["metadata/model.pt", "metrics_metadata.json", "tfidf/model.npz", "metrics_tfidf.json"],
 }
 
 

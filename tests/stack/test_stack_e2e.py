@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from components.config import load_raw
 from tests.conftest import ROOT, dag_workspace, make_catalog
+
+BIN = Path(sys.executable).parent
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -93,6 +97,9 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     home = dag_workspace(tmp_path_factory.mktemp("stackws"))
+    # As in the project's .dvc/config: stage outputs travel between workers through the `artifacts` remote.
+    subprocess.run([str(BIN / "dvc"), "remote", "add", "-q", "artifacts", "artifacts-remote"], cwd=home,
+                   check=True)
     # PostgreSQL runs as the `postgres` user, which cannot enter pytest's private temp folders.
     folder = Path(tempfile.mkdtemp(prefix="deepfusion-stack-"))
     folder.chmod(0o755)
@@ -135,6 +142,13 @@ def test_retrain_through_celery_registers_on_the_mlflow_server(stack):
     assert "train_fusion" in gpu_log and "train_baseline_tfidf" not in gpu_log  # routed by queue
     versions = stack.mlflow().search_model_versions("name='deepfusion'")
     assert len(versions) == 1 and versions[0].tags.get("promotion_decision") == "promoted"
+    # The form's epochs live in the run's workspace and on the version, never in the project's params.yaml.
+    assert json.loads(versions[0].tags["run_overrides"])["train_fusion"]["train"]["epochs"] == 2
+    assert load_raw(stack.home / "params.yaml")["train_fusion"]["train"]["epochs"] != 2
+    assert not (stack.home / "dvc.lock").exists()
+    # Every stage pushed what it made to the `artifacts` remote (the workers need not share a disk).
+    pushed = [f for f in (stack.home / "artifacts-remote").rglob("*") if f.is_file()]
+    assert len(pushed) >= 20, pushed
     print(f"stack up in {stack.started_in:.0f} s; tiny retrain through Celery in {stack.retrain_seconds:.0f} s")
 
 

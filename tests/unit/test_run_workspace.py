@@ -46,6 +46,7 @@ def test_overrides_live_in_the_run_workspace_only(project, monkeypatch):
     assert snapshot(project) == before
     assert ws.parent == project / "runs" and ":" not in ws.name
     assert load_raw(ws / "params.yaml")["train_fusion"]["train"]["epochs"] == 1
+    assert load_raw(ws / "params.yaml")["paths"]["mlflow_db"] == str(project.resolve() / "mlflow.db")  # one store
     assert (ws / "data").resolve() == (project / "data").resolve()  # the catalog is linked, not copied
     monkeypatch.chdir(ws)
     assert run_overrides() == {"train_fusion": {"train": {"epochs": 1}}} and data_md5() == "abc123.dir"
