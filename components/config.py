@@ -167,6 +167,7 @@ class AuditParams:
     sgd_alpha: float  # its L2 penalty
     text_weight: float  # share of the TF-IDF (title + metadata) expert in the pooled probabilities
     html_rows: int  # suspects shown on the merchandiser page (all are in audit.csv)
+    exclude_from_training: bool  # the training stages leave the train split's suspects out (exclude.csv)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ import torch
 from components.images import ImageBatch
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}  # the `split` column of features.npz
+EXCLUDED_CODE = -1  # train rows left out of training (audit.exclude_from_training): in no split
+EXCLUDE_FILE = "exclude.csv"  # written by the audit stage: ids the training stages leave out
 BATCH_KEYS = ("tokens", "subwords", "attrs", "cat", "num", "labels", "has_image", "group")
 
 
@@ -99,6 +101,25 @@ def load_arrays(ingest_dir: str, features_dir: str) -> tuple[Arrays, np.ndarray]
     arrays = Arrays(tokens=f["tokens"], subwords=f["subwords"], attrs=f["attrs"], cat=f["cat"], num=f["num"],
                     images=images, has_image=f["has_image"], labels=f["labels"], group=f["group"])
     return arrays, f["split"]
+
+
+def excluded_ids(audit_dir: str | Path) -> np.ndarray:
+    """Ids of the train products the audit leaves out of training (none when the option is off or the audit
+    has not run, as in a pipeline driven stage by stage without it)."""
+    path = Path(audit_dir) / EXCLUDE_FILE
+    return pd.read_csv(path)["id"].to_numpy(np.int64) if path.is_file() else np.zeros(0, np.int64)
+
+
+def training_split(split: np.ndarray, ingest_dir: str | Path, audit_dir: str | Path) -> np.ndarray:
+    """The split codes with the audit's excluded train rows moved out of every split (val and test keep all
+    their products: they are judged, never cleaned)."""
+    drop = excluded_ids(audit_dir)
+    if not len(drop):
+        return split
+    ids = pd.read_parquet(Path(ingest_dir) / "products.parquet", columns=["id"])["id"].to_numpy(np.int64)
+    out = split.copy()
+    out[(split == SPLIT_CODES["train"]) & np.isin(ids, drop)] = EXCLUDED_CODE
+    return out
 
 
 def split_arrays(arrays: Arrays, split: np.ndarray) -> dict[str, Arrays]:

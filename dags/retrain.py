@@ -19,8 +19,8 @@ from common.settings import (
 )
 
 # dvc.yaml stage order (tests/dags checks it); GPU_STAGES go to the GPU queue and pool.
-STAGES = ["ingest", "validate", "features", "train_baseline@tfidf", "train_baseline@image",
-          "train_baseline@text", "train_baseline@metadata", "train_fusion", "stack", "evaluate", "audit"]
+STAGES = ["ingest", "validate", "features", "audit", "train_baseline@tfidf", "train_baseline@image",
+          "train_baseline@text", "train_baseline@metadata", "train_fusion", "stack", "evaluate"]
 GPU_STAGES = {"train_baseline@image", "train_fusion"}
 JOIN = "none_failed_min_one_success"
 

@@ -23,6 +23,7 @@ from PIL import Image
 from components.atomic_io import atomic_dir, write_json
 from components.catalog import ARTICLE, LEVELS, TITLE
 from components.config import AuditParams, Params, TfidfParams, load_params
+from components.data import EXCLUDE_FILE
 from components.encoders import Encoders, encode_labels, load_encoders
 from components.models.tfidf import TfidfBaseline
 from components.training.crossfit import group_folds, out_of_fold
@@ -163,6 +164,15 @@ def summary(table: pd.DataFrame) -> dict:
             "suspect_share_by_master": {k: round(float(v), 4) for k, v in by_master.items()}}
 
 
+def exclusions(table: pd.DataFrame, frame: pd.DataFrame, on: bool) -> pd.DataFrame:
+    """exclude.csv: the train split's suspects when audit.exclude_from_training is on, else no row (the file
+    exists either way: the training stages depend on it, and an unchanged empty file reruns nothing)."""
+    train = set(frame.loc[frame["split"] == "train", "id"].astype(int))
+    out = table.loc[table["suspect"] & table["id"].astype(int).isin(train), ["id", "suspect_levels"]] if on \
+        else pd.DataFrame({"id": pd.Series(dtype=np.int64), "suspect_levels": pd.Series(dtype=str)})
+    return out.rename(columns={"suspect_levels": "reason"}).sort_values("id").reset_index(drop=True)
+
+
 def run(params: Params) -> dict:
     src = Path(params.paths.ingest)
     df = pd.read_parquet(src / "products.parquet")
@@ -172,6 +182,8 @@ def run(params: Params) -> dict:
     images = np.load(src / "images.npy", mmap_mode="r")
     row_of_id = {int(i): n for n, i in enumerate(df["id"])}
     metrics = summary(result.table)
+    excluded = exclusions(result.table, df, params.audit.exclude_from_training)
+    metrics["excluded_from_training"] = len(excluded)
     with atomic_dir(params.paths.audit) as tmp:  # the folder is swapped in whole: plain writes inside
         result.table.to_csv(tmp / "audit.csv", index=False)
         page = audit_html(result.table, images, row_of_id, df["has_image"].to_numpy(bool), params.audit.html_rows)
@@ -179,6 +191,7 @@ def run(params: Params) -> dict:
         arrays = {f"{e}_{lvl}": result.oof[e][i] for e in result.oof for i, lvl in enumerate(LEVELS)}
         np.savez_compressed(tmp / "oof.npz", ids=df["id"].to_numpy(np.int64), folds=result.folds, **arrays)
         write_json(tmp / "metrics.json", metrics)
+        excluded.to_csv(tmp / EXCLUDE_FILE, index=False)
     log.info("audit: %d suspects of %d products", metrics["suspects"], metrics["products"])
     return metrics
 

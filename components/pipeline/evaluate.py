@@ -124,10 +124,24 @@ def variant_predictions(experts: Experts, stack: StackedCategorizer | None, spec
     return probs, decisions, a
 
 
-def slices(frame: pd.DataFrame, labels: np.ndarray, bands: dict[int, str]) -> dict[str, np.ndarray]:
-    """Test rows of the inputs and classes that are hard in practice (masks)."""
-    return {"no image": ~frame["has_image"].to_numpy(bool), "title of at most 3 words": title_words(frame) <= 3,
-            "tail classes": np.array([bands[c] == "tail" for c in labels[:, ARTICLE]], bool)}
+def slices(frame: pd.DataFrame, labels: np.ndarray, bands: dict[int, str], suspects: np.ndarray
+           ) -> dict[str, np.ndarray]:
+    """Test rows of the inputs and classes that are hard in practice (masks), and the rows whose label the
+    audit trusts: test labels are noisy too, so a score on them alone says what a mislabel costs the table."""
+    out = {"no image": ~frame["has_image"].to_numpy(bool), "title of at most 3 words": title_words(frame) <= 3,
+           "tail classes": np.array([bands[c] == "tail" for c in labels[:, ARTICLE]], bool)}
+    if len(suspects):
+        out["label not suspected by the audit"] = ~frame["id"].astype(np.int64).isin(suspects).to_numpy()
+    return out
+
+
+def audit_suspects(audit_dir: str | Path) -> np.ndarray:
+    """Ids the audit suspects of a wrong label (none before the audit ran)."""
+    path = Path(audit_dir) / "audit.csv"
+    if not path.is_file():
+        return np.zeros(0, np.int64)
+    table = pd.read_csv(path, usecols=["id", "suspect"])
+    return table.loc[table["suspect"].astype(bool), "id"].to_numpy(np.int64)
 
 
 def run(params: Params) -> dict:
@@ -158,7 +172,9 @@ def run(params: Params) -> dict:
 
     main_rows = [m for m in [*EXPERT_ROWS.values(), "stacked"] if m in probs]
     results["slices"] = {s: {m: article_view(y[mask, ARTICLE], article_pred(m, probs, decisions)[mask])
-                             for m in main_rows} for s, mask in slices(frame, y, bands).items() if mask.any()}
+                             for m in main_rows}
+                         for s, mask in slices(frame, y, bands, audit_suspects(params.paths.audit)).items()
+                         if mask.any()}
     results["inputs"] = {"full": {m: article_view(y[:, ARTICLE], article_pred(m, probs, decisions))
                                   for m in main_rows}}
     for v in INPUT_VARIANTS[1:]:

@@ -15,7 +15,7 @@ import pandas as pd
 from components.atomic_io import atomic_dir, write_json
 from components.catalog import LEVELS
 from components.config import Params, load_params
-from components.data import load_arrays, split_arrays
+from components.data import excluded_ids, load_arrays, split_arrays, training_split
 from components.encoders import Encoders, encode_labels, load_encoders
 from components.models.tfidf import TfidfBaseline, save_tfidf
 from components.training.loop import peak_rss_mib
@@ -36,7 +36,8 @@ def timings_file(params: Params, which: str) -> Path:
 
 
 def train_tfidf(params: Params, enc: Encoders, df: pd.DataFrame, out_dir: Path) -> tuple[dict, dict]:
-    train, val = df[df.split == "train"], df[df.split == "val"]
+    train = df[(df.split == "train") & ~df["id"].isin(excluded_ids(params.paths.audit))]
+    val = df[df.split == "val"]
     y_train, y_val = encode_labels(train, enc), encode_labels(val, enc)
     t0 = time.perf_counter()
     model = TfidfBaseline(params.train_baseline.tfidf, params.features.categorical,
@@ -62,6 +63,7 @@ def run(params: Params, which: str) -> dict:
             metrics, timings = train_tfidf(params, enc, df, tmp)
         else:
             arrays, split = load_arrays(params.paths.ingest, params.paths.features)
+            split = training_split(split, params.paths.ingest, params.paths.audit)
             metrics, timings = train_neural(params.model, params.seed, enc, split_arrays(arrays, split), (which,),
                                             params.train_baseline.train, tmp)
     # Metrics sit beside the model folder so DVC can track them uncached as metrics.

@@ -13,7 +13,7 @@ import torch
 from components.atomic_io import atomic_dir, write_json
 from components.checkpoint import fusion_checkpoint, read_blob
 from components.config import Params, TrainFusionParams, load_params
-from components.data import load_arrays, split_arrays
+from components.data import load_arrays, split_arrays, training_split
 from components.encoders import load_encoders
 from components.models.fusion import MODALITIES
 from components.training.neural import train_neural
@@ -57,6 +57,7 @@ def run(params: Params) -> dict:
     init = initial_image_state(tf, Path(params.paths.train_baseline))
     enc = load_encoders(params.paths.features)
     arrays, split = load_arrays(params.paths.ingest, params.paths.features)
+    split = training_split(split, params.paths.ingest, params.paths.audit)
     ckpt = fusion_checkpoint(params.paths.train_fusion)
     with atomic_dir(ckpt.parent) as tmp:
         metrics, timings = train_neural(params.model, params.seed, enc, split_arrays(arrays, split), MODALITIES,

@@ -115,3 +115,28 @@ def test_stage_writes_csv_page_oof_and_metrics(curated):
     oof = np.load(out / "oof.npz")
     assert oof["text_articleType"].shape[0] == len(table)
     np.testing.assert_allclose(oof["text_articleType"].sum(1), 1.0, atol=1e-4)
+    assert pd.read_csv(out / "exclude.csv").empty and metrics["excluded_from_training"] == 0  # option off
+
+
+def test_exclude_from_training_drops_only_train_suspects(curated):
+    import dataclasses
+
+    from components.data import SPLIT_CODES, load_arrays, split_arrays, training_split
+
+    on = dataclasses.replace(curated, audit=dataclasses.replace(curated.audit, exclude_from_training=True))
+    flipped, _ = planted(curated, n_flips=12)  # the synthetic catalog's own labels are clean
+    flipped.to_parquet(Path(curated.paths.ingest) / "products.parquet")
+    metrics = audit.run(on)
+    out = Path(curated.paths.audit)
+    table, excluded = pd.read_csv(out / "audit.csv"), pd.read_csv(out / "exclude.csv")
+    df = pd.read_parquet(Path(curated.paths.ingest) / "products.parquet")
+    train_ids = set(df.loc[df["split"] == "train", "id"])
+    expected = set(table.loc[table["suspect"], "id"]) & train_ids
+    assert expected and set(excluded["id"]) == expected and metrics["excluded_from_training"] == len(expected)
+    arrays, split = load_arrays(curated.paths.ingest, curated.paths.features)
+    cleaned = training_split(split, curated.paths.ingest, curated.paths.audit)
+    parts, before = split_arrays(arrays, cleaned), split_arrays(arrays, split)
+    assert len(parts["train"]) == len(before["train"]) - len(expected)
+    assert len(parts["val"]) == len(before["val"]) and len(parts["test"]) == len(before["test"])  # judged as is
+    ids = df["id"].to_numpy()
+    assert not set(ids[cleaned == SPLIT_CODES["train"]]) & expected
