@@ -52,7 +52,8 @@ base_image() {
   fi
   if ! "$DOCKER" image inspect "$LOCAL_BASE" >/dev/null 2>&1; then
     echo "[images] $OFFICIAL_BASE cannot be pulled: making $LOCAL_BASE with debootstrap" >&2
-    command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >/dev/null
+    command -v debootstrap >/dev/null || apt-get install -y -q debootstrap >/dev/null \
+      || { apt-get update -q >/dev/null && apt-get install -y -q debootstrap >/dev/null; }
     local root
     root=$(mktemp -d /tmp/deepfusion-rootfs.XXXXXX)
     debootstrap --variant=minbase bookworm "$root" "$(mirror)" >/tmp/deepfusion-debootstrap.log 2>&1
