@@ -35,7 +35,7 @@ def in_home(command: str) -> str:
 # XCom), so consecutive stages may run on machines that share no disk. The catalog comes from the project's
 # default remote; a stage pulls its inputs from and pushes its outputs to the remote `artifacts` when one is
 # configured, else takes them from the shared DVC cache. The last line it prints (its XCom) is the updated lock.
-DATA = "if dvc remote list | grep -q .; then dvc pull -q data.dvc; fi; "
+DATA = "if [ -f data.dvc ] && dvc remote list | grep -q .; then dvc pull -q data.dvc; fi; "
 ARTIFACTS = "dvc remote list | grep -q '^artifacts[[:space:]]'"
 
 

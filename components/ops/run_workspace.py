@@ -89,9 +89,8 @@ def _create(home: Path, ws: Path, overrides: dict) -> None:
             shutil.copy2(home / name, tmp / name)
     for name in CODE:
         shutil.copytree(home / name, tmp / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in LINKED:
-        if (home / name).exists():
-            os.symlink((home / name).resolve(), tmp / name)
+    for name in LINKED:  # linked even before it exists: the ingest task pulls data.dvc into the project first
+        os.symlink((home / name).resolve(), tmp / name)
     try:
         tmp.rename(ws)
     except OSError:  # another task of the run made it first: theirs is the same
