@@ -35,6 +35,11 @@ def run_overrides(run_file: str | Path = RUN_FILE) -> dict:
     return dict(json.loads(p.read_text()).get("overrides") or {}) if p.is_file() else {}
 
 
+def run_overrides_tag() -> str:
+    """run_overrides as the tag on MLflow runs and model versions ("{}" for none)."""
+    return json.dumps(run_overrides(), sort_keys=True)
+
+
 def files_md5(*paths: str | Path) -> str:
     """One md5 over the bytes of these files (folders: every file inside, in path order)."""
     h = hashlib.md5()

@@ -12,7 +12,6 @@ earlier run instead of logging a duplicate.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from components import mlflow_store
 from components.atomic_io import read_json
 from components.checkpoint import fusion_checkpoint, read_blob
 from components.config import Params, load_params, params_to_dict
-from components.ops.provenance import data_md5, files_md5, git_commit, run_overrides
+from components.ops.provenance import data_md5, files_md5, git_commit, run_overrides_tag
 from components.serving.mlflow_model import example_frame, log_categorizer
 from components.serving.stacked import COMBINER_FILE
 
@@ -85,7 +84,7 @@ def publish_result(params: Params, r: Result) -> str:
         return existing
     tags = {**key, "stage": r.name.split("/")[0], "data_md5": data_md5(), "git_commit": git_commit(),
             # A retrain run's own params over the tracked params.yaml (form, GPU profile); "{}" for none.
-            "run_overrides": json.dumps(run_overrides(), sort_keys=True)}
+            "run_overrides": run_overrides_tag()}
     with mlflow_store.start_run(params, r.name, tags) as run:
         if r.model.suffix == ".pt":
             meta = read_blob(r.model)["meta"]

@@ -31,7 +31,7 @@ from components.data import cached_products
 from components.images import ImageBatch
 from components.metrics import classification
 from components.mlflow_store import MAX_TAG_CHARS, RegistryError
-from components.ops.provenance import data_md5, git_commit, run_overrides
+from components.ops.provenance import data_md5, git_commit, run_overrides_tag
 from components.ops.publish import PublishError, served, served_model_uri
 from components.serving.mlflow_model import load_categorizer_uri
 
@@ -124,7 +124,7 @@ def register(params: Params) -> str:
         **{f"test_{lvl}_macro_f1": f"{test[lvl]['macro_f1']:.4f}" for lvl in LEVELS},
         **{f"test_{lvl}_accuracy": f"{test[lvl]['accuracy']:.4f}" for lvl in LEVELS},
         "served_model": evaluation.get("served_model", "fusion"),
-        "run_overrides": json.dumps(run_overrides(), sort_keys=True)[:MAX_TAG_CHARS],
+        "run_overrides": run_overrides_tag()[:MAX_TAG_CHARS],
         "params": json.dumps({"model": params_to_dict(params.model), "train_fusion": params_to_dict(
             params.train_fusion), "stack": params_to_dict(params.stack)})[:MAX_TAG_CHARS],
     }
