@@ -178,6 +178,7 @@ class StackParams:
     folds: int  # group K-fold inside the validation split: selects l2, estimates the stack honestly
     l2_grid: tuple[float, ...]  # candidate L2 pulls of the combiner's weights towards equal weights
     balance_grid: tuple[float, ...]  # candidate class balancing of its loss (rows weighted by count^-b)
+    select_experts: bool  # drop experts by backward elimination while the out-of-fold score rises
 
 
 @dataclass(frozen=True)

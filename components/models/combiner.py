@@ -57,8 +57,11 @@ class StackInputs:
         return StackInputs(self.logp[idx], self.mask[idx], self.cond[idx])
 
     def without(self, expert: int) -> StackInputs:
-        keep = [e for e in range(self.logp.shape[1]) if e != expert]
-        return StackInputs(self.logp[:, keep], self.mask[:, keep], self.cond)
+        return self.columns([e for e in range(self.logp.shape[1]) if e != expert])
+
+    def columns(self, experts: list[int]) -> StackInputs:
+        """The same products seen by only these experts (by column index)."""
+        return StackInputs(self.logp[:, experts], self.mask[:, experts], self.cond)
 
     @staticmethod
     def concat(parts: list[StackInputs]) -> StackInputs:
@@ -71,10 +74,16 @@ def _init_theta(experts: int, levels: int) -> np.ndarray:
     return theta
 
 
-def _scores(theta: torch.Tensor, bias: torch.Tensor, x: StackInputs) -> torch.Tensor:
-    cond, mask = torch.from_numpy(x.cond).double(), torch.from_numpy(x.mask).double()
+def _tensors(x: StackInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """float64 views of the inputs, made once per fit (L-BFGS evaluates the loss dozens of times)."""
+    return tuple(torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (x.cond, x.mask, x.logp))
+
+
+def _scores(theta: torch.Tensor, bias: torch.Tensor, t: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+            ) -> torch.Tensor:
+    cond, mask, logp = t
     w = torch.nn.functional.softplus(torch.einsum("elc,nc->nel", theta, cond)) * mask[:, :, None]
-    return torch.einsum("nel,nelp->np", w, torch.from_numpy(x.logp).double()) + bias
+    return torch.einsum("nel,nelp->np", w, logp) + bias
 
 
 @dataclass
@@ -101,7 +110,7 @@ class Combiner:
     def fit(self, x: StackInputs, path_y: np.ndarray, max_iter: int = 200) -> Combiner:
         """Minimise the mean NLL of the true paths (rows with path_y < 0 are skipped) + l2 * |theta - init|^2."""
         keep = np.flatnonzero(path_y >= 0)
-        x, y = x.subset(keep), torch.from_numpy(path_y[keep])
+        t, y = _tensors(x.subset(keep)), torch.from_numpy(path_y[keep])
         counts = np.bincount(path_y[keep], minlength=len(self.paths)).astype(np.float64)
         w = torch.from_numpy(np.maximum(counts[path_y[keep]], 1.0) ** -self.balance)
         w = w / w.mean()
@@ -113,7 +122,7 @@ class Combiner:
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = ((torch.nn.functional.cross_entropy(_scores(theta, bias, x), y, reduction="none") * w).mean()
+            loss = ((torch.nn.functional.cross_entropy(_scores(theta, bias, t), y, reduction="none") * w).mean()
                     + self.l2 * (((theta - init) ** 2).sum() + (bias ** 2).sum()))
             loss.backward()
             return loss
@@ -124,7 +133,8 @@ class Combiner:
 
     def path_probs(self, x: StackInputs) -> np.ndarray:
         with torch.no_grad():
-            return torch.softmax(_scores(torch.from_numpy(self.theta), torch.from_numpy(self.bias), x), dim=1).numpy()
+            scores = _scores(torch.from_numpy(self.theta), torch.from_numpy(self.bias), _tensors(x))
+            return torch.softmax(scores, dim=1).numpy()
 
     def nll(self, x: StackInputs, path_y: np.ndarray) -> float:
         keep = path_y >= 0
@@ -144,8 +154,11 @@ class Combiner:
 
     def without(self, expert: str) -> Combiner:
         """An unfitted combiner over the other experts (leave-one-expert-out ablation)."""
-        return Combiner(tuple(e for e in self.experts if e != expert), self.paths, None, self.l2,
-                        fit_bias=self.fit_bias, balance=self.balance)
+        return self.over(tuple(e for e in self.experts if e != expert))
+
+    def over(self, experts: tuple[str, ...]) -> Combiner:
+        """An unfitted combiner with the same settings over these experts."""
+        return Combiner(tuple(experts), self.paths, None, self.l2, fit_bias=self.fit_bias, balance=self.balance)
 
     def to_dict(self) -> dict:
         return {"experts": list(self.experts), "conditions": list(CONDITIONS), "l2": self.l2,

@@ -98,7 +98,7 @@ def load_stack(params: Params) -> tuple[Experts, StackedCategorizer | None, dict
     """The served stack (its experts are the models compared) or, before `stack` ran, the experts alone."""
     spec_file = Path(params.paths.stack) / COMBINER_FILE
     if spec_file.is_file():
-        cat = StackedCategorizer.load(spec_file)
+        cat = StackedCategorizer.load(spec_file, candidates=True)
         return cat.experts, cat, read_json(spec_file)
     log.warning("no stacked categorizer at %s: the experts are compared without it", spec_file)
     files = {e: f for e, f in expert_files(params.paths).items() if f.is_file()}
@@ -109,18 +109,19 @@ def variant_predictions(experts: Experts, stack: StackedCategorizer | None, spec
                         images, variant: str, cut_words: int, ablations: bool
                         ) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray], object]:
     """Per model, per-level probabilities on one input variant; path decisions of the stacked models."""
-    names = stack.combiner.experts if stack is not None else experts.names
+    names = experts.names
     paths = stack.combiner.paths if stack is not None else np.zeros((0, 3), np.int64)
     a, raw, x = experts.on_variant(frame, images, variant, cut_words, paths, names)
     probs = {EXPERT_ROWS[e]: pr for e, pr in raw.items()}
     decisions: dict[str, np.ndarray] = {}
-    if stack is not None:
-        probs["stacked"], decisions["stacked"] = stack.combiner.predict(x, experts.n_classes())
-        for e, d in (spec.get("ablations", {}).items() if ablations else ()):
-            # The same inputs without that expert's column: an ablation combiner never saw it.
-            xs = x.without(names.index(e))
-            probs[f"stacked[-{e}]"], decisions[f"stacked[-{e}]"] = Combiner.from_dict(d).predict(
-                xs, experts.n_classes())
+    combiners = {"stacked": stack.combiner} if stack is not None else {}
+    if stack is not None and ablations:
+        # "-e": a chosen expert left out, "+e": an expert the stack stage dropped put back.
+        combiners.update({f"stacked[{k}]": Combiner.from_dict(d) for k, d in spec.get("ablations", {}).items()})
+    for row, comb in combiners.items():
+        # Each combiner sees only the columns of its own experts.
+        xs = x.columns([names.index(e) for e in comb.experts])
+        probs[row], decisions[row] = comb.predict(xs, experts.n_classes())
     return probs, decisions, a
 
 

@@ -2,10 +2,11 @@
 
 Fits the combiner of the stacked categorizer (`models.combiner`, served by `serving.stacked`) on
 predictions of products no expert trained on: the validation split, as given and as every degraded input
-variant (cut title, no title, no image, no metadata). Its L2 strength is chosen by group K-fold
-cross-validation inside that data (never the test split), and the out-of-fold predictions of the chosen
-setting give an honest validation score of the stack next to each expert's. Leave-one-expert-out
-combiners are fitted too, for evaluate's ablation rows.
+variant (cut title, no title, no image, no metadata). Its setting (L2 strength, class balance) and then its
+set of experts (backward elimination) are chosen by group K-fold cross-validation inside that data (never
+the test split), and the out-of-fold predictions of the choice give an honest validation score of the stack
+next to each expert's. Combiners with one chosen expert left out, or one dropped expert put back, are
+fitted too, for evaluate's ablation rows.
 
 Bias, said plainly: the neural experts chose their stopping epoch on this validation split, so their
 validation predictions are slightly better than on new products and the combiner may trust them a little
@@ -59,29 +60,69 @@ def cross_validate(x: StackInputs, y: np.ndarray, folds: np.ndarray, make: Calla
     return out
 
 
+def variant_macro_f1(oof: np.ndarray, truth: np.ndarray, article: np.ndarray, variants: int) -> float:
+    """Out-of-fold articleType macro-F1 averaged over the input variants (rows are variant-major)."""
+    pred, n = article[oof.argmax(1)], len(truth) // variants
+    per_variant = []
+    for j in range(variants):
+        t, q = truth[j * n:(j + 1) * n], pred[j * n:(j + 1) * n]
+        per_variant.append(M.classification(t[t >= 0], q[t >= 0])["macro_f1"])
+    return float(np.mean(per_variant))
+
+
 def fit_stack(x: StackInputs, y: np.ndarray, folds: np.ndarray, names: tuple[str, ...], paths: np.ndarray,
               p: StackParams) -> tuple[Combiner, dict[str, float], np.ndarray]:
     """The combiner setting (L2, class balance) of best out-of-fold articleType macro-F1, averaged over the
-    input variants (rows are variant-major), refitted on all rows; the score per setting; its out-of-fold probs.
+    input variants, refitted on all rows (unfitted); the score per setting; its out-of-fold probs.
     """
     scores, oof = {}, {}
-    article, n = paths[:, ARTICLE], len(x) // len(p.variants)
+    article = paths[:, ARTICLE]
     truth = np.where(y >= 0, article[np.maximum(y, 0)], -1)
     for l2 in p.l2_grid:
         for balance in p.balance_grid:
             key = f"l2_{l2:g}_balance_{balance:g}"
             oof[key] = cross_validate(x, y, folds, functools.partial(Combiner, names, paths, l2=l2, fit_bias=True,
                                                                      balance=balance))
-            pred = article[oof[key].argmax(1)]
-            per_variant = []
-            for j in range(len(p.variants)):
-                t, q = truth[j * n:(j + 1) * n], pred[j * n:(j + 1) * n]
-                per_variant.append(M.classification(t[t >= 0], q[t >= 0])["macro_f1"])
-            scores[key] = float(np.mean(per_variant))
+            scores[key] = variant_macro_f1(oof[key], truth, article, len(p.variants))
             log.info("stack: %s -> out-of-fold articleType macro-F1 %.4f (mean over input variants)", key, scores[key])
     best = max(scores, key=scores.get)
     l2, balance = float(best.split("_")[1]), float(best.split("_")[3])
-    return Combiner(names, paths, l2=l2, fit_bias=True, balance=balance).fit(x, y), scores, oof[best]
+    return Combiner(names, paths, l2=l2, fit_bias=True, balance=balance), scores, oof[best]
+
+
+def set_key(experts: tuple[str, ...]) -> str:
+    """An expert set as a metrics key (MLflow metric names allow no "+")."""
+    return "_".join(experts)
+
+
+def select_experts(x: StackInputs, y: np.ndarray, folds: np.ndarray, start: Combiner, start_oof: np.ndarray,
+                   variants: int) -> tuple[Combiner, np.ndarray, dict[str, float]]:
+    """Backward elimination by cross-validation: while dropping one expert raises the out-of-fold score (the
+    same criterion as the setting's), drop the one whose removal raises it most. An expert that only repeats
+    what the others know, or that the validation split rewards but new products do not, adds variance to the
+    pool; whether it does is decided here, inside the validation split, never on test. The fusion network
+    stays loaded for embeddings and search whether or not its votes are kept.
+
+    Returns the chosen (unfitted) combiner, its out-of-fold probs and the score of every expert set tried.
+    """
+    article = start.paths[:, ARTICLE]
+    truth = np.where(y >= 0, article[np.maximum(y, 0)], -1)
+    names = start.experts
+    current, oof = start, start_oof
+    tried = {set_key(names): variant_macro_f1(oof, truth, article, variants)}
+    while len(current.experts) > 1:
+        trials = {}
+        for e in current.experts:
+            cand = current.without(e)
+            cols = [names.index(k) for k in cand.experts]
+            trials[e] = (cand, cross_validate(x.columns(cols), y, folds, functools.partial(cand.over, cand.experts)))
+            tried[set_key(cand.experts)] = variant_macro_f1(trials[e][1], truth, article, variants)
+            log.info("stack: without %s -> out-of-fold macro-F1 %.4f", e, tried[set_key(cand.experts)])
+        drop = max(trials, key=lambda e: tried[set_key(trials[e][0].experts)])
+        if tried[set_key(trials[drop][0].experts)] <= tried[set_key(current.experts)]:
+            break
+        current, oof = trials[drop]
+    return current, oof, tried
 
 
 def article_scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -109,8 +150,20 @@ def run(params: Params) -> dict:
     y = np.tile(y1, k)
     # A product's variants share its fold: no variant of a held-out product helps fit its own prediction.
     folds = np.tile(group_folds(frame["group"].to_numpy(), p.folds, params.seed), k)
-    combiner, cv, oof = fit_stack(x, y, folds, experts.names, paths, p)
-    ablations = {e: combiner.without(e).fit(x.without(i), y).to_dict() for i, e in enumerate(experts.names)}
+    start, cv, oof = fit_stack(x, y, folds, experts.names, paths, p)
+    combiner, tried = start, {}
+    if p.select_experts:
+        combiner, oof, tried = select_experts(x, y, folds, start, oof, k)
+    chosen = [experts.names.index(e) for e in combiner.experts]
+    combiner.fit(x.columns(chosen), y)
+    # Evaluate's ablation rows: each chosen expert left out ("-e") and each dropped one put back ("+e").
+    ablations = {}
+    for e in experts.names:
+        sign, over = ("-", tuple(c for c in combiner.experts if c != e)) if e in combiner.experts else \
+            ("+", tuple(c for c in experts.names if c in combiner.experts or c == e))
+        if over:
+            ablations[sign + e] = combiner.over(over).fit(x.columns([experts.names.index(c) for c in over]),
+                                                          y).to_dict()
 
     n = len(frame)
     per_variant = {}
@@ -123,10 +176,10 @@ def run(params: Params) -> dict:
     conds[:, 0] = 1.0  # the bias alone, then the bias plus each poor-input condition
     weights = combiner.weights(conds)  # (C, E, L)
     metrics = {"val_products": n, "rows": len(x), "l2": combiner.l2, "balance": combiner.balance,
-               "cv_macro_f1": cv,
+               "cv_macro_f1": cv, "experts": list(combiner.experts), "expert_sets_cv_macro_f1": tried,
                "unknown_paths": int((y1 < 0).sum()), "val_articleType": per_variant,
                "article_weight_by_condition": {c: {e: round(float(weights[ci, ei, ARTICLE]), 3)
-                                                   for ei, e in enumerate(experts.names)}
+                                                   for ei, e in enumerate(combiner.experts)}
                                                for ci, c in enumerate(CONDITIONS)}}
     spec = {"format": FORMAT, "combiner": combiner.to_dict(), "ablations": ablations,
             "files": {e: str(f) for e, f in files.items()}, "md5": {e: file_md5(f) for e, f in files.items()},
@@ -134,7 +187,7 @@ def run(params: Params) -> dict:
     with atomic_dir(params.paths.stack) as tmp:
         write_json(tmp / COMBINER_FILE, spec)
         write_json(tmp / "metrics.json", metrics)
-    log.info("stack: experts %s, l2 %g; validation (out-of-fold) %s", ", ".join(experts.names), combiner.l2,
+    log.info("stack: experts %s, l2 %g; validation (out-of-fold) %s", ", ".join(combiner.experts), combiner.l2,
              {v: r["stacked_out_of_fold"] for v, r in per_variant.items()})
     return metrics
 

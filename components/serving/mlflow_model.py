@@ -21,7 +21,8 @@ from components.atomic_io import read_json
 from components.checkpoint import CheckpointError
 from components.config import Params
 from components.serving.categorizer import Categorizer, load_images
-from components.serving.stacked import StackedCategorizer, is_stack, stack_file
+from components.models.combiner import Combiner
+from components.serving.stacked import StackedCategorizer, is_stack, served_experts, stack_file
 
 # What a served model needs at inference (not the training or orchestration stack).
 SERVING_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "pandas>=3.0,<3.1",
@@ -75,11 +76,13 @@ class CategorizerModel(mlflow.pyfunc.PythonModel):
 
 
 def model_artifacts(model: str | Path) -> dict[str, str]:
-    """What the logged model carries: a stack's combiner.json and every expert file, or one checkpoint."""
+    """What the logged model carries: a stack's combiner.json and the expert files serving needs (the
+    combiner's and the fusion network), or one checkpoint."""
     if not is_stack(model):
         return {"checkpoint": str(model)}
     spec = read_json(stack_file(model))
-    return {"combiner": str(stack_file(model)), **{e: str(f) for e, f in spec["files"].items()}}
+    needed = served_experts(Combiner.from_dict(spec["combiner"]))
+    return {"combiner": str(stack_file(model)), **{e: str(f) for e, f in spec["files"].items() if e in needed}}
 
 
 def log_categorizer(model: str | Path, example: pd.DataFrame) -> str:

@@ -105,11 +105,13 @@ class Experts:
     def n_classes(self) -> list[int]:
         return [len(self.encoders.labels[lvl]) for lvl in LEVELS]
 
-    def probs(self, frame: pd.DataFrame, a: Arrays, batch_size: int = PREDICT_BATCH,
-              embeddings: bool = False) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
-        """Every expert's per-level probabilities (and the fusion network's embeddings when asked)."""
+    def probs(self, frame: pd.DataFrame, a: Arrays, batch_size: int = PREDICT_BATCH, embeddings: bool = False,
+              names: tuple[str, ...] | None = None) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
+        """Per-level probabilities of `names` (default: every loaded expert), and the fusion network's
+        embeddings when asked (the fusion network then runs even if its votes are not wanted)."""
         out, embs = {}, {}
-        for name in self.names:
+        wanted = set(self.names if names is None else names) | ({"fusion"} if embeddings else set())
+        for name in (e for e in self.names if e in wanted):
             model = self.models[name]
             if isinstance(model, TfidfBaseline):
                 out[name] = model.predict_proba(frame, self.n_classes())
@@ -150,11 +152,12 @@ class StackedCategorizer(Categorizer):
         self.experts, self.combiner = experts, combiner
 
     @classmethod
-    def load(cls, combiner_file: str | Path, files: dict[str, Path] | None = None,
-             device: str = "auto") -> StackedCategorizer:
+    def load(cls, combiner_file: str | Path, files: dict[str, Path] | None = None, device: str = "auto",
+             candidates: bool = False) -> StackedCategorizer:
         """A stack from its combiner.json; expert files from `files` (MLflow artifacts) or the paths it records.
 
-        Every expert file must have the md5 the combiner was fitted with.
+        Loads the experts serving needs, or with `candidates` every expert the stack stage chose from (the
+        evaluation compares them all). Every expert file must have the md5 the combiner was fitted with.
         """
         combiner_file = Path(combiner_file)
         try:
@@ -165,7 +168,12 @@ class StackedCategorizer(Categorizer):
         if spec.get("format") != FORMAT:
             raise CheckpointError(f"{combiner_file}: not a {FORMAT} file (found {spec.get('format')!r})")
         combiner = Combiner.from_dict(spec["combiner"])
-        found = {e: Path(files[e]) if files else Path(spec["files"][e]) for e in combiner.experts}
+        needed = tuple(e for e in EXPERTS if e in spec["files"]) if candidates else served_experts(combiner)
+        missing = [e for e in needed if e not in (files or spec["files"])]
+        if missing:
+            raise CheckpointError(f"{combiner_file}: no file given for the {', '.join(missing)} expert(s) the stack "
+                                  "needs; rerun `dvc repro stack`")
+        found = {e: Path(files[e]) if files else Path(spec["files"][e]) for e in needed}
         for e, path in found.items():
             if not path.is_file():
                 raise CheckpointError(f"{path}: the {e} expert of {combiner_file} is missing; restore it "
@@ -179,10 +187,15 @@ class StackedCategorizer(Categorizer):
     def predict(self, frame: pd.DataFrame, images: ImageBatch, batch_size: int = PREDICT_BATCH,
                 embeddings: bool = False) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
         a = to_arrays(frame, images, self.encoders)
-        probs, embs = self.experts.probs(frame, a, batch_size, embeddings)
+        probs, embs = self.experts.probs(frame, a, batch_size, embeddings, self.combiner.experts)
         x = self.experts.inputs(frame, a, probs, self.combiner.paths, self.combiner.experts)
         marginals, best = self.combiner.predict(x, self.experts.n_classes())
         return self.table(frame, images, marginals, best), masked_embeddings(embs, a)
+
+
+def served_experts(combiner: Combiner) -> tuple[str, ...]:
+    """The experts a stack needs at serving: the combiner's, plus the fusion network for embeddings."""
+    return tuple(e for e in EXPERTS if e in combiner.experts or e == "fusion")
 
 
 def is_stack(path: str | Path) -> bool:

@@ -43,7 +43,11 @@ def test_evaluate_reports_stack_inputs_slices_and_ablations(trained):
     assert m["served_model"] == "stacked"
     assert set(m["inputs"]) == {"full", "cut_title", "no_title", "no_image", "no_metadata"}
     assert {"stacked", "tfidf", "fusion"} <= set(m["inputs"]["cut_title"])
-    assert "stacked[-tfidf]" in m and "stacked[-fusion]" in m
+    chosen = json.loads((Path(params.paths.stack) / "metrics.json").read_text())["experts"]
+    candidates = json.loads((Path(params.paths.stack) / "combiner.json").read_text())["files"]
+    assert len(candidates) >= 2 and set(chosen) <= set(candidates)
+    for e in candidates:  # a chosen expert left out, a dropped one put back
+        assert f"stacked[{'-' if e in chosen else '+'}{e}]" in m or chosen == [e]
     assert m["stacked"]["business"]["hierarchy_consistency"] == 1.0  # paths, never mixed levels
 
 

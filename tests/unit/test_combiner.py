@@ -94,3 +94,24 @@ def test_round_trip_and_ablation():
 def test_unknown_label_paths_are_skipped_not_fitted():
     labels = np.array([[0, 0, 0], [1, 0, 1], [0, 0, 1]])  # the middle one is not a taxonomy path
     assert path_index(labels, PATHS).tolist() == [0, -1, 2]
+
+
+def test_expert_selection_drops_an_expert_that_validation_rewards_but_new_products_do_not():
+    from components.pipeline.stack import cross_validate, select_experts
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 3, 300)
+    folds = np.arange(300) % 5
+    # "leaky" is sure and right on four folds and sure and wrong on the fifth: fitted on the four, trusted,
+    # it fails the held-out one, which is what cross-validation exists to see.
+    leaky = expert_probs(rng, np.where(folds < 4, truth, (truth + 1) % 3), 1.0)
+    experts = (expert_probs(rng, truth, 0.9), leaky, expert_probs(rng, truth, 0.8))
+    logp = np.stack([path_log_probs(e, PATHS) for e in experts], axis=1)
+    cond = input_conditions(np.full(300, 6), np.ones(300, bool), np.ones(300, bool))
+    x = StackInputs(logp, np.ones((300, 3), np.float32), cond)
+    start = Combiner(("good", "leaky", "mediocre"), PATHS, l2=1e-4, fit_bias=True)
+    oof = cross_validate(x, truth, folds, lambda: start.over(start.experts))
+    chosen, chosen_oof, tried = select_experts(x, truth, folds, start, oof, variants=1)
+    assert "leaky" not in chosen.experts and "good" in chosen.experts
+    assert tried["_".join(chosen.experts)] == max(tried.values()) > tried["good_leaky_mediocre"]
+    assert chosen_oof.shape == (300, len(PATHS)) and chosen.theta.shape[0] == len(chosen.experts)
