@@ -20,8 +20,8 @@ from components import mlflow_store
 from components.atomic_io import read_json
 from components.checkpoint import CheckpointError
 from components.config import Params
-from components.serving.categorizer import Categorizer, load_images
 from components.models.combiner import Combiner
+from components.serving.categorizer import Categorizer, load_images
 from components.serving.stacked import StackedCategorizer, is_stack, served_experts, stack_file
 
 # What a served model needs at inference (not the training or orchestration stack).
