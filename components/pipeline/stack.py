@@ -73,7 +73,8 @@ def variant_macro_f1(oof: np.ndarray, truth: np.ndarray, article: np.ndarray, va
 def fit_stack(x: StackInputs, y: np.ndarray, folds: np.ndarray, names: tuple[str, ...], paths: np.ndarray,
               p: StackParams) -> tuple[Combiner, dict[str, float], np.ndarray]:
     """The combiner setting (L2, class balance) of best out-of-fold articleType macro-F1, averaged over the
-    input variants, refitted on all rows (unfitted); the score per setting; its out-of-fold probs.
+    input variants (returned unfitted: the caller fits its chosen experts); the score per setting; its
+    out-of-fold probs.
     """
     scores, oof = {}, {}
     article = paths[:, ARTICLE]
