@@ -27,6 +27,23 @@ def bootstrap_ci(y: np.ndarray, pred: np.ndarray, n: int, seed: int, alpha: floa
             for k, v in draws.items()}
 
 
+def paired_bootstrap_diff(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, n: int, seed: int,
+                          alpha: float = 0.05) -> dict[str, dict[str, float]]:
+    """Accuracy and macro-F1 of model a minus model b on the same rows: the point difference and a percentile
+    bootstrap CI that resamples rows once for both models (so the CI is of the difference, not of each score)."""
+    def diff(idx: np.ndarray) -> dict[str, float]:
+        t, a, b = y[idx], pred_a[idx], pred_b[idx]
+        return {"accuracy": float((t == a).mean() - (t == b).mean()),
+                "macro_f1": float(f1_score(t, a, average="macro", zero_division=0)
+                                  - f1_score(t, b, average="macro", zero_division=0))}
+
+    rng = np.random.default_rng(seed)
+    draws = [diff(rng.integers(0, len(y), len(y))) for _ in range(n)]
+    point = diff(np.arange(len(y)))
+    return {k: {"diff": point[k], "ci_low": float(np.quantile([d[k] for d in draws], alpha / 2)),
+                "ci_high": float(np.quantile([d[k] for d in draws], 1 - alpha / 2))} for k in point}
+
+
 def frequency_bands(train_counts: dict[int, int], head: int, tail: int) -> dict[int, str]:
     """Class id -> 'head' (>= head train rows), 'tail' (< tail) or 'torso'."""
     return {c: "head" if n >= head else ("tail" if n < tail else "torso") for c, n in train_counts.items()}

@@ -40,6 +40,19 @@ def _views(views: dict, title: str, with_n: bool = False) -> list[str]:
     return lines
 
 
+def _versus_best(rows: dict) -> list[str]:
+    """Stacked minus the best single expert of each input, in points, paired bootstrap 95% CI."""
+    if not rows:
+        return []
+    lines = ["", "Stacked minus the best single expert on that input (articleType, points; paired bootstrap "
+             "95% CI over test products):", "", "| input | best expert | accuracy | macro-F1 |", "|---|---|---|---|"]
+    for view, r in rows.items():
+        cells = [f"{100 * r[k]['diff']:+.2f} [{100 * r[k]['ci_low']:+.2f}, {100 * r[k]['ci_high']:+.2f}]"
+                 for k in ("accuracy", "macro_f1")]
+        lines.append(f"| {view} | {r['expert']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def comparison_table(results: dict) -> str:
     models = [k for k in results if isinstance(results[k], dict) and "articleType" in results[k]]
     served = results.get("served_model")
@@ -71,6 +84,7 @@ def comparison_table(results: dict) -> str:
                                   for t in ("0.99", "0.995") if f"coverage_at_{t}" in b)]
     lines += _views(results.get("inputs", {}), "Inputs users really have (articleType accuracy / macro-F1 in %, "
                     "every test product with that part of its input removed; cut title = its first words only)")
+    lines += _versus_best(results.get("stacked_vs_best_expert", {}))
     lines += _views(results.get("slices", {}), "Slices of the full test input (articleType accuracy / macro-F1 "
                     "in %; n = products in the slice)", with_n=True)
     fusion = results.get("fusion", {})

@@ -1,19 +1,22 @@
 """Speed and memory figures, each with a baseline measured in the same run (printed, never asserted).
 
     .venv/bin/python scripts/benchmark.py ingest    # full catalog: products/s, peak RSS; 1 vs N workers
-    .venv/bin/python scripts/benchmark.py train     # training products/s + peak RSS per model
+    .venv/bin/python scripts/benchmark.py train [--repeats 3] [--models image fusion]  # products/s + peak RSS
     .venv/bin/python scripts/benchmark.py predict   # stacked categorizer end to end vs the fusion network alone
 
 Each measurement runs in a child process so peak RSS is its own.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,22 +52,49 @@ print(json.dumps({{"rows": r["summary"]["rows_in"], "seconds": s, "peak_mib": pe
     print(f"speed-up of 2 workers over 1 (baseline, same run): {base['seconds'] / fast['seconds']:.2f}x")
 
 
-def bench_train(batches: int = 40) -> None:
-    """Training steps as the stages run them (components.training.loop.Trainer), fp32 vs bf16 autocast."""
+def bench_train(batches: int = 40, repeats: int = 3, models: tuple[str, ...] = ("image", "text", "metadata", "fusion")
+                ) -> None:
+    """Training steps as the stages run them (components.training.loop.Trainer), fp32 vs bf16 autocast.
+
+    A shared VM's speed drifts by tens of percent within minutes, so each ratio is taken between two adjacent
+    runs (fp32 then bf16, the order swapped every repeat) and the median over `repeats` is the figure.
+    """
     from components.models.runtime import cpu_bf16_native
 
     native, why = cpu_bf16_native()
     print(f"CPU: {cpu_model()}; native bf16: {'yes' if native else 'no'} ({why}); "
           f"train.cpu_precision auto -> {'bf16' if native else 'fp32'}")
-    rows = {}
+    rows: dict[tuple[str, str], list[dict]] = {}
     # fp32 is the baseline for bf16 (same model, same batches). "text-dense" is the baseline for the sparse
     # n-gram tables (dense gradients + AdamW); "fusion-finetune" the one for training only the backbone's
     # last stage (the whole backbone trained).
-    runs = [(m, prec) for m in ("image", "text", "metadata", "fusion") for prec in ("fp32", "bf16")]
-    runs += [("text-dense", "auto"), ("fusion-finetune", "auto")]
-    for which, prec in runs:
-        mods = ("image", "text", "metadata") if which.startswith("fusion") else (which.split("-")[0],)
-        rows[which, prec] = child(f"""
+    extra = [("text-dense", "auto")] * ("text" in models) + [("fusion-finetune", "auto")] * ("fusion" in models)
+    for r in range(repeats):
+        order = ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")
+        for which, prec in [(m, prec) for m in models for prec in order] + extra:
+            rows.setdefault((which, prec), []).append(child(train_step_code(which, prec, batches)))
+    med = {k: float(np.median([r["products_per_s"] for r in v])) for k, v in rows.items()}
+    for (k, prec), v in rows.items():
+        print(f"train {k:<15} {prec:<4}: {med[k, prec]:7.0f} products/s median of {len(v)} "
+              f"(~{np.median([r['epoch_s'] for r in v]):.0f} s/epoch), "
+              f"peak RSS {max(r['peak_mib'] for r in v):.0f} MiB")
+    for m in models:
+        ratios = [b["products_per_s"] / f["products_per_s"] for f, b in zip(rows[m, "fp32"], rows[m, "bf16"])]
+        print(f"bf16 / fp32 {m:<9}: {np.median(ratios):.2f}x products/s (median of {len(ratios)} adjacent pairs, "
+              f"range {min(ratios):.2f}-{max(ratios):.2f}; same batches)")
+    auto = "bf16" if native else "fp32"
+    if "text" in models:
+        print(f"sparse n-gram tables: {med['text', auto] / med['text-dense', 'auto']:.2f}x the text model's "
+              "throughput with dense gradients + AdamW")
+    if "fusion" in models:
+        print(f"fusion as configured: {med['fusion', auto] / med['fusion-finetune', 'auto']:.2f}x "
+              "the throughput of fine-tuning the image backbone too")
+
+
+def train_step_code(which: str, prec: str, batches: int) -> str:
+    """A child program timing `batches` training steps of one model at one precision (after 3 warm-up steps)."""
+    mods = ("image", "text", "metadata") if which.startswith("fusion") else (which.split("-")[0],)
+    return f"""
 import json, time, dataclasses, torch, numpy as np
 from components.config import load_params
 from components.data import load_arrays, split_arrays, iterate
@@ -94,19 +124,7 @@ for i, b in enumerate(it):
     if i >= 3: n += len(b["tokens"])
 s = time.perf_counter() - t
 {PEAK}
-print(json.dumps({{"products_per_s": n / s, "peak_mib": peak, "epoch_s": len(train) / (n / s)}}))""")
-    for (k, prec), r in rows.items():
-        print(f"train {k:<15} {prec:<4}: {r['products_per_s']:7.0f} products/s (~{r['epoch_s']:.0f} s/epoch), "
-              f"peak RSS {r['peak_mib']:.0f} MiB")
-    for m in ("image", "text", "metadata", "fusion"):
-        ratio = rows[m, "bf16"]["products_per_s"] / rows[m, "fp32"]["products_per_s"]
-        print(f"bf16 / fp32 {m:<9}: {ratio:.2f}x products/s (same run, same batches)")
-    auto = "bf16" if native else "fp32"
-    sparse_gain = rows["text", auto]["products_per_s"] / rows["text-dense", "auto"]["products_per_s"]
-    print(f"sparse n-gram tables: {sparse_gain:.2f}x the text model's throughput with dense gradients + AdamW")
-    print(f"fusion as configured: "
-          f"{rows['fusion', auto]['products_per_s'] / rows['fusion-finetune', 'auto']['products_per_s']:.2f}x "
-          "the throughput of fine-tuning the image backbone too")
+print(json.dumps({{"products_per_s": n / s, "peak_mib": peak, "epoch_s": len(train) / (n / s)}}))"""
 
 
 def cpu_model() -> str:
@@ -149,9 +167,18 @@ print(json.dumps(out))""")
           f"peak RSS {r['peak_mib']:.0f} MiB")
 
 
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=("ingest", "train", "predict"))
+    ap.add_argument("--repeats", type=int, default=3, help="train: fp32/bf16 pairs per model (median reported)")
+    ap.add_argument("--models", nargs="+", default=["image", "text", "metadata", "fusion"],
+                    choices=("image", "text", "metadata", "fusion"), help="train: which models")
+    args = ap.parse_args()
+    if args.what == "train":
+        bench_train(repeats=args.repeats, models=tuple(args.models))
+    else:
+        {"ingest": bench_ingest, "predict": bench_predict}[args.what]()
+
+
 if __name__ == "__main__":
-    which = sys.argv[1] if len(sys.argv) > 1 else ""
-    fn = {"ingest": bench_ingest, "train": bench_train, "predict": bench_predict}.get(which)
-    if fn is None:
-        raise SystemExit("usage: python scripts/benchmark.py {ingest|train|predict}")
-    fn()
+    main()

@@ -60,6 +60,11 @@ def cross_validate(x: StackInputs, y: np.ndarray, folds: np.ndarray, make: Calla
     return out
 
 
+def article_truth(y: np.ndarray, paths: np.ndarray) -> np.ndarray:
+    """articleType class id of each row's true path; -1 where its path is unknown (rows y < 0)."""
+    return np.where(y >= 0, paths[np.maximum(y, 0), ARTICLE], -1)
+
+
 def variant_macro_f1(oof: np.ndarray, truth: np.ndarray, article: np.ndarray, variants: int) -> float:
     """Out-of-fold articleType macro-F1 averaged over the input variants (rows are variant-major)."""
     pred, n = article[oof.argmax(1)], len(truth) // variants
@@ -77,8 +82,7 @@ def fit_stack(x: StackInputs, y: np.ndarray, folds: np.ndarray, names: tuple[str
     out-of-fold probs.
     """
     scores, oof = {}, {}
-    article = paths[:, ARTICLE]
-    truth = np.where(y >= 0, article[np.maximum(y, 0)], -1)
+    article, truth = paths[:, ARTICLE], article_truth(y, paths)
     for l2 in p.l2_grid:
         for balance in p.balance_grid:
             key = f"l2_{l2:g}_balance_{balance:g}"
@@ -106,23 +110,24 @@ def select_experts(x: StackInputs, y: np.ndarray, folds: np.ndarray, start: Comb
 
     Returns the chosen (unfitted) combiner, its out-of-fold probs and the score of every expert set tried.
     """
-    article = start.paths[:, ARTICLE]
-    truth = np.where(y >= 0, article[np.maximum(y, 0)], -1)
+    article, truth = start.paths[:, ARTICLE], article_truth(y, start.paths)
     names = start.experts
     current, oof = start, start_oof
-    tried = {set_key(names): variant_macro_f1(oof, truth, article, variants)}
+    score = variant_macro_f1(oof, truth, article, variants)
+    tried = {set_key(names): score}
     while len(current.experts) > 1:
-        trials = {}
+        trials = {}  # expert dropped -> (combiner without it, its out-of-fold probs, its score)
         for e in current.experts:
             cand = current.without(e)
             cols = [names.index(k) for k in cand.experts]
-            trials[e] = (cand, cross_validate(x.columns(cols), y, folds, functools.partial(cand.over, cand.experts)))
-            tried[set_key(cand.experts)] = variant_macro_f1(trials[e][1], truth, article, variants)
-            log.info("stack: without %s -> out-of-fold macro-F1 %.4f", e, tried[set_key(cand.experts)])
-        drop = max(trials, key=lambda e: tried[set_key(trials[e][0].experts)])
-        if tried[set_key(trials[drop][0].experts)] <= tried[set_key(current.experts)]:
+            cand_oof = cross_validate(x.columns(cols), y, folds, functools.partial(cand.over, cand.experts))
+            trials[e] = (cand, cand_oof, variant_macro_f1(cand_oof, truth, article, variants))
+            tried[set_key(cand.experts)] = trials[e][2]
+            log.info("stack: without %s -> out-of-fold macro-F1 %.4f", e, trials[e][2])
+        drop = max(trials, key=lambda e: trials[e][2])
+        if trials[drop][2] <= score:
             break
-        current, oof = trials[drop]
+        current, oof, score = trials[drop]
     return current, oof, tried
 
 

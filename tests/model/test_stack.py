@@ -43,6 +43,11 @@ def test_evaluate_reports_stack_inputs_slices_and_ablations(trained):
     assert m["served_model"] == "stacked"
     assert set(m["inputs"]) == {"full", "cut_title", "no_title", "no_image", "no_metadata"}
     assert {"stacked", "tfidf", "fusion"} <= set(m["inputs"]["cut_title"])
+    for v, row in m["stacked_vs_best_expert"].items():  # the bar on each input is its best single expert
+        best = row["expert"]
+        assert best != "stacked" and row["macro_f1"]["diff"] == pytest.approx(
+            m["inputs"][v]["stacked"]["macro_f1"] - m["inputs"][v][best]["macro_f1"])
+        assert all(r["ci_low"] <= r["ci_high"] for r in (row["accuracy"], row["macro_f1"]))
     chosen = json.loads((Path(params.paths.stack) / "metrics.json").read_text())["experts"]
     candidates = json.loads((Path(params.paths.stack) / "combiner.json").read_text())["files"]
     assert len(candidates) >= 2 and set(chosen) <= set(candidates)

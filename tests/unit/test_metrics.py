@@ -27,6 +27,25 @@ def test_bootstrap_ci_brackets_the_point_estimate_and_collapses_when_perfect():
     assert ci["accuracy"][0] < 0.8 < ci["accuracy"][1]
 
 
+def test_paired_difference_ci_is_of_the_difference():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 4, 400)
+    a = y.copy()
+    b = y.copy()
+    b[:40] = (y[:40] + 1) % 4  # b is wrong on 40 rows a gets right: a leads by exactly 10 points
+    d = M.paired_bootstrap_diff(y, a, b, 200, seed=0)
+    assert d["accuracy"]["diff"] == pytest.approx(0.10)
+    assert 0.0 < d["accuracy"]["ci_low"] < 0.10 < d["accuracy"]["ci_high"] < 0.2
+    assert d["macro_f1"]["diff"] > 0 and d["macro_f1"]["ci_low"] > 0
+    same = M.paired_bootstrap_diff(y, b, b, 50, seed=0)  # a model against itself: zero, with no spread
+    assert same["accuracy"] == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    # Two models wrong on different rows, equally often: the CI of the difference spans zero.
+    c = y.copy()
+    c[200:240] = (y[200:240] + 1) % 4
+    tie = M.paired_bootstrap_diff(y, b, c, 200, seed=0)
+    assert tie["accuracy"]["diff"] == 0.0 and tie["accuracy"]["ci_low"] < 0 < tie["accuracy"]["ci_high"]
+
+
 def test_bands_and_band_f1():
     bands = M.frequency_bands({0: 600, 1: 150, 2: 10}, head=500, tail=100)
     assert bands == {0: "head", 1: "torso", 2: "tail"}
