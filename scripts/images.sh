@@ -70,10 +70,19 @@ build() {
   # Behind a TLS proxy pip needs its CA: a BuildKit secret, mounted for the install step only.
   [ -s "$CA" ] && secret=(--secret "id=ca,src=$CA")
   echo "[images] building $IMAGE on $base"
-  local t0=$SECONDS
+  local t0=$SECONDS old new
+  old=$("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)
   "$DOCKER" build -f docker/pipeline.Dockerfile --build-arg "BASE_IMAGE=$base" "${secret[@]}" -t "$IMAGE" .
+  new=$("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE")
   echo "[images] built $IMAGE in $((SECONDS - t0)) s ($("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE" | \
     awk '{printf "%.1f GB", $1/1e9}'))"
+  # The image the tag pointed to before is now untagged, and the layers the new one does not share stay on disk
+  # (the project copy; the whole Python environment, ~8 GB, when the lock changed): remove it when nothing else
+  # names it. `image rm` refuses (and we keep it) while a container still uses it.
+  if [ -n "$old" ] && [ "$old" != "$new" ] && [ "$("$DOCKER" image inspect -f '{{len .RepoTags}}' "$old")" = 0 ]; then
+    "$DOCKER" image rm "$old" >/dev/null 2>&1 && echo "[images] removed the previous $IMAGE ($old)" \
+      || echo "[images] kept the previous $IMAGE ($old): a container still uses it"
+  fi
 }
 
 smoke() {
