@@ -249,6 +249,9 @@ def product_text(frame: pd.DataFrame, use_description: bool) -> list[str]:
 # The inputs users really have, as evaluation variants: a title cut to its first words (often brand +
 # gender: "Nike Men"), no title, no image, no metadata. "no_image" is applied to the images by the caller.
 INPUT_VARIANTS = ("full", "cut_title", "no_title", "no_image", "no_metadata")
+# The one input each variant degrades: a model that reads none of it gives the same output as on "full".
+VARIANT_DEGRADES = {"full": None, "cut_title": "text", "no_title": "text", "no_image": "image",
+                    "no_metadata": "metadata"}
 
 
 def present(frame: pd.DataFrame, fields: list[str]) -> np.ndarray:

@@ -115,12 +115,14 @@ def load_stack(params: Params) -> tuple[Experts, StackedCategorizer | None, dict
 
 
 def variant_predictions(experts: Experts, stack: StackedCategorizer | None, spec: dict, frame: pd.DataFrame,
-                        images, variant: str, cut_words: int, ablations: bool
+                        images, variant: str, cut_words: int, ablations: bool,
+                        full: dict[str, list[np.ndarray]] | None = None
                         ) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray], object]:
-    """Per model, per-level probabilities on one input variant; path decisions of the stacked models."""
+    """Per model, per-level probabilities on one input variant; path decisions of the stacked models.
+    `full`: the experts' probabilities on the full input (reused by the experts the variant leaves untouched)."""
     names = experts.names
     paths = stack.combiner.paths if stack is not None else np.zeros((0, 3), np.int64)
-    a, raw, x = experts.on_variant(frame, images, variant, cut_words, paths, names)
+    a, raw, x = experts.on_variant(frame, images, variant, cut_words, paths, names, full=full)
     probs = {EXPERT_ROWS[e]: pr for e, pr in raw.items()}
     decisions: dict[str, np.ndarray] = {}
     combiners = {"stacked": stack.combiner} if stack is not None else {}
@@ -186,8 +188,9 @@ def run(params: Params) -> dict:
                          for s, mask in slices(frame, y, bands, audit_suspects(params.paths.audit)).items()
                          if mask.any()}
     preds = {"full": {m: article_pred(m, probs, decisions) for m in main_rows}}
+    full = {e: probs[EXPERT_ROWS[e]] for e in experts.names}
     for v in INPUT_VARIANTS[1:]:
-        pv, dv, _ = variant_predictions(experts, stack, spec, frame, images, v, cut, ablations=False)
+        pv, dv, _ = variant_predictions(experts, stack, spec, frame, images, v, cut, ablations=False, full=full)
         preds[v] = {m: article_pred(m, pv, dv) for m in main_rows}
     results["inputs"] = {v: {m: article_view(y[:, ARTICLE], pred) for m, pred in pv.items()}
                          for v, pv in preds.items()}

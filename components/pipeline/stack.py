@@ -44,11 +44,13 @@ def taxonomy_paths(enc: Encoders) -> np.ndarray:
 
 def variant_inputs(experts: Experts, frame: pd.DataFrame, images, variants: tuple[str, ...], cut_words: int,
                    paths: np.ndarray) -> tuple[dict[str, StackInputs], dict[str, dict[str, list[np.ndarray]]]]:
-    """Per input variant: the combiner's inputs and every expert's probabilities."""
+    """Per input variant: the combiner's inputs and every expert's probabilities (an expert the variant leaves
+    untouched is not run again once the full input is scored)."""
     inputs, probs = {}, {}
-    for v in variants:
-        _, probs[v], inputs[v] = experts.on_variant(frame, images, v, cut_words, paths, experts.names)
-    return inputs, probs
+    for v in sorted(variants, key=lambda v: v != "full"):
+        _, probs[v], inputs[v] = experts.on_variant(frame, images, v, cut_words, paths, experts.names,
+                                                    full=probs.get("full"))
+    return {v: inputs[v] for v in variants}, {v: probs[v] for v in variants}
 
 
 def cross_validate(x: StackInputs, y: np.ndarray, folds: np.ndarray, make: Callable[[], Combiner]) -> np.ndarray:

@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from components.atomic_io import read_json
-from components.catalog import LEVELS, degrade_frame, present, title_words
+from components.catalog import LEVELS, VARIANT_DEGRADES, degrade_frame, present, title_words
 from components.checkpoint import CheckpointError, load_checkpoint
 from components.config import Paths
 from components.data import Arrays
@@ -105,6 +105,11 @@ class Experts:
     def n_classes(self) -> list[int]:
         return [len(self.encoders.labels[lvl]) for lvl in LEVELS]
 
+    def reads(self, name: str) -> tuple[str, ...]:
+        """The inputs (MODALITIES) an expert reads: TF-IDF the title and the metadata tokens."""
+        model = self.models[name]
+        return ("text", "metadata") if isinstance(model, TfidfBaseline) else tuple(model.cfg.modalities)
+
     def probs(self, frame: pd.DataFrame, a: Arrays, batch_size: int = PREDICT_BATCH, embeddings: bool = False,
               names: tuple[str, ...] | None = None) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
         """Per-level probabilities of `names` (default: every loaded expert), and the fusion network's
@@ -122,11 +127,18 @@ class Experts:
         return out, embs
 
     def on_variant(self, frame: pd.DataFrame, images: ImageBatch, variant: str, cut_words: int, paths: np.ndarray,
-                   names: tuple[str, ...]) -> tuple[Arrays, dict[str, list[np.ndarray]], StackInputs]:
-        """The products as one input variant: model inputs, every expert's probabilities, the combiner's inputs."""
+                   names: tuple[str, ...], full: dict[str, list[np.ndarray]] | None = None
+                   ) -> tuple[Arrays, dict[str, list[np.ndarray]], StackInputs]:
+        """The products as one input variant: model inputs, every expert's probabilities, the combiner's inputs.
+
+        `full`: the experts' probabilities on the same products as given; an expert that does not read what
+        the variant degrades (the image model when the title is cut) takes them instead of running again.
+        """
         f, im = degraded(frame, images, variant, self.encoders, cut_words)
         a = to_arrays(f, im, self.encoders)
-        probs, _ = self.probs(f, a)
+        same = {e for e in (full or {}) if e in self.names and VARIANT_DEGRADES[variant] not in self.reads(e)}
+        fresh, _ = self.probs(f, a, names=tuple(e for e in self.names if e not in same))
+        probs = {e: full[e] if e in same else fresh[e] for e in self.names}
         return a, probs, self.inputs(f, a, probs, paths, names)
 
     def inputs(self, frame: pd.DataFrame, a: Arrays, probs: dict[str, list[np.ndarray]], paths: np.ndarray,

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from components.checkpoint import CheckpointError
+from components.data import cached_products
 from components.pipeline import stack
 from components.serving import predict
 from components.serving.stacked import StackedCategorizer
@@ -35,6 +36,27 @@ def test_combiner_learns_only_from_products_no_expert_trained_on(trained, tmp_pa
     assert fitted and not fitted & trained_on
     assert not set(df.loc[df["id"].isin(fitted), "group"]) & train_groups  # not even a duplicate listing
     assert fitted == set(df.loc[df["split"] == "val", "id"])  # never the test split
+
+
+def test_an_expert_the_variant_leaves_untouched_is_not_run_again(trained):
+    params, _, _ = trained
+    cat = StackedCategorizer.load(Path(params.paths.stack) / "combiner.json", candidates=True)
+    experts, paths = cat.experts, cat.combiner.paths
+    split = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")["split"].to_numpy()
+    frame, images = cached_products(params.paths.ingest, np.flatnonzero(split == "val"))
+    _, full, _ = experts.on_variant(frame, images, "full", 2, paths, experts.names)
+    for variant, reused in (("no_image", {"tfidf"}), ("no_metadata", set())):  # TF-IDF reads title + metadata
+        _, fresh, x_fresh = experts.on_variant(frame, images, variant, 2, paths, experts.names)
+        ran, real = [], experts.probs
+        experts.probs = lambda f, a, ran=ran, real=real, **kw: (ran.append(set(kw["names"])), real(f, a, **kw))[1]
+        try:
+            _, probs, x = experts.on_variant(frame, images, variant, 2, paths, experts.names, full=full)
+        finally:
+            del experts.probs
+        assert ran == [set(experts.names) - reused] and "fusion" in ran[0]  # fusion reads every input
+        for e in experts.names:  # the same numbers as running every expert again
+            assert all(np.array_equal(p, q) for p, q in zip(probs[e], fresh[e]))
+        assert np.array_equal(x.logp, x_fresh.logp) and np.array_equal(x.mask, x_fresh.mask)
 
 
 def test_evaluate_reports_stack_inputs_slices_and_ablations(trained):
