@@ -45,11 +45,17 @@ def _versus_best(rows: dict) -> list[str]:
     if not rows:
         return []
     lines = ["", "Stacked minus the best single expert on that input (articleType, points; paired bootstrap "
-             "95% CI over test products):", "", "| input | best expert | accuracy | macro-F1 |", "|---|---|---|---|"]
+             "95% CI over test products; the last column averages both models over the classes of the test "
+             "truth, where the table's macro-F1 also counts any class a model alone predicts):", "",
+             "| input | best expert | accuracy | macro-F1 | macro-F1, test classes |", "|---|---|---|---|---|"]
     for view, r in rows.items():
         cells = [f"{100 * r[k]['diff']:+.2f} [{100 * r[k]['ci_low']:+.2f}, {100 * r[k]['ci_high']:+.2f}]"
-                 for k in ("accuracy", "macro_f1")]
+                 if k in r else "–" for k in ("accuracy", "macro_f1", "macro_f1_truth_classes")]
         lines.append(f"| {view} | {r['expert']} | " + " | ".join(cells) + " |")
+    outside = [f"{view}, {m}: " + ", ".join(f"{c} ({n})" for c, n in classes.items())
+               for view, r in rows.items() for m, classes in r.get("predicted_outside_truth", {}).items() if classes]
+    if outside:
+        lines += ["", "Classes a model predicts that no test product holds (products): " + "; ".join(outside) + "."]
     return lines
 
 

@@ -69,7 +69,11 @@ def test_evaluate_reports_stack_inputs_slices_and_ablations(trained):
         best = row["expert"]
         assert best != "stacked" and row["macro_f1"]["diff"] == pytest.approx(
             m["inputs"][v]["stacked"]["macro_f1"] - m["inputs"][v][best]["macro_f1"])
-        assert all(r["ci_low"] <= r["ci_high"] for r in (row["accuracy"], row["macro_f1"]))
+        assert all(r["ci_low"] <= r["ci_high"]
+                   for r in (row["accuracy"], row["macro_f1"], row["macro_f1_truth_classes"]))
+        assert set(row["predicted_outside_truth"]) == {"stacked", best}
+        if not any(row["predicted_outside_truth"].values()):  # same classes either way: the two differences agree
+            assert row["macro_f1_truth_classes"]["diff"] == pytest.approx(row["macro_f1"]["diff"])
     chosen = json.loads((Path(params.paths.stack) / "metrics.json").read_text())["experts"]
     candidates = json.loads((Path(params.paths.stack) / "combiner.json").read_text())["files"]
     assert len(candidates) >= 2 and set(chosen) <= set(candidates)

@@ -46,6 +46,18 @@ def test_paired_difference_ci_is_of_the_difference():
     assert tie["accuracy"]["diff"] == 0.0 and tie["accuracy"]["ci_low"] < 0 < tie["accuracy"]["ci_high"]
 
 
+def test_paired_macro_f1_over_the_truth_classes_does_not_charge_a_class_only_one_model_predicts():
+    y = np.repeat(np.arange(10), 10)
+    a, b = y.copy(), y.copy()
+    a[0], b[1] = 10, 2  # one error each on class 0: a into a class no row holds, b into class 2
+    d = M.paired_bootstrap_diff(y, a, b, 20, seed=0)
+    assert d["accuracy"]["diff"] == 0.0
+    # sklearn's default averages a over 11 classes (class 10 scores 0) and b over 10: a loses ~9 points.
+    assert d["macro_f1"]["diff"] < -0.08
+    # Over the ten classes of the truth both lose one recall of class 0; b also one precision of class 2.
+    assert abs(d["macro_f1_truth_classes"]["diff"]) < 0.01
+
+
 def test_bands_and_band_f1():
     bands = M.frequency_bands({0: 600, 1: 150, 2: 10}, head=500, tail=100)
     assert bands == {0: "head", 1: "torso", 2: "tail"}
