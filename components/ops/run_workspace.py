@@ -56,8 +56,15 @@ def dvc_config(home: Path) -> str:
     core = dict(src.get("core", {}))
     core.update({"no_scm": "true", "analytics": "false"})
     out["core"] = core
-    # Hard links: checking a 1 GB stage output out of the shared cache costs nothing (DVC protects cache files).
-    out["cache"] = {"dir": str((dvc / "cache").resolve()), "type": "hardlink,symlink"}
+    # The project's cache, wherever the user put it (`dvc cache dir`, e.g. a shared disk; relative paths are
+    # relative to .dvc/), so the run's outputs land where the next run and `dvc repro` by hand find them.
+    # Link type: the user's, else hard links (checking a 1 GB output out of the cache then costs nothing;
+    # DVC protects cache files).
+    cache = dict(src.get("cache", {}))
+    cache_dir = os.path.expanduser(cache.get("dir", "cache"))
+    cache["dir"] = str((dvc / cache_dir).resolve())  # an absolute dir stays as it is
+    cache.setdefault("type", "hardlink,symlink")
+    out["cache"] = cache
     for section, values in src.items():
         if section.startswith("remote "):
             values = dict(values)

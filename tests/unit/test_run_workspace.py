@@ -59,6 +59,17 @@ def test_overrides_live_in_the_run_workspace_only(project, monkeypatch):
     assert "artifacts" in r.stdout
 
 
+def test_the_run_uses_the_cache_the_user_configured(project, tmp_path):
+    shared = tmp_path / "shared-cache"
+    subprocess.run([DVC, "cache", "dir", str(shared)], cwd=project, check=True)
+    subprocess.run([DVC, "config", "--local", "cache.type", "reflink,copy"], cwd=project, check=True)
+    ws = run_workspace.materialize(project, "r1", {})
+    r = subprocess.run([DVC, "cache", "dir"], cwd=ws, capture_output=True, text=True, check=True)
+    assert Path(r.stdout.strip()).resolve() == shared.resolve()
+    r = subprocess.run([DVC, "config", "cache.type"], cwd=ws, capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "reflink,copy"  # config.local counts, as in the project
+
+
 def test_the_run_lock_travels_and_a_second_materialize_keeps_the_workspace(project):
     ws = run_workspace.materialize(project, "r1", {})
     (ws / "marker").write_text("made by the first task")
