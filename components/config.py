@@ -89,7 +89,8 @@ class ModelArch:
     dropout: float
     wide: bool  # add the jointly trained linear head over n-grams and metadata tokens (Wide & Deep)
     low_res_stem: bool  # drop the backbone's stem max-pool: 80x64 catalog shots keep a 5x4 final map
-    backbone_channels: tuple[int, ...]  # ResNet-family stage widths (stem = first); () = the backbone's own
+    backbone_channels: tuple[int, ...]  # ResNet-family stage widths; () = the backbone's own
+    stem_width: int  # channels of a ResNet's 7x7 stem; 0 = the backbone's own (64)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ class ModelConfig(ModelArch):
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
         tuples = ("modalities", "text_kernels", "cardinalities", "n_classes", "backbone_channels")
-        d = {"text_pretrained": "", **d}  # format-/2 checkpoints written before the option existed
+        # Checkpoints written before an option existed were built as its neutral value gives.
+        d = {"text_pretrained": "", "stem_width": 0, **d}
         return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
 
 
@@ -59,7 +60,7 @@ class FusionModel(nn.Module):
         towers: dict[str, nn.Module] = {}
         if "image" in cfg.modalities:
             towers["image"] = ImageTower(cfg.backbone, d, cfg.dropout, pretrained_path, cfg.low_res_stem,
-                                           cfg.backbone_channels)
+                                           cfg.backbone_channels, cfg.stem_width)
         if "text" in cfg.modalities and cfg.text_pretrained:
             from components.models.pretrained_text import PretrainedTextTower
 

@@ -22,7 +22,7 @@ def run_overrides(conf: dict) -> dict:
     if conf.get("backbone"):
         # Stage widths and the stem option belong to the default backbone: a chosen one runs as timm ships it.
         out = deep_merge(out, {"model": {"backbone": str(conf["backbone"]), "backbone_channels": [],
-                                         "low_res_stem": False}})
+                                         "low_res_stem": False, "stem_width": 0}})
     if int(conf.get("epochs") or 0) > 0:
         epochs = {"train": {"epochs": int(conf["epochs"])}}
         out = deep_merge(out, {"train_baseline": epochs, "train_fusion": epochs})

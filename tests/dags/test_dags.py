@@ -84,6 +84,7 @@ def test_run_overrides_really_change_params(tmp_path):
     raw = load_raw(tmp_path / "params.yaml")
     assert raw["model"]["backbone"] == "resnet10t" and raw["train_fusion"]["train"]["epochs"] == 3
     assert raw["model"]["backbone_channels"] == []  # the default's half widths would not fit another backbone
+    assert raw["model"]["stem_width"] == 0  # nor its narrowed stem
     assert run_overrides({"backbone": "", "epochs": 0}) == {}
 
 

@@ -17,11 +17,12 @@ ALL = LossWeights(fused_ce=1.0, modality_ce=0.5, semantic=0.2, gap=0.1, contrast
 
 
 def cfg(modalities=("image", "text", "metadata"), backbone="mobilenetv3_small_050", wide=True,
-        low_res_stem=False, channels=(), text_pretrained="") -> ModelConfig:
+        low_res_stem=False, channels=(), text_pretrained="", stem_width=0) -> ModelConfig:
     return ModelConfig(modalities=modalities, backbone=backbone, embed_dim=32, text_dim=16, text_channels=16,
                        text_kernels=(1, 2, 3), meta_dim=8, dropout=0.0, vocab_size=50, subword_buckets=64,
                        attr_vocab_size=20, cardinalities=(3, 5), n_numeric=4, n_classes=N_CLASSES, wide=wide,
-                       low_res_stem=low_res_stem, backbone_channels=channels, text_pretrained=text_pretrained)
+                       low_res_stem=low_res_stem, backbone_channels=channels, stem_width=stem_width,
+                       text_pretrained=text_pretrained)
 
 
 def batch(b=8, seed=0) -> dict[str, torch.Tensor]:
@@ -128,6 +129,29 @@ def test_backbone_channels_narrow_a_resnet_and_are_refused_elsewhere():
     assert narrow.forward_features(batch(2))["image"].shape == (2, 32)
     with pytest.raises(ValueError, match="backbone_channels"):
         build_model(cfg(("image",), "mobilenetv3_small_050", channels=(8, 16, 32, 64)))
+
+
+def test_stem_width_narrows_a_plain_resnet_stem(tmp_path):
+    wide = build_model(cfg(("image",), "resnet18", channels=(8, 16, 32, 64)))
+    narrow = build_model(cfg(("image",), "resnet18", channels=(8, 16, 32, 64), stem_width=8))
+    bb = narrow.towers["image"].backbone
+    assert wide.towers["image"].backbone.conv1.out_channels == 64  # timm ignores stem_width on a plain stem
+    assert bb.conv1.out_channels == bb.bn1.num_features == bb.feature_info[0]["num_chs"] == 8
+    assert bb.layer1[0].conv1.in_channels == 8 and bb.layer1[0].downsample is None  # 8 in, 8 out: identity
+    other = build_model(cfg(("image",), "resnet18", channels=(8, 16, 32, 64), stem_width=4)).towers["image"]
+    assert other.backbone.layer1[0].downsample[0].in_channels == 4  # a width change keeps its projection
+    assert narrow.forward_features(batch(2))["image"].shape == (2, 32)
+    assert sum(p.numel() for p in narrow.parameters()) < sum(p.numel() for p in wide.parameters())
+    # The width is part of the checkpointed config; configs written before it existed mean timm's stem.
+    assert ModelConfig.from_dict(narrow.cfg.to_dict()).stem_width == 8
+    old = {k: v for k, v in wide.cfg.to_dict().items() if k != "stem_width"}
+    assert ModelConfig.from_dict(old) == wide.cfg
+    with pytest.raises(ValueError, match="stem_width"):
+        build_model(cfg(("image",), "mobilenetv3_small_050", stem_width=8))
+    weights = tmp_path / "resnet18.pth"
+    weights.write_bytes(b"")
+    with pytest.raises(ValueError, match="stem_width"):
+        build_model(cfg(("image",), "resnet18", stem_width=8), pretrained_path=str(weights))
 
 
 def test_loss_terms_by_hand():

@@ -52,7 +52,7 @@ def test_cuda_path_is_float16_autocast():
 
 def tiny_model() -> tuple[torch.nn.Module, Arrays]:
     cfg = ModelConfig(backbone="resnet18", embed_dim=16, text_dim=8, text_channels=8, text_kernels=(1, 2), meta_dim=4,
-                      dropout=0.0, wide=True, low_res_stem=False, backbone_channels=(8, 8, 16, 16),
+                      dropout=0.0, wide=True, low_res_stem=False, backbone_channels=(8, 8, 16, 16), stem_width=0,
                       modalities=("image", "text", "metadata"), vocab_size=50, subword_buckets=64,
                       attr_vocab_size=10, cardinalities=(4, 5), n_numeric=2, n_classes=(2, 3, 5), text_pretrained="")
     torch.manual_seed(0)
