@@ -68,7 +68,9 @@ def bench_train(batches: int = 40, repeats: int = 3, models: tuple[str, ...] = (
     # fp32 is the baseline for bf16 (same model, same batches). "text-dense" is the baseline for the sparse
     # n-gram tables (dense gradients + AdamW); "fusion-finetune" the one for training only the backbone's
     # last stage (the whole backbone trained).
-    extra = [("text-dense", "auto")] * ("text" in models) + [("fusion-finetune", "auto")] * ("fusion" in models)
+    # "-stem64" is the baseline for model.stem_width: the same model with timm's 64-channel stem.
+    extra = ([("text-dense", "auto")] * ("text" in models) + [("fusion-finetune", "auto")] * ("fusion" in models)
+             + [(f"{m}-stem64", "auto") for m in ("image", "fusion") if m in models])
     for r in range(repeats):
         order = ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")
         for which, prec in [(m, prec) for m in models for prec in order] + extra:
@@ -89,6 +91,13 @@ def bench_train(batches: int = 40, repeats: int = 3, models: tuple[str, ...] = (
     if "fusion" in models:
         print(f"fusion as configured: {med['fusion', auto] / med['fusion-finetune', 'auto']:.2f}x "
               "the throughput of fine-tuning the image backbone too")
+    from components.config import load_params
+
+    stem = load_params().model.stem_width
+    for m in ("image", "fusion"):
+        if m in models and stem:
+            print(f"{m} with model.stem_width {stem}: {med[m, auto] / med[f'{m}-stem64', 'auto']:.2f}x the "
+                  "throughput of timm's 64-channel stem")
 
 
 def train_step_code(which: str, prec: str, batches: int) -> str:
@@ -102,13 +111,16 @@ from components.encoders import load_encoders
 from components.models.fusion import ModelConfig, build_model
 from components.training.loop import Trainer, seed_everything
 p = load_params(); enc = load_encoders(p.paths.features)
+if "{which}".endswith("-stem64"):
+    p = dataclasses.replace(p, model=dataclasses.replace(p.model, stem_width=0))
 a, split = load_arrays(p.paths.ingest, p.paths.features)
 train = split_arrays(a, split)["train"]
 tp = (p.train_fusion if "{which}".startswith("fusion") else p.train_baseline).train
 tp = dataclasses.replace(tp, cpu_precision="{prec}")
 seed_everything(0)
 m = build_model(ModelConfig.from_params(p.model, {mods!r}, **enc.model_sizes()))
-if "{which}" == "fusion" and p.train_fusion.finetune_image != "all":  # as the train_fusion stage runs it
+# as the train_fusion stage runs it:
+if "{which}" in ("fusion", "fusion-stem64") and p.train_fusion.finetune_image != "all":
     m.towers["image"].freeze_backbone(keep_last_stage=p.train_fusion.finetune_image == "last_stage")
 if "{which}" == "text-dense":
     for mod in m.modules():
