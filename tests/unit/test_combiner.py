@@ -115,3 +115,19 @@ def test_expert_selection_drops_an_expert_that_validation_rewards_but_new_produc
     assert "leaky" not in chosen.experts and "good" in chosen.experts
     assert tried["_".join(chosen.experts)] == max(tried.values()) > tried["good_leaky_mediocre"]
     assert chosen_oof.shape == (300, len(PATHS)) and chosen.theta.shape[0] == len(chosen.experts)
+
+
+def test_path_probabilities_match_a_float64_pool_computed_by_hand():
+    # The fits contract the log-probabilities in float32 (memory-bound): the pool must still be the formula
+    # of the module docstring, computed here in float64 with numpy.
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 3, 300)
+    x = inputs(rng, truth, rng.random(300) < 0.7)
+    x = StackInputs(x.logp, (rng.random((300, 2)) < 0.8).astype(np.float32), x.cond)
+    comb = Combiner(("good", "mediocre"), PATHS, l2=1e-3, fit_bias=True).fit(x, truth)
+    w = np.logaddexp(0.0, np.einsum("elc,nc->nel", comb.theta, x.cond.astype(np.float64)))
+    w *= x.mask.astype(np.float64)[:, :, None]
+    scores = np.einsum("nel,nelp->np", w, x.logp.astype(np.float64)) + comb.bias
+    expected = np.exp(scores - scores.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(comb.path_probs(x), expected, atol=1e-5)
