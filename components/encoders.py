@@ -5,6 +5,7 @@ model all call `encode_frame` with the same Encoders: one preprocessing path.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -43,11 +44,19 @@ def subword_ids(text: str, buckets: int, limit: int, char_ngrams: tuple[int, int
     title loses character n-grams, never its words, at `limit`."""
     words = tokenize(text)
     grams = [f"w:{w}" for w in words] + [f"w:{a} {b}" for a, b in zip(words, words[1:])]
-    lo, hi = char_ngrams
+    ids = [_bucket(g, buckets) for g in grams[:limit]]
     for word in words:
-        w = f"<{word}>"
-        grams += [w[i : i + n] for n in range(lo, hi + 1) for i in range(len(w) - n + 1)]
-    return [_bucket(g, buckets) for g in grams[:limit]]
+        if len(ids) >= limit:
+            break
+        ids += _char_ids(word, buckets, *char_ngrams)
+    return ids[:limit]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _char_ids(word: str, buckets: int, lo: int, hi: int) -> tuple[int, ...]:
+    """A word's hashed character n-grams with boundaries; cached: titles reuse a few thousand words."""
+    w = f"<{word}>"
+    return tuple(_bucket(w[i : i + n], buckets) for n in range(lo, hi + 1) for i in range(len(w) - n + 1))
 
 
 def _vocab(counter: Counter, min_count: int) -> dict[str, int]:

@@ -89,7 +89,7 @@ class FusionModel(nn.Module):
         """L2-normalised (B, D) embedding per active modality."""
         out = {}
         if "image" in self.towers:
-            out["image"] = self.towers["image"](batch["image"])
+            out["image"] = self.towers["image"](batch["image"], batch.get("image_trunk"))
         if "text" in self.towers:
             out["text"] = self.towers["text"](batch["tokens"], batch["subwords"])
         if "metadata" in self.towers:

@@ -1,11 +1,15 @@
 """The three towers. Each maps its part of a batch to (B, out_dim); the only module that touches timm."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 class ImageTower(nn.Module):
@@ -53,6 +57,8 @@ class ImageTower(nn.Module):
         self.proj = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, out_dim))
         self.out_dim = out_dim
         self.frozen: list[nn.Module] = []
+        self.folded = False
+        self._trunk_key: str | None = None
 
     def freeze_backbone(self, keep_last_stage: bool = False) -> None:
         """Keep the backbone as trained (weights and BatchNorm statistics); the projection still learns and,
@@ -69,6 +75,9 @@ class ImageTower(nn.Module):
         self.train(self.training)
 
     def train(self, mode: bool = True) -> ImageTower:
+        if mode and self.folded:
+            raise RuntimeError("this image tower was prepared for inference (BatchNorm folded) and cannot "
+                               "train; load the checkpoint again to train it")
         super().train(mode)
         for module in self.frozen:
             module.eval()  # BatchNorm must not drift from the statistics the frozen weights were trained with
@@ -78,8 +87,64 @@ class ImageTower(nn.Module):
         x = images.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
         return (x - self.mean) / self.std
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.backbone(self.preprocess(images)))  # (B, out_dim)
+    def forward(self, images: torch.Tensor, trunk: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, out_dim). `trunk`: this batch's `trunk()` output, computed once for every tower whose
+        `trunk_key()` is the same (the fusion network keeps the image baseline's frozen stages)."""
+        if trunk is not None:
+            return self.proj(self.backbone.forward_head(self.backbone.layer4(trunk)))
+        return self.proj(self.backbone(self.preprocess(images)))
+
+    def _is_plain_resnet(self) -> bool:
+        # timm's ResNet runs conv1, bn1, act1, maxpool, layer1..layer4 then its head (forward_features)
+        return type(self.backbone).__name__ == "ResNet" and all(
+            hasattr(self.backbone, n) for n in ("conv1", "bn1", "act1", "maxpool", *RESNET_STAGES))
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone up to its last stage (ResNet family): what `forward(images, trunk=...)` continues."""
+        b = self.backbone
+        x = b.maxpool(b.act1(b.bn1(b.conv1(self.preprocess(images)))))
+        return b.layer3(b.layer2(b.layer1(x)))
+
+    def trunk_key(self) -> str | None:
+        """A digest of every weight and statistic before the last stage; equal keys = the same `trunk()`.
+        None when the backbone is not a plain ResNet (no split point known) or the tower is training."""
+        if self.training or not self._is_plain_resnet():
+            return None
+        if self._trunk_key is not None:
+            return self._trunk_key
+        h = hashlib.md5(repr(self.folded).encode())
+        for name in ("conv1", "bn1", *RESNET_STAGES[:-1]):
+            for key, t in getattr(self.backbone, name).state_dict().items():
+                h.update(key.encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        if self.folded:  # frozen for good: a folded tower cannot train
+            self._trunk_key = h.hexdigest()
+        return h.hexdigest()
+
+    def fold_batchnorm(self) -> None:
+        """Fold each BatchNorm into the convolution before it (inference only: ~20 % less CPU time per image).
+
+        Exact up to float rounding; after it the tower cannot train (no BatchNorm left to learn), so
+        `train()` refuses. A no-op for backbones other than a plain ResNet.
+        """
+        if self.folded or not self._is_plain_resnet():
+            return
+        b = self.backbone
+        pairs = [(b, "conv1", "bn1")] if isinstance(b.conv1, nn.Conv2d) else []
+        for stage in RESNET_STAGES:
+            for block in getattr(b, stage):
+                pairs += [(block, f"conv{i}", f"bn{i}") for i in (1, 2, 3) if hasattr(block, f"bn{i}")]
+                down = getattr(block, "downsample", None)
+                if isinstance(down, nn.Sequential):
+                    pairs += [(down, str(i), str(i + 1)) for i in range(len(down) - 1)
+                              if isinstance(down[i], nn.Conv2d) and isinstance(down[i + 1], nn.BatchNorm2d)]
+        self.eval()
+        for owner, conv, bn in pairs:
+            c, n = getattr(owner, conv), getattr(owner, bn)
+            if isinstance(c, nn.Conv2d) and isinstance(n, nn.BatchNorm2d):
+                setattr(owner, conv, fuse_conv_bn_eval(c, n))
+                setattr(owner, bn, nn.Identity())
+        self.folded = True
 
 
 def narrow_stem(backbone: nn.Module, width: int, name: str) -> None:

@@ -19,7 +19,7 @@ from components.data import Arrays
 from components.encoders import Encoders, encode_frame
 from components.images import MAX_IMAGE_BYTES, ImageBatch, ImageError, ImagePathError, decode_image, read_image_file
 from components.models.fusion import FusionModel
-from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
+from components.models.runtime import PREDICT_BATCH, predict_arrays, prepare_for_inference, select_device
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ class Categorizer:
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Categorizer:
         dev = select_device(device)
         model, enc, meta = load_checkpoint(path, dev)
+        prepare_for_inference(model)
         size = tuple(meta.get("image_size", (80, 64)))
         return cls(model, enc, meta, dev, size)
 

@@ -13,6 +13,7 @@ import argparse
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from components.serving.stacked import COMBINER_FILE, StackedCategorizer, is_sta
 
 log = logging.getLogger(__name__)
 
-CHUNK = 2048
+CHUNK = 1024  # products decoded and predicted together; the next chunk decodes meanwhile
 
 
 def default_model() -> str:
@@ -75,15 +76,21 @@ def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progres
     h, w = cat.image_size
     parts, embs = [], {"image": [], "text": []}
     bar = tqdm(total=len(frame), desc="categorize", unit="product", disable=not progress, mininterval=2)
-    for start in range(0, len(frame), CHUNK):
-        chunk = frame.iloc[start : start + CHUNK]
-        images = load_images(list(chunk["image"]), h, w, root=folder)
-        pred, emb = cat.predict(chunk, images, embeddings=embeddings)
-        parts.append(pred)
-        if embeddings:
-            for k in embs:
-                embs[k].append(emb.get(k, np.full((len(chunk), cat.model.cfg.embed_dim), np.nan, np.float32)))
-        bar.update(len(chunk))
+    chunks = [frame.iloc[start : start + CHUNK] for start in range(0, len(frame), CHUNK)]
+    # The next chunk's images decode (Python-bound) while the models run on this one (torch kernels release
+    # the GIL), on the cycles two convolution threads leave idle.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = [pool.submit(load_images, list(c["image"]), h, w, folder) for c in chunks[:1]]
+        for i, chunk in enumerate(chunks):
+            images = pending.pop().result()
+            if i + 1 < len(chunks):
+                pending.append(pool.submit(load_images, list(chunks[i + 1]["image"]), h, w, folder))
+            pred, emb = cat.predict(chunk, images, embeddings=embeddings)
+            parts.append(pred)
+            if embeddings:
+                for k in embs:
+                    embs[k].append(emb.get(k, np.full((len(chunk), cat.model.cfg.embed_dim), np.nan, np.float32)))
+            bar.update(len(chunk))
     bar.close()
     cols = ["id", *[c for lvl in LEVELS for c in (lvl, f"{lvl}_confidence")], "status"]
     pred = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ from components.data import Arrays
 from components.encoders import Encoders
 from components.images import ImageBatch
 from components.models.combiner import Combiner, StackInputs, input_conditions, path_log_probs
-from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
+from components.models.runtime import PREDICT_BATCH, predict_many, prepare_for_inference, select_device
 from components.models.tfidf import TfidfBaseline, TfidfFileError, load_tfidf
 from components.serving.categorizer import Categorizer, masked_embeddings, to_arrays
 
@@ -90,6 +91,7 @@ class Experts:
                     raise CheckpointError(f"the TF-IDF expert cannot be loaded: {exc}") from exc
                 continue
             model, enc, m = load_checkpoint(path, dev)
+            prepare_for_inference(model)
             if encoders is None:
                 encoders = enc
             elif enc.to_dict() != encoders.to_dict():
@@ -114,17 +116,17 @@ class Experts:
               names: tuple[str, ...] | None = None) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
         """Per-level probabilities of `names` (default: every loaded expert), and the fusion network's
         embeddings when asked (the fusion network then runs even if its votes are not wanted)."""
-        out, embs = {}, {}
         wanted = set(self.names if names is None else names) | ({"fusion"} if embeddings else set())
-        for name in (e for e in self.names if e in wanted):
-            model = self.models[name]
-            if isinstance(model, TfidfBaseline):
-                out[name] = model.predict_proba(frame, self.n_classes())
-                continue
-            res = predict_arrays(model, a, batch_size, self.device, embeddings=embeddings and name == "fusion")
-            out[name] = res["probs"]
-            embs = res.get("embeddings", embs)
-        return out, embs
+        linear = {e: m for e, m in self.models.items() if e in wanted and isinstance(m, TfidfBaseline)}
+        neural = {e: m for e, m in self.models.items() if e in wanted and e not in linear}
+        # The linear experts are Python-bound (n-gram analysis), the networks run in torch kernels that release
+        # the GIL: side by side they use the cores the convolutions leave idle.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            jobs = {e: pool.submit(m.predict_proba, frame, self.n_classes()) for e, m in linear.items()}
+            res = predict_many(neural, a, batch_size, self.device, embeddings=("fusion",) if embeddings else ())
+            out = {e: job.result() for e, job in jobs.items()}
+        out.update({e: r["probs"] for e, r in res.items()})
+        return {e: out[e] for e in self.names if e in out}, res.get("fusion", {}).get("embeddings", {})
 
     def on_variant(self, frame: pd.DataFrame, images: ImageBatch, variant: str, cut_words: int, paths: np.ndarray,
                    names: tuple[str, ...], full: dict[str, list[np.ndarray]] | None = None

@@ -7,9 +7,11 @@ import torch
 
 from components.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from components.config import LossWeights
+from components.data import Arrays
 from components.encoders import Encoders
 from components.models.fusion import ModelConfig, build_model
 from components.models.losses import contrastive_loss, hierarchy_similarity, semantic_loss, total_loss
+from components.models.runtime import predict_arrays, predict_many, prepare_for_inference
 from components.training.loop import optimizers
 
 N_CLASSES = (3, 4, 6)
@@ -229,6 +231,60 @@ def test_frozen_image_backbone_keeps_weights_and_batchnorm_while_the_rest_learns
     assert not torch.equal(proj_before, tower.proj[1].weight)
     moved = not all(torch.equal(before[f"layer4.{k}"], v) for k, v in tower.backbone.layer4.state_dict().items())
     assert moved == keep_last_stage
+
+
+SMALL_RESNET = {"backbone": "resnet18", "channels": (8, 16, 32, 64), "stem_width": 8}
+
+
+def as_arrays(b: dict[str, torch.Tensor]) -> Arrays:
+    return Arrays(**{k: b[k].numpy() for k in ("tokens", "subwords", "attrs", "cat", "num", "has_image", "labels",
+                                               "group")}, images=b["image"].numpy())
+
+
+def test_folded_batchnorm_predicts_as_before_and_refuses_to_train():
+    torch.manual_seed(0)
+    model = build_model(cfg(("image",), **SMALL_RESNET)).train()
+    for seed in range(3):  # BatchNorm statistics away from their initial 0/1
+        model.forward_features(batch(8, seed))
+    model.eval()
+    b = batch(8, 5)
+    before = model.forward_features(b)["image"]
+    prepare_for_inference(model)
+    backbone = model.towers["image"].backbone
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    assert torch.allclose(model.forward_features(b)["image"], before, atol=1e-5)
+    with pytest.raises(RuntimeError, match="cannot train"):
+        model.train()
+    other = prepare_for_inference(build_model(cfg(("image",))))  # MobileNet: no known split, left as it is
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in other.towers["image"].modules())
+
+
+def test_models_sharing_a_frozen_trunk_compute_it_once_and_predict_as_alone():
+    torch.manual_seed(0)
+    image = build_model(cfg(("image",), **SMALL_RESNET))
+    fusion = build_model(cfg(("image", "text", "metadata"), **SMALL_RESNET))
+    other = build_model(cfg(("image",), **SMALL_RESNET))
+    # as train_fusion's warm start leaves it: every stage but the last one is the image baseline's
+    trunk = {k: v for k, v in image.towers["image"].backbone.state_dict().items() if not k.startswith("layer4.")}
+    fusion.towers["image"].backbone.load_state_dict(trunk, strict=False)
+    models = {"image": image, "fusion": fusion, "other": other}
+    for m in models.values():
+        prepare_for_inference(m)
+    a, cpu = as_arrays(batch(10, 1)), torch.device("cpu")
+    calls = []
+    hooks = [m.towers["image"].backbone.conv1.register_forward_hook(lambda *_: calls.append(1))
+             for m in models.values()]
+    together = predict_many(models, a, 4, cpu, embeddings=("fusion",))
+    assert len(calls) == 3 + 3  # 3 batches: the shared trunk once, `other`'s own once
+    for h in hooks:
+        h.remove()
+    assert image.towers["image"].trunk_key() == fusion.towers["image"].trunk_key() != other.towers["image"].trunk_key()
+    alone = {name: predict_arrays(m, a, 4, cpu, embeddings=name == "fusion") for name, m in models.items()}
+    for name in models:
+        for p, q in zip(alone[name]["probs"], together[name]["probs"]):
+            np.testing.assert_allclose(p, q, atol=1e-6)
+    np.testing.assert_allclose(alone["fusion"]["embeddings"]["image"], together["fusion"]["embeddings"]["image"],
+                               atol=1e-6)
 
 
 def encoders() -> Encoders:

@@ -46,3 +46,35 @@ def test_bad_files_are_named(tmp_path):
     np.savez(tmp_path / "other.npz", meta=np.array('{"format": "something-else"}'))
     with pytest.raises(TfidfFileError, match="expected 'deepfusion-tfidf/1'"):
         load_tfidf(tmp_path / "other.npz")
+
+
+@pytest.mark.parametrize("ngrams", [(2, 5), (1, 3), (4, 6)])
+def test_char_wb_transform_equals_scikit_learn(ngrams):
+    """The per-word cached char_wb transform is scikit-learn's `transform`, word edges and short words included."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from components.models.tfidf import char_wb_transform, fast_char_wb
+
+    frame, _ = catalog(200, 2)
+    train = list(frame["productDisplayName"]) + ["a b", "Ünïcode ÉÇ", "x-ray 3/4 sleeve"]
+    v = TfidfVectorizer(analyzer="char_wb", ngram_range=ngrams, sublinear_tf=True, min_df=2).fit(train)
+    assert fast_char_wb(v)
+    test = train[:50] + ["", "   ", "a", "ab", "Shirt shirt SHIRT", "tab\tand\nnewline  double", "é" * 40,
+                         "unseen zzqx words", "a b c d e f g"]
+    np.testing.assert_allclose(char_wb_transform(v, test).toarray(), v.transform(test).toarray(), rtol=0, atol=1e-12)
+    assert not fast_char_wb(TfidfVectorizer(analyzer="char_wb", binary=True))  # other settings: scikit-learn's path
+
+
+def test_char_wb_fit_with_the_cached_analyzer_fits_the_same_vectorizer():
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from components.models.tfidf import char_wb_fit_transform
+
+    frame, _ = catalog(300, 3)
+    texts = list(frame["productDisplayName"]) + ["a", "", "Ünïcode ÉÇ", "x" * 30]
+    settings = {"analyzer": "char_wb", "ngram_range": (2, 5), "sublinear_tf": True, "min_df": 2, "max_features": 400}
+    ref, ours = TfidfVectorizer(**settings), TfidfVectorizer(**settings)
+    x_ref, x_ours = ref.fit_transform(texts), char_wb_fit_transform(ours, texts)
+    assert ours.vocabulary_ == ref.vocabulary_ and ours.analyzer == "char_wb"
+    np.testing.assert_array_equal(ours.idf_, ref.idf_)
+    np.testing.assert_allclose(x_ours.toarray(), x_ref.toarray(), rtol=0, atol=1e-12)
