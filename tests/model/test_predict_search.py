@@ -48,6 +48,21 @@ def test_predict_unlabeled_folder_with_missing_and_corrupt_images(trained, tmp_p
     assert np.isnan(emb["image"][4]).all() and np.allclose(np.linalg.norm(emb["text"], axis=1), 1, atol=1e-4)
 
 
+def test_chunks_decoded_ahead_give_the_one_chunk_predictions(trained, tmp_path, monkeypatch):
+    """The CLI decodes the next chunk's images while the model runs on this one: same rows, same order."""
+    params, _, _ = trained
+    new = make_catalog(tmp_path / "new", n=24, seed=7, labeled=False, start_id=5000)
+    cat = Categorizer.from_checkpoint(ckpt(params))
+    whole, whole_emb = predict.categorize(new, cat, embeddings=True, progress=False)
+    monkeypatch.setattr(predict, "CHUNK", 5)  # 5 chunks, the last one short
+    chunked, chunked_emb = predict.categorize(new, cat, embeddings=True, progress=False)
+    # other batch shapes may move a float by an ulp: confidences (rounded to 4 places) within 1e-3
+    conf = [c for c in whole if c.endswith("_confidence")]
+    pd.testing.assert_frame_equal(chunked.drop(columns=conf), whole.drop(columns=conf))
+    np.testing.assert_allclose(chunked[conf].to_numpy(float), whole[conf].to_numpy(float), atol=1e-3)
+    np.testing.assert_allclose(chunked_emb["text"], whole_emb["text"], atol=1e-5)
+
+
 def test_products_without_an_image_are_categorized_from_title_and_metadata(trained, tmp_path):
     # Judged on 60 imageless products, not one: a single tiny-model prediction flipped between machines.
     params, _, _ = trained
