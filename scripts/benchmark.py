@@ -157,8 +157,20 @@ def bench_predict(n: int = 3000) -> None:
     p = load_params()
     ids = set(pd.read_parquet(f"{p.paths.ingest}/products.parquet", columns=["id", "split"])
               .query("split == 'test'")["id"].astype(str).head(n))
-    folder = Path(tempfile.mkdtemp()) / "catalog"
-    (folder / "images").mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as tmp:  # ~3,000 copied images: gone with the run
+        folder = Path(tmp) / "catalog"
+        (folder / "images").mkdir(parents=True)
+        r = predict_child(p, ids, folder)
+    print(f"predict on a catalog folder of {r['n']} test products (python -m components.predict's path: CSV, JPEG "
+          f"decoding, features, models), CPU {cpu_model()}: stacked categorizer {r['stacked']:.0f} products/s; "
+          f"fusion network alone {r['fusion']:.0f}/s; stacked = {r['stacked'] / r['fusion']:.2f}x fusion-only; "
+          f"decoding alone {r['decode']:.0f}/s; peak RSS {r['peak_mib']:.0f} MiB")
+
+
+def predict_child(p, ids: set[str], folder: Path) -> dict:
+    """Copy the products `ids` of the raw export into `folder`, then time categorize() in a child process."""
+    import pandas as pd
+
     for name in ("styles.csv", "products.csv"):
         raw = pd.read_csv(Path(p.paths.raw) / name, dtype=str, keep_default_na=False, on_bad_lines="skip")
         raw[raw["id"].isin(ids)].to_csv(folder / name, index=False)
@@ -166,7 +178,7 @@ def bench_predict(n: int = 3000) -> None:
         src = Path(p.paths.raw) / "images" / f"{pid}.jpg"
         if src.is_file():
             (folder / "images" / src.name).write_bytes(src.read_bytes())
-    r = child(f"""
+    return child(f"""
 import json, time
 from components.config import load_params
 from components.checkpoint import fusion_checkpoint
@@ -189,10 +201,6 @@ out["decode"], out["n"] = len(frame) / (time.perf_counter() - t), len(frame)
 {PEAK}
 out["peak_mib"] = peak
 print(json.dumps(out))""")
-    print(f"predict on a catalog folder of {r['n']} test products (python -m components.predict's path: CSV, JPEG "
-          f"decoding, features, models), CPU {cpu_model()}: stacked categorizer {r['stacked']:.0f} products/s; "
-          f"fusion network alone {r['fusion']:.0f}/s; stacked = {r['stacked'] / r['fusion']:.2f}x fusion-only; "
-          f"decoding alone {r['decode']:.0f}/s; peak RSS {r['peak_mib']:.0f} MiB")
 
 
 def main() -> None:

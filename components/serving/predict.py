@@ -13,7 +13,7 @@ import argparse
 import logging
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -80,11 +80,12 @@ def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progres
     # The next chunk's images decode (Python-bound) while the models run on this one (torch kernels release
     # the GIL), on the cycles two convolution threads leave idle.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = [pool.submit(load_images, list(c["image"]), h, w, folder) for c in chunks[:1]]
+        def decode(i: int) -> Future | None:
+            return pool.submit(load_images, list(chunks[i]["image"]), h, w, folder) if i < len(chunks) else None
+
+        ahead = decode(0)
         for i, chunk in enumerate(chunks):
-            images = pending.pop().result()
-            if i + 1 < len(chunks):
-                pending.append(pool.submit(load_images, list(chunks[i + 1]["image"]), h, w, folder))
+            images, ahead = ahead.result(), decode(i + 1)
             pred, emb = cat.predict(chunk, images, embeddings=embeddings)
             parts.append(pred)
             if embeddings:
