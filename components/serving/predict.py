@@ -1,7 +1,7 @@
 """Batch categorization of new products.
 
     python -m components.predict CATALOG_DIR --output PRED.csv [--model PATH|models:/NAME@ALIAS]
-                                            [--embeddings OUT.npz] [--batch-size N]
+                                            [--embeddings OUT.npz] [--workers N]
 
 CATALOG_DIR has the data/ layout (styles.csv; products.csv and images/<id>.jpg optional per row).
 Category columns may be missing; labels present are never used as input. Bad rows are reported in the
@@ -13,11 +13,14 @@ import argparse
 import logging
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm import tqdm
 
 from components.atomic_io import atomic_write_bytes
@@ -29,7 +32,7 @@ from components.serving.stacked import COMBINER_FILE, StackedCategorizer, is_sta
 
 log = logging.getLogger(__name__)
 
-CHUNK = 1024  # products decoded and predicted together; the next chunk decodes meanwhile
+CHUNK = 512  # products one worker decodes and predicts together
 
 
 def default_model() -> str:
@@ -65,11 +68,37 @@ def load_categorizer(model: str) -> Categorizer:
     return Categorizer.from_checkpoint(model)
 
 
+@contextmanager
+def chunk_pool(device: torch.device, workers: int = 0) -> Iterator[ThreadPoolExecutor]:
+    """The workers `categorize` runs chunks on, each decoding and predicting a whole chunk.
+
+    CPU, `workers` 0 (default): one worker per torch thread, each running its kernels on one thread. A chunk's
+    Python-bound steps (JPEG decoding, the TF-IDF expert's n-grams) then overlap another worker's
+    convolutions, where one OpenMP team over every core stalls at each barrier while a decoding thread holds
+    a core (`benchmark.py predict` prints both). Otherwise `workers` share torch's threads. Each worker sets
+    its own count: OpenMP keeps it per OS thread, and a new thread would start a team of every core for
+    oneDNN's convolutions. GPU: two workers (unless given), one decoding while the other's batch runs.
+    """
+    threads = torch.get_num_threads()
+    if device.type != "cpu":
+        pool = ThreadPoolExecutor(max_workers=workers or 2)
+    else:
+        workers = workers or threads
+        pool = ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads,
+                                  initargs=(max(1, threads // workers),))
+    try:
+        yield pool
+    finally:  # after a failed chunk the chunks not started are dropped, not predicted
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)  # a worker's setting is also torch's process-wide one
+
+
 def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progress: bool = True,
-               read: CatalogRead | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+               read: CatalogRead | None = None, workers: int = 0) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Predict every product of a catalog folder; rows the reader rejected keep their reason as status.
 
-    `read`: the folder already read by the caller (it is read here otherwise).
+    `read`: the folder already read by the caller (it is read here otherwise). `workers`: chunks worked on
+    at once (`chunk_pool`; 0 = one per torch thread on CPU).
     """
     read = read or read_catalog(folder, require_labels=False)
     frame = read.frame
@@ -77,16 +106,13 @@ def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progres
     parts, embs = [], {"image": [], "text": []}
     bar = tqdm(total=len(frame), desc="categorize", unit="product", disable=not progress, mininterval=2)
     chunks = [frame.iloc[start : start + CHUNK] for start in range(0, len(frame), CHUNK)]
-    # The next chunk's images decode (Python-bound) while the models run on this one (torch kernels release
-    # the GIL), on the cycles two convolution threads leave idle.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        def decode(i: int) -> Future | None:
-            return pool.submit(load_images, list(chunks[i]["image"]), h, w, folder) if i < len(chunks) else None
 
-        ahead = decode(0)
-        for i, chunk in enumerate(chunks):
-            images, ahead = ahead.result(), decode(i + 1)
-            pred, emb = cat.predict(chunk, images, embeddings=embeddings)
+    def run(chunk: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+        return cat.predict(chunk, load_images(list(chunk["image"]), h, w, folder), embeddings=embeddings)
+
+    with chunk_pool(cat.device, workers) as pool:
+        # Results come back in chunk order; only the running chunks' images are decoded at any time.
+        for chunk, (pred, emb) in zip(chunks, pool.map(run, chunks)):
             parts.append(pred)
             if embeddings:
                 for k in embs:
@@ -114,13 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="artifacts/stack, a checkpoint path or models:/NAME@ALIAS "
                                     "(default: the pipeline's stacked categorizer)")
     ap.add_argument("--embeddings", type=Path)
+    ap.add_argument("--workers", type=int, default=0,
+                    help="chunks predicted at once (default 0: on CPU one per core torch uses, single-threaded each)")
     args = ap.parse_args(argv)
+    if args.workers < 0:
+        ap.error(f"--workers {args.workers}: give 0 (one per core) or a positive number")
     try:
         refuse_overwriting_input(args.catalog_dir, [args.output, args.embeddings])
         cat = load_categorizer(args.model or default_model())
         t0 = time.perf_counter()
         out, arrays = categorize(args.catalog_dir, cat, embeddings=args.embeddings is not None,
-                                 progress=True)
+                                 progress=True, workers=args.workers)
         seconds = time.perf_counter() - t0
     except (CatalogError, CheckpointError, ConfigError) as exc:
         print(f"error: {exc} (or pass --model)" if isinstance(exc, ConfigError) else f"error: {exc}",

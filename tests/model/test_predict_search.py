@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import base64
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from components.catalog import CatalogError
 from components.serving import predict, search
@@ -48,14 +50,33 @@ def test_predict_unlabeled_folder_with_missing_and_corrupt_images(trained, tmp_p
     assert np.isnan(emb["image"][4]).all() and np.allclose(np.linalg.norm(emb["text"], axis=1), 1, atol=1e-4)
 
 
-def test_chunks_decoded_ahead_give_the_one_chunk_predictions(trained, tmp_path, monkeypatch):
-    """The CLI decodes the next chunk's images while the model runs on this one: same rows, same order."""
+def test_chunks_run_side_by_side_give_the_one_chunk_predictions(trained, tmp_path, monkeypatch):
+    """The CLI runs chunks on one worker per core, single-threaded each: same rows, same order, and torch's
+    thread count is back to what it was afterwards, also when a chunk fails."""
     params, _, _ = trained
     new = make_catalog(tmp_path / "new", n=24, seed=7, labeled=False, start_id=5000)
     cat = Categorizer.from_checkpoint(ckpt(params))
     whole, whole_emb = predict.categorize(new, cat, embeddings=True, progress=False)
     monkeypatch.setattr(predict, "CHUNK", 5)  # 5 chunks, the last one short
-    chunked, chunked_emb = predict.categorize(new, cat, embeddings=True, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # two workers even where the test process runs one torch thread
+    try:
+        chunked, chunked_emb = predict.categorize(new, cat, embeddings=True, progress=False)
+        assert torch.get_num_threads() == 2
+        calls, first = [], str(whole["id"].iloc[0])
+
+        def failing(frame, images, embeddings=False):
+            calls.append(len(frame))
+            if str(frame["id"].iloc[0]) != first:  # the first chunk fails at once, the others long after
+                time.sleep(1.5)
+            raise RuntimeError("chunk failed")
+
+        monkeypatch.setattr(cat, "predict", failing)
+        with pytest.raises(RuntimeError, match="chunk failed"):
+            predict.categorize(new, cat, progress=False)
+        assert torch.get_num_threads() == 2 and len(calls) <= 3  # chunks not started are dropped
+    finally:
+        torch.set_num_threads(threads)
     # other batch shapes may move a float by an ulp: confidences (rounded to 4 places) within 1e-3
     conf = [c for c in whole if c.endswith("_confidence")]
     pd.testing.assert_frame_equal(chunked.drop(columns=conf), whole.drop(columns=conf))
