@@ -180,6 +180,7 @@ class StackParams:
     l2_grid: tuple[float, ...]  # candidate L2 pulls of the combiner's weights towards equal weights
     balance_grid: tuple[float, ...]  # candidate class balancing of its loss (rows weighted by count^-b)
     select_experts: bool  # drop experts by backward elimination while the out-of-fold score rises
+    int8_calibration: int  # train images calibrating the int8 image towers on CPU (0: the towers stay fp32)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from components.data import cached_images
 from components.encoders import tokenize
 from components.images import ImageBatch
 from components.metrics import classification
+from components.models.quantize import tensor_bytes
 from components.ops import drift_signals as sig
 from components.ops.provenance import data_md5, files_md5
 from components.serving.categorizer import Categorizer, load_images
@@ -102,11 +103,12 @@ def describe_split(ingest: str, split: str, sample: int | None, seed: int, cat: 
 
 def model_fingerprint(cat: Categorizer) -> str:
     """Identity of the monitored model: its network weights and, for a stack, the combiner (which records
-    every expert's md5). Same weights from a file or from the registry give the same fingerprint."""
+    every expert's md5). Same weights from a file or from the registry give the same fingerprint; int8 image
+    towers (a stack on CPU) count as their integer weights and scales."""
     h = hashlib.sha256()
     for name, t in sorted(cat.model.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(tensor_bytes(t))
     combiner = getattr(cat, "combiner", None)
     if combiner is not None:
         h.update(json.dumps(combiner.to_dict(), sort_keys=True).encode())

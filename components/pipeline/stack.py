@@ -1,4 +1,5 @@
-"""Stage stack: the trained experts + the validation split -> artifacts/stack/ (combiner.json, metrics.json).
+"""Stage stack: the trained experts + the validation split -> artifacts/stack/ (combiner.json, calibration.npy,
+metrics.json).
 
 Fits the combiner of the stacked categorizer (`models.combiner`, served by `serving.stacked`) on
 predictions of products no expert trained on: the validation split, as given and as every degraded input
@@ -6,7 +7,8 @@ variant (cut title, no title, no image, no metadata). Its setting (L2 strength, 
 set of experts (backward elimination) are chosen by group K-fold cross-validation inside that data (never
 the test split), and the out-of-fold predictions of the choice give an honest validation score of the stack
 next to each expert's. Combiners with one chosen expert left out, or one dropped expert put back, are
-fitted too, for evaluate's ablation rows.
+fitted too, for evaluate's ablation rows. On CPU the image towers run in int8 (`models.quantize`), calibrated
+on train images written beside the combiner, so the combiner learns the experts exactly as they are served.
 
 Bias, said plainly: the neural experts chose their stopping epoch on this validation split, so their
 validation predictions are slightly better than on new products and the combiner may trust them a little
@@ -30,7 +32,7 @@ from components.config import Params, StackParams, load_params
 from components.data import cached_products
 from components.encoders import Encoders, encode_labels
 from components.models.combiner import CONDITIONS, Combiner, StackInputs, path_index
-from components.serving.stacked import COMBINER_FILE, FORMAT, Experts, expert_files, file_md5
+from components.serving.stacked import CALIBRATION_FILE, COMBINER_FILE, FORMAT, Experts, expert_files, file_md5
 from components.training.crossfit import group_folds
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,20 @@ def article_scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {"accuracy": round(res["accuracy"], 4), "macro_f1": round(res["macro_f1"], 4)}
 
 
+def calibration_images(ingest_dir: str | Path, split: np.ndarray, has_image: np.ndarray, n: int, seed: int
+                       ) -> np.ndarray | None:
+    """A seeded sample of `n` train products' images (uint8, N x H x W x 3) for the int8 image towers; None
+    when `n` is 0 (fp32 towers). Products without an image are left out: their zeros set no useful range."""
+    if n <= 0:
+        return None
+    pool = np.flatnonzero((split == "train") & has_image)
+    if not len(pool):
+        raise ValueError("stack.int8_calibration: the train split has no product with an image to calibrate the "
+                         "int8 image towers on; set stack.int8_calibration: 0")
+    idx = np.sort(np.random.default_rng(seed).choice(pool, min(n, len(pool)), replace=False))
+    return np.ascontiguousarray(cached_products(ingest_dir, idx)[1].pixels)
+
+
 def run(params: Params) -> dict:
     p = params.stack
     torch.manual_seed(params.seed)
@@ -145,9 +161,13 @@ def run(params: Params) -> dict:
     for e in p.experts:
         if e not in files:
             log.warning("stack: no %s expert at %s; the stack goes without it", e, expert_files(params.paths)[e])
-    experts = Experts.load(files)
+    table = pd.read_parquet(Path(params.paths.ingest) / "products.parquet", columns=["split", "has_image"])
+    split = table["split"].to_numpy()
+    calibration = calibration_images(params.paths.ingest, split, table["has_image"].to_numpy(bool),
+                                     p.int8_calibration, params.seed)
+    # int8 kernels are CPU-only: with int8 on, the experts run here on CPU (also on a GPU worker), as served.
+    experts = Experts.load(files, device="auto" if calibration is None else "cpu", calibration=calibration)
     enc = experts.encoders
-    split = pd.read_parquet(Path(params.paths.ingest) / "products.parquet", columns=["split"])["split"].to_numpy()
     frame, images = cached_products(params.paths.ingest, np.flatnonzero(split == "val"))
     paths = taxonomy_paths(enc)
     labels = encode_labels(frame, enc)
@@ -183,7 +203,8 @@ def run(params: Params) -> dict:
     conds = np.eye(len(CONDITIONS), dtype=np.float32)
     conds[:, 0] = 1.0  # the bias alone, then the bias plus each poor-input condition
     weights = combiner.weights(conds)  # (C, E, L)
-    metrics = {"val_products": n, "rows": len(x), "l2": combiner.l2, "balance": combiner.balance,
+    metrics = {"val_products": n, "rows": len(x), "int8_experts": list(experts.int8), "l2": combiner.l2,
+               "balance": combiner.balance,
                "cv_macro_f1": cv, "experts": list(combiner.experts), "expert_sets_cv_macro_f1": tried,
                "unknown_paths": int((y1 < 0).sum()), "val_articleType": per_variant,
                "article_weight_by_condition": {c: {e: round(float(weights[ci, ei, ARTICLE]), 3)
@@ -193,6 +214,12 @@ def run(params: Params) -> dict:
             "files": {e: str(f) for e, f in files.items()}, "md5": {e: file_md5(f) for e, f in files.items()},
             "variants": list(p.variants), "cut_title_words": p.cut_title_words}
     with atomic_dir(params.paths.stack) as tmp:
+        # Written also when int8 is off (no images, no "int8" entry): dvc.yaml declares the file.
+        np.save(tmp / CALIBRATION_FILE, calibration if experts.int8 else np.zeros((0, 0, 0, 3), np.uint8),
+                allow_pickle=False)
+        if experts.int8:
+            spec["int8"] = {"calibration": CALIBRATION_FILE, "md5": file_md5(tmp / CALIBRATION_FILE),
+                            "images": len(calibration), "experts": list(experts.int8)}
         write_json(tmp / COMBINER_FILE, spec)
         write_json(tmp / "metrics.json", metrics)
     log.info("stack: experts %s, l2 %g; validation (out-of-fold) %s", ", ".join(combiner.experts), combiner.l2,

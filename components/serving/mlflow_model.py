@@ -76,13 +76,15 @@ class CategorizerModel(mlflow.pyfunc.PythonModel):
 
 
 def model_artifacts(model: str | Path) -> dict[str, str]:
-    """What the logged model carries: a stack's combiner.json and the expert files serving needs (the
-    combiner's and the fusion network), or one checkpoint."""
+    """What the logged model carries: a stack's combiner.json, the expert files serving needs (the
+    combiner's and the fusion network) and its int8 calibration images if it has them, or one checkpoint."""
     if not is_stack(model):
         return {"checkpoint": str(model)}
     spec = read_json(stack_file(model))
     needed = served_experts(Combiner.from_dict(spec["combiner"]))
-    return {"combiner": str(stack_file(model)), **{e: str(f) for e, f in spec["files"].items() if e in needed}}
+    int8 = {"calibration": str(stack_file(model).parent / spec["int8"]["calibration"])} if spec.get("int8") else {}
+    return {"combiner": str(stack_file(model)), **{e: str(f) for e, f in spec["files"].items() if e in needed},
+            **int8}
 
 
 def log_categorizer(model: str | Path, example: pd.DataFrame) -> str:

@@ -27,6 +27,7 @@ from components.data import Arrays
 from components.encoders import Encoders
 from components.images import ImageBatch
 from components.models.combiner import Combiner, StackInputs, input_conditions, path_log_probs
+from components.models.quantize import quantize_image_tower
 from components.models.runtime import PREDICT_BATCH, predict_many, prepare_for_inference, select_device
 from components.models.tfidf import TfidfBaseline, TfidfFileError, load_tfidf
 from components.serving.categorizer import Categorizer, masked_embeddings, to_arrays
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 EXPERTS = ("tfidf", "image", "text", "metadata", "fusion")
 COMBINER_FILE = "combiner.json"
+CALIBRATION_FILE = "calibration.npy"  # the int8 image towers' calibration images, beside the combiner
 FORMAT = "deepfusion-stack/1"
 
 
@@ -67,17 +69,23 @@ def degraded(frame: pd.DataFrame, images: ImageBatch, variant: str, enc: Encoder
 
 
 class Experts:
-    """The loaded experts (any subset of EXPERTS, the fusion network required) and their shared encoders."""
+    """The loaded experts (any subset of EXPERTS, the fusion network required) and their shared encoders.
+    `int8`: the experts whose image tower runs in int8 (`models.quantize`)."""
 
-    def __init__(self, models: dict[str, object], encoders: Encoders, meta: dict, device: torch.device) -> None:
+    def __init__(self, models: dict[str, object], encoders: Encoders, meta: dict, device: torch.device,
+                 int8: tuple[str, ...] = ()) -> None:
         if "fusion" not in models:
             raise CheckpointError("the stacked categorizer needs the fusion network (search and embeddings)")
         self.models, self.encoders, self.meta, self.device = models, encoders, meta, device
         self.names = tuple(e for e in EXPERTS if e in models)
+        self.int8 = int8
 
     @classmethod
-    def load(cls, files: dict[str, Path], device: str = "auto") -> Experts:
+    def load(cls, files: dict[str, Path], device: str = "auto", calibration: np.ndarray | None = None) -> Experts:
+        """`calibration`: uint8 images (N, H, W, 3); given, the image towers run in int8 on CPU (a GPU keeps
+        them in floating point: int8 kernels are CPU-only here, and the GPU has the throughput)."""
         dev = select_device(device)
+        int8: list[str] = []
         models: dict[str, object] = {}
         encoders, meta = None, {}
         for name in EXPERTS:
@@ -92,6 +100,9 @@ class Experts:
                 continue
             model, enc, m = load_checkpoint(path, dev)
             prepare_for_inference(model)
+            if calibration is not None and dev.type == "cpu" and "image" in model.towers and \
+                    quantize_image_tower(model.towers["image"], torch.from_numpy(calibration)):
+                int8.append(name)
             if encoders is None:
                 encoders = enc
             elif enc.to_dict() != encoders.to_dict():
@@ -102,7 +113,7 @@ class Experts:
                 meta = m
         if encoders is None:
             raise CheckpointError("no neural expert given: the stacked categorizer needs at least the fusion network")
-        return cls(models, encoders, meta, dev)
+        return cls(models, encoders, meta, dev, tuple(int8))
 
     def n_classes(self) -> list[int]:
         return [len(self.encoders.labels[lvl]) for lvl in LEVELS]
@@ -167,11 +178,13 @@ class StackedCategorizer(Categorizer):
 
     @classmethod
     def load(cls, combiner_file: str | Path, files: dict[str, Path] | None = None, device: str = "auto",
-             candidates: bool = False) -> StackedCategorizer:
+             candidates: bool = False, int8: bool = True) -> StackedCategorizer:
         """A stack from its combiner.json; expert files from `files` (MLflow artifacts) or the paths it records.
 
         Loads the experts serving needs, or with `candidates` every expert the stack stage chose from (the
         evaluation compares them all). Every expert file must have the md5 the combiner was fitted with.
+        A stack fitted on int8 image towers runs them in int8 on CPU, as fitted; `int8=False` keeps them fp32
+        (the benchmark's reference).
         """
         combiner_file = Path(combiner_file)
         try:
@@ -195,7 +208,8 @@ class StackedCategorizer(Categorizer):
             if file_md5(path) != spec["md5"][e]:
                 raise CheckpointError(f"{path}: the {e} expert differs from the one {combiner_file} was fitted "
                                       "with (md5 mismatch); rerun `dvc repro stack`")
-        experts = Experts.load(found, device)
+        calibration = stack_calibration(combiner_file, spec, files) if int8 else None
+        experts = Experts.load(found, device, calibration)
         return cls(experts, combiner, tuple(experts.meta.get("image_size", (80, 64))))
 
     def predict(self, frame: pd.DataFrame, images: ImageBatch, batch_size: int = PREDICT_BATCH,
@@ -205,6 +219,29 @@ class StackedCategorizer(Categorizer):
         x = self.experts.inputs(frame, a, probs, self.combiner.paths, self.combiner.experts)
         marginals, best = self.combiner.predict(x, self.experts.n_classes())
         return self.table(frame, images, marginals, best), masked_embeddings(embs, a)
+
+
+def stack_calibration(combiner_file: Path, spec: dict, files: dict[str, Path] | None = None) -> np.ndarray | None:
+    """The calibration images a stack's int8 image towers were fitted with (None: an fp32 stack), from
+    `files["calibration"]` (MLflow artifacts) or beside combiner.json."""
+    if not spec.get("int8"):
+        return None
+    path = Path(files["calibration"]) if files and "calibration" in files else \
+        combiner_file.parent / spec["int8"]["calibration"]
+    if not path.is_file():
+        raise CheckpointError(f"{path}: the int8 calibration images of {combiner_file} are missing; restore them "
+                              "(`dvc pull`) or rerun `dvc repro stack`")
+    if file_md5(path) != spec["int8"]["md5"]:
+        raise CheckpointError(f"{path}: not the calibration images {combiner_file} was fitted with (md5 mismatch); "
+                              "rerun `dvc repro stack`")
+    try:
+        images = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not readable calibration images ({exc}); rerun `dvc repro stack`") from exc
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3 or not len(images):
+        raise CheckpointError(f"{path}: expected uint8 images (N, H, W, 3), found {images.dtype} {images.shape}; "
+                              "rerun `dvc repro stack`")
+    return images
 
 
 def served_experts(combiner: Combiner) -> tuple[str, ...]:

@@ -73,6 +73,7 @@ def with_other_checkpoint(params, tmp_path: Path, seed: int):
     spec = json.loads((Path(params.paths.stack) / "combiner.json").read_text())
     spec["files"]["fusion"], spec["md5"]["fusion"] = str(dst), file_md5(dst)
     (stack_dir / "combiner.json").write_text(json.dumps(spec))
+    shutil.copy(Path(params.paths.stack) / "calibration.npy", stack_dir / "calibration.npy")
     shutil.copy(Path(params.paths.stack) / "metrics.json", stack_dir / "metrics.json")
     return dataclasses.replace(params, paths=dataclasses.replace(params.paths, train_fusion=str(dst_dir),
                                                                  stack=str(stack_dir)))

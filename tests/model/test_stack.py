@@ -26,10 +26,21 @@ def test_combiner_learns_only_from_products_no_expert_trained_on(trained, tmp_pa
         seen.append(frame["id"].to_numpy())
         return real(experts, frame, *args, **kwargs)
 
+    read, real_read = [], stack.cached_products
+
+    def read_spy(ingest_dir, idx):
+        read.append(idx)
+        return real_read(ingest_dir, idx)
+
     monkeypatch.setattr(stack, "variant_inputs", spy)
+    monkeypatch.setattr(stack, "cached_products", read_spy)
     out = dataclasses.replace(params, paths=dataclasses.replace(params.paths, stack=str(tmp_path / "stack")))
     stack.run(out)
     df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
+    # The int8 towers' calibration images come from train products (with an image); the combiner's rows do not.
+    calibration = np.load(tmp_path / "stack" / "calibration.npy")
+    assert len(read) == 2 and len(calibration) == len(read[0]) > 0
+    assert (df["split"].to_numpy()[read[0]] == "train").all() and df["has_image"].to_numpy()[read[0]].all()
     trained_on = set(df.loc[df["split"] == "train", "id"])  # what every expert trained on
     train_groups = set(df.loc[df["split"] == "train", "group"])
     fitted = set(np.concatenate(seen))
@@ -109,3 +120,20 @@ def test_a_bad_expert_file_is_named(trained, tmp_path, damage):
         target.write_bytes(target.read_bytes() + b"\0")
     with pytest.raises(CheckpointError, match=str(target)):
         StackedCategorizer.load(Path(params.paths.stack) / "combiner.json", files)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "other"])
+def test_the_int8_calibration_is_checked_and_named(trained, tmp_path, damage):
+    params, _, _ = trained
+    spec_file = Path(params.paths.stack) / "combiner.json"
+    spec = json.loads(spec_file.read_text())
+    assert StackedCategorizer.load(spec_file).experts.int8 == tuple(spec["int8"]["experts"])  # served as fitted
+    assert "fusion" in spec["int8"]["experts"] and spec["int8"]["images"] > 0
+    files = {e: Path(f) for e, f in spec["files"].items()}
+    target = files["calibration"] = tmp_path / "calibration.npy"
+    if damage == "corrupt":
+        target.write_bytes(b"not an array")
+    elif damage == "other":  # valid images, but not those the combiner was fitted with
+        np.save(target, np.zeros((4, 80, 64, 3), np.uint8))
+    with pytest.raises(CheckpointError, match=str(target)):
+        StackedCategorizer.load(spec_file, files)
