@@ -7,7 +7,7 @@ beside its combiner, so the stack is fitted, evaluated and served on the same in
 
 The only module that touches `torch.ao.quantization` (FX graph mode, x86 backend). PyTorch marks that API
 deprecated in favour of torchao's PT2E flow, which needs torch.compile to run fast on CPU; our torch is
-pinned, and `tests/test_quantize.py` fails loudly the day it goes.
+pinned, and `tests/unit/test_quantize.py` fails loudly the day it goes.
 """
 from __future__ import annotations
 
