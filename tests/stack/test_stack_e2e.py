@@ -171,7 +171,9 @@ def test_new_batch_is_drift_checked_then_categorized_through_asset_events(stack)
 def test_a_worker_lost_mid_training_is_recovered_without_a_duplicate_version(stack):
     before = stack.mlflow().search_model_versions("name='deepfusion'")
     run_id = stack.trigger("retrain", {"mode": "full", "epochs": 2, "force": True})
-    deadline = time.time() + 900
+    # The previous test's batch fires drift (price), whose retrain request runs first (max_active_runs=1): this
+    # run waits for a whole tiny retrain (~7 min alone on 2 cores, 13 min on a busy machine) before it starts.
+    deadline = time.time() + 1800
     while stack.tasks("retrain", run_id).get("train_fusion", {}).get("state") != "running":
         assert time.time() < deadline, "train_fusion never started"
         time.sleep(2)
