@@ -149,9 +149,9 @@ def cpu_model() -> str:
 def bench_predict(n: int = 3000) -> None:
     """`python -m components.predict`'s path (components.serving.predict.categorize: CSV parsing, JPEG
     decoding, features, models) on a catalog folder of `n` test products, the stacked categorizer against
-    the fusion network alone, against itself with fp32 image towers (`models.quantize`) and on one worker
-    holding every torch thread (the path before per-core workers); each run twice, interleaved, the better one
-    kept (a shared VM's speed drifts)."""
+    the fusion network alone, against itself with fp32 image towers (`models.quantize`), on worker threads
+    instead of the CLI's forked worker processes, and on one worker holding every torch thread (the path
+    before per-core workers); each run twice, interleaved, the better one kept (a shared VM's speed drifts)."""
     import pandas as pd
 
     from components.config import load_params
@@ -168,6 +168,8 @@ def bench_predict(n: int = 3000) -> None:
           f"fusion network alone {r['fusion']:.0f}/s; stacked = {r['stacked'] / r['fusion']:.2f}x fusion-only; "
           f"stacked with fp32 image towers {r['stacked_fp32']:.0f}/s (int8 towers {', '.join(r['int8']) or 'none'} = "
           f"{r['stacked'] / r['stacked_fp32']:.2f}x; same articleType on {100 * r['agree']:.2f} % of products); "
+          f"stacked on worker threads instead of processes {r['stacked_threads']:.0f}/s (processes = "
+          f"{r['stacked'] / r['stacked_threads']:.2f}x); "
           f"stacked on one worker with every core's threads {r['stacked_one_worker']:.0f}/s (per-core workers = "
           f"{r['stacked'] / r['stacked_one_worker']:.2f}x); "
           f"decoding alone {r['decode']:.0f}/s; peak RSS {r['peak_mib']:.0f} MiB")
@@ -198,12 +200,14 @@ cats = {{"stacked": StackedCategorizer.load(stack, device="cpu"),
          "stacked_fp32": StackedCategorizer.load(stack, device="cpu", int8=False),
          "fusion": Categorizer.from_checkpoint(fusion_checkpoint(p.paths.train_fusion), device="cpu")}}
 out, preds = {{"int8": list(cats["stacked"].experts.int8)}}, {{}}
-# (model, workers): 0 = one single-threaded worker per core (the default), 1 = one worker on every core
-for name, workers in [("fusion", 0), ("stacked", 0), ("stacked_fp32", 0), ("stacked", 1)] * 2:
+# (model, workers, processes): the CLI's way is one single-threaded forked worker process per core (0, True);
+# worker threads instead (0, False); one worker on every core (1, False)
+runs = [("fusion", 0, True, ""), ("stacked", 0, True, ""), ("stacked_fp32", 0, True, ""),
+        ("stacked", 0, False, "_threads"), ("stacked", 1, False, "_one_worker")]
+for name, workers, processes, suffix in runs * 2:
     t = time.perf_counter()
-    pred, _ = categorize("{folder}", cats[name], progress=False, workers=workers)
-    key = name if workers == 0 else name + "_one_worker"
-    out[key] = max(out.get(key, 0), len(pred) / (time.perf_counter() - t))
+    pred, _ = categorize("{folder}", cats[name], progress=False, workers=workers, processes=processes)
+    out[name + suffix] = max(out.get(name + suffix, 0), len(pred) / (time.perf_counter() - t))
     preds[name] = pred["articleType"].to_numpy()
 out["agree"] = float((preds["stacked"] == preds["stacked_fp32"]).mean())
 frame = read_catalog("{folder}", require_labels=False).frame

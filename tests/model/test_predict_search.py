@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import time
 from pathlib import Path
@@ -82,6 +83,36 @@ def test_chunks_run_side_by_side_give_the_one_chunk_predictions(trained, tmp_pat
     pd.testing.assert_frame_equal(chunked.drop(columns=conf), whole.drop(columns=conf))
     np.testing.assert_allclose(chunked[conf].to_numpy(float), whole[conf].to_numpy(float), atol=1e-3)
     np.testing.assert_allclose(chunked_emb["text"], whole_emb["text"], atol=1e-5)
+
+
+@pytest.mark.skipif(not predict.can_fork(), reason="this platform cannot fork worker processes")
+def test_chunks_in_forked_worker_processes_give_the_threaded_predictions(trained, tmp_path, monkeypatch):
+    """The CLI's worker processes (`processes=True`) predict what worker threads predict, bit for bit; a chunk
+    failing in a worker fails the call with its error, and torch's thread count is back afterwards."""
+    params, _, _ = trained
+    new = make_catalog(tmp_path / "new", n=24, seed=7, labeled=False, start_id=5000)
+    cat = Categorizer.from_checkpoint(ckpt(params))
+    monkeypatch.setattr(predict, "CHUNK", 5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        threaded, threaded_emb = predict.categorize(new, cat, embeddings=True, progress=False)
+        forked, forked_emb = predict.categorize(new, cat, embeddings=True, progress=False, processes=True)
+        assert torch.get_num_threads() == 2
+
+        def failing(frame, images, embeddings=False):
+            raise RuntimeError(f"chunk failed in process {os.getpid()}")
+
+        monkeypatch.setattr(cat, "predict", failing)
+        with pytest.raises(RuntimeError, match="chunk failed in process") as err:
+            predict.categorize(new, cat, progress=False, processes=True)
+        assert f"process {os.getpid()}" not in str(err.value)  # it ran in a worker, not here
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    pd.testing.assert_frame_equal(forked, threaded)
+    for k in ("image", "text", "ids"):
+        np.testing.assert_array_equal(forked_emb[k], threaded_emb[k])
 
 
 def test_products_without_an_image_are_categorized_from_title_and_metadata(trained, tmp_path):

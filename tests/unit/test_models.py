@@ -11,7 +11,7 @@ from components.data import Arrays
 from components.encoders import Encoders
 from components.models.fusion import ModelConfig, build_model
 from components.models.losses import contrastive_loss, hierarchy_similarity, semantic_loss, total_loss
-from components.models.runtime import predict_arrays, predict_many, prepare_for_inference
+from components.models.runtime import predict_arrays, predict_many, prepare_for_inference, trim_padding
 from components.training.loop import optimizers
 
 N_CLASSES = (3, 4, 6)
@@ -285,6 +285,36 @@ def test_models_sharing_a_frozen_trunk_compute_it_once_and_predict_as_alone():
             np.testing.assert_allclose(p, q, atol=1e-6)
     np.testing.assert_allclose(alone["fusion"]["embeddings"]["image"], together["fusion"]["embeddings"]["image"],
                                atol=1e-6)
+
+
+def test_padding_columns_are_trimmed_at_inference_without_changing_any_output():
+    b = batch(6, 2)
+    b["tokens"][:, 4:] = 0
+    b["tokens"][0, 3] = 0  # a shorter title than the batch's longest one keeps its padding inside the width
+    b["subwords"][:, 12:] = 0
+    b["attrs"][:, 3:] = 0
+    cut = trim_padding(b)
+    assert [cut[k].shape[1] for k in ("tokens", "subwords", "attrs")] == [4, 12, 3]
+    assert all(cut[k] is b[k] for k in ("image", "cat", "num", "labels"))
+    empty = trim_padding({"tokens": torch.zeros(3, 24, dtype=torch.long)})
+    assert empty["tokens"].shape == (3, 1)  # an all-padding batch (no titles) keeps one padding column
+    torch.manual_seed(0)
+    for modalities in [("text",), ("metadata",), ("image", "text", "metadata")]:
+        model = prepare_for_inference(build_model(cfg(modalities, **SMALL_RESNET)))
+        with torch.no_grad():  # the wide head's weights start at zero: give them values the padding would meet
+            for p in model.parameters():
+                if not p.any():
+                    p.normal_()
+            full, trimmed = model(b), model(trim_padding(b))
+        for lvl in range(3):
+            torch.testing.assert_close(trimmed["fused"][lvl], full["fused"][lvl], rtol=1e-6, atol=1e-6)
+    # and predict_many (which trims) gives what the untrimmed model gives, batch by batch
+    a = as_arrays(b)
+    probs = predict_arrays(model, a, 4, torch.device("cpu"))["probs"]
+    with torch.no_grad():
+        ref = [torch.softmax(lg, 1).numpy() for lg in model.fused_logits(model.forward_features(b))]
+    for p, q in zip(probs, ref):
+        np.testing.assert_allclose(p, q, rtol=1e-6, atol=1e-7)
 
 
 def encoders() -> Encoders:
