@@ -172,7 +172,8 @@ def bench_predict(n: int = 3000) -> None:
           f"{r['stacked'] / r['stacked_threads']:.2f}x); "
           f"stacked on one worker with every core's threads {r['stacked_one_worker']:.0f}/s (per-core workers = "
           f"{r['stacked'] / r['stacked_one_worker']:.2f}x); "
-          f"decoding alone {r['decode']:.0f}/s; peak RSS {r['peak_mib']:.0f} MiB")
+          f"decoding alone {r['decode']:.0f}/s; peak RSS {r['peak_mib']:.0f} MiB, a forked worker process's "
+          f"{r['worker_peak_mib']:.0f} MiB (the model's pages it shares with the parent included)")
 
 
 def predict_child(p, ids: set[str], folder: Path) -> dict:
@@ -216,6 +217,7 @@ load_images(list(frame["image"]), *cats["fusion"].image_size, root="{folder}")
 out["decode"], out["n"] = len(frame) / (time.perf_counter() - t), len(frame)
 {PEAK}
 out["peak_mib"] = peak
+out["worker_peak_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps(out))""")
 
 

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -190,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc} (or pass --model)" if isinstance(exc, ConfigError) else f"error: {exc}",
               file=sys.stderr)
         return 2
+    except BrokenProcessPool as exc:  # killed (out of memory?) or crashed in native code; nothing was written
+        print(f"error: a worker process died while predicting ({exc}); nothing was written. Rerun with "
+              "--workers 1 (one worker, in this process) to see the failure, or with more memory", file=sys.stderr)
+        return 1
     atomic_write_bytes(args.output, out.to_csv(index=False).encode())
     if args.embeddings is not None:
         import io

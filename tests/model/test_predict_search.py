@@ -86,7 +86,7 @@ def test_chunks_run_side_by_side_give_the_one_chunk_predictions(trained, tmp_pat
 
 
 @pytest.mark.skipif(not predict.can_fork(), reason="this platform cannot fork worker processes")
-def test_chunks_in_forked_worker_processes_give_the_threaded_predictions(trained, tmp_path, monkeypatch):
+def test_chunks_in_forked_worker_processes_give_the_threaded_predictions(trained, tmp_path, monkeypatch, capsys):
     """The CLI's worker processes (`processes=True`) predict what worker threads predict, bit for bit; a chunk
     failing in a worker fails the call with its error, and torch's thread count is back afterwards."""
     params, _, _ = trained
@@ -113,6 +113,12 @@ def test_chunks_in_forked_worker_processes_give_the_threaded_predictions(trained
     pd.testing.assert_frame_equal(forked, threaded)
     for k in ("image", "text", "ids"):
         np.testing.assert_array_equal(forked_emb[k], threaded_emb[k])
+    # a worker that dies (killed, a crash in native code) is a clear error of the CLI, and nothing is written
+    monkeypatch.setattr(cat, "predict", lambda *a, **k: os._exit(3))
+    monkeypatch.setattr(predict, "load_categorizer", lambda model: cat)
+    out = tmp_path / "pred.csv"
+    assert predict.main([str(new), "--output", str(out), "--model", str(ckpt(params)), "--workers", "2"]) == 1
+    assert "a worker process died" in capsys.readouterr().err and not out.exists()
 
 
 def test_products_without_an_image_are_categorized_from_title_and_metadata(trained, tmp_path):
