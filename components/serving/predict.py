@@ -104,7 +104,7 @@ def chunk_pool(device: torch.device, job: Callable, workers: int = 0, processes:
     `processes` (CPU, where `can_fork`): the workers are forked processes instead of threads. They inherit
     the loaded model (copy-on-write, nothing pickled but the chunks and their predictions) and each has its
     own interpreter, so one worker's Python-bound steps never hold up the other's kernels on the GIL:
-    ~8 % more products/s on 2 cores (`benchmark.py predict`). The predict CLI uses them.
+    1.10-1.13x the products/s of threads on 2 cores (`benchmark.py predict`). The predict CLI uses them.
     """
     threads = torch.get_num_threads()
     if device.type != "cpu":
