@@ -107,18 +107,16 @@ def chunk_pool(device: torch.device, job: Callable, workers: int = 0, processes:
     1.10-1.13x the products/s of threads on 2 cores (`benchmark.py predict`). The predict CLI uses them.
     """
     threads = torch.get_num_threads()
+    workers = workers or (threads if device.type == "cpu" else 2)
+    per_worker = max(1, threads // workers)
     if device.type != "cpu":
-        pool, fn = ThreadPoolExecutor(max_workers=workers or 2), job
-    elif processes and can_fork() and (workers or threads) > 1:
-        workers = workers or threads
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
-                                   initializer=_start_child, initargs=(max(1, threads // workers), job))
-        fn = _child_chunk
+        pool, fn = ThreadPoolExecutor(max_workers=workers), job
+    elif processes and can_fork() and workers > 1:
+        pool, fn = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
+                                       initializer=_start_child, initargs=(per_worker, job)), _child_chunk
     else:
-        workers = workers or threads
-        pool = ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads,
-                                  initargs=(max(1, threads // workers),))
-        fn = job
+        pool, fn = ThreadPoolExecutor(max_workers=workers, initializer=torch.set_num_threads,
+                                      initargs=(per_worker,)), job
     try:
         yield pool, fn
     finally:  # after a failed chunk the chunks not started are dropped, not predicted
