@@ -179,6 +179,7 @@ class StackParams:
     folds: int  # group K-fold inside the validation split: selects l2, estimates the stack honestly
     l2_grid: tuple[float, ...]  # candidate L2 pulls of the combiner's weights towards equal weights
     balance_grid: tuple[float, ...]  # candidate class balancing of its loss (rows weighted by count^-b)
+    group_weight: float  # rows weighted by (rows of their product group)^-w: 1 = a group counts as one product
     select_experts: bool  # drop experts by backward elimination while the out-of-fold score rises
     int8_calibration: int  # train images calibrating the int8 image towers on CPU (0: the towers stay fp32)
 

@@ -91,12 +91,13 @@ def fit_stack(x: StackInputs, y: np.ndarray, folds: np.ndarray, names: tuple[str
         for balance in p.balance_grid:
             key = f"l2_{l2:g}_balance_{balance:g}"
             oof[key] = cross_validate(x, y, folds, functools.partial(Combiner, names, paths, l2=l2, fit_bias=True,
-                                                                     balance=balance))
+                                                                     balance=balance, group_weight=p.group_weight))
             scores[key] = variant_macro_f1(oof[key], truth, article, len(p.variants))
             log.info("stack: %s -> out-of-fold articleType macro-F1 %.4f (mean over input variants)", key, scores[key])
     best = max(scores, key=scores.get)
     l2, balance = float(best.split("_")[1]), float(best.split("_")[3])
-    return Combiner(names, paths, l2=l2, fit_bias=True, balance=balance), scores, oof[best]
+    return (Combiner(names, paths, l2=l2, fit_bias=True, balance=balance, group_weight=p.group_weight), scores,
+            oof[best])
 
 
 def set_key(experts: tuple[str, ...]) -> str:
@@ -173,11 +174,13 @@ def run(params: Params) -> dict:
     labels = encode_labels(frame, enc)
     y1 = path_index(labels, paths)
     inputs, probs = variant_inputs(experts, frame, images, p.variants, p.cut_title_words, paths)
-    x = StackInputs.concat([inputs[v] for v in p.variants])
     k = len(p.variants)
+    groups = frame["group"].to_numpy()
+    x = StackInputs.concat([inputs[v] for v in p.variants])
+    x.group = np.tile(groups, k)  # the combiner weighs near-duplicate listings as one (stack.group_weight)
     y = np.tile(y1, k)
     # A product's variants share its fold: no variant of a held-out product helps fit its own prediction.
-    folds = np.tile(group_folds(frame["group"].to_numpy(), p.folds, params.seed), k)
+    folds = np.tile(group_folds(groups, p.folds, params.seed), k)
     start, cv, oof = fit_stack(x, y, folds, experts.names, paths, p)
     combiner, tried = start, {}
     if p.select_experts:
@@ -204,7 +207,7 @@ def run(params: Params) -> dict:
     conds[:, 0] = 1.0  # the bias alone, then the bias plus each poor-input condition
     weights = combiner.weights(conds)  # (C, E, L)
     metrics = {"val_products": n, "rows": len(x), "int8_experts": list(experts.int8), "l2": combiner.l2,
-               "balance": combiner.balance,
+               "balance": combiner.balance, "group_weight": combiner.group_weight,
                "cv_macro_f1": cv, "experts": list(combiner.experts), "expert_sets_cv_macro_f1": tried,
                "unknown_paths": int((y1 < 0).sum()), "val_articleType": per_variant,
                "article_weight_by_condition": {c: {e: round(float(weights[ci, ei, ARTICLE]), 3)

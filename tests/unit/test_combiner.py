@@ -131,3 +131,22 @@ def test_path_probabilities_match_a_float64_pool_computed_by_hand():
     expected = np.exp(scores - scores.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(comb.path_probs(x), expected, atol=1e-5)
+
+
+def test_a_group_of_duplicate_listings_counts_as_one_product_at_group_weight_one():
+    rng = np.random.default_rng(5)
+    truth = rng.integers(0, 3, 120)
+    x = inputs(rng, truth, np.ones(120, bool))
+    x.group = np.arange(120)
+    # Row 0 listed 40 times over (one product group), as near-duplicate listings are in the real catalog.
+    dup = np.concatenate([np.zeros(39, dtype=np.int64), np.arange(120)])
+    many = x.subset(dup)
+    once = Combiner(("good", "mediocre"), PATHS, l2=1e-3, fit_bias=True, balance=0.25).fit(x, truth)
+    grouped = Combiner(("good", "mediocre"), PATHS, l2=1e-3, fit_bias=True, balance=0.25,
+                       group_weight=1.0).fit(many, truth[dup])
+    counted = Combiner(("good", "mediocre"), PATHS, l2=1e-3, fit_bias=True, balance=0.25).fit(many, truth[dup])
+    np.testing.assert_allclose(grouped.path_probs(x), once.path_probs(x), atol=1e-4)
+    np.testing.assert_allclose(grouped.bias, once.bias, atol=1e-3)
+    assert np.abs(counted.bias - once.bias).max() > 0.05  # counted 40 times, the copies move the offsets
+    assert Combiner.from_dict(grouped.to_dict()).group_weight == 1.0
+    assert Combiner.from_dict({k: v for k, v in once.to_dict().items() if k != "group_weight"}).group_weight == 0.0
