@@ -9,8 +9,9 @@ and the path distribution is softmax(s). `c(x)` describes the input (bias, short
 no metadata), so the combiner learns how far to trust each expert when its input is poor; `mask_e(x)` is 0
 for an expert whose input is absent (the image model on a product without image), so a missing modality
 is scored by the experts that apply. The weights double as per-expert temperatures, which is what
-calibrates the pool. 15 x 5 = 75 parameters for five experts, fitted by L-BFGS on the negative
-log-likelihood with an L2 pull towards equal weights.
+calibrates the pool. 15 x 5 = 75 parameters for five experts (plus one offset per path), fitted by L-BFGS
+on the negative log-likelihood, near-duplicate listings weighted as one product, with an L2 pull towards
+equal weights.
 
 Predicting over whole paths keeps the three levels consistent with the taxonomy by construction: the
 predicted path is one the training data holds, and each level's probabilities are marginals of the path
