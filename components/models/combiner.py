@@ -131,7 +131,8 @@ class Combiner:
         return np.logaddexp(0.0, np.einsum("elc,nc->nel", self.theta, cond))
 
     def fit(self, x: StackInputs, path_y: np.ndarray, max_iter: int = 200) -> Combiner:
-        """Minimise the mean NLL of the true paths (rows with path_y < 0 are skipped) + l2 * |theta - init|^2."""
+        """Minimise the weighted mean NLL of the true paths (rows with path_y < 0 are skipped; row weights from
+        `balance` and `group_weight`) + l2 * (|theta - init|^2 + |bias|^2)."""
         keep = np.flatnonzero(path_y >= 0)
         x = x.subset(keep)
         t, y = _tensors(x), torch.from_numpy(path_y[keep])
