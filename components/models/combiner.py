@@ -133,14 +133,7 @@ class Combiner:
     def fit(self, x: StackInputs, path_y: np.ndarray, max_iter: int = 200) -> Combiner:
         """Minimise the weighted mean NLL of the true paths (rows with path_y < 0 are skipped; row weights from
         `balance` and `group_weight`) + l2 * (|theta - init|^2 + |bias|^2)."""
-        keep = np.flatnonzero(path_y >= 0)
-        x = x.subset(keep)
-        t, y = _tensors(x), torch.from_numpy(path_y[keep])
-        rows = x.row_weights(self.group_weight)
-        counts = np.bincount(path_y[keep], weights=rows, minlength=len(self.paths))
-        # The floor only guards a zero count: each row's own path has a count of at least its own weight.
-        w = torch.from_numpy(rows * np.maximum(counts[path_y[keep]], 1e-12) ** -self.balance)
-        w = w / w.mean()
+        t, y, w = self.fit_data(x, path_y)
         init = torch.from_numpy(_init_theta(len(self.experts), self.paths.shape[1]))
         theta = init.clone().requires_grad_(True)
         bias = torch.zeros(len(self.paths), dtype=torch.float64, requires_grad=self.fit_bias)
@@ -149,14 +142,31 @@ class Combiner:
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = ((torch.nn.functional.cross_entropy(_scores(theta, bias, t), y, reduction="none") * w).mean()
-                    + self.l2 * (((theta - init) ** 2).sum() + (bias ** 2).sum()))
+            loss = self.loss(_scores(theta, bias, t), y, w, theta - init, bias)
             loss.backward()
             return loss
 
         opt.step(closure)
         self.theta, self.bias = theta.detach().numpy(), bias.detach().numpy()
         return self
+
+    def fit_data(self, x: StackInputs, path_y: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor,
+                                                                      torch.Tensor]:
+        """What a fit reads: the input tensors and true paths of the rows with a known path (path_y >= 0), and
+        each row's weight (`group_weight`, then `balance` over the weighted path counts), mean 1."""
+        keep = np.flatnonzero(path_y >= 0)
+        x = x.subset(keep)
+        rows = x.row_weights(self.group_weight)
+        counts = np.bincount(path_y[keep], weights=rows, minlength=len(self.paths))
+        # The floor only guards a zero count: each row's own path has a count of at least its own weight.
+        w = torch.from_numpy(rows * np.maximum(counts[path_y[keep]], 1e-12) ** -self.balance)
+        return _tensors(x), torch.from_numpy(path_y[keep]), w / w.mean()
+
+    def loss(self, scores: torch.Tensor, y: torch.Tensor, w: torch.Tensor, theta_step: torch.Tensor,
+             bias: torch.Tensor) -> torch.Tensor:
+        """The fit's objective: weighted mean NLL + l2 * (|theta - init|^2 + |bias|^2)."""
+        return ((torch.nn.functional.cross_entropy(scores, y, reduction="none") * w).mean()
+                + self.l2 * ((theta_step ** 2).sum() + (bias ** 2).sum()))
 
     def path_probs(self, x: StackInputs) -> np.ndarray:
         with torch.no_grad():
