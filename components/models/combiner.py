@@ -153,7 +153,8 @@ class Combiner:
     def fit_data(self, x: StackInputs, path_y: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor,
                                                                       torch.Tensor]:
         """What a fit reads: the input tensors and true paths of the rows with a known path (path_y >= 0), and
-        each row's weight (`group_weight`, then `balance` over the weighted path counts), mean 1."""
+        each row's weight (`group_weight`, then `balance` over the weighted path counts), mean 1. Public with
+        `loss` so that the variants of scripts/stack_probes.py fit the same rows, weights and objective."""
         keep = np.flatnonzero(path_y >= 0)
         x = x.subset(keep)
         rows = x.row_weights(self.group_weight)
