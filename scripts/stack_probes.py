@@ -161,8 +161,7 @@ def tfidf_logp(model: TfidfBaseline, frame: pd.DataFrame, variants, enc, cut: in
     n_classes = [len(enc.labels[lvl]) for lvl in LEVELS]
     out, truth = [], encode_labels(frame, enc)[:, ARTICLE]
     for v in variants:
-        f = frame if v in ("full", "no_image") else degrade_frame(frame, v, metadata_fields(enc), cut)
-        probs = model.predict_proba(f, n_classes)
+        probs = model.predict_proba(degrade_frame(frame, v, metadata_fields(enc), cut), n_classes)
         r = M.classification(truth, probs[ARTICLE].argmax(1))
         print(f"    its own validation articleType on {v}: {100 * r['accuracy']:.2f} % / {r['macro_f1']:.4f}")
         out.append(path_log_probs(probs, paths))
