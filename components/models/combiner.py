@@ -82,21 +82,25 @@ class StackInputs:
         return counts[inverse].astype(np.float64) ** -group_weight
 
 
-def _init_theta(experts: int, levels: int) -> np.ndarray:
+# initial_theta, stack_tensors and path_scores are the pieces of a fit; public so that the combiner variants of
+# scripts/stack_probes.py add a score term to exactly this pool instead of a copy of it.
+def initial_theta(experts: int, levels: int) -> np.ndarray:
+    """(E, L, C) parameters at which every expert's weight is INIT_WEIGHT under every condition."""
     theta = np.zeros((experts, levels, len(CONDITIONS)), dtype=np.float64)
     theta[..., 0] = np.log(np.expm1(INIT_WEIGHT))  # softplus^-1: every weight starts at INIT_WEIGHT
     return theta
 
 
-def _tensors(x: StackInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def stack_tensors(x: StackInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tensors of the inputs, made once per fit (L-BFGS evaluates the loss dozens of times): conditions and
-    mask in float64 like the parameters, the (N, E, L, P) log-probabilities kept in float32 (see _scores)."""
+    mask in float64 like the parameters, the (N, E, L, P) log-probabilities kept in float32 (see path_scores)."""
     cond, mask = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (x.cond, x.mask))
     return cond, mask, torch.from_numpy(np.asarray(x.logp, dtype=np.float32))
 
 
-def _scores(theta: torch.Tensor, bias: torch.Tensor, t: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-            ) -> torch.Tensor:
+def path_scores(theta: torch.Tensor, bias: torch.Tensor, t: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+                ) -> torch.Tensor:
+    """(N, P) unnormalised log-scores of every path: the masked, input-weighted sum of expert log-probs + bias."""
     cond, mask, logp = t
     w = torch.nn.functional.softplus(torch.einsum("elc,nc->nel", theta, cond)) * mask[:, :, None]
     # The contraction with the log-probabilities is the whole cost of a fit, and it is bound by memory
@@ -122,7 +126,7 @@ class Combiner:
     def __post_init__(self) -> None:
         self.paths = np.asarray(self.paths, dtype=np.int64)
         if self.theta is None:
-            self.theta = _init_theta(len(self.experts), self.paths.shape[1])
+            self.theta = initial_theta(len(self.experts), self.paths.shape[1])
         self.theta = np.asarray(self.theta, dtype=np.float64)
         self.bias = np.zeros(len(self.paths)) if self.bias is None else np.asarray(self.bias, dtype=np.float64)
 
@@ -134,7 +138,7 @@ class Combiner:
         """Minimise the weighted mean NLL of the true paths (rows with path_y < 0 are skipped; row weights from
         `balance` and `group_weight`) + l2 * (|theta - init|^2 + |bias|^2)."""
         t, y, w = self.fit_data(x, path_y)
-        init = torch.from_numpy(_init_theta(len(self.experts), self.paths.shape[1]))
+        init = torch.from_numpy(initial_theta(len(self.experts), self.paths.shape[1]))
         theta = init.clone().requires_grad_(True)
         bias = torch.zeros(len(self.paths), dtype=torch.float64, requires_grad=self.fit_bias)
         opt = torch.optim.LBFGS([theta, bias] if self.fit_bias else [theta], lr=1.0, max_iter=max_iter,
@@ -142,7 +146,7 @@ class Combiner:
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = self.loss(_scores(theta, bias, t), y, w, theta - init, bias)
+            loss = self.loss(path_scores(theta, bias, t), y, w, theta - init, bias)
             loss.backward()
             return loss
 
@@ -161,7 +165,7 @@ class Combiner:
         counts = np.bincount(path_y[keep], weights=rows, minlength=len(self.paths))
         # The floor only guards a zero count: each row's own path has a count of at least its own weight.
         w = torch.from_numpy(rows * np.maximum(counts[path_y[keep]], 1e-12) ** -self.balance)
-        return _tensors(x), torch.from_numpy(path_y[keep]), w / w.mean()
+        return stack_tensors(x), torch.from_numpy(path_y[keep]), w / w.mean()
 
     def loss(self, scores: torch.Tensor, y: torch.Tensor, w: torch.Tensor, theta_step: torch.Tensor,
              bias: torch.Tensor) -> torch.Tensor:
@@ -171,7 +175,7 @@ class Combiner:
 
     def path_probs(self, x: StackInputs) -> np.ndarray:
         with torch.no_grad():
-            scores = _scores(torch.from_numpy(self.theta), torch.from_numpy(self.bias), _tensors(x))
+            scores = path_scores(torch.from_numpy(self.theta), torch.from_numpy(self.bias), stack_tensors(x))
             return torch.softmax(scores, dim=1).numpy()
 
     def nll(self, x: StackInputs, path_y: np.ndarray) -> float:
