@@ -19,6 +19,8 @@ What each probe asks (the README's "Tried and not kept" holds the answers):
   tfidf_title        a second TF-IDF over the title alone as a sixth expert
   tfidf_title_switch the TF-IDF expert answered by the title-only model when a product has no metadata
   tfidf_dropout      one TF-IDF trained on the train split with and without its metadata tokens, for ours
+  title_knn          a sixth expert with no class prior: the labels of the k train titles nearest in TF-IDF
+                     cosine (word 1-2 + char 2-5 grams), votes weighted by similarity^power
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from components import metrics as M  # noqa: E402
-from components.catalog import ARTICLE, LEVELS, degrade_frame  # noqa: E402
+from components.catalog import ARTICLE, LEVELS, degrade_frame, product_text  # noqa: E402
 from components.config import load_params  # noqa: E402
 from components.data import cached_products  # noqa: E402
 from components.encoders import encode_labels  # noqa: E402
@@ -46,11 +48,11 @@ from components.models.combiner import (  # noqa: E402
     CONDITIONS,
     Combiner,
     StackInputs,
-    _init_theta,
-    _scores,
-    _tensors,
+    initial_theta,
     path_index,
     path_log_probs,
+    path_scores,
+    stack_tensors,
 )
 from components.models.tfidf import TfidfBaseline  # noqa: E402
 from components.pipeline.stack import article_truth, cross_validate, taxonomy_paths, variant_inputs, variant_macro_f1  # noqa: E402
@@ -58,7 +60,8 @@ from components.serving.stacked import CALIBRATION_FILE, Experts, expert_files, 
 from components.training.crossfit import group_folds  # noqa: E402
 
 PROBES = ("served", "class_weights", "condition_offsets", "class_rarity", "tfidf_title", "tfidf_title_switch",
-          "tfidf_dropout")
+          "tfidf_dropout", "title_knn")
+KNN_K, KNN_POWER, KNN_PRIOR = 10, 4.0, 0.05  # neighbours; similarity exponent; mass of the train prior added
 
 
 @dataclass
@@ -76,7 +79,7 @@ class ExtraCombiner(Combiner):
 
     def fit(self, x: StackInputs, path_y: np.ndarray, max_iter: int = 200) -> ExtraCombiner:
         t, y, w = self.fit_data(x, path_y)
-        init = torch.from_numpy(_init_theta(len(self.experts), self.paths.shape[1]))
+        init = torch.from_numpy(initial_theta(len(self.experts), self.paths.shape[1]))
         theta = init.clone().requires_grad_(True)
         bias = torch.zeros(len(self.paths), dtype=torch.float64, requires_grad=True)
         g = torch.zeros(self.g_shape(t), dtype=torch.float64, requires_grad=True)
@@ -84,7 +87,7 @@ class ExtraCombiner(Combiner):
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = (self.loss(_scores(theta, bias, t) + self.extra(t, g), y, w, theta - init, bias)
+            loss = (self.loss(path_scores(theta, bias, t) + self.extra(t, g), y, w, theta - init, bias)
                     + self.lam * (g ** 2).sum())
             loss.backward()
             return loss
@@ -94,9 +97,9 @@ class ExtraCombiner(Combiner):
         return self
 
     def path_probs(self, x: StackInputs) -> np.ndarray:
-        t = _tensors(x)
+        t = stack_tensors(x)
         with torch.no_grad():
-            scores = _scores(torch.from_numpy(self.theta), torch.from_numpy(self.bias), t) + self.extra(t, self.g)
+            scores = path_scores(torch.from_numpy(self.theta), torch.from_numpy(self.bias), t) + self.extra(t, self.g)
             return torch.softmax(scores, dim=1).numpy()
 
 
@@ -168,6 +171,45 @@ def tfidf_logp(model: TfidfBaseline, frame: pd.DataFrame, variants, enc, cut: in
     return np.concatenate(out)
 
 
+def title_knn_logp(train: pd.DataFrame, frame: pd.DataFrame, variants, enc, cut: int, paths,
+                   use_description: bool) -> np.ndarray:
+    """(rows variant-major, P) path log-probs of the title kNN expert (see the module docstring)."""
+    from scipy.sparse import hstack
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.preprocessing import normalize
+
+    t0 = time.perf_counter()
+    vecs = [TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2)]
+    text = product_text(train, use_description)
+    x_train = normalize(hstack([v.fit_transform(text) for v in vecs]).tocsr()).T.tocsr()
+    y_train = encode_labels(train, enc)
+    n_classes = [len(enc.labels[lvl]) for lvl in LEVELS]
+    priors = [np.bincount(y_train[:, lvl], minlength=n) / len(y_train) for lvl, n in enumerate(n_classes)]
+    truth, out = encode_labels(frame, enc)[:, ARTICLE], []
+    for v in variants:
+        d = degrade_frame(frame, v, metadata_fields(enc), cut)
+        q = normalize(hstack([vec.transform(product_text(d, use_description)) for vec in vecs]).tocsr())
+        votes = [np.zeros((len(d), n)) for n in n_classes]
+        for lo in range(0, len(d), 512):
+            sim = (q[lo:lo + 512] @ x_train).toarray()
+            top = np.argpartition(-sim, KNN_K, axis=1)[:, :KNN_K]
+            w = np.take_along_axis(sim, top, 1) ** KNN_POWER
+            rows = np.repeat(np.arange(lo, lo + len(sim)), KNN_K)
+            for lvl in range(len(n_classes)):
+                np.add.at(votes[lvl], (rows, y_train[top.ravel(), lvl]), w.ravel())
+        probs = []
+        for lvl, vt in enumerate(votes):
+            mass = vt.sum(1, keepdims=True)
+            probs.append(((vt + KNN_PRIOR * mass * priors[lvl] + 1e-9 * priors[lvl])
+                          / ((1 + KNN_PRIOR) * mass + 1e-9)).astype(np.float32))
+        r = M.classification(truth, probs[ARTICLE].argmax(1))
+        print(f"    title kNN on {v}: {100 * r['accuracy']:.2f} % / {r['macro_f1']:.4f}", flush=True)
+        out.append(path_log_probs(probs, paths))
+    print(f"  title kNN: {time.perf_counter() - t0:.0f} s", flush=True)
+    return np.concatenate(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--probes", nargs="+", choices=PROBES, default=list(PROBES))
@@ -204,9 +246,11 @@ def main() -> None:
                                      p.cut_title_words, paths)
         return tfidf[kind]
 
-    def with_column(col: np.ndarray, replace: int | None = None, rows: slice = slice(None)) -> StackInputs:
-        if replace is None:  # a new expert, applying where the TF-IDF expert does
-            mask = np.concatenate([x.mask, x.mask[:, tf:tf + 1]], 1)
+    def with_column(col: np.ndarray, replace: int | None = None, rows: slice = slice(None),
+                    mask_of: int | None = None) -> StackInputs:
+        if replace is None:  # a new expert, applying where expert `mask_of` (default TF-IDF) does
+            src = tf if mask_of is None else mask_of
+            mask = np.concatenate([x.mask, x.mask[:, src:src + 1]], 1)
             return StackInputs(np.concatenate([x.logp, col[:, None]], 1), mask, x.cond, x.group)
         logp = x.logp.copy()
         logp[rows, replace] = col[rows]
@@ -230,6 +274,10 @@ def main() -> None:
             todo = [("", with_column(tfidf_column("title")), names + ("tfidf_title",), Combiner, {})]
         elif probe == "tfidf_title_switch":
             todo = [("", with_column(tfidf_column("title"), tf, no_meta), names, Combiner, {})]
+        elif probe == "title_knn":
+            col = title_knn_logp(train, frame, p.variants, enc, p.cut_title_words, paths,
+                                 params.features.use_description)
+            todo = [("", with_column(col, mask_of=names.index("text")), names + ("title_knn",), Combiner, {})]
         elif probe == "tfidf_dropout":
             todo = [("", with_column(tfidf_column("dropout"), tf), names, Combiner, {})]
         else:
