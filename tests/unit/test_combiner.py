@@ -117,6 +117,20 @@ def test_expert_selection_drops_an_expert_that_validation_rewards_but_new_produc
     assert chosen_oof.shape == (300, len(PATHS)) and chosen.theta.shape[0] == len(chosen.experts)
 
 
+def test_an_expert_is_dropped_only_if_no_input_variant_loses():
+    from components.pipeline.stack import expert_to_drop
+
+    current = np.array([0.97, 0.90, 0.96])  # out-of-fold macro-F1 per input variant of the current pool
+    # Without "text" the mean rises (by one variant's noise) but the third variant loses what text gave it:
+    # kept, as the text tower must be for products without metadata.
+    assert expert_to_drop({"text": np.array([0.975, 0.92, 0.945]), "image": np.array([0.96, 0.90, 0.96])},
+                          current) is None
+    # Of the removals that cost no variant, the one that raises the mean most; a tie with the pool is no gain.
+    assert expert_to_drop({"text": np.array([0.975, 0.92, 0.945]), "image": np.array([0.97, 0.91, 0.96]),
+                           "fusion": np.array([0.98, 0.91, 0.96])}, current) == "fusion"
+    assert expert_to_drop({"fusion": current.copy()}, current) is None
+
+
 def test_path_probabilities_match_a_float64_pool_computed_by_hand():
     # The fits contract the log-probabilities in float32 (memory-bound): the pool must still be the formula
     # of the module docstring, computed here in float64 with numpy.
