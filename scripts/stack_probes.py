@@ -21,6 +21,8 @@ What each probe asks (the README's "Tried and not kept" holds the answers):
   tfidf_dropout      one TF-IDF trained on the train split with and without its metadata tokens, for ours
   title_knn          a sixth expert with no class prior: the labels of the k train titles nearest in TF-IDF
                      cosine (word 1-2 + char 2-5 grams), votes weighted by similarity^power
+  fused_knn          the same in the fusion network's fused embedding (its shared space): train products'
+                     embeddings as given, each validation variant's as degraded, votes weighted exp(cos / T)
 """
 from __future__ import annotations
 
@@ -54,14 +56,17 @@ from components.models.combiner import (  # noqa: E402
     path_scores,
     stack_tensors,
 )
+from components.models.runtime import PREDICT_BATCH, predict_many  # noqa: E402
 from components.models.tfidf import TfidfBaseline  # noqa: E402
 from components.pipeline.stack import article_truth, cross_validate, taxonomy_paths, variant_inputs, variant_macro_f1  # noqa: E402
-from components.serving.stacked import CALIBRATION_FILE, Experts, expert_files, metadata_fields  # noqa: E402
+from components.serving.categorizer import to_arrays  # noqa: E402
+from components.serving.stacked import CALIBRATION_FILE, Experts, degraded, expert_files, metadata_fields  # noqa: E402
 from components.training.crossfit import group_folds  # noqa: E402
 
 PROBES = ("served", "class_weights", "condition_offsets", "class_rarity", "tfidf_title", "tfidf_title_switch",
-          "tfidf_dropout", "title_knn")
+          "tfidf_dropout", "title_knn", "fused_knn")
 KNN_K, KNN_POWER, KNN_PRIOR = 10, 4.0, 0.05  # neighbours; similarity exponent; mass of the train prior added
+KNN_T = 0.05  # fused_knn: temperature of its exp(cos / T) votes
 
 
 @dataclass
@@ -171,6 +176,62 @@ def tfidf_logp(model: TfidfBaseline, frame: pd.DataFrame, variants, enc, cut: in
     return np.concatenate(out)
 
 
+def knn_probs(sim_blocks, y_train: np.ndarray, n_classes: list[int], priors: list[np.ndarray], weight
+              ) -> list[np.ndarray]:
+    """Per-level probabilities from the KNN_K most similar train rows of each query (blocks of (B, N_train)
+    similarities), votes weighted by `weight(similarity)`, plus KNN_PRIOR of the vote mass as the train prior."""
+    votes = [[] for _ in n_classes]
+    for sim in sim_blocks:
+        top = np.argpartition(-sim, KNN_K, axis=1)[:, :KNN_K]
+        w = weight(np.take_along_axis(sim, top, 1))
+        rows = np.repeat(np.arange(len(sim)), KNN_K)
+        for lvl, n in enumerate(n_classes):
+            v = np.zeros((len(sim), n))
+            np.add.at(v, (rows, y_train[top.ravel(), lvl]), w.ravel())
+            votes[lvl].append(v)
+    probs = []
+    for lvl, parts in enumerate(votes):
+        vt = np.concatenate(parts)
+        mass = vt.sum(1, keepdims=True)
+        probs.append(((vt + (KNN_PRIOR * mass + 1e-9) * priors[lvl]) / ((1 + KNN_PRIOR) * mass + 1e-9))
+                     .astype(np.float32))
+    return probs
+
+
+def knn_report(name: str, variant: str, probs: list[np.ndarray], truth: np.ndarray) -> None:
+    r = M.classification(truth, probs[ARTICLE].argmax(1))
+    print(f"    {name} on {variant}: {100 * r['accuracy']:.2f} % / {r['macro_f1']:.4f}", flush=True)
+
+
+def train_priors(y_train: np.ndarray, n_classes: list[int]) -> list[np.ndarray]:
+    return [np.bincount(y_train[:, lvl], minlength=n) / len(y_train) for lvl, n in enumerate(n_classes)]
+
+
+def fused_knn_logp(experts: Experts, train_idx: np.ndarray, ingest_dir: str, frame: pd.DataFrame, images,
+                   variants, cut: int, paths) -> np.ndarray:
+    """(rows variant-major, P) path log-probs of the fused-embedding kNN expert (see the module docstring)."""
+    t0 = time.perf_counter()
+    enc, model = experts.encoders, {"fusion": experts.models["fusion"]}
+
+    def fused(f: pd.DataFrame, im) -> np.ndarray:
+        out = predict_many(model, to_arrays(f, im, enc), PREDICT_BATCH, experts.device, embeddings=("fusion",))
+        return out["fusion"]["embeddings"]["fused"].astype(np.float32)
+
+    train, train_images = cached_products(ingest_dir, train_idx)
+    e_train, y_train = fused(train, train_images), encode_labels(train, enc)
+    print(f"  fused kNN: {len(train)} train embeddings in {time.perf_counter() - t0:.0f} s", flush=True)
+    n_classes = experts.n_classes()
+    priors, truth, out = train_priors(y_train, n_classes), encode_labels(frame, enc)[:, ARTICLE], []
+    for v in variants:
+        q = fused(*degraded(frame, images, v, enc, cut))
+        probs = knn_probs((q[lo:lo + 512] @ e_train.T for lo in range(0, len(q), 512)), y_train, n_classes,
+                          priors, lambda s: np.exp((s - 1.0) / KNN_T))
+        knn_report("fused kNN", v, probs, truth)
+        out.append(path_log_probs(probs, paths))
+    print(f"  fused kNN: {time.perf_counter() - t0:.0f} s", flush=True)
+    return np.concatenate(out)
+
+
 def title_knn_logp(train: pd.DataFrame, frame: pd.DataFrame, variants, enc, cut: int, paths,
                    use_description: bool) -> np.ndarray:
     """(rows variant-major, P) path log-probs of the title kNN expert (see the module docstring)."""
@@ -185,26 +246,13 @@ def title_knn_logp(train: pd.DataFrame, frame: pd.DataFrame, variants, enc, cut:
     x_train = normalize(hstack([v.fit_transform(text) for v in vecs]).tocsr()).T.tocsr()
     y_train = encode_labels(train, enc)
     n_classes = [len(enc.labels[lvl]) for lvl in LEVELS]
-    priors = [np.bincount(y_train[:, lvl], minlength=n) / len(y_train) for lvl, n in enumerate(n_classes)]
-    truth, out = encode_labels(frame, enc)[:, ARTICLE], []
+    priors, truth, out = train_priors(y_train, n_classes), encode_labels(frame, enc)[:, ARTICLE], []
     for v in variants:
         d = degrade_frame(frame, v, metadata_fields(enc), cut)
         q = normalize(hstack([vec.transform(product_text(d, use_description)) for vec in vecs]).tocsr())
-        votes = [np.zeros((len(d), n)) for n in n_classes]
-        for lo in range(0, len(d), 512):
-            sim = (q[lo:lo + 512] @ x_train).toarray()
-            top = np.argpartition(-sim, KNN_K, axis=1)[:, :KNN_K]
-            w = np.take_along_axis(sim, top, 1) ** KNN_POWER
-            rows = np.repeat(np.arange(lo, lo + len(sim)), KNN_K)
-            for lvl in range(len(n_classes)):
-                np.add.at(votes[lvl], (rows, y_train[top.ravel(), lvl]), w.ravel())
-        probs = []
-        for lvl, vt in enumerate(votes):
-            mass = vt.sum(1, keepdims=True)
-            probs.append(((vt + KNN_PRIOR * mass * priors[lvl] + 1e-9 * priors[lvl])
-                          / ((1 + KNN_PRIOR) * mass + 1e-9)).astype(np.float32))
-        r = M.classification(truth, probs[ARTICLE].argmax(1))
-        print(f"    title kNN on {v}: {100 * r['accuracy']:.2f} % / {r['macro_f1']:.4f}", flush=True)
+        probs = knn_probs(((q[lo:lo + 512] @ x_train).toarray() for lo in range(0, len(d), 512)), y_train,
+                          n_classes, priors, lambda s: s ** KNN_POWER)
+        knn_report("title kNN", v, probs, truth)
         out.append(path_log_probs(probs, paths))
     print(f"  title kNN: {time.perf_counter() - t0:.0f} s", flush=True)
     return np.concatenate(out)
@@ -278,6 +326,10 @@ def main() -> None:
             col = title_knn_logp(train, frame, p.variants, enc, p.cut_title_words, paths,
                                  params.features.use_description)
             todo = [("", with_column(col, mask_of=names.index("text")), names + ("title_knn",), Combiner, {})]
+        elif probe == "fused_knn":
+            col = fused_knn_logp(experts, np.flatnonzero(table["split"].to_numpy() == "train"),
+                                 params.paths.ingest, frame, images, p.variants, p.cut_title_words, paths)
+            todo = [("", with_column(col, mask_of=names.index("fusion")), names + ("fused_knn",), Combiner, {})]
         elif probe == "tfidf_dropout":
             todo = [("", with_column(tfidf_column("dropout"), tf), names, Combiner, {})]
         else:
