@@ -4,11 +4,15 @@ Mixed precision: float16 autocast (+ gradient scaling in the loop) on CUDA; bflo
 that computes bf16 natively (AVX-512 BF16 or AMX: oneDNN runs the convolutions and matmuls ~1.8x faster),
 fp32 on any other CPU, where bf16 would be emulated and slower. Losses, softmax, temperatures and metrics
 always run in fp32 (the callers cast the features back before them).
+Training takes its choice from params (`train.cpu_precision`); serving has no params, so a worker's `auto`
+can be forced by the environment: DEEPFUSION_CPU_PRECISION=bf16|fp32 (how the tests run the bf16 path on
+CPUs without it, and how an operator pins one precision across a fleet of mixed CPUs).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from components.models.fusion import FusionModel
 PREDICT_BATCH = 256  # rows per forward pass at inference; memory, not accuracy, sets it
 CPU_PRECISIONS = ("auto", "bf16", "fp32")
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic
+PRECISION_ENV = "DEEPFUSION_CPU_PRECISION"  # forces what `auto` means on this machine
 
 
 def select_device(preference: str) -> torch.device:
@@ -52,12 +57,25 @@ def cpu_bf16_native() -> tuple[bool, str]:
 
 
 def cpu_dtype(precision: str = "auto") -> torch.dtype:
-    """The autocast dtype on CPU: `auto` = bf16 where native, else fp32; `bf16`/`fp32` force it."""
+    """The autocast dtype on CPU: `auto` = bf16 where native, else fp32 (unless DEEPFUSION_CPU_PRECISION says
+    otherwise); `bf16`/`fp32` force it."""
     if precision not in CPU_PRECISIONS:
         raise ValueError(f"cpu precision {precision!r} is not one of {CPU_PRECISIONS}")
     if precision == "auto":
+        forced = os.environ.get(PRECISION_ENV, "auto") or "auto"
+        if forced not in CPU_PRECISIONS:
+            raise ValueError(f"{PRECISION_ENV}={forced!r} is not one of {CPU_PRECISIONS}; unset it or pick one")
+        if forced != "auto":
+            return cpu_dtype(forced)
         return torch.bfloat16 if cpu_bf16_native()[0] else torch.float32
     return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def inference_precision(device: torch.device) -> str:
+    """What `autocast(device)` computes in, as a name: part of the identity of anything derived from outputs."""
+    if device.type == "cuda":
+        return "cuda-fp16"
+    return f"{device.type}-{'bf16' if cpu_dtype() == torch.bfloat16 else 'fp32'}"
 
 
 def autocast(device: torch.device, enabled: bool = True, cpu_precision: str = "auto"

@@ -34,6 +34,7 @@ from components.encoders import tokenize
 from components.images import ImageBatch
 from components.metrics import classification
 from components.models.quantize import tensor_bytes
+from components.models.runtime import inference_precision
 from components.ops import drift_signals as sig
 from components.ops.provenance import data_md5, files_md5
 from components.serving.categorizer import Categorizer, load_images
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1024  # products decoded and scored at once: bounds memory whatever the batch size
 CACHE_VERSION = 1  # bump when the described columns or the signals change: old caches are then ignored
+# The null file's own version: 2 keeps one record per null batch (version 1 kept one list per signal, ragged
+# when a batch could not measure a signal, and misaligned batches). Its name carries it, so old files are
+# left unread and rebuilt without throwing away the (expensive) described reference and pool.
+NULL_VERSION = 2
 
 
 def describe(frame: pd.DataFrame, images: ImageBatch, cat: Categorizer) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -131,7 +136,10 @@ class Baseline:
         self.seed = params.seed
         key = {"version": CACHE_VERSION, "model": model_fingerprint(cat), "data": files_md5(products),
                "reference_sample": p.reference_sample, "null_split": p.null_split, "pca": p.pca_components,
-               "seed": params.seed}
+               "seed": params.seed,
+               # bf16 and fp32 inference describe the same products differently: a null measured in one
+               # precision must not judge batches described in the other.
+               "precision": inference_precision(cat.device)}
         self.folder = Path(p.cache) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         ref_file, pool_file = self.folder / "reference.parquet", self.folder / "pool.parquet"
         self.cached = ref_file.is_file() and pool_file.is_file()
@@ -148,13 +156,14 @@ class Baseline:
 
     def calibration(self, size: int) -> sig.Calibration:
         """Null calibration for batches of `size` rows, computed once per size and cached."""
-        path = self.folder / f"null_{size}_{self.params.null_batches}.json"
+        path = self.folder / f"null_v{NULL_VERSION}_{size}_{self.params.null_batches}.json"
         if path.is_file():
-            null = read_json(path)["values"]
+            null = read_json(path)["batches_values"]
         else:
             t0 = time.perf_counter()
             null = sig.null_values(self.reference, self.pool, size, self.params.null_batches, self.seed)
-            write_json(path, {"size": size, "batches": self.params.null_batches, "values": null,
+            write_json(path, {"version": NULL_VERSION, "size": size, "batches": self.params.null_batches,
+                              "batches_values": null,
                               "seconds": round(time.perf_counter() - t0, 1)})
         return sig.calibrate(null, self.params.false_alarm_rate, size)
 
@@ -211,6 +220,7 @@ def report_html(summary: dict, evidently_html: str) -> str:
     """Our decision first (drifted signals in sentences, every signal against its threshold), then Evidently."""
     verdict = "DRIFT" if summary["drift_detected"] else "no drift"
     rows = "".join(f"<tr><td>{html.escape(s['signal'])}</td><td>{s['value']:.4g}</td><td>{s['threshold']:.4g}</td>"
+                   f"<td>{s.get('null_batches', '')}</td>"
                    f"<td>{'<b>drifted</b>' if s['drifted'] else 'normal'}</td></tr>" for s in summary["signals"])
     skipped = "".join(f"<li>{html.escape(k)}: not measurable ({html.escape(v)})</li>"
                       for k, v in summary["not_measurable"].items())
@@ -223,7 +233,8 @@ def report_html(summary: dict, evidently_html: str) -> str:
             + (f"<p><b>Note:</b> {html.escape(summary['reference']['warning'])}</p>"
                if summary.get("reference", {}).get("warning") else "")
             + f"<ul>{reasons}</ul>"
-            f"<table border=1 cellpadding=4><tr><th>signal</th><th>value</th><th>alarm above</th><th></th></tr>"
+            f"<table border=1 cellpadding=4><tr><th>signal</th><th>value</th><th>alarm above</th>"
+            f"<th>null batches measured</th><th></th></tr>"
             f"{rows}</table><ul>{skipped}</ul><p>Below: Evidently's distributions; its per-column verdicts are "
             f"uncalibrated p-values, not this decision.</p></section>")
     at = evidently_html.find("<body")

@@ -13,6 +13,10 @@ of the same data version (no drift by construction) give each signal's null mean
 A batch's signal alarms when its z-score exceeds the (1 - false_alarm_rate) quantile of the *largest* z over
 all signals of each null batch (a max-statistic correction: the false-alarm rate holds for the whole batch,
 however many signals there are and however correlated they are).
+A null batch need not measure every signal (a draw with too few photos, a column constant in that draw): the
+null is one record per batch, NaN where that batch could not measure a signal, and the max is taken over what
+each batch measured. A signal measured in fewer than MIN_NULL_COVERAGE of the null batches gets no threshold:
+its null is too thin (and biased towards the draws where it happened to be measurable) to alarm on.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ EMBEDDINGS = {"image": "img_", "text": "txt_"}
 LABEL = "label_articleType"  # the batch's own articleType label, "" when it has none
 UNSEEN = "unseen_articleType"
 MIN_ROWS = 20  # fewer measured rows than this in a batch: the column is "not measurable"
+MIN_NULL_COVERAGE = 0.9  # share of null batches that must measure a signal for it to get a threshold
 MISSING = "(missing)"
 
 LABELS = {"gender": "gender", "baseColour": "colour", "season": "season", "usage": "usage",
@@ -125,20 +130,19 @@ def measure(ref: Reference, cur: pd.DataFrame, seed: int) -> tuple[dict[str, flo
     return values, skipped
 
 
-def null_values(ref: Reference, pool: pd.DataFrame, size: int, batches: int, seed: int) -> dict[str, list[float]]:
-    """Signals of `batches` bootstrap batches of `size` rows drawn from held-out products (no drift)."""
+def null_values(ref: Reference, pool: pd.DataFrame, size: int, batches: int, seed: int) -> list[dict[str, float]]:
+    """Signals of `batches` bootstrap batches of `size` rows drawn from held-out products (no drift): one
+    record per batch, holding the signals that batch could measure."""
     rng = np.random.default_rng(seed)
-    out: dict[str, list[float]] = {}
-    for b in range(batches):
-        vals, _ = measure(ref, pool.iloc[rng.integers(0, len(pool), size)].reset_index(drop=True), seed + b)
-        for k, v in vals.items():
-            out.setdefault(k, []).append(v)
-    return out
+    return [measure(ref, pool.iloc[rng.integers(0, len(pool), size)].reset_index(drop=True), seed + b)[0]
+            for b in range(batches)]
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Null mean/std per signal and the shared z threshold; threshold(k) = mean + z * std."""
+    """Null mean/std per calibrated signal and the shared z threshold; threshold(k) = mean + z * std.
+    `measured[k]` is how many null batches a signal's threshold rests on; `uncalibrated` names the signals the
+    null measured too rarely to threshold, with the reason."""
 
     mean: dict[str, float]
     std: dict[str, float]
@@ -146,19 +150,37 @@ class Calibration:
     false_alarm_rate: float
     batches: int
     size: int
+    measured: dict[str, int]
+    uncalibrated: dict[str, str]
 
     def threshold(self, signal: str) -> float:
         return self.mean[signal] + self.z * self.std[signal]
 
 
-def calibrate(null: dict[str, list[float]], false_alarm_rate: float, size: int) -> Calibration:
-    names = sorted(null)
-    m = np.array([null[k] for k in names], dtype=float).T  # (batches, signals)
-    mean, std = m.mean(0), np.maximum(m.std(0, ddof=1), 1e-9)
-    z_max = ((m - mean) / std).max(1)
-    z = float(np.quantile(z_max, 1 - false_alarm_rate))
-    return Calibration(dict(zip(names, mean.tolist())), dict(zip(names, std.tolist())), z, false_alarm_rate,
-                       len(m), size)
+def calibrate(null: list[dict[str, float]], false_alarm_rate: float, size: int) -> Calibration:
+    """Thresholds from per-batch null records (a signal absent from a record: not measurable in that batch)."""
+    if not null:
+        raise ValueError("drift calibration: no null batches (drift.null_batches must be at least 1)")
+    names = sorted(set().union(*null))
+    m = np.array([[rec.get(k, np.nan) for k in names] for rec in null], dtype=float).reshape(len(null), len(names))
+    counts = (~np.isnan(m)).sum(0)
+    # At least 2 values for a standard deviation, whatever the coverage rule says for tiny nulls.
+    keep = (counts >= MIN_NULL_COVERAGE * len(null)) & (counts >= 2)
+    uncalibrated = {k: (f"measured in only {n} of {len(null)} held-out null batches (a threshold needs "
+                        f"{MIN_NULL_COVERAGE:.0%})") for k, n, ok in zip(names, counts, keep) if not ok}
+    names = [k for k, ok in zip(names, keep) if ok]
+    m, counts = m[:, keep], counts[keep]
+    if not names:
+        return Calibration({}, {}, float("inf"), false_alarm_rate, len(null), size, {}, uncalibrated)
+    mean = np.nanmean(m, 0)
+    std = np.maximum(np.nanstd(m, 0, ddof=1), 1e-9)
+    z = (m - mean) / std
+    # Each batch's largest z over the signals it measured; a batch that measured none of them has no max.
+    measured_any = ~np.isnan(z).all(1)
+    z_max = np.nanmax(np.where(np.isnan(z), -np.inf, z)[measured_any], 1)
+    thr = float(np.quantile(z_max, 1 - false_alarm_rate))
+    return Calibration(dict(zip(names, mean.tolist())), dict(zip(names, std.tolist())), thr, false_alarm_rate,
+                       len(null), size, dict(zip(names, counts.tolist())), uncalibrated)
 
 
 def explain(ref: Reference, cur: pd.DataFrame, signal: str, value: float, threshold: float, null_mean: float
@@ -189,12 +211,16 @@ def decide(ref: Reference, cur: pd.DataFrame, values: dict[str, float], skipped:
     explained in a sentence; unmeasurable ones with the reason."""
     signals, skipped = [], dict(skipped)
     for k, v in values.items():
+        if k in calib.uncalibrated:
+            skipped[k] = calib.uncalibrated[k]
+            continue
         if k not in calib.mean:  # e.g. labels in the batch, none in the held-out pool
             skipped[k] = "no null distribution for it (held-out products lack it)"
             continue
         thr = calib.threshold(k)
         s = {"signal": k, "value": round(v, 5), "threshold": round(thr, 5), "null_mean": round(calib.mean[k], 5),
-             "z": round((v - calib.mean[k]) / calib.std[k], 2), "drifted": bool(v > thr)}
+             "z": round((v - calib.mean[k]) / calib.std[k], 2), "drifted": bool(v > thr),
+             "null_batches": calib.measured[k]}
         if s["drifted"]:
             s["sentence"] = explain(ref, cur, k, v, thr, calib.mean[k])
         signals.append(s)

@@ -95,10 +95,10 @@ def workspace(tmp_path_factory):
     return dag_workspace(tmp_path_factory.mktemp("dagws"))
 
 
-def run_dag(ws: Path, dag_id: str, conf: dict | None = None) -> dict:
+def run_dag(ws: Path, dag_id: str, conf: dict | None = None, env_extra: dict | None = None) -> dict:
     bindir = Path(sys.executable).parent
     env = {**os.environ, "DEEPFUSION_HOME": str(ws), "DEEPFUSION_BIN": str(bindir),
-           "PATH": f"{bindir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+           "PATH": f"{bindir}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", **(env_extra or {})}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run([sys.executable, str(Path(__file__).parent / "dag_runner.py"), dag_id,
                            json.dumps(conf or {})], env=env, capture_output=True, text=True, timeout=1500)
@@ -170,6 +170,71 @@ def test_one_failing_drift_report_does_not_hold_back_the_other_batches(retrained
     again = run_dag(workspace, "catalog_drift")  # the next run picks up only the batch that failed
     assert again["state"].endswith("success") and (landing / "_state" / "2016-03.json").is_file()
     assert [k for k in again["tasks"] if k.startswith("drift_report[")] == ["drift_report[0]"]
+
+
+def upload(landing: Path, name: str, seed: int, n: int = 60, only: tuple[str, ...] = ()) -> Path:
+    """A batch as the uploader leaves it: the export, then _READY. `only`: keep just these article types."""
+    new = make_catalog(landing / name, n=n, seed=seed, start_id=10_000 * seed)
+    if only:
+        lines = (new / "styles.csv").read_text().splitlines()
+        keep = [lines[0]] + [ln for ln in lines[1:] if any(f",{t}," in ln for t in only)]
+        (new / "styles.csv").write_text("\n".join(keep) + "\n")
+    (new / "_READY").write_text("")
+    return new
+
+
+def summary_of(landing: Path, name: str) -> dict:
+    state = json.loads((landing / "_state" / f"{name}.json").read_text())
+    return json.loads(Path(state["report"], "summary.json").read_text())
+
+
+@pytest.mark.slow
+def test_catalog_drift_reports_when_held_out_batches_lack_a_signal(retrained, workspace):
+    """Most held-out products without a photo: many null batches have too few photos to measure the image
+    signals. The run still reports, and names those signals not measurable with the reason (issue 37: the
+    calibration crashed when a null batch lacked a signal)."""
+    landing = workspace / "landing"
+    upload(landing, "2016-04", seed=14)
+    first = run_dag(workspace, "catalog_drift")  # builds (or reuses) the described reference and null pool
+    assert first["state"].endswith("success"), first["log"]
+    pool_file = max((workspace / "artifacts" / "drift_null").glob("*/pool.parquet"), key=lambda p: p.stat().st_mtime)
+    saved = pool_file.read_bytes()
+    try:
+        pool = pd.read_parquet(pool_file)
+        gone = pd.Series(range(len(pool))) % 8 < 5  # 5 in 8 held-out products lose their photo
+        pool.loc[gone, ["image_brightness", "image_white_share"]] = float("nan")
+        pool.loc[gone, [c for c in pool.columns if c.startswith("img_")]] = 0.0  # as `describe` has it
+        pool.to_parquet(pool_file, index=False)
+        for old in pool_file.parent.glob("null_*.json"):
+            old.unlink()
+        upload(landing, "2016-05", seed=15)
+        r = run_dag(workspace, "catalog_drift")
+        assert r["state"].endswith("success"), r["log"]
+        summary = summary_of(landing, "2016-05")
+        null = json.loads(next(pool_file.parent.glob("null_v2_*.json")).read_text())["batches_values"]
+        lacking = sum("image_embedding" not in rec for rec in null)
+        assert 0 < lacking < len(null)  # the case of the issue: some null batches lack the signal
+        assert "held-out null batches" in summary["not_measurable"]["image_embedding"]
+        assert all(s["null_batches"] >= 0.9 * len(null) for s in summary["signals"])
+        assert "image_embedding" not in {s["signal"] for s in summary["signals"]}
+    finally:
+        pool_file.write_bytes(saved)
+        for old in pool_file.parent.glob("null_*.json"):
+            old.unlink()
+
+
+@pytest.mark.slow
+def test_catalog_drift_runs_under_forced_bf16_inference(retrained, workspace):
+    """The bf16 path a CPU with AVX-512 BF16 or AMX takes on its own, forced here (emulated where the CPU lacks
+    it): the drift DAG describes, calibrates and judges in bf16, with a null of its own precision."""
+    landing = workspace / "landing"
+    upload(landing, "2016-06", seed=16, n=120, only=("Watches", "Jeans"))
+    r = run_dag(workspace, "catalog_drift", env_extra={"DEEPFUSION_CPU_PRECISION": "bf16"})
+    assert r["state"].endswith("success"), r["log"]
+    summary = summary_of(landing, "2016-06")
+    assert summary["drift_detected"] is True
+    keys = [json.loads(k.read_text()) for k in (workspace / "artifacts" / "drift_null").glob("*/key.json")]
+    assert "cpu-bf16" in {k["precision"] for k in keys}
 
 
 @pytest.mark.slow

@@ -84,3 +84,52 @@ def test_unseen_labels_fire_and_unmeasurable_columns_are_named(setting):
     assert out["not_measurable"]["price"].startswith("0 products carry it")
     assert out["not_measurable"]["usage"] == "empty in the batch"
     assert {"price", "usage"}.isdisjoint(s["signal"] for s in out["signals"])
+
+
+def test_calibration_takes_each_null_batch_over_what_it_measured():
+    """A null batch may lack a signal (too few photos in that draw, a column constant there): the null keeps one
+    record per batch, and the signal's threshold rests on the batches that measured it."""
+    rng = np.random.default_rng(4)
+    null = [{"a": float(rng.normal()), "b": float(rng.normal(5, 2))} for _ in range(100)]
+    for rec in null[::20]:  # 5 of 100 batches could not measure b
+        del rec["b"]
+    calib = sig.calibrate(null, false_alarm_rate=0.05, size=50)
+    assert calib.measured == {"a": 100, "b": 95} and not calib.uncalibrated
+    b = np.array([r["b"] for r in null if "b" in r])
+    assert calib.mean["b"] == pytest.approx(b.mean()) and calib.std["b"] == pytest.approx(b.std(ddof=1))
+    # The max-statistic pairs each batch's own signals: batch 0 (only a) contributes a's z alone.
+    za = (np.array([r["a"] for r in null]) - calib.mean["a"]) / calib.std["a"]
+    zb = {i: (r["b"] - calib.mean["b"]) / calib.std["b"] for i, r in enumerate(null) if "b" in r}
+    z_max = [max(za[i], zb.get(i, -np.inf)) for i in range(100)]
+    assert calib.z == pytest.approx(np.quantile(z_max, 0.95))
+
+
+def test_a_signal_the_null_rarely_measures_gets_no_threshold_and_is_said_so(setting):
+    ref, _ = setting
+    rng = np.random.default_rng(6)
+    null = [{"price": float(rng.normal(0.2, 0.05)), "title_length": float(rng.normal(0.1, 0.02))}
+            for _ in range(50)]
+    for rec in null[:10]:  # measured in 40 of 50 batches: under the 90 % a threshold needs
+        del rec["price"]
+    calib = sig.calibrate(null, false_alarm_rate=0.05, size=200)
+    assert "price" not in calib.mean and "measured in only 40 of 50" in calib.uncalibrated["price"]
+    batch = described(200, np.random.default_rng(8))
+    values, skipped = sig.measure(ref, batch, seed=3)
+    out = sig.decide(ref, batch, values, skipped, calib)
+    assert "measured in only 40 of 50" in out["not_measurable"]["price"]
+    assert all(s["signal"] != "price" for s in out["signals"])
+    assert next(s for s in out["signals"] if s["signal"] == "title_length")["null_batches"] == 50
+
+
+def test_null_values_keep_one_record_per_batch_even_when_a_draw_cannot_measure_a_signal(setting):
+    ref, _ = setting
+    rng = np.random.default_rng(9)
+    pool = described(400, rng)
+    pool.loc[:249, ["image_brightness", "image_white_share"]] = np.nan  # 5 in 8 held-out products without photo
+    null = sig.null_values(ref, pool, 60, 30, seed=2)
+    assert len(null) == 30
+    lacking = [r for r in null if "image_embedding" not in r]
+    assert lacking and len(lacking) < 30  # some draws had 20+ photos, some fewer
+    calib = sig.calibrate(null, 0.05, 60)  # today's ragged-list calibrate failed right here
+    assert ("image_embedding" in calib.uncalibrated) == (len(lacking) > 0.1 * 30) and np.isfinite(calib.z)
+    assert calib.measured.get("text_embedding") == 30

@@ -19,6 +19,7 @@ def test_flags_are_read_from_cpuinfo(tmp_path):
 
 
 def test_auto_falls_back_to_fp32_without_native_bf16(monkeypatch):
+    monkeypatch.delenv(runtime.PRECISION_ENV, raising=False)
     monkeypatch.setattr(runtime, "cpu_flags", lambda: {"fpu", "avx2", "avx512f"})
     runtime.cpu_bf16_native.cache_clear()
     try:
@@ -30,6 +31,20 @@ def test_auto_falls_back_to_fp32_without_native_bf16(monkeypatch):
             assert not torch.is_autocast_enabled("cpu")
     finally:
         runtime.cpu_bf16_native.cache_clear()
+
+
+def test_the_environment_forces_what_auto_means_on_a_worker(monkeypatch):
+    """Serving has no params: DEEPFUSION_CPU_PRECISION pins `auto` (an explicit bf16/fp32 still wins)."""
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(runtime.PRECISION_ENV, "bf16")
+    assert cpu_dtype("auto") == torch.bfloat16 and runtime.inference_precision(cpu) == "cpu-bf16"
+    assert cpu_dtype("fp32") == torch.float32
+    monkeypatch.setenv(runtime.PRECISION_ENV, "fp32")
+    assert cpu_dtype() == torch.float32 and runtime.inference_precision(cpu) == "cpu-fp32"
+    assert runtime.inference_precision(torch.device("cuda")) == "cuda-fp16"
+    monkeypatch.setenv(runtime.PRECISION_ENV, "half")
+    with pytest.raises(ValueError, match="DEEPFUSION_CPU_PRECISION='half'"):
+        cpu_dtype()
 
 
 def test_forced_precisions_and_the_amp_switch():
