@@ -2,7 +2,7 @@
 
 Default store: the project's SQLite file (params.paths.mlflow_db); MLFLOW_TRACKING_URI overrides it.
 The model flavour (what a logged categorizer is) lives in `components.serving.mlflow_model`; what is
-published and when is `components.ops.publish` and `components.ops.registry`.
+published and when is `components.lifecycle.publish` and `components.lifecycle.registry`.
 """
 from __future__ import annotations
 
@@ -220,5 +220,5 @@ def set_run_tag(key: str, value: str) -> None:
 def run_tag(params: Params, run_id: str, key: str) -> str:
     value = client(params).get_run(run_id).data.tags.get(key)
     if not value:
-        raise RegistryError(f"run {run_id} has no tag {key!r}; publish again (python -m components.ops.publish)")
+        raise RegistryError(f"run {run_id} has no tag {key!r}; publish again (python -m components.lifecycle.publish)")
     return value

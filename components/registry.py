@@ -1,5 +1,5 @@
-"""`python -m components.registry`: a documented user command, kept stable; the code is components.ops.registry."""
-from components.ops.registry import main
+"""`python -m components.registry` (= `deepfusion registry`): kept stable; the code is components.lifecycle.registry."""
+from components.lifecycle.registry import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,5 +1,5 @@
-"""`python -m components.replay`: a documented user command, kept stable; the code is components.ops.replay."""
-from components.ops.replay import main
+"""`python -m components.replay`: a documented user command, kept stable; the code is components.monitoring.replay."""
+from components.monitoring.replay import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

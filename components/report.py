@@ -1,19 +1,9 @@
-"""Markdown results generated from artifacts/evaluate/metrics.json, never typed by hand.
+"""Markdown results generated from artifacts/evaluate/metrics.json, never typed by hand (pure rendering).
 
-`python -m components.report` rewrites the README block between the results markers.
+The evaluate stage writes comparison.md with it; `deepfusion report` (components.results) puts it into the docs.
 """
 from __future__ import annotations
 
-import logging
-import re
-from pathlib import Path
-
-from components.atomic_io import read_json
-from components.config import load_params
-
-log = logging.getLogger(__name__)
-
-START, END = "<!-- results:start -->", "<!-- results:end -->"
 # Published on the full public catalog with their own split (see ../shared/docs/data.md).
 DEEPFUSION_PUBLISHED = {"metadata-only": (0.808, 0.66), "image-only": (0.858, 0.81), "fusion": (0.864, 0.81)}
 
@@ -108,23 +98,3 @@ def comparison_table(results: dict) -> str:
               "classes (classes under 20 products folded into Other), a split by product group, no parent "
               "labels as input."]
     return "\n".join(lines) + "\n"
-
-
-def update_readme(readme: Path, table: str) -> None:
-    text = readme.read_text(encoding="utf-8")
-    if START not in text or END not in text:
-        raise SystemExit(f"{readme}: markers {START} / {END} not found")
-    new = re.sub(re.escape(START) + r".*?" + re.escape(END), f"{START}\n{table}{END}", text, flags=re.DOTALL)
-    readme.write_text(new, encoding="utf-8")
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO)
-    params = load_params()
-    results = read_json(Path(params.paths.evaluate) / "metrics.json")
-    update_readme(Path("README.md"), comparison_table(results))
-    log.info("README results block updated from %s", params.paths.evaluate)
-
-
-if __name__ == "__main__":
-    main()

@@ -14,27 +14,27 @@ from common.settings import DEFAULT_ARGS, START, TIMEOUT, home, landing
 def catalog_drift():
     @task(execution_timeout=TIMEOUT["quick"])
     def find_batches() -> list[str]:
-        from components.ops.landing import pending_batches
+        from components.orchestration.landing import pending_batches
 
         return pending_batches(landing())
 
     @task(execution_timeout=TIMEOUT["quick"])
     def model() -> str:
-        from components.ops.landing import serving_model
+        from components.orchestration.landing import serving_model
 
         return serving_model(home())
 
     # A rejected batch is not transient: it is moved to _failed/ with its report.
     @task(retries=0, execution_timeout=TIMEOUT["batch"])
     def validate_batch(batch: str) -> str:
-        from components.ops.landing import check_batch
+        from components.orchestration.landing import check_batch
 
         return check_batch(home(), batch)
 
     # Failures come back as results: the batch stays unmarked and the next run retries it.
     @task(retries=0, execution_timeout=TIMEOUT["batch"])
     def drift_report(batch: str, model_uri: str) -> dict:
-        from components.ops.landing import drift_batch
+        from components.orchestration.landing import drift_batch
 
         return drift_batch(home(), batch, model_uri)
 

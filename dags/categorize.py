@@ -20,13 +20,13 @@ def categorize():
 
     @task(execution_timeout=TIMEOUT["quick"])
     def model() -> str:
-        from components.ops.landing import serving_model
+        from components.orchestration.landing import serving_model
 
         return serving_model(home())
 
     @task(execution_timeout=TIMEOUT["batch"])
     def categorize_batch(batch: str, model_uri: str) -> dict:
-        from components.ops.landing import categorize_batch as run
+        from components.orchestration.landing import categorize_batch as run
 
         return run(home(), batch, model_uri)
 

@@ -30,10 +30,10 @@ def in_home(command: str) -> str:
     return f"set -e; cd {SH_HOME}; export PATH={SH_BIN}:$PATH DVC_NO_ANALYTICS=1; {command}"
 
 
-# Every stage task works in the run's own workspace (components.ops.run_workspace: tracked params.yaml and dvc.lock
-# are never edited by a run), rebuilt from RUN_SPEC and the run's dvc.lock so far (RUN_LOCK, the previous stage's
-# XCom), so consecutive stages may run on machines that share no disk. The catalog comes from the project's
-# default remote; a stage pulls its inputs from and pushes its outputs to the remote `artifacts` when one is
+# Every stage task works in the run's own workspace (orchestration.run_workspace: tracked params.yaml and
+# dvc.lock are never edited by a run), rebuilt from RUN_SPEC and the run's dvc.lock so far (RUN_LOCK, the previous
+# stage's XCom), so consecutive stages may run on machines that share no disk. The catalog comes from the
+# project's default remote; a stage pulls its inputs from and pushes its outputs to the remote `artifacts` when one is
 # configured, else takes them from the shared DVC cache. The last line it prints (its XCom) is the updated lock.
 DATA = "if [ -f data.dvc ] && dvc remote list | grep -q .; then dvc pull -q data.dvc; fi; "
 ARTIFACTS = "dvc remote list | grep -q '^artifacts[[:space:]]'"
@@ -42,12 +42,12 @@ ARTIFACTS = "dvc remote list | grep -q '^artifacts[[:space:]]'"
 def stage_command(stage: str, force: str) -> str:
     return in_home(
         (DATA if stage == "ingest" else "")
-        + 'cd "$(python -m components.ops.run_workspace materialize)"; '
+        + 'cd "$(python -m components.orchestration.run_workspace materialize)"; '
         + f"if {ARTIFACTS}; then dvc pull -q -r artifacts --allow-missing --with-deps {stage}; "
         + f"else dvc checkout -q --allow-missing --with-deps {stage}; fi; "
         + f"dvc repro {force}-s {stage}; "
         + f"if {ARTIFACTS}; then dvc push -q -r artifacts {stage}; fi; "
-        + "python -m components.ops.run_workspace lock")
+        + "python -m components.orchestration.run_workspace lock")
 
 
 def task_id(stage: str) -> str:
@@ -63,12 +63,12 @@ def run_workspace(lock_from: str):
     (register_only, promote_only), the current pipeline result: the latest finished run's, else the project's."""
     from airflow.sdk import get_current_context
 
-    from components.ops.run_workspace import checked_out
+    from components.orchestration.run_workspace import checked_out
 
     ti = get_current_context()["ti"]
     spec = ti.xcom_pull(task_ids="configure")
     if not spec:
-        from components.ops.run_workspace import current
+        from components.orchestration.run_workspace import current
 
         return current(home())
     return checked_out(home(), spec["run_id"], spec["overrides"], ti.xcom_pull(task_ids=lock_from) or None)
@@ -102,8 +102,8 @@ def retrain():
     def configure(params: dict) -> dict:
         from airflow.sdk import get_current_context
 
-        from components.ops.run_params import run_params
-        from components.ops.run_workspace import materialize, prune
+        from components.orchestration.run_params import run_params
+        from components.orchestration.run_workspace import materialize, prune
 
         run_id = get_current_context()["run_id"]
         overrides = run_params(home(), params)
@@ -130,8 +130,8 @@ def retrain():
         import contextlib
 
         from components.config import load_params
-        from components.ops import publish as ops_publish
-        from components.ops.run_workspace import mark_latest
+        from components.lifecycle import publish as ops_publish
+        from components.orchestration.run_workspace import mark_latest
 
         ws = run_workspace(last)
         with contextlib.chdir(ws):
@@ -144,7 +144,7 @@ def retrain():
         import contextlib
 
         from components.config import load_params
-        from components.ops import registry
+        from components.lifecycle import registry
 
         with contextlib.chdir(run_workspace(last)):
             return registry.register(load_params())
@@ -156,7 +156,7 @@ def retrain():
         from airflow.sdk.exceptions import AirflowSkipException
 
         from components.config import load_params
-        from components.ops import registry
+        from components.lifecycle import registry
 
         if params["mode"] == "register_only":
             raise AirflowSkipException("register_only: the promotion gate is not run")

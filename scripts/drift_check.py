@@ -22,7 +22,7 @@ from PIL import Image
 from components.catalog import read_catalog
 from components.checkpoint import fusion_checkpoint
 from components.config import load_params
-from components.ops import drift, replay
+from components.monitoring import drift, replay
 from components.serving.predict import load_categorizer
 
 

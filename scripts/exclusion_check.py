@@ -4,7 +4,7 @@
 
 Runs the given stages (default: the TF-IDF expert, minutes on 2 cores; `train_baseline@tfidf train_fusion stack
 evaluate` for the served model, about an hour) in a run workspace with `audit.exclude_from_training: true`
-(components.ops.run_workspace: the project's params.yaml and outputs are left alone, unchanged stages come from
+(orchestration.run_workspace: the project's params.yaml and outputs are left alone, unchanged stages come from
 the shared DVC cache), then prints, for the project's result (option off) and the workspace's (on): TF-IDF
 articleType accuracy and macro-F1 on validation, on the whole test split, and on the test products whose label
 the audit does not suspect (test labels are noisy too). When `evaluate` is among the stages, the served model's
@@ -30,7 +30,7 @@ from components.config import load_params  # noqa: E402
 from components.encoders import encode_labels, load_encoders  # noqa: E402
 from components.metrics import classification  # noqa: E402
 from components.models.tfidf import load_tfidf  # noqa: E402
-from components.ops.run_workspace import materialize  # noqa: E402
+from components.orchestration.run_workspace import materialize  # noqa: E402
 from components.pipeline.evaluate import audit_suspects  # noqa: E402
 
 RUN_ID = "exclusion-check"

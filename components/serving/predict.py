@@ -166,12 +166,14 @@ def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progres
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    ap = argparse.ArgumentParser(prog="python -m components.predict", description=__doc__.split("\n")[0])
-    ap.add_argument("catalog_dir", type=Path)
-    ap.add_argument("--output", type=Path, required=True)
+    ap = argparse.ArgumentParser(prog="deepfusion predict", description=__doc__.split("\n")[0])
+    ap.add_argument("catalog_dir", type=Path,
+                    help="a batch folder in the export layout: styles.csv, optional products.csv and images/")
+    ap.add_argument("--output", type=Path, required=True,
+                    help="predictions CSV to write: id, each level with its confidence, status")
     ap.add_argument("--model", help="artifacts/stack, a checkpoint path or models:/NAME@ALIAS "
                                     "(default: the pipeline's stacked categorizer)")
-    ap.add_argument("--embeddings", type=Path)
+    ap.add_argument("--embeddings", type=Path, help="also write the image/text embeddings to this .npz")
     ap.add_argument("--workers", type=int, default=0,
                     help="chunks predicted at once (default 0: on CPU one forked worker process per core torch uses, "
                          "single-threaded each)")

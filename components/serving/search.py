@@ -86,12 +86,13 @@ def embed_image(cat: Categorizer, path: Path) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
-    ap = argparse.ArgumentParser(prog="python -m components.search", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="deepfusion search", description=__doc__.split("\n")[0])
     g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--build", nargs="?", const="", metavar="CATALOG_DIR")
-    g.add_argument("--text")
-    g.add_argument("--image", type=Path)
-    ap.add_argument("-k", type=int, default=10)
+    g.add_argument("--build", nargs="?", const="", metavar="CATALOG_DIR",
+                   help="index a catalog folder's images and titles (default: params paths.raw)")
+    g.add_argument("--text", help="find the products whose pictures match this text")
+    g.add_argument("--image", type=Path, help="find the products whose titles match this picture")
+    ap.add_argument("-k", type=int, default=10, help="how many products to list (default 10)")
     ap.add_argument("--index", type=Path, help="index file (default: params.paths.search/index.npz)")
     ap.add_argument("--model", help="checkpoint path or models:/NAME@ALIAS (default: the pipeline's fusion model)")
     args = ap.parse_args(argv)

@@ -1,7 +1,7 @@
 """One neural training as a stage step: build, fit, checkpoint. Used by both training stages.
 
 It writes only the stage's files (checkpoint with its per-epoch history, deterministic metrics); MLflow
-publishing is a separate step (`components.ops.publish`).
+publishing is a separate step (`components.lifecycle.publish`).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from components.config import load_raw
-from components.ops.run_workspace import current
+from components.orchestration.run_workspace import current
 from tests.conftest import ROOT, dag_workspace, make_catalog
 
 
@@ -77,7 +77,7 @@ def test_retrain_form_params_and_triggers(bag):
 
 
 def test_run_overrides_really_change_params(tmp_path):
-    from components.ops.run_params import apply_overrides, run_overrides
+    from components.orchestration.run_params import apply_overrides, run_overrides
 
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     apply_overrides(tmp_path, run_overrides({"backbone": "resnet10t", "epochs": 3, "mode": "full"}))

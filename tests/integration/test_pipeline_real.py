@@ -101,7 +101,7 @@ def test_a_forced_rerun_rewrites_no_hash(workspace):
 def test_publish_logs_each_model_once(workspace):
     import mlflow
 
-    cmd = [sys.executable, "-m", "components.ops.publish"]
+    cmd = [sys.executable, "-m", "components.lifecycle.publish"]
     first = subprocess.run(cmd, cwd=workspace, env=env(), capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
     again = subprocess.run(cmd, cwd=workspace, env=env(), capture_output=True, text=True, check=True)

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from components.catalog import read_catalog
-from components.ops import drift, replay
+from components.monitoring import drift, replay
 from tests.conftest import make_catalog
 
 
@@ -134,7 +134,7 @@ def test_month_batches_merge_small_months():
 
     jan, feb, mar = 1451606400, 1454284800, 1456790400  # 2016-01-01, 02-01, 03-01 UTC
     dates = pd.Series([jan] * 5 + [feb] * 2 + [mar] * 6 + [1420070400] * 3, dtype=float)
-    b = replay.month_batches(dates, cutoff=1451606399, min_rows=4)
+    b = replay.month_batches(dates, end=1451606400, min_rows=4)
     assert {k: len(v) for k, v in b.items()} == {"2016-01": 5, "2016-03": 8}
 
 
@@ -150,7 +150,7 @@ def test_replay_writes_batches_in_catalog_layout(trained, tmp_path):
 
 def test_backtest_trains_as_of_scores_each_month_and_a_retrain(tmp_path):
     from components.config import params_from_dict
-    from components.ops import backtest
+    from components.monitoring import backtest
     from tests.conftest import tiny_raw
 
     data = make_catalog(tmp_path / "data", n=180, seed=4)  # one product a day from 2015-01-01

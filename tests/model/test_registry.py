@@ -19,9 +19,9 @@ import pytest
 
 from components import mlflow_store as store
 from components.config import Floors, RegistryParams
+from components.lifecycle import registry
+from components.lifecycle.registry import Decision, decide
 from components.mlflow_store import RegistryError
-from components.ops import registry
-from components.ops.registry import Decision, decide
 from components.serving.mlflow_model import load_categorizer_uri
 from components.serving.stacked import StackedCategorizer, file_md5
 
@@ -254,7 +254,7 @@ def test_mlflow_models_serve_answers_with_base64_image(reg, trained):
 
 
 def test_drift_says_when_the_reference_is_not_the_registered_models_data(reg):
-    from components.ops.drift import reference_version
+    from components.monitoring.drift import reference_version
 
     registry.register(reg)
     registry.promote(reg)

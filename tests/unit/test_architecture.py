@@ -23,8 +23,10 @@ LAYERS = [
     ("bundles", ["checkpoint", "mlflow_store"]),
     ("training+serving", ["training", "serving"]),
     ("pipeline", ["pipeline"]),
-    ("ops", ["ops"]),
-    ("commands", ["predict", "search", "registry", "drift", "replay"]),
+    ("lifecycle", ["lifecycle"]),
+    ("monitoring", ["monitoring"]),
+    ("orchestration", ["orchestration"]),
+    ("commands", ["predict", "search", "registry", "drift", "replay", "suspects", "results", "cli"]),
 ]
 FORBIDDEN = [("serving", "training")]  # serving runs a trained model; it never needs the training loop
 
@@ -47,7 +49,7 @@ def direct_imports(name: str) -> frozenset[str]:
             out |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.add(node.module)
-            # `from components.ops import drift` imports a module, not a name
+            # `from components.monitoring import drift` imports a module, not a name
             out |= {f"{node.module}.{a.name}" for a in node.names if module_file(f"{node.module}.{a.name}")}
     return frozenset(m for m in out if m.startswith("components") and module_file(m))
 
@@ -126,3 +128,33 @@ def test_the_stage_modules_are_in_components_pipeline():
     # one stage = one module = one params section = one output folder
     for stage, (module, _) in stage_modules().items():
         assert module == f"components.pipeline.{stage.split('@')[0]}", stage
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[str]:
+    """Every back edge of a depth-first walk, as the path it closes (a -> b -> a)."""
+    cycles, state = [], {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = "open"
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == "open":
+                cycles.append(" -> ".join([*path[path.index(d):], m, d] if d in path else [m, d]))
+            elif d not in state:
+                visit(d, [*path, m])
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [])
+    return cycles
+
+
+def test_the_cycle_finder_finds_one():
+    assert find_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a -> b -> c -> a"]
+    assert find_cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle():
+    """No module reaches itself through its imports (function-level ones included): a cycle hides an order of
+    initialisation, and usually two modules that are one or a function that belongs elsewhere."""
+    assert find_cycles({m: set(direct_imports(m)) - {m} for m in all_modules()}) == []

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.ops import drift_signals as sig
+from components.monitoring import drift_signals as sig
 
 TYPES = [f"type{i}" for i in range(12)]
 

@@ -95,7 +95,7 @@ def test_ingest_reads_images_only_inside_the_catalog(tmp_path):
 def test_replay_links_only_images_inside_the_catalog(tmp_path):
     import pandas as pd
 
-    from components.ops.replay import write_batch
+    from components.monitoring.replay import write_batch
 
     src = tmp_path / "data"
     (src / "images").mkdir(parents=True)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from components.atomic_io import write_json
-from components.ops import landing
-from components.ops.provenance import files_md5
+from components.lifecycle.provenance import files_md5
+from components.orchestration import landing
 from tests.conftest import make_catalog
 
 ROOT = Path(__file__).resolve().parents[2]

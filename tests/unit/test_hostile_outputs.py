@@ -8,7 +8,7 @@ import pytest
 
 from components.atomic_io import atomic_dir, write_json
 from components.catalog import CatalogError
-from components.ops import drift
+from components.monitoring import drift
 from components.serving import predict
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from components.ops.landing import review_queue
+from components.orchestration.landing import review_queue
 
 
 def test_review_reasons():

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from components.config import ConfigError, load_raw
-from components.ops import run_params, run_workspace
-from components.ops.provenance import data_md5, run_overrides
+from components.lifecycle.provenance import data_md5, run_overrides
+from components.orchestration import run_params, run_workspace
 from tests.conftest import ROOT
 
 DVC = str(Path(sys.executable).parent / "dvc")

@@ -1,9 +1,9 @@
 """Params for one run: the retrain form's choices and hardware profiles as overrides of params.yaml.
 
 A DAG run never writes them into the tracked params.yaml: they go into the run's own workspace
-(components.ops.run_workspace). By hand, on a GPU machine's own clone, a profile can be made the default:
+(components.orchestration.run_workspace). By hand, on a GPU machine's own clone, a profile can be made the default:
 
-    python -m components.ops.run_params profile params.gpu.yaml   # merge a params profile into params.yaml
+    python -m components.orchestration.run_params profile params.gpu.yaml   # merge a params profile into params.yaml
 """
 from __future__ import annotations
 
@@ -57,9 +57,9 @@ def apply_overrides(home: Path, overrides: dict) -> dict:
 
 
 def main() -> None:
-    """python -m components.ops.run_params profile params.gpu.yaml  (merge a params profile into params.yaml)"""
+    """python -m components.orchestration.run_params profile params.gpu.yaml  (merge a profile into params.yaml)"""
     if len(sys.argv) != 3 or sys.argv[1] != "profile":
-        raise SystemExit("usage: python -m components.ops.run_params profile PROFILE.yaml")
+        raise SystemExit("usage: python -m components.orchestration.run_params profile PROFILE.yaml")
     changed = apply_overrides(Path.cwd(), load_raw(sys.argv[2]))
     print(f"params.yaml updated with {sys.argv[2]}: {sorted(changed)}")
 

@@ -1,6 +1,6 @@
 """Publish the pipeline's results to MLflow, once per output version: the step after `dvc repro`.
 
-    python -m components.ops.publish     # also run by the retrain DAG and by `registry register`
+    python -m components.lifecycle.publish     # also run by the retrain DAG and by `registry register`
 
 One MLflow run per trained model (the baselines, the fusion network and the stacked categorizer): its
 params and per-epoch history (from the self-describing checkpoint), validation metrics, the run's timings
@@ -13,6 +13,7 @@ earlier run instead of logging a duplicate.
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from components import mlflow_store
 from components.atomic_io import read_json
 from components.checkpoint import fusion_checkpoint, read_blob
 from components.config import Params, load_params, params_to_dict
-from components.ops.provenance import data_md5, files_md5, git_commit, run_overrides_tag
+from components.lifecycle.provenance import data_md5, files_md5, git_commit, run_overrides_tag
 from components.serving.mlflow_model import example_frame, log_categorizer
 from components.serving.stacked import COMBINER_FILE
 
@@ -127,14 +128,20 @@ def served_model_uri(params: Params) -> tuple[str, str]:
     return run_id, mlflow_store.run_tag(params, run_id, MODEL_URI)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="deepfusion publish", description=__doc__.split("\n")[0])
+    ap.parse_args(argv)  # before the params: --help works anywhere
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         for name, run_id in publish(load_params()).items():
             print(f"{name}: run {run_id}")
     except (PublishError, mlflow_store.RegistryError) as exc:
-        raise SystemExit(f"error: {exc}") from exc
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

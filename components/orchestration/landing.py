@@ -16,7 +16,7 @@ import pandas as pd
 
 from components.atomic_io import atomic_write_bytes, read_json, write_json
 from components.config import load_params
-from components.ops.provenance import files_md5
+from components.lifecycle.provenance import files_md5
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def serving_model(home: Path) -> str:
     """models:/<name>@champion when the registry has a champion, else the current pipeline result's fusion
     checkpoint."""
     from components import mlflow_store
-    from components.ops.run_workspace import current
+    from components.orchestration.run_workspace import current
 
     home = current(home)
     with contextlib.chdir(home):
@@ -121,8 +121,8 @@ def drift_batch(home: Path, batch: str, model: str) -> dict:
 
 def _drift_batch(home: Path, batch: str, model: str) -> dict:
     from components import mlflow_store
-    from components.ops import drift
-    from components.ops.run_workspace import current
+    from components.monitoring import drift
+    from components.orchestration.run_workspace import current
 
     batch_path = Path(batch)
     with contextlib.chdir(home):

@@ -1,6 +1,6 @@
 """Backtest of the drift monitor on the catalog's own history: would it have fired when accuracy dropped?
 
-    python -m components.replay backtest [--output artifacts/backtest]
+    deepfusion backtest [--output artifacts/backtest]     (or python -m components.monitoring.backtest)
 
 1. An as-of model: ingest, validate, features and the fusion network (the fast `drift.backtest` profile) on the
    products added up to `drift.reference_date` only, in a workspace of its own (the pipeline's artifacts are
@@ -27,7 +27,7 @@ from components.catalog import LEVELS, read_catalog
 from components.checkpoint import fusion_checkpoint
 from components.config import Params, Paths, deep_merge, params_from_dict, params_to_dict
 from components.metrics import classification
-from components.ops import drift, replay
+from components.monitoring import drift, replay, timeslice
 from components.pipeline import features, ingest, train_fusion, validate
 from components.serving.predict import categorize, load_categorizer
 
@@ -35,13 +35,6 @@ log = logging.getLogger(__name__)
 
 # Every stage output folder of Paths moves under the workspace (raw and the MLflow DB are set apart).
 STAGE_PATHS = tuple(f.name for f in dataclasses.fields(Paths) if f.name not in ("raw", "mlflow_db"))
-
-
-def month_end(name: str) -> float:
-    """Last second of the month a replay batch is named after (YYYY-MM or ..._to_YYYY-MM)."""
-    y, m = map(int, name.split("_to_")[-1].split("-"))
-    nxt = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=UTC)
-    return nxt.timestamp() - 1
 
 
 def as_of_params(params: Params, workdir: Path) -> Params:
@@ -59,10 +52,10 @@ def as_of_params(params: Params, workdir: Path) -> Params:
 
 def train_as_of(params: Params, source: Path, catalog: pd.DataFrame, cutoff: float, workdir: Path
                 ) -> tuple[Params, str]:
-    """Train the pipeline on the products added up to `cutoff` (undated ones stay out); its params and model."""
+    """Train the pipeline on the products added before `cutoff` (undated ones stay out); its params and model."""
     p = as_of_params(params, workdir)
     header, lines = replay.styles_lines(source)
-    rows = catalog[catalog["catalogAddDate"] <= cutoff]
+    rows = catalog[timeslice.before(catalog["catalogAddDate"], cutoff)]
     with atomic_dir(p.paths.raw) as tmp:
         replay.write_batch(source, rows, lines, header, tmp)
     t0 = time.perf_counter()
@@ -70,8 +63,8 @@ def train_as_of(params: Params, source: Path, catalog: pd.DataFrame, cutoff: flo
     validate.run(p)
     features.run(p)
     train_fusion.run(p)
-    log.info("backtest: model as of %s trained on %d products in %.0f s",
-             datetime.fromtimestamp(cutoff, UTC).date(), len(rows), time.perf_counter() - t0)
+    log.info("backtest: model of the products added before %s trained on %d products in %.0f s",
+             datetime.fromtimestamp(cutoff, UTC).isoformat(), len(rows), time.perf_counter() - t0)
     return p, str(fusion_checkpoint(p.paths.train_fusion))
 
 
@@ -114,7 +107,7 @@ def run(params: Params, output: Path) -> dict:
     source = Path(params.paths.raw)
     work = output.with_name(f"{output.name}_work")
     catalog = read_catalog(source, require_labels=False).frame
-    cutoff = datetime.fromisoformat(params.drift.reference_date).replace(tzinfo=UTC).timestamp() + 86_399
+    cutoff = timeslice.day_end(params.drift.reference_date)
     months = replay.run(source, work / "batches", params.drift.reference_date, params.drift.min_batch_rows)
     p0, model0 = train_as_of(params, source, catalog, cutoff, work / "as_of")
     val = read_json(Path(p0.paths.train_fusion) / "metrics.json")
@@ -138,7 +131,7 @@ def run(params: Params, output: Path) -> dict:
     for i, name in enumerate(names[:-1]):
         if len(retrains) >= params.drift.backtest.retrains or not table.loc[i, "drift_detected"]:
             continue
-        _, model1 = train_as_of(params, source, catalog, month_end(name), work / f"retrained_{name}")
+        _, model1 = train_as_of(params, source, catalog, timeslice.month_end(name), work / f"retrained_{name}")
         nxt = work / "batches" / names[i + 1]
         old, new = scores(nxt, model0), scores(nxt, model1)
         retrains.append({"fired_on": name, "scored_on": names[i + 1], "as_of_accuracy": old["accuracy"],
@@ -146,7 +139,7 @@ def run(params: Params, output: Path) -> dict:
                          "retrained_macro_f1": new["macro_f1"]})
         log.info("backtest retrain after %s: %s", name, retrains[-1])
     result = {"reference_date": params.drift.reference_date,
-              "as_of_products": int((catalog["catalogAddDate"] <= cutoff).sum()),
+              "as_of_products": int(timeslice.before(catalog["catalogAddDate"], cutoff).sum()),
               "as_of_val_accuracy": base_acc, "as_of_val_macro_f1": val["val_article_macro_f1"],
               "profile": {"epochs": params.drift.backtest.epochs}, "months": rows, "retrains": retrains,
               "fired": int(table["drift_detected"].sum()), "months_total": len(table),
@@ -156,3 +149,27 @@ def run(params: Params, output: Path) -> dict:
         table.to_csv(tmp / "backtest.csv", index=False)
         plot(table, float(table["z_threshold"].iloc[0]), tmp / "backtest.png")
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from components.config import load_params
+
+    ap = argparse.ArgumentParser(prog="deepfusion backtest", description=__doc__.split("\n")[0])
+    ap.add_argument("--output", type=Path, help="report folder (default: params drift.backtest.output)")
+    args = ap.parse_args(argv)  # before the params: --help works anywhere
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    params = load_params()
+    result = run(params, args.output or Path(params.drift.backtest.output))
+    for m in result["months"]:
+        print(f"{m['month']}: {'DRIFT' if m['drift_detected'] else 'quiet'} score {m['drift_score']}, "
+              f"accuracy {m['accuracy']}, macro-F1 {m['macro_f1']}")
+    for r in result["retrains"]:
+        print(f"retrained after {r['fired_on']}: on {r['scored_on']} accuracy {r['as_of_accuracy']:.4f} -> "
+              f"{r['retrained_accuracy']:.4f}, macro-F1 {r['as_of_macro_f1']:.4f} -> {r['retrained_macro_f1']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

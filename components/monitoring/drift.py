@@ -32,11 +32,11 @@ from components.config import DriftParams, Params, load_params
 from components.data import cached_images
 from components.encoders import tokenize
 from components.images import ImageBatch
+from components.lifecycle.provenance import data_md5, files_md5
 from components.metrics import classification
 from components.models.quantize import tensor_bytes
 from components.models.runtime import inference_precision
-from components.ops import drift_signals as sig
-from components.ops.provenance import data_md5, files_md5
+from components.monitoring import drift_signals as sig
 from components.serving.categorizer import Categorizer, load_images
 from components.serving.predict import load_categorizer
 
@@ -308,9 +308,10 @@ def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
-    ap = argparse.ArgumentParser(prog="python -m components.drift", description=__doc__.split("\n")[0])
-    ap.add_argument("batch_dir", type=Path)
-    ap.add_argument("--output", type=Path)
+    ap = argparse.ArgumentParser(prog="deepfusion drift", description=__doc__.split("\n")[0])
+    ap.add_argument("batch_dir", type=Path, help="a new catalog batch in the export layout")
+    ap.add_argument("--output", type=Path,
+                    help="report folder, replaced whole (default: params drift.output/<batch name>)")
     ap.add_argument("--model", help="checkpoint path or models:/NAME@ALIAS (default: the pipeline's fusion model)")
     args = ap.parse_args(argv)
     params = load_params()

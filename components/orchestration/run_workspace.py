@@ -8,8 +8,8 @@ stages are checked out from the shared cache instead of rerunning. The run's `dv
 task as an XCom (`lock` prints it), so a task on another machine rebuilds the workspace and pulls the outputs it
 needs from the `artifacts` remote: the workers need not share a disk.
 
-    python -m components.ops.run_workspace materialize   # env RUN_SPEC (json), RUN_LOCK (base64, optional)
-    python -m components.ops.run_workspace lock          # the current folder's dvc.lock, base64 on one line
+    python -m components.orchestration.run_workspace materialize   # env RUN_SPEC (json), RUN_LOCK (base64, optional)
+    python -m components.orchestration.run_workspace lock          # the current folder's dvc.lock, base64 on one line
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from configobj import ConfigObj
 
 from components.atomic_io import atomic_write_bytes
 from components.config import ConfigError, deep_merge, load_raw, params_from_dict
-from components.ops.provenance import RUN_FILE, data_md5
+from components.lifecycle.provenance import RUN_FILE, data_md5
 
 RUNS = "runs"  # under the project home; listed in .dvcignore, .gitignore and .dockerignore
 KEEP_RUNS = 3  # run workspaces kept besides the current one (outputs stay in the DVC cache anyway)
@@ -185,7 +185,7 @@ def main() -> None:
         elif cmd == "lock":
             print(encoded_lock(Path.cwd()))
         else:
-            raise SystemExit("usage: python -m components.ops.run_workspace materialize|lock")
+            raise SystemExit("usage: python -m components.orchestration.run_workspace materialize|lock")
     except (WorkspaceError, ConfigError) as exc:
         raise SystemExit(f"run workspace: {exc}") from exc
 

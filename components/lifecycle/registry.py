@@ -1,9 +1,10 @@
 """MLflow model registry workflow: register, promote (gate), rollback, status.
 
-    python -m components.registry register   # publish (ops.publish), new version of the model, @challenger
-    python -m components.registry promote    # re-score challenger and champion, move @champion if better
-    python -m components.registry rollback   # @champion back to the previous champion
-    python -m components.registry status
+    deepfusion registry register   # publish (lifecycle.publish), new version of the model, @challenger
+    deepfusion registry promote    # re-score challenger and champion, move @champion if better
+    deepfusion registry rollback   # @champion back to the previous champion
+    deepfusion registry status
+(`python -m components.registry ...` is the same command.)
 
 The gate's decision is a pure function (`decide`); every decision is recorded as tags on the version.
 """
@@ -29,10 +30,10 @@ from components.checkpoint import CheckpointError
 from components.config import Params, RegistryParams, load_params, params_to_dict
 from components.data import cached_products
 from components.images import ImageBatch
+from components.lifecycle.provenance import data_md5, git_commit, run_overrides_tag
+from components.lifecycle.publish import PublishError, served, served_model_uri
 from components.metrics import classification
 from components.mlflow_store import MAX_TAG_CHARS, RegistryError
-from components.ops.provenance import data_md5, git_commit, run_overrides_tag
-from components.ops.publish import PublishError, served, served_model_uri
 from components.serving.mlflow_model import load_categorizer_uri
 
 log = logging.getLogger(__name__)
@@ -223,14 +224,23 @@ def status(params: Params) -> list[dict]:
 COMMANDS = {"register": register, "promote": promote, "rollback": rollback, "status": status}
 
 
+HELP = {"register": "publish the pipeline's outputs to MLflow and register the served model as @challenger",
+        "promote": "re-score @challenger and @champion on the same test split; move @champion past the gate",
+        "rollback": "move @champion back to the previous champion",
+        "status": "list the model's versions with aliases, scores and gate decisions"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="deepfusion registry", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
+    for name in COMMANDS:
+        sub.add_parser(name, help=HELP[name], description=HELP[name])
+    args = ap.parse_args(argv)  # before the params: --help works anywhere
     logging.basicConfig(level=logging.WARNING)
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] not in COMMANDS:
-        print(f"usage: python -m components.registry {{{'|'.join(COMMANDS)}}}", file=sys.stderr)
-        return 2
     try:
-        COMMANDS[argv[0]](load_params())
+        COMMANDS[args.command](load_params())
     except (RegistryError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,11 +1,11 @@
 """Carve the catalog export into monthly "new catalog" batches by catalogAddDate.
 
-    python -m components.replay [--source data] [--output artifacts/replay]
-    python -m components.replay backtest [--output artifacts/backtest]   (components.ops.backtest)
+    deepfusion replay [--source data] [--output artifacts/replay]     (or python -m components.replay)
 
-Products added after drift.reference_date become batches `YYYY-MM/` in the data/ layout (styles.csv written
-as in the export, products.csv, images/ hard-linked). Months under drift.min_batch_rows are merged into the
-following month (the folder is named after the last month it covers). Undated products stay out.
+Products added after drift.reference_date (`timeslice`: from the next midnight on) become batches `YYYY-MM/`
+in the data/ layout (styles.csv written as in the export, products.csv, images/ hard-linked). Months under
+drift.min_batch_rows are merged into the following month (the folder is named after the last month it covers).
+Undated products stay out.
 """
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import csv
 import logging
 import os
 import shutil
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -22,13 +21,15 @@ import pandas as pd
 from components.atomic_io import atomic_dir, write_json
 from components.catalog import read_catalog
 from components.config import load_params
+from components.monitoring import timeslice
 
 log = logging.getLogger(__name__)
 
 
-def month_batches(dates: pd.Series, cutoff: float, min_rows: int) -> dict[str, list[int]]:
-    """Row positions per batch name; small months roll forward into the next one."""
-    after = dates[dates > cutoff]
+def month_batches(dates: pd.Series, end: float, min_rows: int) -> dict[str, list[int]]:
+    """Row positions per batch name of the products added at or after `end`; small months roll forward into
+    the next one."""
+    after = dates[timeslice.after(dates, end)]
     months = pd.to_datetime(after, unit="s", utc=True).dt.strftime("%Y-%m")
     batches, pending = {}, []
     for month in sorted(months.unique()):
@@ -78,43 +79,34 @@ def run(source: Path, output: Path, reference_date: str, min_rows: int) -> dict:
     read = read_catalog(source, require_labels=False)
     frame = read.frame
     header, lines = styles_lines(source)
-    cutoff = datetime.fromisoformat(reference_date).replace(tzinfo=UTC).timestamp() + 86400
-    batches = month_batches(frame["catalogAddDate"], cutoff, min_rows)
+    end = timeslice.day_end(reference_date)
+    batches = month_batches(frame["catalogAddDate"], end, min_rows)
     index = {}
     with atomic_dir(output) as tmp:
         for name, rows in batches.items():
             write_batch(source, frame.iloc[rows], lines, header, tmp / name)
             index[name] = len(rows)
+        reference = int(timeslice.before(frame["catalogAddDate"], end).sum())
         write_json(tmp / "batches.json", {"reference_date": reference_date, "batches": index,
-                                          "reference_products": int((frame["catalogAddDate"] <= cutoff).sum()),
+                                          "reference_products": reference,
                                           "undated_products": int(frame["catalogAddDate"].isna().sum())})
     log.info("replay: %d batches after %s: %s", len(index), reference_date, index)
     return index
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="deepfusion replay", description=__doc__.split("\n")[0])
+    ap.add_argument("--source", type=Path, help="the catalog export to carve (default: params paths.raw)")
+    ap.add_argument("--output", type=Path, help="folder of the monthly batches (default: params drift.replay_output)")
+    args = ap.parse_args(argv)  # before the params: --help works anywhere
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     params = load_params()
-    ap = argparse.ArgumentParser(prog="python -m components.replay", description=__doc__.split("\n")[0])
-    ap.add_argument("command", nargs="?", choices=["batches", "backtest"], default="batches")
-    ap.add_argument("--source", type=Path, default=Path(params.paths.raw))
-    ap.add_argument("--output", type=Path)
-    args = ap.parse_args()
-    if args.command == "backtest":
-        from components.ops import backtest
-
-        result = backtest.run(params, args.output or Path(params.drift.backtest.output))
-        for m in result["months"]:
-            print(f"{m['month']}: {'DRIFT' if m['drift_detected'] else 'quiet'} score {m['drift_score']}, "
-                  f"accuracy {m['accuracy']}, macro-F1 {m['macro_f1']}")
-        for r in result["retrains"]:
-            print(f"retrained after {r['fired_on']}: on {r['scored_on']} accuracy {r['as_of_accuracy']:.4f} -> "
-                  f"{r['retrained_accuracy']:.4f}, macro-F1 {r['as_of_macro_f1']:.4f} -> {r['retrained_macro_f1']:.4f}")
-        return
-    args.output = args.output or Path(params.drift.replay_output)
-    for name, n in run(args.source, args.output, params.drift.reference_date, params.drift.min_batch_rows).items():
+    source = args.source or Path(params.paths.raw)
+    output = args.output or Path(params.drift.replay_output)
+    for name, n in run(source, output, params.drift.reference_date, params.drift.min_batch_rows).items():
         print(f"{name}: {n} products")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

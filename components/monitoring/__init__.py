@@ -1,0 +1,1 @@
+"""Monitoring: drift of new catalog batches (signals, calibration, report), catalog time slicing, replay, backtest."""

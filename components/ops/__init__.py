@@ -1,1 +1,0 @@
-"""Operations around the pipeline: MLflow publishing and registry, drift, replay, landing batches."""

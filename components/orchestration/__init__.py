@@ -1,0 +1,1 @@
+"""Orchestration: what the Airflow tasks call (landing area, run workspaces, run params)."""

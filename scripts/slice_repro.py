@@ -1,0 +1,58 @@
+"""Run the real pipeline (`dvc repro`) on a slice of the real catalog with the tiny profile of the tests, for a
+given checkout's code, and print every output's md5 from the slice's dvc.lock.
+
+    .venv/bin/python scripts/slice_repro.py WORKDIR [--code CHECKOUT]   # CHECKOUT: default this project
+
+Two runs, one per checkout, on the same machine, then `diff` of their printouts: how a refactoring proves that
+the stages still write the same bytes before `dvc commit -f` takes the new code hashes into dvc.lock.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("workdir", type=Path, help="a new folder for the slice workspace")
+    ap.add_argument("--code", type=Path, default=ROOT, help="the checkout whose components/ and dvc.yaml run")
+    args = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))  # the tests' slice and profile, as the integration test builds them
+    from components.config import deep_merge, load_raw
+    from tests.conftest import TINY_OVERRIDES
+    from tests.integration.test_pipeline_real import env, make_slice
+
+    ws, code = args.workdir.resolve(), args.code.resolve()
+    ws.mkdir(parents=True)
+    make_slice(ws / "data")
+    shutil.copy(code / "dvc.yaml", ws / "dvc.yaml")
+    os.symlink(code / "components", ws / "components")
+    raw = deep_merge(load_raw(code / "params.yaml"), TINY_OVERRIDES)
+    raw = deep_merge(raw, {"ingest": {"min_class_count": 20},
+                           "train_fusion": {"train": {"epochs": 10, "lr": 3.0e-3, "patience": 10}},
+                           "train_baseline": {"train": {"epochs": 3}}})
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    e = {**env(), "PYTHONPATH": str(code)}
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=ws, check=True, env=e)
+    proc = subprocess.run(["dvc", "repro"], cwd=ws, env=e, capture_output=True, text=True)
+    (ws / "repro.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode:
+        print((proc.stdout + proc.stderr)[-4000:], file=sys.stderr)
+        return proc.returncode
+    lock = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    for stage, st in sorted(lock.items()):
+        for out in st.get("outs", []):
+            print(f"{stage} {out['path']} {out['md5']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
