@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The test command: ruff, then pytest (unit, model, DAG, deploy and real-data integration tests), then the
-# production-stack tests (marker `stack`: they start PostgreSQL, Redis, the MLflow server and Airflow with
-# Celery workers through scripts/stack.sh) as their own step. With arguments, only `pytest <arguments>` runs.
+# production-platform tests (marker `platform`: they start PostgreSQL, Redis, the MLflow server and Airflow with
+# Celery workers through scripts/platform.sh) as their own step. With arguments, only `pytest <arguments>` runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=False DO_NOT_TRACK=1 \
        HF_HUB_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
-.venv/bin/ruff check components dags tests scripts
+.venv/bin/ruff check components dags tests scripts research
 if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
@@ -20,5 +20,5 @@ if [ "$workers" -gt 0 ]; then
 else
   .venv/bin/python -m pytest
 fi
-# The production stack's services and ports are one per machine: its tests run in one process, as their own step.
-exec .venv/bin/python -m pytest -m stack tests/stack
+# The production platform's services and ports are one per machine: its tests run in one process, as their own step.
+exec .venv/bin/python -m pytest -m platform tests/platform

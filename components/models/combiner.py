@@ -82,23 +82,22 @@ class StackInputs:
         return counts[inverse].astype(np.float64) ** -group_weight
 
 
-# initial_theta, stack_tensors and path_scores are the pieces of a fit; public so that the combiner variants of
-# scripts/stack_probes.py add a score term to exactly this pool instead of a copy of it.
-def initial_theta(experts: int, levels: int) -> np.ndarray:
+# _initial_theta, _stack_tensors and _path_scores are the pieces of a fit.
+def _initial_theta(experts: int, levels: int) -> np.ndarray:
     """(E, L, C) parameters at which every expert's weight is INIT_WEIGHT under every condition."""
     theta = np.zeros((experts, levels, len(CONDITIONS)), dtype=np.float64)
     theta[..., 0] = np.log(np.expm1(INIT_WEIGHT))  # softplus^-1: every weight starts at INIT_WEIGHT
     return theta
 
 
-def stack_tensors(x: StackInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _stack_tensors(x: StackInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tensors of the inputs, made once per fit (L-BFGS evaluates the loss dozens of times): conditions and
-    mask in float64 like the parameters, the (N, E, L, P) log-probabilities kept in float32 (see path_scores)."""
+    mask in float64 like the parameters, the (N, E, L, P) log-probabilities kept in float32 (see _path_scores)."""
     cond, mask = (torch.from_numpy(np.asarray(a, dtype=np.float64)) for a in (x.cond, x.mask))
     return cond, mask, torch.from_numpy(np.asarray(x.logp, dtype=np.float32))
 
 
-def path_scores(theta: torch.Tensor, bias: torch.Tensor, t: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+def _path_scores(theta: torch.Tensor, bias: torch.Tensor, t: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
                 ) -> torch.Tensor:
     """(N, P) unnormalised log-scores of every path: the masked, input-weighted sum of expert log-probs + bias."""
     cond, mask, logp = t
@@ -126,7 +125,7 @@ class Combiner:
     def __post_init__(self) -> None:
         self.paths = np.asarray(self.paths, dtype=np.int64)
         if self.theta is None:
-            self.theta = initial_theta(len(self.experts), self.paths.shape[1])
+            self.theta = _initial_theta(len(self.experts), self.paths.shape[1])
         self.theta = np.asarray(self.theta, dtype=np.float64)
         self.bias = np.zeros(len(self.paths)) if self.bias is None else np.asarray(self.bias, dtype=np.float64)
 
@@ -137,8 +136,8 @@ class Combiner:
     def fit(self, x: StackInputs, path_y: np.ndarray, max_iter: int = 200) -> Combiner:
         """Minimise the weighted mean NLL of the true paths (rows with path_y < 0 are skipped; row weights from
         `balance` and `group_weight`) + l2 * (|theta - init|^2 + |bias|^2)."""
-        t, y, w = self.fit_data(x, path_y)
-        init = torch.from_numpy(initial_theta(len(self.experts), self.paths.shape[1]))
+        t, y, w = self._fit_data(x, path_y)
+        init = torch.from_numpy(_initial_theta(len(self.experts), self.paths.shape[1]))
         theta = init.clone().requires_grad_(True)
         bias = torch.zeros(len(self.paths), dtype=torch.float64, requires_grad=self.fit_bias)
         opt = torch.optim.LBFGS([theta, bias] if self.fit_bias else [theta], lr=1.0, max_iter=max_iter,
@@ -146,7 +145,7 @@ class Combiner:
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            loss = self.loss(path_scores(theta, bias, t), y, w, theta - init, bias)
+            loss = self._loss(_path_scores(theta, bias, t), y, w, theta - init, bias)
             loss.backward()
             return loss
 
@@ -154,28 +153,27 @@ class Combiner:
         self.theta, self.bias = theta.detach().numpy(), bias.detach().numpy()
         return self
 
-    def fit_data(self, x: StackInputs, path_y: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor,
+    def _fit_data(self, x: StackInputs, path_y: np.ndarray) -> tuple[tuple[torch.Tensor, ...], torch.Tensor,
                                                                       torch.Tensor]:
         """What a fit reads: the input tensors and true paths of the rows with a known path (path_y >= 0), and
-        each row's weight (`group_weight`, then `balance` over the weighted path counts), mean 1. Public with
-        `loss` so that the variants of scripts/stack_probes.py fit the same rows, weights and objective."""
+        each row's weight (`group_weight`, then `balance` over the weighted path counts), mean 1."""
         keep = np.flatnonzero(path_y >= 0)
         x = x.subset(keep)
         rows = x.row_weights(self.group_weight)
         counts = np.bincount(path_y[keep], weights=rows, minlength=len(self.paths))
         # The floor only guards a zero count: each row's own path has a count of at least its own weight.
         w = torch.from_numpy(rows * np.maximum(counts[path_y[keep]], 1e-12) ** -self.balance)
-        return stack_tensors(x), torch.from_numpy(path_y[keep]), w / w.mean()
+        return _stack_tensors(x), torch.from_numpy(path_y[keep]), w / w.mean()
 
-    def loss(self, scores: torch.Tensor, y: torch.Tensor, w: torch.Tensor, theta_step: torch.Tensor,
-             bias: torch.Tensor) -> torch.Tensor:
+    def _loss(self, scores: torch.Tensor, y: torch.Tensor, w: torch.Tensor, theta_step: torch.Tensor,
+              bias: torch.Tensor) -> torch.Tensor:
         """The fit's objective: weighted mean NLL + l2 * (|theta - init|^2 + |bias|^2)."""
         return ((torch.nn.functional.cross_entropy(scores, y, reduction="none") * w).mean()
                 + self.l2 * ((theta_step ** 2).sum() + (bias ** 2).sum()))
 
     def path_probs(self, x: StackInputs) -> np.ndarray:
         with torch.no_grad():
-            scores = path_scores(torch.from_numpy(self.theta), torch.from_numpy(self.bias), stack_tensors(x))
+            scores = _path_scores(torch.from_numpy(self.theta), torch.from_numpy(self.bias), _stack_tensors(x))
             return torch.softmax(scores, dim=1).numpy()
 
     def nll(self, x: StackInputs, path_y: np.ndarray) -> float:

@@ -64,7 +64,7 @@ def cross_validate(x: StackInputs, y: np.ndarray, folds: np.ndarray, make: Calla
     return out
 
 
-def article_truth(y: np.ndarray, paths: np.ndarray) -> np.ndarray:
+def _article_truth(y: np.ndarray, paths: np.ndarray) -> np.ndarray:
     """articleType class id of each row's true path; -1 where its path is unknown (rows y < 0)."""
     return np.where(y >= 0, paths[np.maximum(y, 0), ARTICLE], -1)
 
@@ -79,7 +79,7 @@ def variant_scores(oof: np.ndarray, truth: np.ndarray, article: np.ndarray, vari
     return np.asarray(per_variant)
 
 
-def variant_macro_f1(oof: np.ndarray, truth: np.ndarray, article: np.ndarray, variants: int) -> float:
+def _variant_macro_f1(oof: np.ndarray, truth: np.ndarray, article: np.ndarray, variants: int) -> float:
     """Out-of-fold articleType macro-F1 averaged over the input variants (rows are variant-major)."""
     return float(variant_scores(oof, truth, article, variants).mean())
 
@@ -91,13 +91,13 @@ def fit_stack(x: StackInputs, y: np.ndarray, folds: np.ndarray, names: tuple[str
     out-of-fold probs.
     """
     scores, oof = {}, {}
-    article, truth = paths[:, ARTICLE], article_truth(y, paths)
+    article, truth = paths[:, ARTICLE], _article_truth(y, paths)
     for l2 in p.l2_grid:
         for balance in p.balance_grid:
             key = f"l2_{l2:g}_balance_{balance:g}"
             oof[key] = cross_validate(x, y, folds, functools.partial(Combiner, names, paths, l2=l2, fit_bias=True,
                                                                      balance=balance, group_weight=p.group_weight))
-            scores[key] = variant_macro_f1(oof[key], truth, article, len(p.variants))
+            scores[key] = _variant_macro_f1(oof[key], truth, article, len(p.variants))
             log.info("stack: %s -> out-of-fold articleType macro-F1 %.4f (mean over input variants)", key, scores[key])
     best = max(scores, key=scores.get)
     l2, balance = float(best.split("_")[1]), float(best.split("_")[3])
@@ -134,7 +134,7 @@ def select_experts(x: StackInputs, y: np.ndarray, folds: np.ndarray, start: Comb
 
     Returns the chosen (unfitted) combiner, its out-of-fold probs and the score of every expert set tried.
     """
-    article, truth = start.paths[:, ARTICLE], article_truth(y, start.paths)
+    article, truth = start.paths[:, ARTICLE], _article_truth(y, start.paths)
     names = start.experts
     current, oof = start, start_oof
     per_variant = variant_scores(oof, truth, article, variants)

@@ -1,27 +1,27 @@
 #!/usr/bin/env bash
-# The production stack on one machine, each service a real process started from the project venv:
+# The production platform on one machine, each service a real process started from the project venv:
 # PostgreSQL (Airflow metadata + MLflow backend), Redis (Celery broker), the MLflow server (basic-auth app,
 # explicit --allowed-hosts, artifacts proxied), Airflow 3 api-server, scheduler, dag-processor, triggerer and
 # two Celery workers (queue `default`, queue `gpu`).
-#   bash scripts/stack.sh up       # installs postgresql/redis-server if missing; idempotent
-#   bash scripts/stack.sh status
-#   bash scripts/stack.sh down     # stops only what `up` started (pid files)
-#   source .stack/env              # the client side: MLFLOW_TRACKING_URI + credentials, Airflow URL + user
-# Everything lives in $STACK_DIR (default .stack/, git-ignored): data, logs/, pids/, and env (mode 0600)
+#   bash scripts/platform.sh up       # installs postgresql/redis-server if missing; idempotent
+#   bash scripts/platform.sh status
+#   bash scripts/platform.sh down     # stops only what `up` started (pid files)
+#   source .platform/env              # the client side: MLFLOW_TRACKING_URI + credentials, Airflow URL + user
+# Everything lives in $PLATFORM_DIR (default .platform/, git-ignored): data, logs/, pids/, and env (mode 0600)
 # with the generated passwords; nothing secret is in the repo or on a command line.
 # Workers run the DAGs against DEEPFUSION_HOME (default: this project).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-dir=${STACK_DIR:-$root/.stack}
-pg_port=${STACK_PG_PORT:-55432}
-redis_port=${STACK_REDIS_PORT:-56379}
-mlflow_port=${STACK_MLFLOW_PORT:-5050}
-api_port=${STACK_AIRFLOW_PORT:-8088}
+dir=${PLATFORM_DIR:-$root/.platform}
+pg_port=${PLATFORM_PG_PORT:-55432}
+redis_port=${PLATFORM_REDIS_PORT:-56379}
+mlflow_port=${PLATFORM_MLFLOW_PORT:-5050}
+api_port=${PLATFORM_AIRFLOW_PORT:-8088}
 venv=${DEEPFUSION_VENV:-$root/.venv}
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 
-log() { echo "[stack] $*"; }
+log() { echo "[platform] $*"; }
 
 install_services() {
   local missing=()
@@ -43,9 +43,9 @@ secrets() {
     jwt=$(openssl rand -hex 32)
     fernet=$("$venv/bin/python" -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")
     cat >"$dir/env" <<EOF
-# Written by scripts/stack.sh (mode 0600). Source it to talk to the stack.
-export STACK_PG_PASSWORD=$pg_pw
-export STACK_REDIS_PASSWORD=$redis_pw
+# Written by scripts/platform.sh (mode 0600). Source it to talk to the platform.
+export PLATFORM_PG_PASSWORD=$pg_pw
+export PLATFORM_REDIS_PASSWORD=$redis_pw
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$mlflow_port
 export MLFLOW_TRACKING_USERNAME=admin
 export MLFLOW_TRACKING_PASSWORD=$mlflow_pw
@@ -81,13 +81,13 @@ wait_for() {  # wait_for WHAT SECONDS CMD...
 postgres_up() {
   local data=$dir/pg
   runuser -u postgres -- test -x "$dir" || {
-    log "the postgres user cannot reach $dir (a parent folder is private?); choose another STACK_DIR"; exit 1; }
+    log "the postgres user cannot reach $dir (a parent folder is private?); choose another PLATFORM_DIR"; exit 1; }
   if [ ! -f "$data/PG_VERSION" ]; then
     mkdir -p "$data" "$dir/pgrun"
     chown postgres:postgres "$data" "$dir/pgrun"
     chmod 700 "$data"
     local pwfile; pwfile=$(mktemp); chown postgres "$pwfile"; chmod 600 "$pwfile"
-    echo "$STACK_PG_PASSWORD" >"$pwfile"
+    echo "$PLATFORM_PG_PASSWORD" >"$pwfile"
     runuser -u postgres -- "$pgbin/initdb" -D "$data" -U deepfusion --pwfile="$pwfile" \
       --auth-host=scram-sha-256 --auth-local=peer >"$dir/logs/initdb.log" 2>&1 \
       || { rm -f "$pwfile"; log "initdb failed:"; tail -5 "$dir/logs/initdb.log"; exit 1; }
@@ -101,7 +101,7 @@ postgres_up() {
       -o "-p $pg_port -k $dir/pgrun -c listen_addresses=127.0.0.1" >/dev/null
     log "postgres started on 127.0.0.1:$pg_port"
   fi
-  export PGPASSWORD=$STACK_PG_PASSWORD
+  export PGPASSWORD=$PLATFORM_PG_PASSWORD
   for db in airflow mlflow mlflow_auth; do
     psql -h 127.0.0.1 -p "$pg_port" -U deepfusion -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" \
       | grep -q 1 || psql -h 127.0.0.1 -p "$pg_port" -U deepfusion -d postgres -qc "CREATE DATABASE $db" >/dev/null
@@ -114,12 +114,12 @@ redis_up() {
   if alive redis; then log "redis already running"; return; fi
   # The password goes in through a config file (not argv: `ps` would show it).
   (umask 077; printf 'port %s\nbind 127.0.0.1\ndir %s\nrequirepass %s\nsave ""\n' \
-    "$redis_port" "$dir/redis" "$STACK_REDIS_PASSWORD" >"$dir/redis/redis.conf")
+    "$redis_port" "$dir/redis" "$PLATFORM_REDIS_PASSWORD" >"$dir/redis/redis.conf")
   start redis redis-server "$dir/redis/redis.conf"
-  wait_for redis 20 redis-cli -p "$redis_port" -a "$STACK_REDIS_PASSWORD" --no-auth-warning ping
+  wait_for redis 20 redis-cli -p "$redis_port" -a "$PLATFORM_REDIS_PASSWORD" --no-auth-warning ping
 }
 
-pg_uri() { echo "postgresql+psycopg2://deepfusion:$STACK_PG_PASSWORD@127.0.0.1:$pg_port/$1"; }
+pg_uri() { echo "postgresql+psycopg2://deepfusion:$PLATFORM_PG_PASSWORD@127.0.0.1:$pg_port/$1"; }
 
 mlflow_up() {
   mkdir -p "$dir/mlartifacts"
@@ -140,9 +140,9 @@ airflow_env() {
   export AIRFLOW__CORE__EXECUTOR=CeleryExecutor
   export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
   AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(pg_uri airflow)
-  export AIRFLOW__CELERY__BROKER_URL="redis://:$STACK_REDIS_PASSWORD@127.0.0.1:$redis_port/0"
+  export AIRFLOW__CELERY__BROKER_URL="redis://:$PLATFORM_REDIS_PASSWORD@127.0.0.1:$redis_port/0"
   export AIRFLOW__CELERY__RESULT_BACKEND
-  AIRFLOW__CELERY__RESULT_BACKEND="db+postgresql+psycopg2://deepfusion:$STACK_PG_PASSWORD@127.0.0.1:$pg_port/airflow"
+  AIRFLOW__CELERY__RESULT_BACKEND="db+postgresql+psycopg2://deepfusion:$PLATFORM_PG_PASSWORD@127.0.0.1:$pg_port/airflow"
   export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$api_port/execution/
   export AIRFLOW__API__BASE_URL=http://127.0.0.1:$api_port AIRFLOW__API__PORT=$api_port AIRFLOW__API__HOST=127.0.0.1
   export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
@@ -222,5 +222,5 @@ case "${1:-}" in
     exit $rc
     ;;
   *)
-    echo "usage: bash scripts/stack.sh up|down|status" >&2; exit 2 ;;
+    echo "usage: bash scripts/platform.sh up|down|status" >&2; exit 2 ;;
 esac

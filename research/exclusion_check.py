@@ -1,6 +1,6 @@
 """What does audit.exclude_from_training do to the scores? Printed, never asserted.
 
-    .venv/bin/python scripts/exclusion_check.py [--stages train_baseline@tfidf]
+    .venv/bin/python research/exclusion_check.py [--stages train_baseline@tfidf]
 
 Runs the given stages (default: the TF-IDF expert, minutes on 2 cores; `train_baseline@tfidf train_fusion stack
 evaluate` for the served model, about an hour) in a run workspace with `audit.exclude_from_training: true`
@@ -22,16 +22,16 @@ from pathlib import Path
 
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from components.catalog import ARTICLE, LEVELS
+from components.config import load_params
+from components.encoders import encode_labels, load_encoders
+from components.metrics import classification
+from components.models.tfidf import load_tfidf
+from components.orchestration.run_workspace import materialize
+from components.pipeline.evaluate import audit_suspects
 
-from components.catalog import ARTICLE, LEVELS  # noqa: E402
-from components.config import load_params  # noqa: E402
-from components.encoders import encode_labels, load_encoders  # noqa: E402
-from components.metrics import classification  # noqa: E402
-from components.models.tfidf import load_tfidf  # noqa: E402
-from components.orchestration.run_workspace import materialize  # noqa: E402
-from components.pipeline.evaluate import audit_suspects  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 RUN_ID = "exclusion-check"
 

@@ -1,6 +1,6 @@
 """Does the catalog audit find mislabels? Plant them and count (printed, never asserted).
 
-    .venv/bin/python scripts/audit_noise.py [--sibling 0.02] [--random 0.01] [--seed 0]
+    .venv/bin/python research/audit_noise.py [--sibling 0.02] [--random 0.01] [--seed 0]
 
 Takes the curated catalog (artifacts/ingest, after `dvc repro features`), relabels a share of products
 to a plausible sibling articleType (same subCategory) and another share to a random articleType (parents
@@ -13,47 +13,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from components.config import load_params
+from components.encoders import load_encoders
+from components.label_noise import plant_label_flips
+from components.pipeline.audit import audit_products
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from components.config import load_params  # noqa: E402
-from components.encoders import load_encoders  # noqa: E402
-from components.pipeline.audit import audit_products  # noqa: E402
-
-
-def plant(df: pd.DataFrame, sibling_share: float, random_share: float, seed: int) -> pd.DataFrame:
-    """A copy with `noise` = '', 'sibling' or 'random' per row and the flipped labels."""
-    rng = np.random.default_rng(seed)
-    out = df.copy()
-    out["noise"] = ""
-    paths = out.drop_duplicates("articleType").set_index("articleType")[["masterCategory", "subCategory"]]
-    order = rng.permutation(len(out))
-    n_sib, n_rand = int(sibling_share * len(out)), int(random_share * len(out))
-    types = paths.index.to_numpy()
-    sib_done = 0
-    for i in order:
-        if sib_done == n_sib:
-            break
-        cur, sub = out.at[i, "articleType"], out.at[i, "subCategory"]
-        siblings = [t for t in types if t != cur and paths.at[t, "subCategory"] == sub]
-        if siblings:
-            new = rng.choice(siblings)
-            out.loc[i, ["articleType", "masterCategory", "subCategory"]] = [new, *paths.loc[new]]
-            out.at[i, "noise"] = "sibling"
-            sib_done += 1
-    free = [i for i in order if out.at[i, "noise"] == ""][:n_rand]
-    for i in free:
-        new = rng.choice([t for t in types if t != out.at[i, "articleType"]])
-        out.loc[i, ["articleType", "masterCategory", "subCategory"]] = [new, *paths.loc[new]]
-        out.at[i, "noise"] = "random"
-    return out
 
 
 def main() -> None:
@@ -65,7 +35,7 @@ def main() -> None:
     os.chdir(ROOT)
     params = load_params()
     df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
-    noisy = plant(df, args.sibling, args.random, args.seed)
+    noisy = plant_label_flips(df, args.sibling, args.random, args.seed)
     t0 = time.perf_counter()
     res = audit_products(noisy.drop(columns="noise"), load_encoders(params.paths.features), params.audit,
                          params.train_baseline.tfidf, params.features.categorical, params.seed)

@@ -1,8 +1,8 @@
 """How far the fusion model's validation figures move with its seed alone (printed, never asserted).
 
-    .venv/bin/python scripts/seed_spread.py --seeds 42 1 7
-    .venv/bin/python scripts/seed_spread.py --seeds 42 1 7 --set train_fusion.train.epochs=6
-    .venv/bin/python scripts/seed_spread.py --seeds 42 1 7 --stack
+    .venv/bin/python research/seed_spread.py --seeds 42 1 7
+    .venv/bin/python research/seed_spread.py --seeds 42 1 7 --set train_fusion.train.epochs=6
+    .venv/bin/python research/seed_spread.py --seeds 42 1 7 --stack
 
 One seed of the fusion model is one draw: over seeds its validation articleType accuracy moves by more
 than most changes we tried move it. Judge a change (`--set`, any params.yaml key) on the spread, not on
@@ -23,18 +23,17 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from components.config import deep_merge, load_raw, params_from_dict
+from components.pipeline import evaluate, stack, train_fusion
 
-from components.config import deep_merge, load_raw, params_from_dict  # noqa: E402
-from components.pipeline import evaluate, stack, train_fusion  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+
 
 
 def override(key: str, value: str) -> dict:

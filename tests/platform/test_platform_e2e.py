@@ -1,6 +1,6 @@
-"""The production path for real: `scripts/stack.sh up` (PostgreSQL, Redis, MLflow server with basic auth,
+"""The production path for real: `scripts/platform.sh up` (PostgreSQL, Redis, MLflow server with basic auth,
 Airflow 3 with CeleryExecutor and a `default` and a `gpu` worker), then the DAGs driven through the REST API
-as the UI does, on a tiny workspace. Run alone: `pytest -m stack tests/stack` (about 10 minutes on 2 cores)."""
+as the UI does, on a tiny workspace. Run alone: `pytest -m platform tests/platform` (about 10 minutes on 2 cores)."""
 from __future__ import annotations
 
 import json
@@ -20,10 +20,10 @@ from tests.conftest import ROOT, dag_workspace, make_catalog
 
 BIN = Path(sys.executable).parent
 
-pytestmark = [pytest.mark.stack, pytest.mark.slow]
+pytestmark = [pytest.mark.platform, pytest.mark.slow]
 
-PORTS = {"STACK_PG_PORT": "55442", "STACK_REDIS_PORT": "56389", "STACK_MLFLOW_PORT": "5061",
-         "STACK_AIRFLOW_PORT": "8099"}
+PORTS = {"PLATFORM_PG_PORT": "55442", "PLATFORM_REDIS_PORT": "56389", "PLATFORM_MLFLOW_PORT": "5061",
+         "PLATFORM_AIRFLOW_PORT": "8099"}
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -38,13 +38,13 @@ def read_env(path: Path) -> dict[str, str]:
 class Stack:
     def __init__(self, folder: Path, home: Path) -> None:
         self.folder, self.home = folder, home
-        self.env = {**os.environ, **PORTS, "STACK_DIR": str(folder), "DEEPFUSION_HOME": str(home),
+        self.env = {**os.environ, **PORTS, "PLATFORM_DIR": str(folder), "DEEPFUSION_HOME": str(home),
                     # A lost worker is noticed after a minute instead of five.
                     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60"}
         self.env.pop("MLFLOW_TRACKING_URI", None)
 
     def sh(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-        r = subprocess.run(["bash", str(ROOT / "scripts" / "stack.sh"), *args], env=self.env, capture_output=True,
+        r = subprocess.run(["bash", str(ROOT / "scripts" / "platform.sh"), *args], env=self.env, capture_output=True,
                            text=True, timeout=timeout)
         assert r.returncode == 0 or args[0] == "status", r.stdout + r.stderr
         return r
@@ -94,16 +94,16 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    home = dag_workspace(tmp_path_factory.mktemp("stackws"))
+def platform(tmp_path_factory):
+    home = dag_workspace(tmp_path_factory.mktemp("platformws"))
     # As in the project's .dvc/config: stage outputs travel between workers through the `artifacts` remote.
     subprocess.run([str(BIN / "dvc"), "remote", "add", "-q", "artifacts", "artifacts-remote"], cwd=home,
                    check=True)
     # PostgreSQL runs as the `postgres` user, which cannot enter pytest's private temp folders.
-    folder = Path(tempfile.mkdtemp(prefix="deepfusion-stack-"))
+    folder = Path(tempfile.mkdtemp(prefix="deepfusion-platform-"))
     folder.chmod(0o755)
     s = Stack(folder, home)
-    # The workers log to MLflow with the credentials from the stack's env file, never from the repo.
+    # The workers log to MLflow with the credentials from the platform's env file, never from the repo.
     t0 = time.time()
     s.sh("up")
     s.started_in = time.time() - t0
@@ -112,9 +112,9 @@ def stack(tmp_path_factory):
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_services_are_real_and_guarded(stack):
-    assert "DOWN" not in stack.sh("status").stdout
-    c = stack.client
+def test_services_are_real_and_guarded(platform):
+    assert "DOWN" not in platform.sh("status").stdout
+    c = platform.client
     url = f"{c['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search?max_results=1"
     for headers, expected in (({}, 401), ({"Host": "mlflow.attacker.example:5061"}, 403)):
         try:
@@ -123,68 +123,68 @@ def test_services_are_real_and_guarded(stack):
         except urllib.error.HTTPError as exc:
             code = exc.code
         assert code == expected, (headers, code)
-    dags = {d["dag_id"]: d for d in stack.api("GET", "/dags")["dags"]}
+    dags = {d["dag_id"]: d for d in platform.api("GET", "/dags")["dags"]}
     assert set(dags) == {"retrain", "catalog_drift", "categorize"}
-    runs = stack.api("GET", "/dags/retrain/dagRuns")["dag_runs"]
-    assert runs == []  # starting the stack does not start a training
+    runs = platform.api("GET", "/dags/retrain/dagRuns")["dag_runs"]
+    assert runs == []  # starting the platform does not start a training
 
 
-def test_retrain_through_celery_registers_on_the_mlflow_server(stack):
+def test_retrain_through_celery_registers_on_the_mlflow_server(platform):
     t0 = time.time()
-    tracked = (stack.home / "params.yaml").read_bytes()
-    run_id = stack.trigger("retrain", {"mode": "full", "epochs": 3})  # the tiny profile's own is 2
-    run = stack.wait("retrain", run_id)
-    tasks = stack.tasks("retrain", run_id)
+    tracked = (platform.home / "params.yaml").read_bytes()
+    run_id = platform.trigger("retrain", {"mode": "full", "epochs": 3})  # the tiny profile's own is 2
+    run = platform.wait("retrain", run_id)
+    tasks = platform.tasks("retrain", run_id)
     assert run["state"] == "success", {k: t["state"] for k, t in tasks.items()}
-    stack.retrain_seconds = time.time() - t0
+    platform.retrain_seconds = time.time() - t0
     assert tasks["train_fusion"]["queue"] == "gpu" and tasks["ingest"]["queue"] == "default"
-    gpu_log = (stack.folder / "logs" / "worker-gpu.log").read_text()
+    gpu_log = (platform.folder / "logs" / "worker-gpu.log").read_text()
     assert "train_fusion" in gpu_log and "train_baseline_tfidf" not in gpu_log  # routed by queue
-    versions = stack.mlflow().search_model_versions("name='deepfusion'")
+    versions = platform.mlflow().search_model_versions("name='deepfusion'")
     assert len(versions) == 1 and versions[0].tags.get("promotion_decision") == "promoted"
     # The form's epochs live in the run's workspace and on the version, never in the project's params.yaml.
     assert json.loads(versions[0].tags["run_overrides"])["train_fusion"]["train"]["epochs"] == 3
-    assert (stack.home / "params.yaml").read_bytes() == tracked
-    assert not (stack.home / "dvc.lock").exists()
+    assert (platform.home / "params.yaml").read_bytes() == tracked
+    assert not (platform.home / "dvc.lock").exists()
     # Every stage pushed what it made to the `artifacts` remote (the workers need not share a disk).
-    pushed = [f for f in (stack.home / "artifacts-remote").rglob("*") if f.is_file()]
+    pushed = [f for f in (platform.home / "artifacts-remote").rglob("*") if f.is_file()]
     assert len(pushed) >= 20, pushed
-    print(f"stack up in {stack.started_in:.0f} s; tiny retrain through Celery in {stack.retrain_seconds:.0f} s")
+    print(f"platform up in {platform.started_in:.0f} s; tiny retrain through Celery in {platform.retrain_seconds:.0f} s")
 
 
-def test_new_batch_is_drift_checked_then_categorized_through_asset_events(stack):
-    batch = make_catalog(stack.home / "landing" / "2016-05", n=60, seed=31, start_id=70_000)
+def test_new_batch_is_drift_checked_then_categorized_through_asset_events(platform):
+    batch = make_catalog(platform.home / "landing" / "2016-05", n=60, seed=31, start_id=70_000)
     (batch / "_READY").write_text("")
-    run_id = stack.trigger("catalog_drift", {})
-    assert stack.wait("catalog_drift", run_id)["state"] == "success"
+    run_id = platform.trigger("catalog_drift", {})
+    assert platform.wait("catalog_drift", run_id)["state"] == "success"
     deadline = time.time() + 600
     while time.time() < deadline:  # categorize is scheduled by the deepfusion_new_catalog asset event
-        runs = stack.api("GET", "/dags/categorize/dagRuns")["dag_runs"]
+        runs = platform.api("GET", "/dags/categorize/dagRuns")["dag_runs"]
         if runs and runs[-1]["state"] in ("success", "failed"):
             break
         time.sleep(5)
     assert runs and runs[-1]["state"] == "success" and runs[-1]["run_type"] == "asset_triggered"
-    out = stack.home / "artifacts" / "categorize" / "2016-05"
+    out = platform.home / "artifacts" / "categorize" / "2016-05"
     assert (out / "predictions.csv").is_file() and (out / "review_queue.csv").is_file()
 
 
-def test_a_worker_lost_mid_training_is_recovered_without_a_duplicate_version(stack):
-    before = stack.mlflow().search_model_versions("name='deepfusion'")
-    run_id = stack.trigger("retrain", {"mode": "full", "epochs": 2, "force": True})
+def test_a_worker_lost_mid_training_is_recovered_without_a_duplicate_version(platform):
+    before = platform.mlflow().search_model_versions("name='deepfusion'")
+    run_id = platform.trigger("retrain", {"mode": "full", "epochs": 2, "force": True})
     # The previous test's batch fires drift (price), whose retrain request runs first (max_active_runs=1): this
     # run waits for a whole tiny retrain (~7 min alone on 2 cores, 13 min on a busy machine) before it starts.
     deadline = time.time() + 1800
-    while stack.tasks("retrain", run_id).get("train_fusion", {}).get("state") != "running":
+    while platform.tasks("retrain", run_id).get("train_fusion", {}).get("state") != "running":
         assert time.time() < deadline, "train_fusion never started"
         time.sleep(2)
-    pid = int((stack.folder / "pids" / "worker-gpu.pid").read_text())
+    pid = int((platform.folder / "pids" / "worker-gpu.pid").read_text())
     os.killpg(pid, signal.SIGKILL)  # the machine running the GPU worker dies
     time.sleep(3)
-    stack.sh("up")  # ...and comes back
-    run = stack.wait("retrain", run_id, minutes=25)
-    tasks = stack.tasks("retrain", run_id)
+    platform.sh("up")  # ...and comes back
+    run = platform.wait("retrain", run_id, minutes=25)
+    tasks = platform.tasks("retrain", run_id)
     assert run["state"] == "success", {k: t["state"] for k, t in tasks.items()}
     assert tasks["train_fusion"]["try_number"] >= 2
-    after = stack.mlflow().search_model_versions("name='deepfusion'")
+    after = platform.mlflow().search_model_versions("name='deepfusion'")
     # At most one new version for the run, and never two versions of one MLflow run (register is idempotent).
     assert len(after) <= len(before) + 1 and len({v.run_id for v in after}) == len(after)
