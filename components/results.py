@@ -30,13 +30,10 @@ def headline_table(results: dict) -> str:
     if not views:
         return "No input-variant results yet: run `dvc repro`.\n"
     models = list(dict.fromkeys(m for v in views.values() for m in v))
-    served = results.get("served_model")
-    if served in models:
-        models = [m for m in models if m != served] + [served]
-    lines = [f"Test split, {results.get('test_products', '?')} products never used for tuning; articleType "
-             "accuracy / macro-F1 in % (cut title = its first words only):", "",
-             "| input | " + " | ".join(f"**{m}**" if m == served else m for m in models) + " |",
-             "|---" * (len(models) + 1) + "|"]
+    lines = [f"Test split ({results.get('test_products', '?')} products, never used for tuning), articleType "
+             f"accuracy / macro-F1 in %, each input as users have it (cut title = its first words only); "
+             f"we serve `{results.get('served_model', '?')}`:", "",
+             "| | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     for view, row in views.items():
         cells = [f"{_pct(row[m]['accuracy'])} / {_pct(row[m]['macro_f1'])}" if m in row else "–" for m in models]
         lines.append(f"| {view} | " + " | ".join(cells) + " |")

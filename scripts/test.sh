@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The test command: ruff, then pytest (unit, model, DAG, deploy and real-data integration tests), then the
-# production-platform tests (marker `platform`: they start PostgreSQL, Redis, the MLflow server and Airflow with
+# The test command: ruff, the docs build and the README numbers check, then pytest (unit, model, DAG, deploy and
+# real-data integration tests), then the production-platform tests (marker `platform`: they start PostgreSQL, Redis, the MLflow server and Airflow with
 # Celery workers through scripts/platform.sh) as their own step. With arguments, only `pytest <arguments>` runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=False DO_NOT_TRACK=1 \
        HF_HUB_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
 .venv/bin/ruff check components dags tests scripts research
+# The docs site builds offline with no broken link or page, and no number left the README without landing in
+# the docs (scripts/check_numbers.py).
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
+.venv/bin/python scripts/check_numbers.py
 if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi
