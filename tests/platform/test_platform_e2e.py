@@ -149,7 +149,8 @@ def test_retrain_through_celery_registers_on_the_mlflow_server(platform):
     # Every stage pushed what it made to the `artifacts` remote (the workers need not share a disk).
     pushed = [f for f in (platform.home / "artifacts-remote").rglob("*") if f.is_file()]
     assert len(pushed) >= 20, pushed
-    print(f"platform up in {platform.started_in:.0f} s; tiny retrain through Celery in {platform.retrain_seconds:.0f} s")
+    print(f"platform up in {platform.started_in:.0f} s; "
+          f"tiny retrain through Celery in {platform.retrain_seconds:.0f} s")
 
 
 def test_new_batch_is_drift_checked_then_categorized_through_asset_events(platform):
