@@ -17,11 +17,12 @@ from common.settings import (
     gpu_executor_config,
     home,
 )
+from components.experts import EXPERTS
 
-# dvc.yaml stage order (tests/dags checks it); GPU_STAGES go to the GPU queue and pool.
-STAGES = ["ingest", "validate", "features", "audit", "train_baseline@tfidf", "train_baseline@image",
-          "train_baseline@text", "train_baseline@metadata", "train_fusion", "stack", "evaluate"]
-GPU_STAGES = {"train_baseline@image", "train_fusion"}
+# dvc.yaml stage order (tests/dags checks it): the experts' stages come from the expert registry. GPU_STAGES (the
+# experts with an image tower: convolutions are what a GPU speeds up) go to the GPU queue and pool.
+STAGES = ["ingest", "validate", "features", "audit", *(e.stage for e in EXPERTS), "stack", "evaluate"]
+GPU_STAGES = {e.stage for e in EXPERTS if "image" in e.reads and not e.linear}
 JOIN = "none_failed_min_one_success"
 
 

@@ -21,8 +21,9 @@ import pandas as pd
 
 from components import mlflow_store
 from components.atomic_io import read_json
-from components.checkpoint import fusion_checkpoint, read_blob
+from components.checkpoint import read_blob
 from components.config import Params, load_params, params_to_dict
+from components.experts import EXPERTS
 from components.lifecycle.provenance import data_md5, files_md5, git_commit, run_overrides_tag
 from components.serving.mlflow_model import example_frame, log_categorizer
 from components.serving.stacked import COMBINER_FILE
@@ -49,12 +50,10 @@ class Result:
 
 
 def results(params: Params) -> list[Result]:
-    base, fusion = Path(params.paths.train_baseline), Path(params.paths.train_fusion)
-    out = [Result("train_baseline/tfidf", base / "tfidf" / "model.npz", base / "metrics_tfidf.json",
-                  base / "timings_tfidf.json")]
-    out += [Result(f"train_baseline/{m}", base / m / "model.pt", base / f"metrics_{m}.json",
-                   base / f"timings_{m}.json") for m in params.train_baseline.modalities]
-    out.append(Result("train_fusion", fusion_checkpoint(fusion), fusion / "metrics.json", fusion / "timings.json"))
+    """Every expert the pipeline trained (a neural baseline only if params.train_baseline.modalities has it),
+    then the stack."""
+    out = [Result(e.stage.replace("@", "/"), e.file(params.paths), *e.stage_files(params.paths)) for e in EXPERTS
+           if e.linear or e.required or e.name in params.train_baseline.modalities]
     stack = Path(params.paths.stack)
     out.append(Result("stack", stack / COMBINER_FILE, stack / "metrics.json", stack / "timings.json"))
     return out

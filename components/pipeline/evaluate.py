@@ -20,18 +20,19 @@ from components.catalog import ARTICLE, INPUT_VARIANTS, LEVELS, title_words
 from components.config import EvaluateParams, Params, load_params
 from components.data import Arrays, cached_products
 from components.encoders import Encoders, encode_labels
+from components.experts import EXPERTS
+from components.experts import files as expert_files
 from components.models.combiner import Combiner
 from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
 from components.report import comparison_table
-from components.serving.stacked import COMBINER_FILE, Experts, StackedCategorizer, expert_files
+from components.serving.stacked import COMBINER_FILE, Experts, StackedCategorizer
 
 log = logging.getLogger(__name__)
 
 ABLATIONS = {"fusion[image only]": (True, False, False), "fusion[text only]": (False, True, False),
              "fusion[metadata only]": (False, False, True)}
 HEAD_MIN, TAIL_MAX = 500, 100  # train rows: head >= 500, tail < 100, torso in between
-EXPERT_ROWS = {"tfidf": "tfidf", "image": "image-only", "text": "text-only", "metadata": "metadata-only",
-               "fusion": "fusion"}  # expert -> its row in the comparison table
+EXPERT_ROWS = {e.name: e.display for e in EXPERTS}  # expert -> its row in the comparison table
 
 
 def score_model(probs: list[np.ndarray], labels: np.ndarray, p: EvaluateParams, seed: int,

@@ -31,8 +31,9 @@ from components.catalog import ARTICLE, LEVELS
 from components.config import Params, StackParams, load_params
 from components.data import cached_products
 from components.encoders import Encoders, encode_labels
+from components.experts import files as expert_files
 from components.models.combiner import CONDITIONS, Combiner, StackInputs, path_index
-from components.serving.stacked import CALIBRATION_FILE, COMBINER_FILE, FORMAT, Experts, expert_files, file_md5
+from components.serving.stacked import CALIBRATION_FILE, COMBINER_FILE, FORMAT, Experts, file_md5
 from components.training.crossfit import group_folds
 
 log = logging.getLogger(__name__)

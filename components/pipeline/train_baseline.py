@@ -17,13 +17,14 @@ from components.catalog import LEVELS
 from components.config import Params, load_params
 from components.data import excluded_ids, load_arrays, split_arrays, training_split
 from components.encoders import Encoders, encode_labels, load_encoders
+from components.experts import BASELINES, BY_NAME
 from components.models.tfidf import TfidfBaseline, save_tfidf
 from components.training.loop import peak_rss_mib
 from components.training.neural import train_neural, val_scores
 
 log = logging.getLogger(__name__)
 
-MODELS = ("tfidf", "image", "text", "metadata")
+MODELS = tuple(e.name for e in BASELINES)  # the experts this stage trains (components.experts)
 
 
 class BaselineError(ValueError):
@@ -53,12 +54,13 @@ def train_tfidf(params: Params, enc: Encoders, df: pd.DataFrame, out_dir: Path) 
 def run(params: Params, which: str) -> dict:
     if which not in MODELS:
         raise BaselineError(f"train_baseline: unknown model {which!r}; choose one of {MODELS}")
-    if which != "tfidf" and which not in params.train_baseline.modalities:
+    linear = BY_NAME[which].linear
+    if not linear and which not in params.train_baseline.modalities:
         raise BaselineError(f"train_baseline: {which!r} is not in params.train_baseline.modalities")
     enc = load_encoders(params.paths.features)
     out = Path(params.paths.train_baseline) / which
     with atomic_dir(out) as tmp:
-        if which == "tfidf":
+        if linear:
             df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
             metrics, timings = train_tfidf(params, enc, df, tmp)
         else:

@@ -22,30 +22,22 @@ import torch
 from components.atomic_io import read_json
 from components.catalog import LEVELS, VARIANT_DEGRADES, degrade_frame, present, title_words
 from components.checkpoint import CheckpointError, load_checkpoint
-from components.config import Paths
 from components.data import Arrays
 from components.encoders import Encoders
+from components.experts import BY_NAME, NAMES, applies
 from components.images import ImageBatch
 from components.models.combiner import Combiner, StackInputs, input_conditions, path_log_probs
 from components.models.quantize import quantize_image_tower
 from components.models.runtime import PREDICT_BATCH, predict_many, prepare_for_inference, select_device
-from components.models.tfidf import TfidfBaseline, TfidfFileError, load_tfidf
+from components.models.tfidf import TfidfFileError, load_tfidf
 from components.serving.categorizer import Categorizer, masked_embeddings, to_arrays
 
 log = logging.getLogger(__name__)
 
-EXPERTS = ("tfidf", "image", "text", "metadata", "fusion")
+EXPERTS = NAMES  # every expert the stack may pool, in their order (components.experts)
 COMBINER_FILE = "combiner.json"
 CALIBRATION_FILE = "calibration.npy"  # the int8 image towers' calibration images, beside the combiner
 FORMAT = "deepfusion-stack/1"
-
-
-def expert_files(paths: Paths) -> dict[str, Path]:
-    """Where the pipeline writes each expert (the stack stage keeps those that exist)."""
-    base = Path(paths.train_baseline)
-    return {"tfidf": base / "tfidf" / "model.npz", "image": base / "image" / "model.pt",
-            "text": base / "text" / "model.pt", "metadata": base / "metadata" / "model.pt",
-            "fusion": Path(paths.train_fusion) / "model" / "model.pt"}
 
 
 def file_md5(path: Path) -> str:
@@ -92,7 +84,7 @@ class Experts:
             if name not in files:
                 continue
             path = Path(files[name])
-            if name == "tfidf":
+            if BY_NAME[name].linear:
                 try:
                     models[name] = load_tfidf(path)
                 except TfidfFileError as exc:
@@ -119,16 +111,16 @@ class Experts:
         return [len(self.encoders.labels[lvl]) for lvl in LEVELS]
 
     def reads(self, name: str) -> tuple[str, ...]:
-        """The inputs (MODALITIES) an expert reads: TF-IDF the title and the metadata tokens."""
-        model = self.models[name]
-        return ("text", "metadata") if isinstance(model, TfidfBaseline) else tuple(model.cfg.modalities)
+        """The inputs (MODALITIES) an expert reads: a neural one's from its checkpoint, a linear one's from the
+        registry (TF-IDF: the title and the metadata tokens)."""
+        return BY_NAME[name].reads if BY_NAME[name].linear else tuple(self.models[name].cfg.modalities)
 
     def probs(self, frame: pd.DataFrame, a: Arrays, batch_size: int = PREDICT_BATCH, embeddings: bool = False,
               names: tuple[str, ...] | None = None) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
         """Per-level probabilities of `names` (default: every loaded expert), and the fusion network's
         embeddings when asked (the fusion network then runs even if its votes are not wanted)."""
         wanted = set(self.names if names is None else names) | ({"fusion"} if embeddings else set())
-        linear = {e: m for e, m in self.models.items() if e in wanted and isinstance(m, TfidfBaseline)}
+        linear = {e: m for e, m in self.models.items() if e in wanted and BY_NAME[e].linear}
         neural = {e: m for e, m in self.models.items() if e in wanted and e not in linear}
         # The linear experts are Python-bound (n-gram analysis), the networks run in torch kernels that release
         # the GIL: side by side they use the cores the convolutions leave idle.
@@ -158,10 +150,9 @@ class Experts:
                names: tuple[str, ...]) -> StackInputs:
         """What the combiner sees: path log-probs of `names`, which of them apply, and the input conditions."""
         words, has_meta = title_words(frame), present(frame, metadata_fields(self.encoders))
-        applies = {"tfidf": (words > 0) | has_meta, "image": a.has_image, "text": words > 0,
-                   "metadata": has_meta, "fusion": np.ones(len(frame), dtype=bool)}
+        inputs = {"image": a.has_image, "text": words > 0, "metadata": has_meta}
         logp = np.stack([path_log_probs(probs[e], paths) for e in names], axis=1)
-        mask = np.stack([applies[e] for e in names], axis=1).astype(np.float32)
+        mask = np.stack([applies(e, inputs, len(frame)) for e in names], axis=1).astype(np.float32)
         return StackInputs(logp, mask, input_conditions(words, a.has_image, has_meta))
 
 
