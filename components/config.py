@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -30,6 +31,10 @@ class Paths:
     stack: str
     search: str  # the search index (python -m components.search --build)
     categorize: str  # predictions and review queues of landed batches (categorize DAG)
+    drift: str  # drift reports, one folder per batch
+    drift_cache: str  # drift baselines and null distributions, per model and data version
+    replay: str  # the catalog's months as batches (deepfusion replay)
+    backtest: str  # the drift backtest's report (deepfusion backtest)
     mlflow_db: str
 
 
@@ -193,7 +198,6 @@ class TrackingParams:
 class BacktestParams:
     epochs: int  # fusion epochs of each as-of model (fast profile)
     retrains: int  # months that fired after which a retrained model is scored on the next month
-    output: str
 
 
 @dataclass(frozen=True)
@@ -207,9 +211,6 @@ class DriftParams:
     null_batches: int
     null_sizes: tuple[int, ...]
     max_batch_rows: int
-    cache: str
-    output: str
-    replay_output: str
     backtest: BacktestParams
 
 
@@ -321,8 +322,23 @@ def load_raw(path: str | Path = PARAMS_FILE) -> dict:
     return raw
 
 
-def load_params(path: str | Path = PARAMS_FILE) -> Params:
-    return params_from_dict(load_raw(path))
+def load_params(workspace: str | Path | None = None) -> Params:
+    """The params of a workspace: a folder holding params.yaml, or its params file itself.
+
+    None: the current folder, with `paths:` as written (relative). That is how a DVC stage reads them: DVC runs
+    it in its workspace, and its outputs must name themselves relative to it. Given a workspace, every entry of
+    `paths:` is resolved against that folder, so the caller's own working folder does not matter.
+    """
+    if workspace is None:
+        return params_from_dict(load_raw(PARAMS_FILE))
+    where = Path(workspace)
+    file = where / PARAMS_FILE if where.is_dir() else where
+    raw = load_raw(file)
+    root = file.parent.resolve()
+    if isinstance(raw.get("paths"), dict):
+        raw = {**raw, "paths": {k: str(root / os.path.expanduser(v)) if isinstance(v, str) else v
+                                for k, v in raw["paths"].items()}}
+    return params_from_dict(raw)
 
 
 def params_to_dict(params: Any) -> dict:

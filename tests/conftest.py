@@ -120,9 +120,9 @@ def tiny_raw(tmp: Path, raw_dir: Path, extra: dict | None = None) -> dict:
     raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
     paths = {k: str(tmp / "artifacts" / k) for k in ("ingest", "validate", "features", "train_baseline", "train_fusion",
                                                      "evaluate", "audit", "stack", "search", "categorize")}
-    raw = deep_merge(raw, {"paths": {**paths, "raw": str(raw_dir), "mlflow_db": str(tmp / "mlflow.db")},
-                           "drift": {"cache": str(tmp / "artifacts" / "drift_null"),
-                                     "output": str(tmp / "artifacts" / "drift")}})
+    raw = deep_merge(raw, {"paths": {**paths, "raw": str(raw_dir), "mlflow_db": str(tmp / "mlflow.db"),
+                                     "drift_cache": str(tmp / "artifacts" / "drift_null"),
+                                     "drift": str(tmp / "artifacts" / "drift")}})
     return deep_merge(raw, extra or {})
 
 

@@ -45,8 +45,7 @@ def as_of_params(params: Params, workdir: Path) -> Params:
                   "mlflow_db": str(workdir / "mlflow.db")},
         # A small profile: a backtest trains one model per retrained month, on 2 CPU cores.
         "train_fusion": {"init_image_from_baseline": False, "finetune_image": "all",
-                         "train": {"epochs": p.epochs, "min_epochs": p.epochs}},
-        "drift": {"cache": str(workdir / "drift_null"), "output": str(workdir / "drift")}})
+                         "train": {"epochs": p.epochs, "min_epochs": p.epochs}}})
     return params_from_dict(raw)
 
 
@@ -157,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     from components.config import load_params
 
     ap = argparse.ArgumentParser(prog="deepfusion backtest", description=__doc__.split("\n")[0])
-    ap.add_argument("--output", type=Path, help="report folder (default: params drift.backtest.output)")
+    ap.add_argument("--output", type=Path, help="report folder (default: params paths.backtest)")
     args = ap.parse_args(argv)  # before the params: --help works anywhere
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     params = load_params()
-    result = run(params, args.output or Path(params.drift.backtest.output))
+    result = run(params, args.output or Path(params.paths.backtest))
     for m in result["months"]:
         print(f"{m['month']}: {'DRIFT' if m['drift_detected'] else 'quiet'} score {m['drift_score']}, "
               f"accuracy {m['accuracy']}, macro-F1 {m['macro_f1']}")

@@ -5,7 +5,7 @@
 Reference: a seeded sample of the train split of the current data version (artifacts/ingest), described by
 the model being monitored. Each signal (drift_signals) alarms only beyond what batches of the same size
 drawn from held-out products of that data version show (`drift.false_alarm_rate` per batch); that null
-distribution is cached per model and data version under `drift.cache`. Writes summary.json (decision,
+distribution is cached per model and data version under `paths.drift_cache`. Writes summary.json (decision,
 every signal with value, threshold and a sentence) and report.html (that list, then Evidently's
 distributions). Exit 0 whether or not drift is found; 2 if the batch is unreadable.
 """
@@ -140,7 +140,8 @@ class Baseline:
                # bf16 and fp32 inference describe the same products differently: a null measured in one
                # precision must not judge batches described in the other.
                "precision": inference_precision(cat.device)}
-        self.folder = Path(p.cache) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        self.folder = Path(params.paths.drift_cache) / digest
         ref_file, pool_file = self.folder / "reference.parquet", self.folder / "pool.parquet"
         self.cached = ref_file.is_file() and pool_file.is_file()
         if self.cached:
@@ -311,11 +312,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="deepfusion drift", description=__doc__.split("\n")[0])
     ap.add_argument("batch_dir", type=Path, help="a new catalog batch in the export layout")
     ap.add_argument("--output", type=Path,
-                    help="report folder, replaced whole (default: params drift.output/<batch name>)")
+                    help="report folder, replaced whole (default: params paths.drift/<batch name>)")
     ap.add_argument("--model", help="checkpoint path or models:/NAME@ALIAS (default: the pipeline's fusion model)")
     args = ap.parse_args(argv)
     params = load_params()
-    output = args.output or Path(params.drift.output) / args.batch_dir.name
+    output = args.output or Path(params.paths.drift) / args.batch_dir.name
     try:
         s = run(params, args.batch_dir, output, args.model or str(fusion_checkpoint(params.paths.train_fusion)))
     except (CatalogError, CheckpointError) as exc:

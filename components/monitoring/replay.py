@@ -97,12 +97,12 @@ def run(source: Path, output: Path, reference_date: str, min_rows: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="deepfusion replay", description=__doc__.split("\n")[0])
     ap.add_argument("--source", type=Path, help="the catalog export to carve (default: params paths.raw)")
-    ap.add_argument("--output", type=Path, help="folder of the monthly batches (default: params drift.replay_output)")
+    ap.add_argument("--output", type=Path, help="folder of the monthly batches (default: params paths.replay)")
     args = ap.parse_args(argv)  # before the params: --help works anywhere
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     params = load_params()
     source = args.source or Path(params.paths.raw)
-    output = args.output or Path(params.drift.replay_output)
+    output = args.output or Path(params.paths.replay)
     for name, n in run(source, output, params.drift.reference_date, params.drift.min_batch_rows).items():
         print(f"{name}: {n} products")
     return 0

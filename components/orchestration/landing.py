@@ -130,7 +130,7 @@ def _drift_batch(home: Path, batch: str, model: str) -> dict:
         # The reference is the training data of the current pipeline result (the latest retrain run's workspace).
         ingest = current(home) / params.paths.ingest
         params = dataclasses.replace(params, paths=dataclasses.replace(params.paths, ingest=str(ingest)))
-        out = Path(params.drift.output) / batch_path.name
+        out = Path(params.paths.drift) / batch_path.name
         summary = drift.run(params, batch_path, out, model)
         mlflow_store.log_report(params, f"drift/{batch_path.name}", out,
                                 {"drift_detected": float(summary["drift_detected"]),

@@ -156,7 +156,7 @@ def test_backtest_trains_as_of_scores_each_month_and_a_retrain(tmp_path):
     data = make_catalog(tmp_path / "data", n=180, seed=4)  # one product a day from 2015-01-01
     params = params_from_dict(tiny_raw(tmp_path, data, {"drift": {
         "reference_date": "2015-03-31", "min_batch_rows": 25, "null_batches": 40,
-        "backtest": {"epochs": 2, "retrains": 1, "output": str(tmp_path / "bt")}}}))
+        "backtest": {"epochs": 2, "retrains": 1}}}))
     result = backtest.run(params, tmp_path / "bt")
     assert [m["month"] for m in result["months"]] == ["2015-04", "2015-05", "2015-06"]
     assert result["as_of_products"] == 90 and all(m["accuracy"] is not None for m in result["months"])

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.config import ConfigError, deep_merge, load_raw, params_from_dict
+from components.config import ConfigError, deep_merge, load_params, load_raw, params_from_dict
 from tests.conftest import ROOT
 
 
@@ -46,3 +46,17 @@ def test_missing_key_raises():
     del raw["ingest"]["limit"]
     with pytest.raises(ConfigError, match="missing key 'limit'"):
         params_from_dict(raw)
+
+
+def test_a_workspace_s_params_resolve_paths_against_it_wherever_the_caller_is(tmp_path, monkeypatch):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    p = load_params(ws)
+    assert p.paths.stack == str(ws.resolve() / "artifacts" / "stack") and p.paths.drift_cache.startswith(str(ws))
+    assert load_params(ws / "params.yaml") == p
+    monkeypatch.chdir(ws)
+    assert load_params().paths.stack == "artifacts/stack"  # a DVC stage: relative, as written
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nowhere")
