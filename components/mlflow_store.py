@@ -129,10 +129,15 @@ def register_model(params: Params, model_uri: str, run_id: str, tags: dict[str, 
     """A version of params.registry.model_name for this run's model; the existing one if it was registered."""
     c = client(params)
     name = params.registry.model_name
-    with contextlib.suppress(mlflow.exceptions.MlflowException):  # no such model yet: nothing registered
+    try:
         for mv in c.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
             log.info("%s: run %s is already version %s", name, run_id, mv.version)
             return str(mv.version)
+    except mlflow.exceptions.MlflowException as exc:
+        # Only "no such model yet" means nothing is registered; anything else (a server error) must not lead
+        # to registering the same run a second time: it fails the task, which retries.
+        if not _missing(exc):
+            raise
     return str(mlflow.register_model(model_uri, name, tags=tags).version)
 
 
@@ -188,6 +193,35 @@ def list_versions(c: Any, name: str) -> list[dict]:
 
 def model_uri(name: str, version: str) -> str:
     return f"models:/{name}/{version}"
+
+
+def resolve_version(uri: str) -> tuple[str, str]:
+    """(name, version) behind models:/NAME@ALIAS or models:/NAME/VERSION, on the configured registry."""
+    ref = uri.removeprefix("models:/")
+    if not uri.startswith("models:/") or not ref:
+        raise RegistryError(f"{uri}: not a registered model; give models:/NAME@ALIAS or models:/NAME/VERSION")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = alias_version(mlflow.MlflowClient(), name, alias)
+        if version is None:
+            raise RegistryError(f"{uri}: no version of {name} has the alias @{alias}")
+        return name, version
+    name, _, version = ref.partition("/")
+    if not version.isdigit():
+        raise RegistryError(f"{uri}: expected models:/NAME/VERSION with a version number")
+    return name, version
+
+
+def registered_version_tags(name: str, version: str) -> dict[str, str]:
+    return version_tags(mlflow.MlflowClient(), name, version)
+
+
+def download_model_file(name: str, version: str, rel: str, dst: Path) -> Path:
+    """One file of a registered model version's stored model (its MLmodel, an artifact), into `dst`. Nothing
+    else of the stored model is fetched, and nothing fetched is imported or unpickled here."""
+    dst.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}/{rel}",
+                                                    dst_path=str(dst)))
 
 
 def registered_tags(params: Params, uri: str) -> dict[str, str]:

@@ -34,7 +34,7 @@ from components.lifecycle.provenance import data_md5, git_commit, run_overrides_
 from components.lifecycle.publish import PublishError, served, served_model_uri
 from components.metrics import classification
 from components.mlflow_store import MAX_TAG_CHARS, RegistryError
-from components.serving.mlflow_model import load_categorizer_uri
+from components.serving.mlflow_model import ARTIFACT_MD5_TAG, artifact_md5, load_categorizer_uri
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,8 @@ def register(params: Params) -> str:
         **{f"test_{lvl}_macro_f1": f"{test[lvl]['macro_f1']:.4f}" for lvl in LEVELS},
         **{f"test_{lvl}_accuracy": f"{test[lvl]['accuracy']:.4f}" for lvl in LEVELS},
         "served_model": evaluation.get("served_model", "fusion"),
+        # What a worker checks every downloaded artifact against before it loads the model.
+        ARTIFACT_MD5_TAG: json.dumps(artifact_md5(model), sort_keys=True),
         "run_overrides": run_overrides_tag()[:MAX_TAG_CHARS],
         "params": json.dumps({"model": params_to_dict(params.model), "train_fusion": params_to_dict(
             params.train_fusion), "stack": params_to_dict(params.stack)})[:MAX_TAG_CHARS],

@@ -2,19 +2,32 @@
 
 The pyfunc flavour is the one place serving meets MLflow; runs, the registry and URIs live in
 `components.mlflow_store`. The model is logged *from code* (`mlflow_entry.py`), not as a cloudpickled
-object, and its artifacts are torch weights (read with weights_only=True) and JSON: loading a registered
-model runs no code stored in the registry (the TF-IDF expert is arrays too: `model.npz`, read without pickle).
+object, and its artifacts are data only: torch weights (read with weights_only=True), JSON, and the TF-IDF
+expert's arrays (`model.npz`, read without pickle).
+
+Two ways to load it, and what each executes:
+- `load_categorizer_uri` (the predict CLI, the DAGs, the promotion gate): the categorizer code is the
+  *installed* package. Only the data artifacts are fetched, one by one, and each must match the md5 recorded
+  in the version's `artifact_md5` tag at registration. Nothing stored with the model is imported, so whoever
+  can write a model version or its artifacts cannot run code on our workers; they can publish bad weights,
+  which the promotion gate and the tags are there to catch.
+- `mlflow models serve` / `mlflow.pyfunc.load_model`: MLflow imports the stored copy of `mlflow_entry.py`
+  and of the `components` package (`code_paths`). That path trusts the registry's storage like code: run it
+  only where writing to the registry is as privileged as deploying code.
 """
 from __future__ import annotations
 
 import base64
+import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import mlflow
 import mlflow.pyfunc
 import pandas as pd
+import yaml
 
 from components import mlflow_store
 from components.atomic_io import read_json
@@ -22,7 +35,7 @@ from components.checkpoint import CheckpointError
 from components.config import Params
 from components.models.combiner import Combiner
 from components.serving.categorizer import Categorizer, load_images
-from components.serving.stacked import StackedCategorizer, is_stack, served_experts, stack_file
+from components.serving.stacked import StackedCategorizer, file_md5, is_stack, served_experts, stack_file
 
 # What a served model needs at inference (not the training or orchestration stack).
 SERVING_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "pandas>=3.0,<3.1",
@@ -32,6 +45,7 @@ INPUT_COLUMNS = ["id", "productDisplayName", "gender", "baseColour", "season", "
                  "articleAttributes", "image"]
 NUMERIC_COLUMNS = ("year", "price", "discountedPrice")  # float: they may be missing (NaN)
 ENTRY = Path(__file__).with_name("mlflow_entry.py")
+ARTIFACT_MD5_TAG = "artifact_md5"  # version tag: {artifact name: md5} of the files logged with the model
 
 
 def input_schema():
@@ -121,8 +135,14 @@ def example_frame(frame: pd.DataFrame, image_root: Path, n: int = 2) -> pd.DataF
     return ex.reset_index(drop=True)
 
 
+def artifact_md5(model: str | Path) -> dict[str, str]:
+    """md5 of every file `log_categorizer` logs with the model: recorded as a version tag at registration."""
+    return {k: file_md5(Path(v)) for k, v in model_artifacts(model).items()}
+
+
 def load_categorizer_uri(model_uri: str, params: Params | None = None) -> Categorizer:
-    """Load a logged categorizer (models:/name@alias, runs:/…) and return its inference object."""
+    """A registered categorizer (models:/NAME@ALIAS or models:/NAME/VERSION), run by the installed package:
+    only its data artifacts are downloaded, each checked against the md5 recorded at registration."""
     if params is None and Path("params.yaml").is_file():
         from components.config import load_params
 
@@ -130,7 +150,28 @@ def load_categorizer_uri(model_uri: str, params: Params | None = None) -> Catego
     if params is not None:
         mlflow_store.configure_registry(params)
     try:
-        loaded = mlflow.pyfunc.load_model(model_uri)
+        name, version = mlflow_store.resolve_version(model_uri)
+        expected = json.loads(mlflow_store.registered_version_tags(name, version).get(ARTIFACT_MD5_TAG, "{}"))
+        if not expected:
+            raise CheckpointError(f"{model_uri}: v{version} has no {ARTIFACT_MD5_TAG} tag (registered before "
+                                  "checksums were recorded); register it again from its pipeline outputs")
+        with tempfile.TemporaryDirectory(prefix="deepfusion-model-") as tmp:
+            spec = yaml.safe_load(mlflow_store.download_model_file(name, version, "MLmodel", Path(tmp)).read_text())
+            stored = spec.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+            if set(stored) != set(expected):
+                raise CheckpointError(f"{model_uri}: the stored model holds artifacts {sorted(stored)}, the version "
+                                      f"was registered with {sorted(expected)}; it was changed after registration")
+            files = {}
+            for key, entry in stored.items():
+                local = mlflow_store.download_model_file(name, version, entry["path"], Path(tmp) / key)
+                if file_md5(local) != expected[key]:
+                    raise CheckpointError(f"{model_uri}: artifact {key!r} ({entry['path']}) does not match the md5 "
+                                          "recorded at registration; the stored model was changed afterwards")
+                files[key] = local
+            model = CategorizerModel()
+            model.load_from(files.pop("combiner") if "combiner" in files else files["checkpoint"], files)
+    except mlflow_store.RegistryError as exc:
+        raise CheckpointError(str(exc)) from exc
     except mlflow.exceptions.MlflowException as exc:
         raise CheckpointError(f"{model_uri}: cannot load from MLflow at {mlflow.get_tracking_uri()}: {exc}") from exc
-    return loaded.unwrap_python_model().categorizer
+    return model.categorizer

@@ -169,6 +169,48 @@ def test_load_by_alias_and_predict(reg, trained, tmp_path):
     pd.testing.assert_frame_equal(pred, local)  # the registered model is the pipeline's stack
 
 
+def stored_model_dir(params, version: str) -> Path:
+    from urllib.parse import urlparse
+
+    c = store.client(params)
+    model_id = c.get_model_version(params.registry.model_name, version).source.removeprefix("models:/")
+    return Path(urlparse(c.get_logged_model(model_id).artifact_location).path)
+
+
+def test_a_registry_writer_cannot_run_code_on_the_workers(reg, trained, tmp_path, capsys):
+    """Issue 39.1: the stored entry file and package copy are replaced by code that writes a file. Loading the
+    champion for predict (the path of the predict CLI and of the DAGs' tasks) runs the installed package and
+    fetches only data, so nothing is written; a changed weight file is refused by its recorded md5."""
+    from components.serving import predict
+
+    _, data, _ = trained
+    version = registry.register(reg)
+    registry.promote(reg)
+    stored = stored_model_dir(reg, version)
+    marker = tmp_path / "pwned"
+    payload = f"\nimport pathlib; pathlib.Path({str(marker)!r}).write_text('ran')\n"
+    entry = next(stored.rglob("mlflow_entry.py"))
+    entry.write_text(entry.read_text() + payload)
+    for init in stored.rglob("components/__init__.py"):
+        init.write_text(init.read_text() + payload)
+    os.environ["MLFLOW_TRACKING_URI"] = store.tracking_uri(reg)
+    try:
+        rc = predict.main([str(data), "--output", str(tmp_path / "p.csv"), "--model",
+                           f"models:/{reg.registry.model_name}@champion"])
+        assert rc == 0 and not marker.exists()
+        assert len(pd.read_csv(tmp_path / "p.csv")) == 180
+        combiner = next(stored.rglob("combiner.json"))
+        spec = json.loads(combiner.read_text())
+        spec["combiner"]["bias"] = [0.0 for _ in spec["combiner"]["bias"]]  # bad weights, not code
+        combiner.write_text(json.dumps(spec))
+        rc = predict.main([str(data), "--output", str(tmp_path / "q.csv"), "--model",
+                           f"models:/{reg.registry.model_name}@champion"])
+        assert rc == 2 and "does not match the md5 recorded at registration" in capsys.readouterr().err
+        assert not (tmp_path / "q.csv").exists() and not marker.exists()
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI")
+
+
 def test_concurrent_promotions_leave_consistent_aliases(reg, tmp_path):
     v = registry.register(with_other_checkpoint(reg, tmp_path, seed=21))
     eager = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, min_gain=-1.0))
