@@ -36,11 +36,34 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _fsync_tree(tmp)
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     if target.exists():
         target.rename(old)
     tmp.rename(target)
+    _fsync_dir(target.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` durable (a crash after the swap must not bring the old name back)."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Every file of a finished output folder on disk before it is swapped in."""
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            fd = os.open(Path(dirpath) / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -50,8 +73,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         _as_normal(Path(tmp), 0o666)
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -71,6 +97,22 @@ def _jsonable(obj: Any) -> Any:
 
 def write_json(path: str | Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(_jsonable(data), indent=2, sort_keys=False) + "\n").encode())
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula (OWASP CSV injection)
+
+
+def csv_bytes(frame: Any) -> bytes:
+    """A DataFrame as CSV for people who open it in a spreadsheet: a text cell that starts like a formula
+    (`=HYPERLINK(...)` in a product title) gets a leading apostrophe, so it shows as text and never runs.
+    Numeric columns are written as they are (a negative price stays a number)."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    out = frame.copy()
+    for col in out.columns:
+        if not (is_numeric_dtype(out[col]) or is_bool_dtype(out[col])):
+            out[col] = out[col].map(lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
+    return out.to_csv(index=False).encode()
 
 
 def read_json(path: str | Path) -> Any:

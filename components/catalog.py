@@ -9,6 +9,8 @@ import csv
 import io
 import json
 import logging
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,8 +116,9 @@ def parse_styles(path: Path, require_labels: bool) -> tuple[list[dict], list[dic
     required = ["id", TITLE, *(LEVELS if require_labels else ())]
     missing = [c for c in required if c not in header]
     if missing:
-        raise CatalogError(f"{path}: missing column(s) {missing}; found {header}. "
-                           f"Expected the Kaggle layout: {','.join(STYLE_COLUMNS)}")
+        # The header is not quoted back: a file that is not a catalog (a secret, via a link) stays unread.
+        raise CatalogError(f"{path}: missing column(s) {missing} in the header line ({len(header)} columns "
+                           f"found). Expected the Kaggle layout: {','.join(STYLE_COLUMNS)}")
     # Unquoted commas inside the title shift fields; the title is rejoined when it is the last column.
     title_last = header[-1] == TITLE
     rows = []
@@ -147,7 +150,8 @@ def parse_products(path: Path) -> tuple[dict[str, dict], list[dict]]:
     csv.field_size_limit(MAX_FIELD_CHARS)
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or "id" not in reader.fieldnames:
-        raise CatalogError(f"{path}: no 'id' column; found {reader.fieldnames}")
+        raise CatalogError(f"{path}: no 'id' column in the header line; products.csv needs id plus any of "
+                           f"{', '.join(PRODUCT_COLUMNS)}")
     out, problems = {}, []
     try:
         rows = list(reader)
@@ -169,6 +173,41 @@ def parse_products(path: Path) -> tuple[dict[str, dict], list[dict]]:
             if k in rec:
                 out[pid][k] = (rec[k] or "").strip()
     return out, problems
+
+
+def check_upload(folder: str | Path, max_bytes: int, max_rows: int) -> None:
+    """An uploaded batch before anything in it is read: only plain files and folders (a symbolic link could
+    point at any file the worker can read, a FIFO would hang it), at most `max_bytes` in all and at most
+    `max_rows` lines in styles.csv (counted in blocks, never held whole). Raises CatalogError naming the file
+    and the limit; file contents are never quoted."""
+    root = Path(folder)
+    if root.is_symlink() or not root.is_dir():
+        raise CatalogError(f"{root}: not a plain folder; upload the batch folder itself, not a link to it")
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            mode = os.lstat(path).st_mode
+            rel = path.relative_to(root)
+            if stat.S_ISLNK(mode):
+                raise CatalogError(f"{root.name}/{rel}: a symbolic link; a batch must hold the files themselves "
+                                   "(links are never followed)")
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+                raise CatalogError(f"{root.name}/{rel}: not a regular file; a batch holds only files and folders")
+            if stat.S_ISREG(mode):
+                total += os.lstat(path).st_size
+        if total > max_bytes:
+            raise CatalogError(f"{root.name}: more than {max_bytes / 2**20:.0f} MiB (landing.max_batch_mb); split "
+                               "the batch into smaller uploads")
+    styles = root / "styles.csv"
+    if styles.is_file():
+        lines = 0
+        with styles.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                lines += block.count(b"\n")
+                if lines > max_rows + 1:
+                    raise CatalogError(f"{root.name}/styles.csv: more than {max_rows} rows "
+                                       "(landing.max_batch_rows); split the batch into smaller uploads")
 
 
 def read_catalog(folder: str | Path, require_labels: bool = True) -> CatalogRead:

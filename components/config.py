@@ -230,6 +230,12 @@ class RegistryParams:
 
 
 @dataclass(frozen=True)
+class LandingParams:
+    max_batch_mb: int  # an uploaded batch's files together (CSVs and images); checked before anything is read
+    max_batch_rows: int  # styles.csv rows of one batch; counted before parsing
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     paths: Paths
@@ -245,6 +251,7 @@ class Params:
     tracking: TrackingParams
     registry: RegistryParams
     drift: DriftParams
+    landing: LandingParams
 
 
 def _build(tp: Any, value: Any, where: str) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.atomic_io import atomic_write_bytes
+from components.atomic_io import atomic_write_bytes, csv_bytes
 from components.catalog import LEVELS
 
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     table = pd.read_csv(path, dtype={"id": str}, keep_default_na=False)
     found = suspects(table, args.level)
     if args.csv:
-        atomic_write_bytes(args.csv, found.to_csv(index=False).encode())
+        atomic_write_bytes(args.csv, csv_bytes(found))
     article = LEVELS[-1]
     for r in found.head(args.top).itertuples(index=False):
         print(f"{r.id}  {getattr(r, f'current_{article}')} -> {getattr(r, f'suggested_{article}')}  "

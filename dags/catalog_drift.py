@@ -2,6 +2,8 @@
 report (stored, logged to MLflow) -> NEW_CATALOG, and RETRAIN_REQUEST when drift crosses params.drift."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from airflow.sdk import TriggerRule, dag, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
@@ -42,7 +44,8 @@ def catalog_drift():
     # are announced and categorized.
     @task(outlets=[NEW_CATALOG], trigger_rule=TriggerRule.ALL_DONE, execution_timeout=TIMEOUT["quick"])
     def announce_batches(results: list[dict | None], *, outlet_events=None) -> list[str]:
-        batches = [r["batch"] for r in results if r and not r.get("error")]
+        # Names, not paths: categorize resolves each inside the landing area (an event cannot point elsewhere).
+        batches = [Path(r["batch"]).name for r in results if r and not r.get("error")]
         if not batches:  # nothing new (or nothing succeeded): no event, so categorize does not run for nothing
             raise AirflowSkipException("no batch to announce")
         outlet_events[NEW_CATALOG].extra = {"batches": batches}

@@ -4,12 +4,13 @@ from __future__ import annotations
 from airflow.sdk import Param, dag, task
 
 from common.assets import NEW_CATALOG
-from common.settings import DEFAULT_ARGS, START, TIMEOUT, home
+from common.settings import DEFAULT_ARGS, START, TIMEOUT, home, landing
 
 
 @dag(dag_id="categorize", schedule=[NEW_CATALOG], start_date=START, catchup=False, max_active_runs=1,
      default_args=DEFAULT_ARGS, tags=["deepfusion", "inference"],
-     params={"batch": Param("", type="string", description="a batch folder to categorize (manual runs)")})
+     params={"batch": Param("", type="string", pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$",
+                            description="the name of a batch folder in the landing area (manual runs)")})
 def categorize():
     @task(execution_timeout=TIMEOUT["quick"])
     def batches(params: dict, *, triggering_asset_events=None) -> list[str]:
@@ -28,7 +29,7 @@ def categorize():
     def categorize_batch(batch: str, model_uri: str) -> dict:
         from components.orchestration.landing import categorize_batch as run
 
-        return run(home(), batch, model_uri)
+        return run(home(), landing(), batch, model_uri)
 
     categorize_batch.partial(model_uri=model()).expand(batch=batches())
 

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from components.atomic_io import atomic_write_bytes, read_json, write_json
+from components.atomic_io import atomic_dir, csv_bytes, read_json, write_json
 from components.config import load_params
 from components.lifecycle.provenance import files_md5
 
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 # batch with the reason.
 READY = "_READY"
 FAILED = "_failed"
+BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # one path component, never "." or ".."
 
 
 class BatchRejected(RuntimeError):
@@ -45,10 +48,31 @@ def pending_batches(landing: Path) -> list[str]:
             log.info("landing: %s has no %s marker yet (still uploading?): left for a later run", p.name, READY)
             continue
         state = landing / "_state" / f"{p.name}.json"
-        if state.is_file() and read_json(state).get("content_md5") == files_md5(p):
-            continue
+        if state.is_file():
+            try:
+                done = read_json(state).get("content_md5")
+            except (ValueError, AttributeError, OSError) as exc:  # the uploader can write there: never trust it
+                log.warning("landing: %s is not a state file we wrote (%s); %s is processed again",
+                            state, type(exc).__name__, p.name)
+                done = None
+            if done == files_md5(p):
+                continue
         out.append(str(p))
     return out
+
+
+def resolve_batch(landing: Path, name: str) -> Path:
+    """A batch of the landing area by its folder name (what the categorize form and the asset events carry):
+    one plain folder directly in the area, so no name can reach a folder elsewhere."""
+    from components.catalog import CatalogError
+
+    if not isinstance(name, str) or not BATCH_NAME.fullmatch(name) or ".." in name:
+        raise CatalogError(f"{name!r}: not a batch name; give the name of a folder in the landing area "
+                           "(letters, digits, '.', '_', '-'; no path)")
+    path = Path(landing) / name
+    if path.is_symlink() or not path.is_dir():
+        raise CatalogError(f"{name}: no such batch folder in the landing area {landing}")
+    return path
 
 
 def reject(batch_path: Path, failures: list[str]) -> Path:
@@ -65,13 +89,14 @@ def reject(batch_path: Path, failures: list[str]) -> Path:
 def check_batch(home: Path, batch: str) -> str:
     """Validate a new batch with the row-level GX suite. A batch that fails, or that cannot be read at all
     for any reason, moves to _failed/ with the reason: it never blocks the landing area."""
-    from components.catalog import CatalogError, read_catalog
+    from components.catalog import CatalogError, check_upload, read_catalog
     from components.pipeline.validate import validate_batch
 
     batch_path = Path(batch)
     with contextlib.chdir(home):
         params = load_params()
         try:
+            check_upload(batch_path, params.landing.max_batch_mb * 2**20, params.landing.max_batch_rows)
             frame = read_catalog(batch_path, require_labels=False).frame
             root = batch_path.resolve()
             # Only files inside the batch count (a `../` path would otherwise reveal files of the machine).
@@ -84,7 +109,8 @@ def check_batch(home: Path, batch: str) -> str:
             failures = [str(exc)]
         except Exception as exc:  # noqa: BLE001 (whatever the file does to a reader, the batch gets a verdict)
             log.exception("landing: %s could not be validated", batch_path.name)
-            failures = [f"unreadable batch ({type(exc).__name__}: {str(exc)[:300]})"]
+            # The exception's text may quote the file: the report (which the uploader reads) names only its kind.
+            failures = [f"unreadable batch ({type(exc).__name__}); the worker's log has the details"]
     if failures:
         dest = reject(batch_path, failures)
         raise BatchRejected(f"{batch_path.name}: {len(failures)} validation failure(s), batch moved to {dest}:\n  - "
@@ -93,8 +119,9 @@ def check_batch(home: Path, batch: str) -> str:
 
 
 def serving_model(home: Path) -> str:
-    """models:/<name>@champion when the registry has a champion, else the current pipeline result's fusion
-    checkpoint."""
+    """models:/<name>/<version> of @champion, resolved now, once per DAG run (every mapped task then scores
+    with the same version even if a promotion moves the alias meanwhile); else the current pipeline
+    result's fusion checkpoint."""
     from components import mlflow_store
     from components.orchestration.run_workspace import current
 
@@ -102,8 +129,9 @@ def serving_model(home: Path) -> str:
     with contextlib.chdir(home):
         params = load_params()
         c = mlflow_store.client(params)
-        if mlflow_store.alias_version(c, params.registry.model_name, "champion"):
-            return f"models:/{params.registry.model_name}@champion"
+        version = mlflow_store.alias_version(c, params.registry.model_name, "champion")
+        if version:
+            return mlflow_store.model_uri(params.registry.model_name, version)
         from components.checkpoint import fusion_checkpoint
 
         return str(Path(home) / fusion_checkpoint(params.paths.train_fusion))
@@ -125,6 +153,8 @@ def _drift_batch(home: Path, batch: str, model: str) -> dict:
     from components.orchestration.run_workspace import current
 
     batch_path = Path(batch)
+    # The content this report is about, taken before reading: a re-upload during the run is not marked done.
+    content_md5 = files_md5(batch_path)
     with contextlib.chdir(home):
         params = load_params()
         # The reference is the training data of the current pipeline result (the latest retrain run's workspace).
@@ -138,7 +168,7 @@ def _drift_batch(home: Path, batch: str, model: str) -> dict:
                                  **{f"signal_{s['signal']}": s["value"] for s in summary["signals"]}})
         write_json(batch_path.parent / "_state" / f"{batch_path.name}.json",
                    {"drift_detected": summary["drift_detected"], "report": str(Path(home) / out),
-                    "content_md5": files_md5(batch_path)})
+                    "content_md5": content_md5})
     return {"batch": batch, "drift_detected": summary["drift_detected"], "reasons": summary["reasons"]}
 
 
@@ -161,24 +191,28 @@ def review_queue(pred: pd.DataFrame, labels: pd.DataFrame, threshold: float) -> 
     return df[df["review_reason"] != ""].reset_index(drop=True)
 
 
-def categorize_batch(home: Path, batch: str, model: str) -> dict:
-    """Predictions for a batch plus the review queue (uncertain predictions and, for a labelled batch,
-    the products the model confidently files elsewhere)."""
-    from components.catalog import read_catalog
+def categorize_batch(home: Path, landing: Path, name: str, model: str) -> dict:
+    """Predictions for a landing batch (by name) plus the review queue (uncertain predictions and, for a
+    labelled batch, the products the model confidently files elsewhere), in one folder swapped in whole,
+    with the model that made them."""
+    from components.catalog import check_upload, read_catalog
     from components.serving.predict import categorize, load_categorizer
 
-    batch_path = Path(batch)
+    batch_path = resolve_batch(landing, name)
     with contextlib.chdir(home):
         params = load_params()
+        check_upload(batch_path, params.landing.max_batch_mb * 2**20, params.landing.max_batch_rows)
         threshold = auto_accept_threshold(Path(params.paths.evaluate) / "metrics.json")
         read = read_catalog(batch_path, require_labels=False)  # once: for the predictions and the labels
         pred, _ = categorize(batch_path, load_categorizer(model), progress=False, read=read)
         labels = read.frame.reindex(columns=["id", "articleType"])
         review = review_queue(pred, labels, threshold)
         out = Path(params.paths.categorize) / batch_path.name
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "predictions.csv", pred.to_csv(index=False).encode())
-        atomic_write_bytes(out / "review_queue.csv", review.to_csv(index=False).encode())
+        with atomic_dir(out) as tmp:
+            (tmp / "predictions.csv").write_bytes(csv_bytes(pred))
+            (tmp / "review_queue.csv").write_bytes(csv_bytes(review))
+            (tmp / "model.json").write_text(json.dumps({"model": model, "auto_accept_threshold": threshold}) + "\n")
+        batch = str(batch_path)
     counts = review["review_reason"].value_counts().to_dict()
     return {"batch": batch, "products": len(pred), "to_review": len(review), "threshold": threshold,
             "review_reasons": counts, "output": str(Path(home) / out)}

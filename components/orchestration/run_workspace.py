@@ -14,6 +14,7 @@ needs from the `artifacts` remote: the workers need not share a disk.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -42,8 +43,14 @@ class WorkspaceError(RuntimeError):
 
 
 def run_folder(home: Path, run_id: str) -> Path:
-    # Airflow run ids carry ':' and '+' ("manual__2026-11-30T19:00:00+00:00"): keep a portable folder name.
-    return Path(home) / RUNS / re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+    """The run's folder under runs/: a portable name from any run id. Airflow run ids carry ':' and '+'
+    ("manual__2026-11-30T19:00:00+00:00"), and one triggered through the API can be anything ("..", "a/b", a
+    thousand characters): only letters, digits, '_' and '-' are kept (no dot, so never "." or ".."), cut to 80,
+    and a changed or cut id gets a digest of the original so two ids never share a folder."""
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", run_id)[:80]
+    if safe != run_id or not safe:
+        safe = f"{safe}-{hashlib.sha1(run_id.encode()).hexdigest()[:10]}"
+    return Path(home) / RUNS / safe
 
 
 def dvc_config(home: Path) -> str:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from components.atomic_io import atomic_write_bytes
+from components.atomic_io import atomic_write_bytes, csv_bytes
 from components.catalog import LEVELS, CatalogError, CatalogRead, read_catalog
 from components.checkpoint import CheckpointError, fusion_checkpoint
 from components.config import ConfigError
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: a worker process died while predicting ({exc}); nothing was written. Rerun with "
               "--workers 1 (one worker, in this process) to see the failure, or with more memory", file=sys.stderr)
         return 1
-    atomic_write_bytes(args.output, out.to_csv(index=False).encode())
+    atomic_write_bytes(args.output, csv_bytes(out))
     if args.embeddings is not None:
         import io
 

@@ -13,7 +13,11 @@ def main() -> None:
     if bag.import_errors:
         raise SystemExit(f"import errors: {bag.import_errors}")
     dag = bag.dags[dag_id]
-    run = dag.test(run_conf=conf)
+    try:
+        run = dag.test(run_conf=conf)
+    except Exception as exc:  # noqa: BLE001 (a run the form's validation refuses never starts: say so)
+        print("DAG_RESULT " + json.dumps({"state": f"refused: {type(exc).__name__}: {exc}", "tasks": {}}))
+        return
     states = {ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state)
               for ti in run.get_task_instances()}
     print("DAG_RESULT " + json.dumps({"state": str(run.state), "tasks": states}))

@@ -253,11 +253,23 @@ def test_bad_batch_fails_the_run_and_is_kept(airflow_db, workspace):
 
 @pytest.mark.slow
 def test_categorize_writes_predictions_and_review_queue(retrained, workspace, tmp_path):
-    batch = make_catalog(tmp_path / "batch", n=20, seed=11, labeled=False, start_id=8000)
-    r = run_dag(workspace, "categorize", {"batch": str(batch)})
+    make_catalog(workspace / "landing" / "handbatch", n=20, seed=11, labeled=False, start_id=8000)
+    r = run_dag(workspace, "categorize", {"batch": "handbatch"})  # a name in the landing area, not a path
     assert r["state"].endswith("success"), r["log"]
-    out = workspace / "artifacts/categorize/batch"
+    out = workspace / "artifacts/categorize/handbatch"
+    assert json.loads((out / "model.json").read_text())["model"].startswith("models:/")  # the version, pinned
     pred = pd.read_csv(out / "predictions.csv")
     review = pd.read_csv(out / "review_queue.csv")
     assert len(pred) == 20 and set(review["id"]) <= set(pred["id"])
     assert set(review["id"]) >= set(pred.loc[pred["status"] == "corrupt_image", "id"])
+
+
+@pytest.mark.slow
+def test_categorize_refuses_a_batch_outside_the_landing_area(retrained, workspace, tmp_path):
+    """Issue 39.9: the form's `batch` once took any readable path, and a name of `..` wrote one folder up."""
+    outside = make_catalog(tmp_path / "elsewhere", n=12, seed=12, labeled=False, start_id=8100)
+    for bad in (str(outside), "..", "../elsewhere"):
+        r = run_dag(workspace, "categorize", {"batch": bad})
+        assert not r["state"].endswith("success"), (bad, r["state"])
+    assert not (workspace / "artifacts" / "categorize" / "elsewhere").exists()
+    assert not (workspace / "artifacts" / "predictions.csv").exists()

@@ -114,3 +114,18 @@ def test_spec_from_env_names_the_problem(monkeypatch):
     monkeypatch.setenv("RUN_SPEC", "None")
     with pytest.raises(run_workspace.WorkspaceError, match="RUN_SPEC"):
         run_workspace.spec_from_env()
+
+
+@pytest.mark.parametrize("run_id", ["..", ".", "../../etc", "a/b", "/abs", "x" * 1000, "manual__2026-11-30T19:00:00+00:00",
+                                    "", "runs", "latest/.."])
+def test_any_run_id_maps_to_its_own_folder_under_runs(tmp_path, run_id):
+    """Issue 39.10: a run id of `..` once mapped the run to the project root (its tracked dvc.lock overwritten)."""
+    folder = run_workspace.run_folder(tmp_path, run_id)
+    assert folder.parent == tmp_path / "runs" and folder.name not in ("", ".", "..")
+    assert "/" not in folder.name and len(folder.name) <= 91
+    assert folder.resolve().is_relative_to((tmp_path / "runs").resolve())
+
+
+def test_distinct_run_ids_never_share_a_folder(tmp_path):
+    ids = ["a:b", "a+b", "a_b", "x" * 200 + "1", "x" * 200 + "2"]
+    assert len({run_workspace.run_folder(tmp_path, i) for i in ids}) == len(ids)
