@@ -116,8 +116,8 @@ def test_spec_from_env_names_the_problem(monkeypatch):
         run_workspace.spec_from_env()
 
 
-@pytest.mark.parametrize("run_id", ["..", ".", "../../etc", "a/b", "/abs", "x" * 1000, "manual__2026-11-30T19:00:00+00:00",
-                                    "", "runs", "latest/.."])
+@pytest.mark.parametrize("run_id", ["..", ".", "../../etc", "a/b", "/abs", "x" * 1000, "", "runs", "latest/..",
+                                    "manual__2026-11-30T19:00:00+00:00"])
 def test_any_run_id_maps_to_its_own_folder_under_runs(tmp_path, run_id):
     """Issue 39.10: a run id of `..` once mapped the run to the project root (its tracked dvc.lock overwritten)."""
     folder = run_workspace.run_folder(tmp_path, run_id)
