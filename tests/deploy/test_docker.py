@@ -75,3 +75,21 @@ def test_compose_refuses_missing_secrets_and_the_context_leaves_local_state_out(
     assert "--allowed-hosts" in text and "basic-auth" in text
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".venv", "docker/.env", "data", "mlflow.db", ".git", "artifacts"} <= set(ignored)
+
+
+def test_compose_binds_to_loopback_and_gives_each_service_only_its_secrets():
+    """Issue 39.6 (static half; the live half is the multi-machine issue's compose run)."""
+    s = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    published = [(name, p) for name, svc in s.items() for p in svc.get("ports", [])]
+    assert published and all(str(p).startswith("127.0.0.1:") for _, p in published), published
+    redis = s["redis"]
+    script = redis["command"][-1]  # the password goes to a 0600 config file, never into redis-server's argv
+    assert "requirepass" in script and "exec redis-server /tmp/redis.conf" in script and "--requirepass" not in script
+    broker = s["airflow-scheduler"]["environment"]["AIRFLOW__CELERY__BROKER_URL"]
+    assert broker.startswith("redis://:${REDIS_PASSWORD:?")
+    env = s["airflow-scheduler"]["environment"]
+    assert env["AIRFLOW__CORE__FERNET_KEY"].startswith("${AIRFLOW__CORE__FERNET_KEY:?")
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"].startswith("${AIRFLOW__API_AUTH__JWT_SECRET:?")
+    for name in ("mlflow", "postgres", "redis"):
+        assert "env_file" not in s[name], f"{name} gets the whole docker/.env"
+    assert not {k for k in s["mlflow"]["environment"] if "AIRFLOW" in k or k.startswith("POSTGRES_")}
