@@ -200,44 +200,71 @@ def quality(frame: pd.DataFrame, pred: pd.DataFrame, cat: Categorizer) -> dict:
     return out
 
 
+# ValueStats' test slots, all empty: Evidently then adds no test (no verdict) of its own. (Passing them is also
+# what makes include_tests=False render: 0.7.23 looks a categorical column's RowCount up with tests=None.)
+NO_TESTS = {k: [] for k in ("row_count_tests", "missing_values_count_tests", "min_tests", "max_tests", "mean_tests",
+                            "std_tests", "q25_tests", "q50_tests", "q75_tests", "unique_values_count_tests")}
+
+
 def evidently_report(ref: pd.DataFrame, cur: pd.DataFrame, skipped: dict[str, str]):
-    """Evidently's per-column distributions of the measurable columns (a picture; the decision is ours)."""
+    """Evidently's per-column statistics and distributions of the measurable columns, training reference
+    beside the batch, with no drift verdict of its own: its DataDriftPreset tests (Jensen-Shannon in base e,
+    missing values dropped, fixed thresholds, no calibration) would put a second, disagreeing answer on the
+    page next to ours (`summary.json`)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")
     from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
+    from evidently.presets import ValueStats
 
     cat_cols = [c for c in sig.CATEGORICAL if c not in skipped]
     num_cols = [c for c in sig.NUMERIC if c not in skipped]
     defn = DataDefinition(numerical_columns=num_cols, categorical_columns=cat_cols)
-    report = Report([DataDriftPreset(columns=cat_cols + num_cols)])
-    # A category absent from the reference makes Evidently's chi-square divide by zero: its verdict is
-    # meaningless then, and it is not our decision anyway.
+    report = Report([ValueStats(c, include_tests=False, **NO_TESTS) for c in cat_cols + num_cols])
     with np.errstate(divide="ignore", invalid="ignore"):
         return report.run(current_data=Dataset.from_pandas(cur[cat_cols + num_cols], data_definition=defn),
                           reference_data=Dataset.from_pandas(ref[cat_cols + num_cols], data_definition=defn))
 
 
+# Our section's own look, scoped to it (Evidently's page styles everything else).
+DECISION_CSS = """
+#deepfusion-decision{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:960px;color:#222}
+#deepfusion-decision h1{font-size:1.6em;margin:.2em 0}
+#deepfusion-decision .verdict{padding:.1em .5em;border-radius:.3em;color:#fff;background:#2e7d32}
+#deepfusion-decision .verdict.drift{background:#c62828}
+#deepfusion-decision table{border-collapse:collapse;width:100%;margin:1em 0;font-size:.95em}
+#deepfusion-decision th,#deepfusion-decision td{border-bottom:1px solid #ddd;padding:.35em .6em;text-align:left}
+#deepfusion-decision td.num{text-align:right;font-variant-numeric:tabular-nums}
+#deepfusion-decision tr.drifted td{background:#fdecea;font-weight:600}
+#deepfusion-decision tbody tr:nth-child(even):not(.drifted) td{background:#f7f7f7}
+#deepfusion-decision .note{color:#555}
+"""
+
+
 def report_html(summary: dict, evidently_html: str) -> str:
-    """Our decision first (drifted signals in sentences, every signal against its threshold), then Evidently."""
-    verdict = "DRIFT" if summary["drift_detected"] else "no drift"
-    rows = "".join(f"<tr><td>{html.escape(s['signal'])}</td><td>{s['value']:.4g}</td><td>{s['threshold']:.4g}</td>"
-                   f"<td>{s.get('null_batches', '')}</td>"
-                   f"<td>{'<b>drifted</b>' if s['drifted'] else 'normal'}</td></tr>" for s in summary["signals"])
+    """Our decision first (drifted signals in sentences, every signal against its threshold), then Evidently's
+    per-column statistics, which carry no verdict of their own: the page gives one answer."""
+    drift = summary["drift_detected"]
+    rows = "".join(f"<tr class='{'drifted' if s['drifted'] else 'normal'}'><td>{html.escape(s['signal'])}</td>"
+                   f"<td class='num'>{s['value']:.4g}</td><td class='num'>{s['threshold']:.4g}</td>"
+                   f"<td class='num'>{s.get('null_batches', '')}</td>"
+                   f"<td>{'drifted' if s['drifted'] else 'normal'}</td></tr>" for s in summary["signals"])
     skipped = "".join(f"<li>{html.escape(k)}: not measurable ({html.escape(v)})</li>"
                       for k, v in summary["not_measurable"].items())
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in summary["reasons"]) or "<li>nothing beyond normal</li>"
     c = summary["calibration"]
-    head = (f"<section style='font-family:sans-serif;margin:1em'><h1>{html.escape(summary['batch'])}: {verdict}</h1>"
+    head = (f"<style>{DECISION_CSS}</style><section id='deepfusion-decision'>"
+            f"<h1>{html.escape(summary['batch'])}: <span class='verdict{' drift' if drift else ''}'>"
+            f"{'DRIFT' if drift else 'no drift'}</span></h1>"
             f"<p>{summary['products']} products scored against {summary['reference_products']} training products. "
             f"Thresholds: what {c['null_batches']} batches of {c['null_batch_size']} held-out products reach, at a "
             f"false-alarm rate of {c['false_alarm_rate']:.0%} per batch.</p>"
             + (f"<p><b>Note:</b> {html.escape(summary['reference']['warning'])}</p>"
                if summary.get("reference", {}).get("warning") else "")
             + f"<ul>{reasons}</ul>"
-            f"<table border=1 cellpadding=4><tr><th>signal</th><th>value</th><th>alarm above</th>"
-            f"<th>null batches measured</th><th></th></tr>"
-            f"{rows}</table><ul>{skipped}</ul><p>Below: Evidently's distributions; its per-column verdicts are "
-            f"uncalibrated p-values, not this decision.</p></section>")
+            f"<table><thead><tr><th>signal</th><th>value</th><th>alarm above</th>"
+            f"<th>null batches measured</th><th>verdict</th></tr></thead><tbody>{rows}</tbody></table>"
+            f"<ul>{skipped}</ul><p class='note'>Below: each monitored column's statistics and distribution, "
+            f"training reference beside this batch (Evidently). They show what moved; the decision is the table "
+            f"above.</p></section>")
     at = evidently_html.find("<body")
     at = evidently_html.find(">", at) + 1 if at >= 0 else 0
     return evidently_html[:at] + head + evidently_html[at:]

@@ -37,7 +37,8 @@ def test_batch_like_the_training_data_does_not_drift(trained, tmp_path):
     assert not s["not_measurable"] and len(s["signals"]) == 15  # 6 categorical, 6 numeric, labels, 2 embeddings
     page = (tmp_path / "out" / "report.html").read_text()
     body = page.split("<body", 1)[1].split(">", 1)[1]
-    assert body.startswith("<section") and "no drift" in body[:2000]  # our decision opens the report
+    assert body.startswith("<style>" + drift.DECISION_CSS) and "<section id='deepfusion-decision'>" in body[:3000]
+    assert "no drift" in body[:4000]  # our decision opens the report
     on_disk = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert on_disk["drift_detected"] is False and on_disk["calibration"]["null_batch_size"] == 100
     for sig in on_disk["signals"]:
