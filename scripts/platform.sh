@@ -7,10 +7,13 @@
 #   bash scripts/platform.sh status
 #   bash scripts/platform.sh down     # stops only what `up` started (pid files)
 #   source .platform/env              # the client side: MLFLOW_TRACKING_URI + credentials, Airflow URL + user
-# Everything lives in $PLATFORM_DIR (default .platform/, git-ignored): data, logs/, pids/, and env (mode 0600)
-# with the generated passwords; nothing secret is in the repo or on a command line.
+# Everything lives in $PLATFORM_DIR (default .platform/, git-ignored): data, logs/, pids/, server.env (the
+# services' secrets) and env (what a client needs: URLs and its own credentials), every file created under
+# umask 077, logs included. Nothing secret is in the repo, on a command line or in a log: the Airflow admin
+# password is chosen here, so the simple auth manager never generates and prints one.
 # Workers run the DAGs against DEEPFUSION_HOME (default: this project).
 set -euo pipefail
+umask 077
 cd "$(dirname "$0")/.."
 root=$PWD
 dir=${PLATFORM_DIR:-$root/.platform}
@@ -34,27 +37,42 @@ install_services() {
   fi
 }
 
+SERVER_KEYS='PLATFORM_PG_PASSWORD|PLATFORM_REDIS_PASSWORD|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__CORE__FERNET_KEY'
+
 secrets() {
-  # Generated once, kept in $dir/env (0600); the services and the clients read it.
-  if [ ! -f "$dir/env" ]; then
-    umask 077
-    local pg_pw redis_pw mlflow_pw jwt fernet
-    pg_pw=$(openssl rand -hex 16); redis_pw=$(openssl rand -hex 16); mlflow_pw=$(openssl rand -hex 16)
-    jwt=$(openssl rand -hex 32)
+  # Generated once (0600 files). server.env: what only the services need; env: what a client needs.
+  if [ -f "$dir/env" ] && [ ! -f "$dir/server.env" ] && grep -Eq "^export ($SERVER_KEYS)=" "$dir/env"; then
+    # A platform set up before the split: move the services' secrets out of the client file.
+    grep -E "^export ($SERVER_KEYS)=" "$dir/env" >"$dir/server.env"
+    grep -Ev "^export ($SERVER_KEYS)=" "$dir/env" >"$dir/env.new" && mv "$dir/env.new" "$dir/env"
+  fi
+  if [ ! -f "$dir/server.env" ]; then
+    local fernet
     fernet=$("$venv/bin/python" -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())")
-    cat >"$dir/env" <<EOF
-# Written by scripts/platform.sh (mode 0600). Source it to talk to the platform.
-export PLATFORM_PG_PASSWORD=$pg_pw
-export PLATFORM_REDIS_PASSWORD=$redis_pw
-export MLFLOW_TRACKING_URI=http://127.0.0.1:$mlflow_port
-export MLFLOW_TRACKING_USERNAME=admin
-export MLFLOW_TRACKING_PASSWORD=$mlflow_pw
-export AIRFLOW_URL=http://127.0.0.1:$api_port
-export AIRFLOW__API_AUTH__JWT_SECRET=$jwt
+    cat >"$dir/server.env" <<EOF
+# Written by scripts/platform.sh (mode 0600): the services' secrets, for no client.
+export PLATFORM_PG_PASSWORD=$(openssl rand -hex 16)
+export PLATFORM_REDIS_PASSWORD=$(openssl rand -hex 16)
+export AIRFLOW__API_AUTH__JWT_SECRET=$(openssl rand -hex 32)
 export AIRFLOW__CORE__FERNET_KEY=$fernet
 EOF
-    umask 022
   fi
+  if [ -f "$dir/env" ] && ! grep -q '^export AIRFLOW_PASSWORD=' "$dir/env"; then  # set up before we chose it
+    printf 'export AIRFLOW_USERNAME=admin\nexport AIRFLOW_PASSWORD=%s\n' "$(openssl rand -hex 16)" >>"$dir/env"
+  fi
+  if [ ! -f "$dir/env" ]; then
+    cat >"$dir/env" <<EOF
+# Written by scripts/platform.sh (mode 0600). Source it to talk to the platform.
+export MLFLOW_TRACKING_URI=http://127.0.0.1:$mlflow_port
+export MLFLOW_TRACKING_USERNAME=admin
+export MLFLOW_TRACKING_PASSWORD=$(openssl rand -hex 16)
+export AIRFLOW_URL=http://127.0.0.1:$api_port
+export AIRFLOW_USERNAME=admin
+export AIRFLOW_PASSWORD=$(openssl rand -hex 16)
+EOF
+  fi
+  # shellcheck disable=SC1091
+  source "$dir/server.env"
   # shellcheck disable=SC1091
   source "$dir/env"
 }
@@ -116,7 +134,8 @@ redis_up() {
   (umask 077; printf 'port %s\nbind 127.0.0.1\ndir %s\nrequirepass %s\nsave ""\n' \
     "$redis_port" "$dir/redis" "$PLATFORM_REDIS_PASSWORD" >"$dir/redis/redis.conf")
   start redis redis-server "$dir/redis/redis.conf"
-  wait_for redis 20 redis-cli -p "$redis_port" -a "$PLATFORM_REDIS_PASSWORD" --no-auth-warning ping
+  # redis-cli reads the password from REDISCLI_AUTH: `-a` would put it in the process list.
+  REDISCLI_AUTH=$PLATFORM_REDIS_PASSWORD wait_for redis 20 redis-cli -p "$redis_port" ping
 }
 
 pg_uri() { echo "postgresql+psycopg2://deepfusion:$PLATFORM_PG_PASSWORD@127.0.0.1:$pg_port/$1"; }
@@ -146,6 +165,9 @@ airflow_env() {
   export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$api_port/execution/
   export AIRFLOW__API__BASE_URL=http://127.0.0.1:$api_port AIRFLOW__API__PORT=$api_port AIRFLOW__API__HOST=127.0.0.1
   export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
+  # Written before the api-server starts: the simple auth manager reads admin's password from it instead of
+  # generating one and printing it into its log.
+  export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$dir/airflow_passwords.json
   export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
   local cores; cores=$(nproc)
   export AIRFLOW__CORE__PARALLELISM=$((cores * 2)) AIRFLOW__CELERY__WORKER_CONCURRENCY=1
@@ -158,6 +180,8 @@ airflow_env() {
 airflow_up() {
   airflow_env
   mkdir -p "$AIRFLOW_HOME"
+  "$venv/bin/python" -c "import json,sys; print(json.dumps({'admin': sys.argv[1]}))" "$AIRFLOW_PASSWORD" \
+    >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
   "$venv/bin/airflow" db migrate >"$dir/logs/airflow-migrate.log" 2>&1
   "$venv/bin/airflow" pools set gpu_pool 1 "GPU training slots" >/dev/null
   start airflow-api-server "$venv/bin/airflow" api-server --port "$api_port"
@@ -170,11 +194,6 @@ airflow_up() {
   start worker-gpu "$venv/bin/airflow" celery worker --queues gpu --concurrency 1 \
     --celery-hostname "gpu@%h" --skip-serve-logs
   wait_for airflow-api-server 180 curl -fsS "http://127.0.0.1:$api_port/api/v2/version"
-  # The simple auth manager writes admin's generated password here; the client env gets it.
-  local pwfile=$AIRFLOW_HOME/simple_auth_manager_passwords.json.generated
-  wait_for "airflow admin password" 60 test -s "$pwfile"
-  local pw; pw=$("$venv/bin/python" -c "import json,sys; print(json.load(open(sys.argv[1]))['admin'])" "$pwfile")
-  grep -q AIRFLOW_PASSWORD "$dir/env" || (umask 077; printf 'export AIRFLOW_USERNAME=admin\nexport AIRFLOW_PASSWORD=%s\n' "$pw" >>"$dir/env")
 }
 
 stop() {
@@ -195,6 +214,8 @@ case "${1:-}" in
   up)
     t0=$(date +%s)
     mkdir -p "$dir/logs" "$dir/pids"
+    # The postgres user must reach its data and its log file; nobody may list or read the rest.
+    chmod 711 "$dir" "$dir/logs"
     install_services
     secrets
     postgres_up
@@ -210,7 +231,7 @@ case "${1:-}" in
     fi
     ;;
   status)
-    [ -f "$dir/env" ] || { echo "not set up ($dir/env missing)"; exit 1; }
+    [ -f "$dir/server.env" ] || { echo "not set up ($dir/server.env missing)"; exit 1; }
     rc=0
     for p in redis mlflow "${AIRFLOW_PROCS[@]}"; do
       if alive "$p"; then echo "$p: running (pid $(cat "$dir/pids/$p.pid"))"; else echo "$p: DOWN"; rc=1; fi

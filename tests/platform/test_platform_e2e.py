@@ -129,6 +129,32 @@ def test_services_are_real_and_guarded(platform):
     assert runs == []  # starting the platform does not start a training
 
 
+def test_no_secret_in_logs_argv_or_the_client_file(platform):
+    """Issue 39.4: logs were world-readable and held the Airflow admin password, `redis-cli -a` put the Redis
+    password in argv, and the client file held the services' secrets."""
+    server = read_env(platform.folder / "server.env")
+    client = platform.client
+    assert set(server) == {"PLATFORM_PG_PASSWORD", "PLATFORM_REDIS_PASSWORD", "AIRFLOW__API_AUTH__JWT_SECRET",
+                           "AIRFLOW__CORE__FERNET_KEY"}
+    assert not set(server) & set(client) and {"AIRFLOW_PASSWORD", "MLFLOW_TRACKING_PASSWORD"} <= set(client)
+    secrets = [*server.values(), client["AIRFLOW_PASSWORD"], client["MLFLOW_TRACKING_PASSWORD"]]
+    for f in (platform.folder / "env", platform.folder / "server.env"):
+        assert f.stat().st_mode & 0o077 == 0, f
+    logs = [f for f in (platform.folder / "logs").iterdir() if f.is_file()]
+    assert logs
+    for f in logs:
+        assert f.stat().st_mode & 0o077 == 0, f"{f.name} is readable by others"
+        text = f.read_text(errors="replace")
+        assert not [x for x in secrets if x in text], f"a secret is in {f.name}"
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                argv = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:  # gone meanwhile
+                continue
+            assert not [x for x in secrets if x in argv], f"a secret is in the argv of pid {proc.name}"
+
+
 def test_retrain_through_celery_registers_on_the_mlflow_server(platform):
     t0 = time.time()
     tracked = (platform.home / "params.yaml").read_bytes()
