@@ -95,6 +95,20 @@ class Run:
         else:
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def log_dataset(self, name: str, digest: str, source: str, context: str = "training") -> None:
+        """The data the run learned from, as an MLflow dataset input (the Datasets column of the runs table):
+        its name, its digest (the DVC md5 of the catalog version) and where it lives. Metadata only: the
+        catalog itself stays in DVC."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+
+        mlflow.log_input(MetaDataset(LocalArtifactDatasetSource(source), name=name, digest=digest or None),
+                         context=context)
+
+    def log_model_metrics(self, model_uri: str, metrics: dict) -> None:
+        """Metrics on a logged model (models:/m-...): MLflow 3 shows them on the model's page."""
+        mlflow.log_metrics(numeric(metrics), model_id=model_uri.removeprefix("models:/"))
+
 
 @contextlib.contextmanager
 def start_run(params: Params, run_name: str, tags: dict[str, str]) -> Iterator[Run]:
@@ -163,6 +177,12 @@ def version_tags(c: Any, name: str, version: str) -> dict[str, str]:
 def set_version_tags(c: Any, name: str, version: str, tags: dict[str, Any]) -> None:
     for k, v in tags.items():
         c.set_model_version_tag(name, version, k, str(v))
+
+
+def describe(c: Any, name: str, version: str, model_text: str, version_text: str) -> None:
+    """Descriptions shown in the registry UI: the registered model's and one version's (its model card)."""
+    c.update_registered_model(name, description=model_text)
+    c.update_model_version(name, version, description=version_text)
 
 
 def set_alias(c: Any, name: str, alias: str, version: str) -> None:

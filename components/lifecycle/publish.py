@@ -86,6 +86,7 @@ def publish_result(params: Params, r: Result) -> str:
             # A retrain run's own params over the tracked params.yaml (form, GPU profile); "{}" for none.
             "run_overrides": run_overrides_tag()}
     with mlflow_store.start_run(params, r.name, tags) as run:
+        run.log_dataset("catalog", tags["data_md5"], str(Path(params.paths.raw).resolve()))
         if r.model.suffix == ".pt":
             meta = read_blob(r.model)["meta"]
             run.log_params({**meta["params"], "modalities": ",".join(meta["modalities"]), "seed": meta["seed"]})
@@ -108,6 +109,7 @@ def publish_result(params: Params, r: Result) -> str:
                 run.log_artifact(p, artifact_path="evaluate")
             df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
             uri = log_categorizer(r.model, example_frame(df[df.split == "val"], Path(params.paths.raw)))
+            run.log_model_metrics(uri, {f"test.{k}": v for k, v in mlflow_store.numeric(test).items()})
             mlflow_store.set_run_tag(MODEL_URI, uri)
         run_id = run.run_id
     log.info("%s: published as run %s", r.name, run_id)

@@ -113,6 +113,36 @@ def promotion_lock(params: Params) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+MODEL_TEXT = ("Predicts a catalog product's category at every level (masterCategory > subCategory > articleType) "
+              "from its image, title and structured metadata, any of which may be missing. Each version's "
+              "description is its model card; @champion serves, @challenger waits for the promotion gate.")
+
+
+def model_card(evaluation: dict, tags: dict[str, str]) -> str:
+    """A version's description: what it is, what it learned from, how it scores on the inputs users have, and
+    its known limits. Every figure comes from the evaluate stage's metrics of the registered model."""
+    served_name = evaluation.get("served_model", "fusion")
+    inputs = evaluation.get("inputs", {})
+    rows = [f"- {view}: {100 * row[served_name]['accuracy']:.1f} % / {100 * row[served_name]['macro_f1']:.1f}"
+            for view, row in inputs.items() if served_name in row]
+    test = evaluation.get(served_name, {})
+    levels = ", ".join(f"{lvl} {100 * test[lvl]['accuracy']:.1f} %" for lvl in LEVELS if lvl in test)
+    return "\n".join([
+        f"**{served_name}** categorizer, trained on catalog data version `{tags.get('data_md5') or 'unknown'}` "
+        f"(code `{(tags.get('git_commit') or 'unknown')[:12]}`).",
+        "",
+        f"Test split ({evaluation.get('test_products', '?')} products never used for tuning), accuracy by "
+        f"level: {levels or 'not recorded'}.",
+        "",
+        "articleType accuracy / macro-F1 on each input as users have it:",
+        *(rows or ["- not recorded"]),
+        "",
+        "Known limits: an article type absent from the training catalog is filed under the nearest known one "
+        "(drift reports count such products); classes with fewer than the ingest minimum were folded into "
+        "Other; image-only predictions are much weaker than those with a title.",
+    ])
+
+
 def register(params: Params) -> str:
     model = served(params).model
     if not model.is_file():
@@ -137,6 +167,7 @@ def register(params: Params) -> str:
         run_id, uri = served_model_uri(params)
         version = store.register_model(params, uri, run_id, tags)
         c = store.client(params)
+        store.describe(c, params.registry.model_name, version, MODEL_TEXT, model_card(evaluation, tags))
         if store.alias_version(c, params.registry.model_name, CHAMPION) == version:
             # A retried or repeated register of the model that already won: nothing to judge.
             print(f"{params.registry.model_name} v{version} is already @{CHAMPION}")

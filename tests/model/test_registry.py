@@ -211,6 +211,29 @@ def test_a_registry_writer_cannot_run_code_on_the_workers(reg, trained, tmp_path
         os.environ.pop("MLFLOW_TRACKING_URI")
 
 
+def test_lineage_dataset_model_metrics_and_model_card(reg):
+    """Issue 42 (lineage): the training runs name their data (a dataset input whose digest is the DVC md5), the
+    logged model carries its test metrics, and the registered model and version have descriptions."""
+    from components.lifecycle.provenance import data_md5
+
+    version = registry.register(reg)
+    c = store.client(reg)
+    mv = c.get_model_version(reg.registry.model_name, version)
+    run = c.get_run(mv.run_id)
+    datasets = [d.dataset for d in run.inputs.dataset_inputs]
+    assert [(d.name, d.digest) for d in datasets] == [("catalog", data_md5())] and data_md5()
+    logged = c.get_logged_model(mv.source.removeprefix("models:/"))
+    metrics = {m.key: m.value for m in logged.metrics}
+    evaluation = json.loads((Path(reg.paths.evaluate) / "metrics.json").read_text())
+    served = evaluation["served_model"]
+    assert metrics["test.articleType.macro_f1"] == pytest.approx(evaluation[served]["articleType"]["macro_f1"])
+    card = mv.description
+    assert f"`{data_md5()}`" in card and "no_image:" in card and "Known limits" in card
+    full = evaluation["inputs"]["full"][served]
+    assert f"- full: {100 * full['accuracy']:.1f} %" in card
+    assert "articleType" in c.get_registered_model(reg.registry.model_name).description
+
+
 def test_concurrent_promotions_leave_consistent_aliases(reg, tmp_path):
     v = registry.register(with_other_checkpoint(reg, tmp_path, seed=21))
     eager = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, min_gain=-1.0))
