@@ -37,7 +37,7 @@ install_services() {
   fi
 }
 
-SERVER_KEYS='PLATFORM_PG_PASSWORD|PLATFORM_REDIS_PASSWORD|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__CORE__FERNET_KEY'
+SERVER_KEYS='PLATFORM_PG_PASSWORD|PLATFORM_REDIS_PASSWORD|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__CORE__FERNET_KEY|PLATFORM_PG_AIRFLOW_PASSWORD|PLATFORM_PG_MLFLOW_PASSWORD'
 
 secrets() {
   # Generated once (0600 files). server.env: what only the services need; env: what a client needs.
@@ -71,6 +71,12 @@ export AIRFLOW_USERNAME=admin
 export AIRFLOW_PASSWORD=$(openssl rand -hex 16)
 EOF
   fi
+  # One database role per service (added to a platform set up before the roles existed).
+  local role
+  for role in AIRFLOW MLFLOW; do
+    grep -q "^export PLATFORM_PG_${role}_PASSWORD=" "$dir/server.env" ||
+      printf 'export PLATFORM_PG_%s_PASSWORD=%s\n' "$role" "$(openssl rand -hex 16)" >>"$dir/server.env"
+  done
   # shellcheck disable=SC1091
   source "$dir/server.env"
   # shellcheck disable=SC1091
@@ -119,10 +125,36 @@ postgres_up() {
       -o "-p $pg_port -k $dir/pgrun -c listen_addresses=127.0.0.1" >/dev/null
     log "postgres started on 127.0.0.1:$pg_port"
   fi
+  # The superuser `deepfusion` only sets up: each service connects as its own role, which owns its databases
+  # and nothing else (no superuser, so no `COPY ... PROGRAM` shell for a compromised service). The SQL comes
+  # in on stdin: passwords never reach a command line.
   export PGPASSWORD=$PLATFORM_PG_PASSWORD
-  for db in airflow mlflow mlflow_auth; do
-    psql -h 127.0.0.1 -p "$pg_port" -U deepfusion -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$db'" \
-      | grep -q 1 || psql -h 127.0.0.1 -p "$pg_port" -U deepfusion -d postgres -qc "CREATE DATABASE $db" >/dev/null
+  psql -h 127.0.0.1 -p "$pg_port" -U deepfusion -d postgres -v ON_ERROR_STOP=1 -q >/dev/null <<SQL
+SELECT 'CREATE ROLE airflow_svc LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'airflow_svc')\\gexec
+SELECT 'CREATE ROLE mlflow_svc LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mlflow_svc')\\gexec
+ALTER ROLE airflow_svc NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$PLATFORM_PG_AIRFLOW_PASSWORD';
+ALTER ROLE mlflow_svc NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$PLATFORM_PG_MLFLOW_PASSWORD';
+SELECT 'CREATE DATABASE airflow OWNER airflow_svc' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'airflow')\\gexec
+SELECT 'CREATE DATABASE mlflow OWNER mlflow_svc' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mlflow')\\gexec
+SELECT 'CREATE DATABASE mlflow_auth OWNER mlflow_svc' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mlflow_auth')\\gexec
+ALTER DATABASE airflow OWNER TO airflow_svc;
+ALTER DATABASE mlflow OWNER TO mlflow_svc;
+ALTER DATABASE mlflow_auth OWNER TO mlflow_svc;
+REVOKE ALL ON DATABASE airflow FROM PUBLIC;
+REVOKE ALL ON DATABASE mlflow FROM PUBLIC;
+REVOKE ALL ON DATABASE mlflow_auth FROM PUBLIC;
+SQL
+  # A platform set up before the roles: its tables, sequences, views and enum types belong to the superuser;
+  # hand them to their database's role (generated statements, run one by one by \gexec).
+  local db owner
+  for db in airflow:airflow_svc mlflow:mlflow_svc mlflow_auth:mlflow_svc; do
+    owner=${db#*:}; db=${db%%:*}
+    psql -h 127.0.0.1 -p "$pg_port" -U deepfusion -d "$db" -v ON_ERROR_STOP=1 -v owner="$owner" -q >/dev/null <<'SQL'
+SELECT format('ALTER TABLE public.%I OWNER TO %I', tablename, :'owner') FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'deepfusion' \gexec
+SELECT format('ALTER SEQUENCE public.%I OWNER TO %I', sequencename, :'owner') FROM pg_sequences WHERE schemaname = 'public' AND sequenceowner = 'deepfusion' \gexec
+SELECT format('ALTER VIEW public.%I OWNER TO %I', viewname, :'owner') FROM pg_views WHERE schemaname = 'public' AND viewowner = 'deepfusion' \gexec
+SELECT format('ALTER TYPE public.%I OWNER TO %I', t.typname, :'owner') FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = 'public' AND t.typtype = 'e' AND pg_get_userbyid(t.typowner) = 'deepfusion' \gexec
+SQL
   done
   unset PGPASSWORD
 }
@@ -138,14 +170,16 @@ redis_up() {
   REDISCLI_AUTH=$PLATFORM_REDIS_PASSWORD wait_for redis 20 redis-cli -p "$redis_port" ping
 }
 
-pg_uri() { echo "postgresql+psycopg2://deepfusion:$PLATFORM_PG_PASSWORD@127.0.0.1:$pg_port/$1"; }
+pg_uri() {  # pg_uri ROLE PASSWORD DATABASE
+  echo "postgresql+psycopg2://$1:$2@127.0.0.1:$pg_port/$3"
+}
 
 mlflow_up() {
   mkdir -p "$dir/mlartifacts"
   (umask 077; printf '[mlflow]\ndefault_permission = READ\ndatabase_uri = %s\nadmin_username = admin\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n' \
-    "$(pg_uri mlflow_auth)" >"$dir/mlflow_auth.ini")
+    "$(pg_uri mlflow_svc "$PLATFORM_PG_MLFLOW_PASSWORD" mlflow_auth)" >"$dir/mlflow_auth.ini")
   # Backend URI and admin password by environment: neither appears in the process list.
-  MLFLOW_BACKEND_STORE_URI=$(pg_uri mlflow) MLFLOW_AUTH_CONFIG_PATH=$dir/mlflow_auth.ini \
+  MLFLOW_BACKEND_STORE_URI=$(pg_uri mlflow_svc "$PLATFORM_PG_MLFLOW_PASSWORD" mlflow) MLFLOW_AUTH_CONFIG_PATH=$dir/mlflow_auth.ini \
   MLFLOW_AUTH_ADMIN_PASSWORD=$MLFLOW_TRACKING_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY=$AIRFLOW__API_AUTH__JWT_SECRET \
     start mlflow "$venv/bin/mlflow" server --app-name basic-auth --host 127.0.0.1 --port "$mlflow_port" \
       --workers 2 --artifacts-destination "$dir/mlartifacts" \
@@ -158,10 +192,10 @@ airflow_env() {
   export AIRFLOW__CORE__DAGS_FOLDER=$root/dags AIRFLOW__CORE__LOAD_EXAMPLES=False
   export AIRFLOW__CORE__EXECUTOR=CeleryExecutor
   export AIRFLOW__DATABASE__SQL_ALCHEMY_CONN
-  AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(pg_uri airflow)
+  AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=$(pg_uri airflow_svc "$PLATFORM_PG_AIRFLOW_PASSWORD" airflow)
   export AIRFLOW__CELERY__BROKER_URL="redis://:$PLATFORM_REDIS_PASSWORD@127.0.0.1:$redis_port/0"
   export AIRFLOW__CELERY__RESULT_BACKEND
-  AIRFLOW__CELERY__RESULT_BACKEND="db+postgresql+psycopg2://deepfusion:$PLATFORM_PG_PASSWORD@127.0.0.1:$pg_port/airflow"
+  AIRFLOW__CELERY__RESULT_BACKEND="db+$(pg_uri airflow_svc "$PLATFORM_PG_AIRFLOW_PASSWORD" airflow)"
   export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$api_port/execution/
   export AIRFLOW__API__BASE_URL=http://127.0.0.1:$api_port AIRFLOW__API__PORT=$api_port AIRFLOW__API__HOST=127.0.0.1
   export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin

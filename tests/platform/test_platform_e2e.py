@@ -135,7 +135,7 @@ def test_no_secret_in_logs_argv_or_the_client_file(platform):
     server = read_env(platform.folder / "server.env")
     client = platform.client
     assert set(server) == {"PLATFORM_PG_PASSWORD", "PLATFORM_REDIS_PASSWORD", "AIRFLOW__API_AUTH__JWT_SECRET",
-                           "AIRFLOW__CORE__FERNET_KEY"}
+                           "AIRFLOW__CORE__FERNET_KEY", "PLATFORM_PG_AIRFLOW_PASSWORD", "PLATFORM_PG_MLFLOW_PASSWORD"}
     assert not set(server) & set(client) and {"AIRFLOW_PASSWORD", "MLFLOW_TRACKING_PASSWORD"} <= set(client)
     secrets = [*server.values(), client["AIRFLOW_PASSWORD"], client["MLFLOW_TRACKING_PASSWORD"]]
     for f in (platform.folder / "env", platform.folder / "server.env"):
@@ -153,6 +153,30 @@ def test_no_secret_in_logs_argv_or_the_client_file(platform):
             except OSError:  # gone meanwhile
                 continue
             assert not [x for x in secrets if x in argv], f"a secret is in the argv of pid {proc.name}"
+
+
+def test_each_service_has_its_own_database_role_and_no_superuser(platform):
+    """Issue 39.5: one PostgreSQL superuser served Airflow, MLflow and MLflow auth; a compromised service was a
+    database superuser (a shell through `COPY ... TO PROGRAM`)."""
+    import psycopg2
+
+    server = read_env(platform.folder / "server.env")
+    port = int(PORTS["PLATFORM_PG_PORT"])
+
+    def connect(role: str, password: str, db: str):
+        return psycopg2.connect(host="127.0.0.1", port=port, user=role, password=password, dbname=db)
+
+    with connect("airflow_svc", server["PLATFORM_PG_AIRFLOW_PASSWORD"], "airflow") as conn, conn.cursor() as cur:
+        cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        assert cur.fetchone() == (False,)
+        cur.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tableowner = 'airflow_svc'")
+        assert cur.fetchone()[0] > 20  # Airflow's own tables, made by its own role
+        with pytest.raises(psycopg2.Error, match="COPY to or from an external program"):
+            cur.execute("COPY (SELECT 1) TO PROGRAM 'id'")
+    with pytest.raises(psycopg2.OperationalError, match="CONNECT privilege"):
+        connect("airflow_svc", server["PLATFORM_PG_AIRFLOW_PASSWORD"], "mlflow")
+    with pytest.raises(psycopg2.OperationalError, match="CONNECT privilege"):
+        connect("mlflow_svc", server["PLATFORM_PG_MLFLOW_PASSWORD"], "airflow")
 
 
 def test_retrain_through_celery_registers_on_the_mlflow_server(platform):
