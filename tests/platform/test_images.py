@@ -24,7 +24,7 @@ def test_image_builds_and_predicts_as_non_root(tmp_path):
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     print(build.stdout.splitlines()[-1])  # "[images] built deepfusion:latest in N s (size)"
     params, data, _ = train_tiny_stack(tmp_path)
-    smoke = images("smoke", str(Path(params.paths.platform)), str(data), timeout=600)
+    smoke = images("smoke", str(Path(params.paths.stack)), str(data), timeout=600)
     assert smoke.returncode == 0, smoke.stdout[-3000:] + smoke.stderr[-3000:]
     assert "user deepfusion" in smoke.stdout and "\n3.3" in smoke.stdout  # airflow version, not as root
     out = Path(smoke.stdout.strip().splitlines()[-1].rsplit(" in ", 1)[1])
