@@ -113,6 +113,20 @@ def promotion_lock(params: Params) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+REVIEW_PRECISION = 0.99  # auto-accept a prediction when its confidence reached this precision on test
+
+
+def auto_accept_threshold(evaluation: dict, target: float = REVIEW_PRECISION, default: float = REVIEW_PRECISION
+                          ) -> float:
+    """Confidence above which the served model (the fusion network for evaluations that predate the stack)
+    reached the target precision on the test split; `default` when the evaluation does not say."""
+    for name in (evaluation.get("served_model"), "fusion"):
+        business = evaluation.get(name or "", {}).get("business", {})
+        if f"threshold_at_{target:g}" in business:
+            return float(business[f"threshold_at_{target:g}"])
+    return default
+
+
 MODEL_TEXT = ("Predicts a catalog product's category at every level (masterCategory > subCategory > articleType) "
               "from its image, title and structured metadata, any of which may be missing. Each version's "
               "description is its model card; @champion serves, @challenger waits for the promotion gate.")
@@ -157,6 +171,8 @@ def register(params: Params) -> str:
         "served_model": evaluation.get("served_model", "fusion"),
         # What a worker checks every downloaded artifact against before it loads the model.
         ARTIFACT_MD5_TAG: json.dumps(artifact_md5(model), sort_keys=True),
+        # The categorize DAG's review cut-off travels with the version it belongs to.
+        "auto_accept_threshold": f"{auto_accept_threshold(evaluation):.6f}",
         "run_overrides": run_overrides_tag()[:MAX_TAG_CHARS],
         "params": json.dumps({"model": params_to_dict(params.model), "train_fusion": params_to_dict(
             params.train_fusion), "stack": params_to_dict(params.stack)})[:MAX_TAG_CHARS],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import re
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 # batch with the reason.
 READY = "_READY"
 FAILED = "_failed"
+# OSErrors that say something about the worker (space, memory, descriptors, the disk) rather than the batch.
+TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN}
 BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # one path component, never "." or ".."
 
 
@@ -107,6 +110,14 @@ def check_batch(home: Path, batch: str) -> str:
             failures = [f for r in results for f in r.failures]
         except CatalogError as exc:
             failures = [str(exc)]
+        except MemoryError:
+            raise  # the worker's trouble, not the batch's: the task fails and retries, the batch stays
+        except OSError as exc:
+            if exc.errno in TRANSIENT_ERRNOS:
+                raise  # disk full, I/O error, too many open files: retried, never a rejected batch
+            log.exception("landing: %s could not be read", batch_path.name)
+            failures = [f"unreadable batch ({type(exc).__name__}: {errno.errorcode.get(exc.errno, exc.errno)}); "
+                        "the worker's log has the details"]
         except Exception as exc:  # noqa: BLE001 (whatever the file does to a reader, the batch gets a verdict)
             log.exception("landing: %s could not be validated", batch_path.name)
             # The exception's text may quote the file: the report (which the uploader reads) names only its kind.
@@ -202,7 +213,7 @@ def categorize_batch(home: Path, landing: Path, name: str, model: str) -> dict:
     with contextlib.chdir(home):
         params = load_params()
         check_upload(batch_path, params.landing.max_batch_mb * 2**20, params.landing.max_batch_rows)
-        threshold = auto_accept_threshold(Path(params.paths.evaluate) / "metrics.json")
+        threshold = review_threshold(params, model)
         read = read_catalog(batch_path, require_labels=False)  # once: for the predictions and the labels
         pred, _ = categorize(batch_path, load_categorizer(model), progress=False, read=read)
         labels = read.frame.reindex(columns=["id", "articleType"])
@@ -218,13 +229,18 @@ def categorize_batch(home: Path, landing: Path, name: str, model: str) -> dict:
             "review_reasons": counts, "output": str(Path(home) / out)}
 
 
-REVIEW_PRECISION = 0.99  # auto-accept a prediction when its confidence reached this precision on test
+def review_threshold(params, model: str) -> float:
+    """The auto-accept cut-off of the model that scores the batch: a registered version's own tag (set at
+    registration from its evaluation), else the evaluation of the pipeline result the checkpoint comes from."""
+    from components.lifecycle.registry import REVIEW_PRECISION, auto_accept_threshold
 
+    if model.startswith("models:/"):
+        from components import mlflow_store
 
-def auto_accept_threshold(evaluate_metrics: Path, target: float = REVIEW_PRECISION,
-                          default: float = REVIEW_PRECISION) -> float:
-    """Confidence above which the fusion model reached the target precision on the test split."""
-    if not evaluate_metrics.is_file():
-        return default
-    business = read_json(evaluate_metrics).get("fusion", {}).get("business", {})
-    return float(business.get(f"threshold_at_{target:g}", default))
+        tagged = mlflow_store.registered_tags(params, model).get("auto_accept_threshold")
+        if tagged:
+            return float(tagged)
+        log.warning("landing: %s has no auto_accept_threshold tag (registered before it existed); using the "
+                    "project's evaluation", model)
+    metrics = Path(params.paths.evaluate) / "metrics.json"
+    return auto_accept_threshold(read_json(metrics)) if metrics.is_file() else REVIEW_PRECISION

@@ -232,6 +232,8 @@ def test_lineage_dataset_model_metrics_and_model_card(reg):
     full = evaluation["inputs"]["full"][served]
     assert f"- full: {100 * full['accuracy']:.1f} %" in card
     assert "articleType" in c.get_registered_model(reg.registry.model_name).description
+    # The categorize DAG's review cut-off travels with the version (not read from the project's files).
+    assert float(mv.tags["auto_accept_threshold"]) == pytest.approx(registry.auto_accept_threshold(evaluation))
 
 
 def test_concurrent_promotions_leave_consistent_aliases(reg, tmp_path):

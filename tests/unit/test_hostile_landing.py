@@ -152,3 +152,20 @@ def test_formula_cells_are_neutralised_in_csv_outputs():
                           "price": [-5.0, 1.0, 2.0]})
     text = csv_bytes(frame).decode()
     assert "'=HYPERLINK" in text and "'+1 shoe" in text and ",-5.0" in text and "\n3,Plain,2.0" in text
+
+
+@pytest.mark.parametrize("error", [MemoryError(), OSError(28, "No space left on device")])
+def test_a_worker_side_error_retries_instead_of_rejecting_the_batch(tmp_path, monkeypatch, error):
+    """Issue 39.11: a full disk or an out-of-memory worker once moved a good batch to _failed/ for good."""
+    from components import catalog
+
+    area = tmp_path / "landing"
+    batch = ready(make_catalog(area / "good", n=12))
+
+    def broken(*_a, **_k):
+        raise error
+
+    monkeypatch.setattr(catalog, "read_catalog", broken)
+    with pytest.raises(type(error)):
+        landing.check_batch(ROOT, str(batch))
+    assert batch.is_dir() and not (area / "_failed").exists()

@@ -23,3 +23,13 @@ def test_unlabelled_batch_has_no_mislabel_suspects():
                          "status": ["ok", "ok"]})
     q = review_queue(pred, pd.DataFrame({"id": [], "articleType": []}), threshold=0.99)
     assert q["review_reason"].tolist() == ["low_confidence"]
+
+
+def test_the_auto_accept_cut_off_is_the_served_model_s():
+    from components.lifecycle.registry import auto_accept_threshold
+
+    evaluation = {"served_model": "stacked", "stacked": {"business": {"threshold_at_0.99": 0.42}},
+                  "fusion": {"business": {"threshold_at_0.99": 0.9}}}
+    assert auto_accept_threshold(evaluation) == 0.42
+    assert auto_accept_threshold({"fusion": {"business": {"threshold_at_0.99": 0.9}}}) == 0.9  # before the stack
+    assert auto_accept_threshold({}) == 0.99
