@@ -187,7 +187,8 @@ def check_upload(folder: str | Path, max_bytes: int, max_rows: int) -> None:
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         for name in dirnames + filenames:
             path = Path(dirpath) / name
-            mode = os.lstat(path).st_mode
+            st = os.lstat(path)
+            mode = st.st_mode
             rel = path.relative_to(root)
             if stat.S_ISLNK(mode):
                 raise CatalogError(f"{root.name}/{rel}: a symbolic link; a batch must hold the files themselves "
@@ -195,7 +196,7 @@ def check_upload(folder: str | Path, max_bytes: int, max_rows: int) -> None:
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
                 raise CatalogError(f"{root.name}/{rel}: not a regular file; a batch holds only files and folders")
             if stat.S_ISREG(mode):
-                total += os.lstat(path).st_size
+                total += st.st_size
         if total > max_bytes:
             raise CatalogError(f"{root.name}: more than {max_bytes / 2**20:.0f} MiB (landing.max_batch_mb); split "
                                "the batch into smaller uploads")

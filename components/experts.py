@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from components.config import Paths
+
+if TYPE_CHECKING:  # the retrain DAG imports this module when it is parsed: numpy only where it is used
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ def files(paths: Paths) -> dict[str, Path]:
 def applies(name: str, present: dict[str, np.ndarray], rows: int) -> np.ndarray:
     """Which products an expert votes on: a required one on all, the others where any input they read is there.
     `present`: per input (image, text, metadata), a boolean array over the products."""
+    import numpy as np
+
     e = BY_NAME[name]
     if e.required:
         return np.ones(rows, dtype=bool)

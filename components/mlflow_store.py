@@ -215,14 +215,15 @@ def model_uri(name: str, version: str) -> str:
     return f"models:/{name}/{version}"
 
 
-def resolve_version(uri: str) -> tuple[str, str]:
-    """(name, version) behind models:/NAME@ALIAS or models:/NAME/VERSION, on the configured registry."""
+def resolve_version(uri: str, c: Any = None) -> tuple[str, str]:
+    """(name, version) behind models:/NAME@ALIAS or models:/NAME/VERSION (client `c`, default: the configured
+    registry)."""
     ref = uri.removeprefix("models:/")
     if not uri.startswith("models:/") or not ref:
         raise RegistryError(f"{uri}: not a registered model; give models:/NAME@ALIAS or models:/NAME/VERSION")
     if "@" in ref:
         name, alias = ref.split("@", 1)
-        version = alias_version(mlflow.MlflowClient(), name, alias)
+        version = alias_version(c or mlflow.MlflowClient(), name, alias)
         if version is None:
             raise RegistryError(f"{uri}: no version of {name} has the alias @{alias}")
         return name, version
@@ -248,14 +249,12 @@ def registered_tags(params: Params, uri: str) -> dict[str, str]:
     """Tags of the model version behind models:/NAME@ALIAS or models:/NAME/VERSION; {} for other URIs."""
     if not uri.startswith("models:/"):
         return {}
-    ref = uri.removeprefix("models:/")
     c = client(params)
-    if "@" in ref:
-        name, alias = ref.split("@", 1)
-        version = alias_version(c, name, alias)
-    else:
-        name, _, version = ref.partition("/")
-    return version_tags(c, name, version) if version else {}
+    try:
+        name, version = resolve_version(uri, c)
+    except RegistryError:  # no such alias: nothing registered to compare with
+        return {}
+    return version_tags(c, name, version)
 
 
 def log_report(params: Params, run_name: str, folder: Path, metrics: dict) -> str:

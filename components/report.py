@@ -8,13 +8,13 @@ from __future__ import annotations
 DEEPFUSION_PUBLISHED = {"metadata-only": (0.808, 0.66), "image-only": (0.858, 0.81), "fusion": (0.864, 0.81)}
 
 
-def _pct(v: float | None) -> str:
+def pct(v: float | None) -> str:
     return "–" if v is None else f"{100 * v:.1f}"
 
 
 def _ci(m: dict, key: str) -> str:
     lo, hi = m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
-    return "" if lo is None else f" [{_pct(lo)}–{_pct(hi)}]"
+    return "" if lo is None else f" [{pct(lo)}–{pct(hi)}]"
 
 
 def _views(views: dict, title: str, with_n: bool = False) -> list[str]:
@@ -25,7 +25,7 @@ def _views(views: dict, title: str, with_n: bool = False) -> list[str]:
     lines = ["", title + ":", "", "| | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     for view, row in views.items():
         label = f"{view} (n={next(iter(row.values()))['n']})" if with_n else view
-        cells = [f"{_pct(row[m]['accuracy'])} / {_pct(row[m]['macro_f1'])}" if m in row else "–" for m in models]
+        cells = [f"{pct(row[m]['accuracy'])} / {pct(row[m]['macro_f1'])}" if m in row else "–" for m in models]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
@@ -65,17 +65,17 @@ def comparison_table(results: dict) -> str:
     for name in models:
         a, s, m = (results[name][lvl] for lvl in ("articleType", "subCategory", "masterCategory"))
         pub = DEEPFUSION_PUBLISHED.get(name)
-        pub_s = f"{_pct(pub[0])} / {pub[1]:.2f}" if pub else ""
+        pub_s = f"{pct(pub[0])} / {pub[1]:.2f}" if pub else ""
         lines.append(
-            f"| {name} | {_pct(a['accuracy'])}{_ci(a, 'accuracy')} | {_pct(a['macro_f1'])}{_ci(a, 'macro_f1')} "
-            f"| {_pct(a['weighted_f1'])} | {_pct(s['accuracy'])} | {_pct(m['accuracy'])} "
-            f"| {_pct(a.get('f1_tail'))} | {pub_s} |")
+            f"| {name} | {pct(a['accuracy'])}{_ci(a, 'accuracy')} | {pct(a['macro_f1'])}{_ci(a, 'macro_f1')} "
+            f"| {pct(a['weighted_f1'])} | {pct(s['accuracy'])} | {pct(m['accuracy'])} "
+            f"| {pct(a.get('f1_tail'))} | {pub_s} |")
     for name in dict.fromkeys([results.get("served_model", "fusion"), "fusion", "tfidf"]):
         b = results.get(name, {}).get("business")
         if b:
             lines += ["", f"{name}, business view (articleType): "
-                      f"ECE {b['ece']:.3f}; hierarchy consistency {_pct(b['hierarchy_consistency'])}%; "
-                      + "; ".join(f"auto-accept {_pct(b[f'coverage_at_{t}'])}% at {t} precision "
+                      f"ECE {b['ece']:.3f}; hierarchy consistency {pct(b['hierarchy_consistency'])}%; "
+                      + "; ".join(f"auto-accept {pct(b[f'coverage_at_{t}'])}% at {t} precision "
                                   f"({b[f'review_per_10k_at_{t}']:.0f} per 10,000 to review)"
                                   for t in ("0.99", "0.995") if f"coverage_at_{t}" in b)]
     lines += _views(results.get("inputs", {}), "Inputs users really have (articleType accuracy / macro-F1 in %, "
@@ -87,10 +87,10 @@ def comparison_table(results: dict) -> str:
     if "retrieval" in fusion:
         r = fusion["retrieval"]
         lines += ["", f"Cross-modal retrieval on {r['queries']} test products (identical title or image counts "
-                  f"as a match): title→image R@1 {_pct(r['text_to_image_recall_at_1'])}, "
-                  f"R@10 {_pct(r['text_to_image_recall_at_10'])}, MRR {r['text_to_image_mrr']:.3f}; "
-                  f"image→title R@1 {_pct(r['image_to_text_recall_at_1'])}, "
-                  f"R@10 {_pct(r['image_to_text_recall_at_10'])}, MRR {r['image_to_text_mrr']:.3f}."]
+                  f"as a match): title→image R@1 {pct(r['text_to_image_recall_at_1'])}, "
+                  f"R@10 {pct(r['text_to_image_recall_at_10'])}, MRR {r['text_to_image_mrr']:.3f}; "
+                  f"image→title R@1 {pct(r['image_to_text_recall_at_1'])}, "
+                  f"R@10 {pct(r['image_to_text_recall_at_10'])}, MRR {r['image_to_text_mrr']:.3f}."]
     lines += ["", "DeepFusion's published figures are not comparable one-to-one: they come from the full "
               "public catalog (44.4k rows, 54 classes with >= 100 items) with a stratified *random* split that "
               "lets duplicate listings cross from train to test, their \"fusion\" zipped images with another "

@@ -12,16 +12,12 @@ import re
 from pathlib import Path
 
 from components.atomic_io import atomic_write_bytes, read_json
-from components.report import comparison_table
+from components.report import comparison_table, pct
 
 log = logging.getLogger(__name__)
 
 BLOCKS = {"headline": ("<!-- headline:start -->", "<!-- headline:end -->"),
           "results": ("<!-- results:start -->", "<!-- results:end -->")}
-
-
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}"
 
 
 def headline_table(results: dict) -> str:
@@ -35,7 +31,7 @@ def headline_table(results: dict) -> str:
              f"we serve `{results.get('served_model', '?')}`:", "",
              "| | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
     for view, row in views.items():
-        cells = [f"{_pct(row[m]['accuracy'])} / {_pct(row[m]['macro_f1'])}" if m in row else "–" for m in models]
+        cells = [f"{pct(row[m]['accuracy'])} / {pct(row[m]['macro_f1'])}" if m in row else "–" for m in models]
         lines.append(f"| {view} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -9,8 +9,6 @@ the stages still write the same bytes before `dvc commit -f` takes the new code 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,22 +24,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--code", type=Path, default=ROOT, help="the checkout whose components/ and dvc.yaml run")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))  # the tests' slice and profile, as the integration test builds them
-    from components.config import deep_merge, load_raw
-    from tests.conftest import TINY_OVERRIDES
-    from tests.integration.test_pipeline_real import env, make_slice
+    from tests.integration.test_pipeline_real import env, slice_workspace
 
     ws, code = args.workdir.resolve(), args.code.resolve()
     ws.mkdir(parents=True)
-    make_slice(ws / "data")
-    shutil.copy(code / "dvc.yaml", ws / "dvc.yaml")
-    os.symlink(code / "components", ws / "components")
-    raw = deep_merge(load_raw(code / "params.yaml"), TINY_OVERRIDES)
-    raw = deep_merge(raw, {"ingest": {"min_class_count": 20},
-                           "train_fusion": {"train": {"epochs": 10, "lr": 3.0e-3, "patience": 10}},
-                           "train_baseline": {"train": {"epochs": 3}}})
-    (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     e = {**env(), "PYTHONPATH": str(code)}
-    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=ws, check=True, env=e)
+    slice_workspace(ws, code, e)
     proc = subprocess.run(["dvc", "repro"], cwd=ws, env=e, capture_output=True, text=True)
     (ws / "repro.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode:

@@ -103,13 +103,14 @@ def publish_result(params: Params, r: Result) -> str:
         run.log_artifact(r.model)
         if serves:
             evaluation = read_json(Path(params.paths.evaluate) / "metrics.json")
-            test = evaluation.get(evaluation.get("served_model", "fusion"), {})
-            run.log_metrics({f"test.{k}": v for k, v in mlflow_store.numeric(test).items()})
+            test = {f"test.{k}": v for k, v in
+                    mlflow_store.numeric(evaluation.get(evaluation.get("served_model", "fusion"), {})).items()}
+            run.log_metrics(test)
             for p in evaluate_files(params):
                 run.log_artifact(p, artifact_path="evaluate")
             df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
             uri = log_categorizer(r.model, example_frame(df[df.split == "val"], Path(params.paths.raw)))
-            run.log_model_metrics(uri, {f"test.{k}": v for k, v in mlflow_store.numeric(test).items()})
+            run.log_model_metrics(uri, test)
             mlflow_store.set_run_tag(MODEL_URI, uri)
         run_id = run.run_id
     log.info("%s: published as run %s", r.name, run_id)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from components.atomic_io import atomic_dir, csv_bytes, read_json, write_json
-from components.config import load_params
+from components.config import Params, load_params
 from components.lifecycle.provenance import files_md5
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def categorize_batch(home: Path, landing: Path, name: str, model: str) -> dict:
             "review_reasons": counts, "output": str(Path(home) / out)}
 
 
-def review_threshold(params, model: str) -> float:
+def review_threshold(params: Params, model: str) -> float:
     """The auto-accept cut-off of the model that scores the batch: a registered version's own tag (set at
     registration from its evaluation), else the evaluation of the pipeline result the checkpoint comes from."""
     from components.lifecycle.registry import REVIEW_PRECISION, auto_accept_threshold

@@ -39,18 +39,24 @@ def make_slice(dst: Path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    ws = tmp_path_factory.mktemp("ws")
+def slice_workspace(ws: Path, code: Path = ROOT, environ: dict[str, str] | None = None) -> Path:
+    """A DVC project on the real slice with the tiny profile, running `code`'s components/ and dvc.yaml
+    (also scripts/slice_repro.py's, to compare two checkouts' outputs)."""
     make_slice(ws / "data")
-    shutil.copy(ROOT / "dvc.yaml", ws / "dvc.yaml")
-    os.symlink(ROOT / "components", ws / "components")
-    raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
+    shutil.copy(code / "dvc.yaml", ws / "dvc.yaml")
+    os.symlink(code / "components", ws / "components")
+    raw = deep_merge(load_raw(code / "params.yaml"), TINY_OVERRIDES)
     raw = deep_merge(raw, {"ingest": {"min_class_count": 20},
                            "train_fusion": {"train": {"epochs": 10, "lr": 3.0e-3, "patience": 10}},
                            "train_baseline": {"train": {"epochs": 3}}})
     (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=ws, check=True, env=env())
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=ws, check=True, env=environ or env())
+    return ws
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    ws = slice_workspace(tmp_path_factory.mktemp("ws"))
     proc = subprocess.run(["dvc", "repro"], cwd=ws, env=env(), capture_output=True, text=True)
     (ws / "repro.log").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
