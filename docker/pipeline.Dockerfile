@@ -8,10 +8,12 @@ FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
     DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=False DO_NOT_TRACK=1 \
-    HF_HUB_OFFLINE=1 DEEPFUSION_HOME=/opt/deepfusion AIRFLOW_HOME=/opt/airflow DEBIAN_FRONTEND=noninteractive
+    HF_HUB_OFFLINE=1 DEEPFUSION_HOME=/opt/deepfusion AIRFLOW_HOME=/opt/airflow DEBIAN_FRONTEND=noninteractive \
+    PYTHONPATH=/opt/deepfusion/dags
 
 # The official Python image brings python3.11; a plain Debian 12 base (the local stand-in) gets Debian's own 3.11.
-# Either way the project lives in one venv at /opt/venv.
+# Either way the project lives in one venv at /opt/venv. PYTHONPATH: the triggerer imports the landing watcher's
+# trigger (dags/common/triggers.py) by its class path.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git=1:2.39.* curl=7.88.* ca-certificates=20230311* \
  && if ! command -v python3.11 >/dev/null; then \

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The production platform on one machine, each service a real process started from the project venv:
 # PostgreSQL (Airflow metadata + MLflow backend), Redis (Celery broker), the MLflow server (basic-auth app,
-# explicit --allowed-hosts, artifacts proxied), Airflow 3 api-server, scheduler, dag-processor, triggerer and
-# two Celery workers (queue `default`, queue `gpu`).
+# explicit --allowed-hosts, artifacts proxied), Airflow 3 api-server (FAB auth manager: users and roles),
+# scheduler, dag-processor, triggerer and two Celery workers (queue `default`, queue `gpu`).
 #   bash scripts/platform.sh up       # installs postgresql/redis-server if missing; idempotent
 #   bash scripts/platform.sh status
 #   bash scripts/platform.sh down     # stops only what `up` started (pid files)
-#   source .platform/env              # the client side: MLFLOW_TRACKING_URI + credentials, Airflow URL + user
+#   bash scripts/platform.sh adopt DIR  # hand a workspace or landing folder to the service user
+#   source .platform/env              # the client side: MLFLOW_TRACKING_URI + credentials, Airflow URL + users
 # Everything lives in $PLATFORM_DIR (default .platform/, git-ignored): data, logs/, pids/, server.env (the
 # services' secrets) and env (what a client needs: URLs and its own credentials), every file created under
-# umask 077, logs included. Nothing secret is in the repo, on a command line or in a log: the Airflow admin
-# password is chosen here, so the simple auth manager never generates and prints one.
-# Workers run the DAGs against DEEPFUSION_HOME (default: this project).
+# umask 077, logs included. Nothing secret is in the repo, on a command line or in a log.
+# Started by root, every service runs as the unprivileged system user $PLATFORM_USER (default `deepfusion`,
+# created here; PostgreSQL as `postgres`): a worker that parses an uploaded CSV or image holds no root.
+# Started by another user, the services run as that user. Workers run the DAGs against DEEPFUSION_HOME
+# (default: this project), which the service user must be able to write (`adopt` hands it over).
 set -euo pipefail
 umask 077
 cd "$(dirname "$0")/.."
@@ -22,6 +25,8 @@ redis_port=${PLATFORM_REDIS_PORT:-56379}
 mlflow_port=${PLATFORM_MLFLOW_PORT:-5050}
 api_port=${PLATFORM_AIRFLOW_PORT:-8088}
 venv=${DEEPFUSION_VENV:-$root/.venv}
+svc_user=${PLATFORM_USER:-deepfusion}
+as_svc=()
 pgbin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 
 log() { echo "[platform] $*"; }
@@ -37,7 +42,54 @@ install_services() {
   fi
 }
 
-SERVER_KEYS='PLATFORM_PG_PASSWORD|PLATFORM_REDIS_PASSWORD|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__CORE__FERNET_KEY|PLATFORM_PG_AIRFLOW_PASSWORD|PLATFORM_PG_MLFLOW_PASSWORD'
+SERVER_KEYS='PLATFORM_PG_PASSWORD|PLATFORM_REDIS_PASSWORD|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__CORE__FERNET_KEY|AIRFLOW__API__SECRET_KEY|PLATFORM_MLFLOW_SECRET_KEY|PLATFORM_PG_AIRFLOW_PASSWORD|PLATFORM_PG_MLFLOW_PASSWORD'
+
+service_user() {
+  # Root starts the services but never runs them: setpriv switches to the service user and execs (no extra
+  # process, so pid files and process groups stay the service's own).
+  mkdir -p "$dir/home" "$dir/dvc-site" "$dir/airflow" "$dir/mlartifacts" "$dir/redis"
+  if [ "$(id -u)" != 0 ]; then svc_user=$(id -un); as_svc=(); return; fi
+  if ! id -u "$svc_user" >/dev/null 2>&1; then
+    useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$svc_user"
+    log "created the system user $svc_user"
+  fi
+  as_svc=(setpriv "--reuid=$svc_user" "--regid=$svc_user" --init-groups --)
+  # The service user's own folders (its HOME, DVC's site cache: nothing shared with other users of the host).
+  chown -R "$svc_user:$svc_user" "$dir/home" "$dir/dvc-site" "$dir/airflow" "$dir/mlartifacts" "$dir/redis"
+}
+
+# What no service may inherit unless it is its own: every generated secret, the client's passwords, Airflow's
+# settings (its DB URI holds a password). Dropped by name (`env -u NAME`), so no value ever reaches an argv.
+SECRET_VARS='^(PLATFORM_.*|AIRFLOW__.*|AIRFLOW_PASSWORD|AIRFLOW_VIEWER_PASSWORD|MLFLOW_TRACKING_PASSWORD)$'
+
+drop_env() {  # drop_env KEEP_REGEX: `-u NAME` words for the exported secrets a service must not see
+  local n
+  for n in $(compgen -e); do
+    if [[ $n =~ $SECRET_VARS && ! $n =~ $1 ]]; then printf -- '-u\n%s\n' "$n"; fi
+  done
+}
+
+service_env() {  # service_env NAME: the `env` arguments for a service: only its own variables
+  local keep drop
+  case $1 in
+    worker-*) keep='^(AIRFLOW__.*|MLFLOW_TRACKING_PASSWORD)$' ;;  # task code logs to MLflow
+    airflow*) keep='^AIRFLOW__' ;;
+    *) keep='^$' ;;  # redis, mlflow: their own settings come in as MLFLOW_* assignments or a config file
+  esac
+  mapfile -t drop < <(drop_env "$keep")
+  svc_env=("${drop[@]}" HOME="$dir/home" DVC_SITE_CACHE_DIR="$dir/dvc-site")
+}
+
+as_service() { local svc_env; service_env airflow-cli; env "${svc_env[@]}" "${as_svc[@]}" "$@"; }
+
+check_home() {  # the workers write runs, outputs and the landing area's state in DEEPFUSION_HOME
+  local home=${DEEPFUSION_HOME:-$root}
+  if ! as_service test -w "$home" -a -x "$venv/bin/python"; then
+    log "the service user $svc_user cannot write $home (or run $venv/bin/python)."
+    log "hand the workspace over with: bash scripts/platform.sh adopt $home   (or set DEEPFUSION_HOME)"
+    exit 1
+  fi
+}
 
 secrets() {
   # Generated once (0600 files). server.env: what only the services need; env: what a client needs.
@@ -57,6 +109,13 @@ export AIRFLOW__API_AUTH__JWT_SECRET=$(openssl rand -hex 32)
 export AIRFLOW__CORE__FERNET_KEY=$fernet
 EOF
   fi
+  # Flask session keys: the FAB login pages', and MLflow's own (it once reused Airflow's JWT secret, so the
+  # tracking server could have forged Airflow tokens). Added to a platform set up before them.
+  local key
+  for key in AIRFLOW__API__SECRET_KEY PLATFORM_MLFLOW_SECRET_KEY; do
+    grep -q "^export $key=" "$dir/server.env" ||
+      printf 'export %s=%s\n' "$key" "$(openssl rand -hex 32)" >>"$dir/server.env"
+  done
   if [ -f "$dir/env" ] && ! grep -q '^export AIRFLOW_PASSWORD=' "$dir/env"; then  # set up before we chose it
     printf 'export AIRFLOW_USERNAME=admin\nexport AIRFLOW_PASSWORD=%s\n' "$(openssl rand -hex 16)" >>"$dir/env"
   fi
@@ -70,6 +129,9 @@ export AIRFLOW_URL=http://127.0.0.1:$api_port
 export AIRFLOW_USERNAME=admin
 export AIRFLOW_PASSWORD=$(openssl rand -hex 16)
 EOF
+  fi
+  if ! grep -q '^export AIRFLOW_VIEWER_PASSWORD=' "$dir/env"; then  # the read-only Airflow user
+    printf 'export AIRFLOW_VIEWER_USERNAME=viewer\nexport AIRFLOW_VIEWER_PASSWORD=%s\n' "$(openssl rand -hex 16)" >>"$dir/env"
   fi
   # One database role per service (added to a platform set up before the roles existed).
   local role
@@ -88,7 +150,8 @@ alive() { [ -f "$dir/pids/$1.pid" ] && kill -0 "$(cat "$dir/pids/$1.pid")" 2>/de
 start() {  # start NAME CMD...: a background process with its log and pid file, unless it already runs
   local name=$1; shift
   if alive "$name"; then log "$name already running (pid $(cat "$dir/pids/$name.pid"))"; return; fi
-  nohup setsid "$@" >>"$dir/logs/$name.log" 2>&1 &
+  local svc_env; service_env "$name"
+  nohup setsid env "${svc_env[@]}" "${as_svc[@]}" "$@" >>"$dir/logs/$name.log" 2>&1 &
   echo $! >"$dir/pids/$name.pid"
   log "$name started (pid $!, log $dir/logs/$name.log)"
 }
@@ -165,6 +228,7 @@ redis_up() {
   # The password goes in through a config file (not argv: `ps` would show it).
   (umask 077; printf 'port %s\nbind 127.0.0.1\ndir %s\nrequirepass %s\nsave ""\n' \
     "$redis_port" "$dir/redis" "$PLATFORM_REDIS_PASSWORD" >"$dir/redis/redis.conf")
+  [ ${#as_svc[@]} -eq 0 ] || chown "$svc_user" "$dir/redis/redis.conf"
   start redis redis-server "$dir/redis/redis.conf"
   # redis-cli reads the password from REDISCLI_AUTH: `-a` would put it in the process list.
   REDISCLI_AUTH=$PLATFORM_REDIS_PASSWORD wait_for redis 20 redis-cli -p "$redis_port" ping
@@ -178,9 +242,10 @@ mlflow_up() {
   mkdir -p "$dir/mlartifacts"
   (umask 077; printf '[mlflow]\ndefault_permission = READ\ndatabase_uri = %s\nadmin_username = admin\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n' \
     "$(pg_uri mlflow_svc "$PLATFORM_PG_MLFLOW_PASSWORD" mlflow_auth)" >"$dir/mlflow_auth.ini")
+  [ ${#as_svc[@]} -eq 0 ] || chown "$svc_user" "$dir/mlflow_auth.ini"
   # Backend URI and admin password by environment: neither appears in the process list.
   MLFLOW_BACKEND_STORE_URI=$(pg_uri mlflow_svc "$PLATFORM_PG_MLFLOW_PASSWORD" mlflow) MLFLOW_AUTH_CONFIG_PATH=$dir/mlflow_auth.ini \
-  MLFLOW_AUTH_ADMIN_PASSWORD=$MLFLOW_TRACKING_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY=$AIRFLOW__API_AUTH__JWT_SECRET \
+  MLFLOW_AUTH_ADMIN_PASSWORD=$MLFLOW_TRACKING_PASSWORD MLFLOW_FLASK_SERVER_SECRET_KEY=$PLATFORM_MLFLOW_SECRET_KEY \
     start mlflow "$venv/bin/mlflow" server --app-name basic-auth --host 127.0.0.1 --port "$mlflow_port" \
       --workers 2 --artifacts-destination "$dir/mlartifacts" \
       --allowed-hosts "127.0.0.1:$mlflow_port,localhost:$mlflow_port"
@@ -198,10 +263,8 @@ airflow_env() {
   AIRFLOW__CELERY__RESULT_BACKEND="db+$(pg_uri airflow_svc "$PLATFORM_PG_AIRFLOW_PASSWORD" airflow)"
   export AIRFLOW__CORE__EXECUTION_API_SERVER_URL=http://127.0.0.1:$api_port/execution/
   export AIRFLOW__API__BASE_URL=http://127.0.0.1:$api_port AIRFLOW__API__PORT=$api_port AIRFLOW__API__HOST=127.0.0.1
-  export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=admin:admin
-  # Written before the api-server starts: the simple auth manager reads admin's password from it instead of
-  # generating one and printing it into its log.
-  export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=$dir/airflow_passwords.json
+  # Users and roles (Admin, Viewer, ...) in the metadata DB; the simple auth manager is for `airflow.sh` only.
+  export AIRFLOW__CORE__AUTH_MANAGER=airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager
   export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
   local cores; cores=$(nproc)
   export AIRFLOW__CORE__PARALLELISM=$((cores * 2)) AIRFLOW__CELERY__WORKER_CONCURRENCY=1
@@ -211,13 +274,23 @@ airflow_env() {
   export DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=False DO_NOT_TRACK=1
 }
 
+airflow_user() {  # airflow_user NAME ROLE PASSWORD: create, or set the password of, a FAB user
+  # The password goes in on stdin (getpass falls back to it without a terminal), never on a command line.
+  local out
+  out=$(printf '%s\n%s\n' "$3" "$3" | as_service "$venv/bin/airflow" users create --username "$1" --role "$2" \
+    --firstname "$1" --lastname deepfusion --email "$1@deepfusion.invalid" 2>&1) || { echo "$out" | tail -5; return 1; }
+  if echo "$out" | grep -q "already exist"; then
+    printf '%s\n%s\n' "$3" "$3" | as_service "$venv/bin/airflow" users reset-password --username "$1" >/dev/null 2>&1
+  fi
+}
+
 airflow_up() {
   airflow_env
-  mkdir -p "$AIRFLOW_HOME"
-  "$venv/bin/python" -c "import json,sys; print(json.dumps({'admin': sys.argv[1]}))" "$AIRFLOW_PASSWORD" \
-    >"$AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"
-  "$venv/bin/airflow" db migrate >"$dir/logs/airflow-migrate.log" 2>&1
-  "$venv/bin/airflow" pools set gpu_pool 1 "GPU training slots" >/dev/null
+  rm -f "$dir/airflow_passwords.json"  # the simple auth manager's file of an older platform
+  as_service "$venv/bin/airflow" db migrate >"$dir/logs/airflow-migrate.log" 2>&1
+  as_service "$venv/bin/airflow" pools set gpu_pool 1 "GPU training slots" >/dev/null
+  airflow_user admin Admin "$AIRFLOW_PASSWORD"
+  airflow_user "$AIRFLOW_VIEWER_USERNAME" Viewer "$AIRFLOW_VIEWER_PASSWORD"
   start airflow-api-server "$venv/bin/airflow" api-server --port "$api_port"
   start airflow-scheduler "$venv/bin/airflow" scheduler
   start airflow-dag-processor "$venv/bin/airflow" dag-processor
@@ -251,6 +324,8 @@ case "${1:-}" in
     # The postgres user must reach its data and its log file; nobody may list or read the rest.
     chmod 711 "$dir" "$dir/logs"
     install_services
+    service_user
+    check_home
     secrets
     postgres_up
     redis_up
@@ -263,6 +338,12 @@ case "${1:-}" in
     if [ -f "$dir/pg/PG_VERSION" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg" status >/dev/null 2>&1; then
       runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg" -m fast -w stop >/dev/null && log "postgres stopped"
     fi
+    ;;
+  adopt)  # adopt DIR: the service user owns a workspace (DEEPFUSION_HOME) or a landing area from now on
+    [ -n "${2:-}" ] && [ -d "$2" ] || { echo "usage: bash scripts/platform.sh adopt DIR" >&2; exit 2; }
+    service_user
+    chown -R "$svc_user:$svc_user" "$2"
+    log "$2 now belongs to $svc_user"
     ;;
   status)
     [ -f "$dir/server.env" ] || { echo "not set up ($dir/server.env missing)"; exit 1; }

@@ -4,7 +4,10 @@
 #   SKIP_DATA=1 bash scripts/setup.sh  # venv only
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3.11}
+# The system's Python 3.11 when there is one: the platform's services run as an unprivileged user
+# (scripts/platform.sh), who must be able to run the venv's interpreter, and one under /root (pyenv) is not
+# reachable for them. PYTHON=... picks another.
+if [ -z "${PYTHON:-}" ] && [ -x /usr/bin/python3.11 ]; then PY=/usr/bin/python3.11; else PY=${PYTHON:-python3.11}; fi
 export DVC_NO_ANALYTICS=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 
 if [ ! -x .venv/bin/python ]; then

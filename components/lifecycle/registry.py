@@ -15,7 +15,10 @@ import fcntl
 import hashlib
 import json
 import logging
+import os
+import stat
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,12 +103,25 @@ def champion_scores(params: Params, c, champ: str, chal_tags: dict[str, str],
                             "alias with `mlflow` if the challenger is better") from exc
 
 
+def private_lock_dir() -> Path:
+    """This user's own lock folder (0700) in the temp dir. A shared, predictable /tmp name let another user of
+    the host pre-create the lock (blocking every promotion, or pointing a symlink elsewhere), and a lock file left
+    by root was unopenable for the platform's unprivileged service user."""
+    folder = Path(tempfile.gettempdir()) / f"deepfusion-locks-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if stat.S_ISLNK(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise RegistryError(f"{folder}: not a private folder of this user (owner uid {info.st_uid}, mode "
+                            f"{stat.S_IMODE(info.st_mode):o}); remove it or set TMPDIR to a private folder")
+    return folder
+
+
 @contextlib.contextmanager
 def promotion_lock(params: Params) -> Iterator[None]:
     """Serialise promotions on this host; the alias compare-and-set below guards across hosts."""
     key = hashlib.sha1(store.tracking_uri(params).encode()).hexdigest()[:12]
-    path = Path("/tmp") / f"deepfusion-promote-{key}.lock"
-    with path.open("w") as fh:
+    fd = os.open(private_lock_dir() / f"promote-{key}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

@@ -20,13 +20,13 @@ import pandas as pd
 from components.atomic_io import atomic_dir, csv_bytes, read_json, write_json
 from components.config import Params, load_params
 from components.lifecycle.provenance import files_md5
+from components.orchestration import batch_state
 
 log = logging.getLogger(__name__)
 
 # A batch is picked up once it holds READY (written last by the uploader: a half-copied folder is never read).
-# <landing>/_state/<batch>.json marks a processed batch with the md5 of its files (names and bytes), so a
-# corrected re-upload under the same name is processed again; <landing>/_failed/<batch>/ keeps a rejected
-# batch with the reason.
+# Its life (validated, reported, categorized or failed, keyed on the md5 of its files) is kept by batch_state;
+# <landing>/_failed/<batch>/ keeps a rejected batch with the reason, <landing>/_done/<batch>/ a categorized one.
 READY = "_READY"
 FAILED = "_failed"
 # OSErrors that say something about the worker (space, memory, descriptors, the disk) rather than the batch.
@@ -38,44 +38,59 @@ class BatchRejected(RuntimeError):
     """A new catalog batch failed validation; it was moved to <landing>/_failed/ with its report."""
 
 
-def pending_batches(landing: Path) -> list[str]:
-    """Ready batch folders whose content was not processed yet (and not failed)."""
+def _ready_folders(landing: Path) -> list[Path]:
     landing = Path(landing)
     if not landing.is_dir():
         return []
     out = []
     for p in sorted(landing.iterdir()):
-        if not p.is_dir() or p.name.startswith(("_", ".")):
+        if p.is_symlink() or not p.is_dir() or p.name.startswith(("_", ".")):
             continue
         if not (p / READY).is_file():
             log.info("landing: %s has no %s marker yet (still uploading?): left for a later run", p.name, READY)
             continue
-        state = landing / "_state" / f"{p.name}.json"
-        if state.is_file():
-            try:
-                done = read_json(state).get("content_md5")
-            except (ValueError, AttributeError, OSError) as exc:  # the uploader can write there: never trust it
-                log.warning("landing: %s is not a state file we wrote (%s); %s is processed again",
-                            state, type(exc).__name__, p.name)
-                done = None
-            if done == files_md5(p):
-                continue
-        out.append(str(p))
+        out.append(p)
     return out
+
+
+def pending_batches(landing: Path) -> list[dict]:
+    """Ready batches whose content still needs validating and a drift report: [{"batch", "content_md5"}], the
+    md5 taken here, before anything reads the files (a re-upload during the run is then processed again, never
+    recorded as done). A batch already reported waits for categorize; content already categorized (the same
+    files uploaded again) is archived without work."""
+    out = []
+    for p in _ready_folders(landing):
+        md5 = files_md5(p)
+        where = batch_state.status(landing, p.name, md5)
+        if where == "reported":
+            continue
+        if where == "categorized":
+            log.info("landing: %s holds content already categorized: archived again", p.name)
+            batch_state.archive(landing, p.name)
+            continue
+        out.append({"batch": str(p), "content_md5": md5})
+    return out
+
+
+def awaiting_categorize(landing: Path) -> list[str]:
+    """Names of reported batches still in the landing area: their categorize run failed or has not happened,
+    so the drift DAG announces them again (categorize hashes the files itself before reading them)."""
+    return [p.name for p in _ready_folders(landing)
+            if (s := batch_state.read_state(landing, p.name)) is not None and s.state == "reported"]
 
 
 def resolve_batch(landing: Path, name: str) -> Path:
     """A batch of the landing area by its folder name (what the categorize form and the asset events carry):
-    one plain folder directly in the area, so no name can reach a folder elsewhere."""
+    one plain folder directly in the area (or archived in its _done/), so no name can reach a folder elsewhere."""
     from components.catalog import CatalogError
 
     if not isinstance(name, str) or not BATCH_NAME.fullmatch(name) or ".." in name:
         raise CatalogError(f"{name!r}: not a batch name; give the name of a folder in the landing area "
                            "(letters, digits, '.', '_', '-'; no path)")
-    path = Path(landing) / name
-    if path.is_symlink() or not path.is_dir():
-        raise CatalogError(f"{name}: no such batch folder in the landing area {landing}")
-    return path
+    for path in (Path(landing) / name, Path(landing) / batch_state.DONE / name):  # new, else categorized before
+        if path.is_dir() and not path.is_symlink():
+            return path
+    raise CatalogError(f"{name}: no such batch folder in the landing area {landing}")
 
 
 def reject(batch_path: Path, failures: list[str]) -> Path:
@@ -89,13 +104,16 @@ def reject(batch_path: Path, failures: list[str]) -> Path:
     return dest
 
 
-def check_batch(home: Path, batch: str) -> str:
-    """Validate a new batch with the row-level GX suite. A batch that fails, or that cannot be read at all
-    for any reason, moves to _failed/ with the reason: it never blocks the landing area."""
+def check_batch(home: Path, batch: str, content_md5: str | None = None) -> dict:
+    """Validate a new batch with the row-level GX suite; `content_md5` is its files' md5 taken before reading
+    (by pending_batches). A batch that fails, or that cannot be read at all for any reason, moves to _failed/
+    with the reason (state `failed`): it never blocks the landing area."""
     from components.catalog import CatalogError, check_upload, read_catalog
     from components.pipeline.validate import validate_batch
 
     batch_path = Path(batch)
+    landing = batch_path.parent
+    content_md5 = content_md5 or files_md5(batch_path)
     with contextlib.chdir(home):
         params = load_params()
         try:
@@ -124,9 +142,11 @@ def check_batch(home: Path, batch: str) -> str:
             failures = [f"unreadable batch ({type(exc).__name__}); the worker's log has the details"]
     if failures:
         dest = reject(batch_path, failures)
+        batch_state.advance(landing, batch_path.name, "failed", content_md5, reason="; ".join(failures)[:2000])
         raise BatchRejected(f"{batch_path.name}: {len(failures)} validation failure(s), batch moved to {dest}:\n  - "
                             + "\n  - ".join(failures))
-    return batch
+    batch_state.advance(landing, batch_path.name, "validated", content_md5)
+    return {"batch": batch, "content_md5": content_md5}
 
 
 def serving_model(home: Path) -> str:
@@ -148,24 +168,23 @@ def serving_model(home: Path) -> str:
         return str(Path(home) / fusion_checkpoint(params.paths.train_fusion))
 
 
-def drift_batch(home: Path, batch: str, model: str) -> dict:
-    """Drift report for one batch, logged to MLflow, then the batch is marked processed. A failure is returned
-    (`error`), not raised: the batch stays unmarked for the next run and the other batches go on."""
+def drift_batch(home: Path, batch: str, content_md5: str, model: str) -> dict:
+    """Drift report for one validated batch, logged to MLflow; the batch is then `reported` (not done: that
+    waits for its predictions). A failure is returned (`error`), not raised: the batch stays `validated` for
+    the next run and the other batches go on."""
     try:
-        return _drift_batch(home, batch, model)
+        return _drift_batch(home, batch, content_md5, model)
     except Exception as exc:  # noqa: BLE001 (reported by the DAG's check_failures task, which fails the run)
         log.exception("landing: drift report of %s failed", batch)
         return {"batch": batch, "drift_detected": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
 
 
-def _drift_batch(home: Path, batch: str, model: str) -> dict:
+def _drift_batch(home: Path, batch: str, content_md5: str, model: str) -> dict:
     from components import mlflow_store
     from components.monitoring import drift
     from components.orchestration.run_workspace import current
 
     batch_path = Path(batch)
-    # The content this report is about, taken before reading: a re-upload during the run is not marked done.
-    content_md5 = files_md5(batch_path)
     with contextlib.chdir(home):
         params = load_params()
         # The reference is the training data of the current pipeline result (the latest retrain run's workspace).
@@ -177,9 +196,8 @@ def _drift_batch(home: Path, batch: str, model: str) -> dict:
                                 {"drift_detected": float(summary["drift_detected"]),
                                  "drifted_signals": float(len(summary["drifted"])),
                                  **{f"signal_{s['signal']}": s["value"] for s in summary["signals"]}})
-        write_json(batch_path.parent / "_state" / f"{batch_path.name}.json",
-                   {"drift_detected": summary["drift_detected"], "report": str(Path(home) / out),
-                    "content_md5": content_md5})
+        batch_state.advance(batch_path.parent, batch_path.name, "reported", content_md5,
+                            drift_detected=bool(summary["drift_detected"]), report=str(Path(home) / out))
     return {"batch": batch, "drift_detected": summary["drift_detected"], "reasons": summary["reasons"]}
 
 
@@ -205,28 +223,50 @@ def review_queue(pred: pd.DataFrame, labels: pd.DataFrame, threshold: float) -> 
 def categorize_batch(home: Path, landing: Path, name: str, model: str) -> dict:
     """Predictions for a landing batch (by name) plus the review queue (uncertain predictions and, for a
     labelled batch, the products the model confidently files elsewhere), in one folder swapped in whole,
-    with the model that made them."""
+    with the model that made them. Then, and only then, the batch is `categorized` and moves to _done/.
+    Content already categorized by this model is not scored twice (an event announced twice)."""
     from components.catalog import check_upload, read_catalog
     from components.serving.predict import categorize, load_categorizer
 
     batch_path = resolve_batch(landing, name)
+    content_md5 = files_md5(batch_path)  # before reading: the state records what was really scored
     with contextlib.chdir(home):
         params = load_params()
+        out = Path(params.paths.categorize) / batch_path.name
+        done = batch_state.read_state(landing, batch_path.name)
+        if (done and done.state == "categorized" and done.content_md5 == content_md5 and done.model == model
+                and (out / "model.json").is_file()):
+            log.info("landing: %s was already categorized by %s: nothing to do", name, model)
+            _archive_if_new(landing, batch_path)
+            return {"batch": str(batch_path), "already_categorized": True, "output": str(Path(home) / out)}
         check_upload(batch_path, params.landing.max_batch_mb * 2**20, params.landing.max_batch_rows)
         threshold = review_threshold(params, model)
         read = read_catalog(batch_path, require_labels=False)  # once: for the predictions and the labels
         pred, _ = categorize(batch_path, load_categorizer(model), progress=False, read=read)
         labels = read.frame.reindex(columns=["id", "articleType"])
         review = review_queue(pred, labels, threshold)
-        out = Path(params.paths.categorize) / batch_path.name
         with atomic_dir(out) as tmp:
             (tmp / "predictions.csv").write_bytes(csv_bytes(pred))
             (tmp / "review_queue.csv").write_bytes(csv_bytes(review))
-            (tmp / "model.json").write_text(json.dumps({"model": model, "auto_accept_threshold": threshold}) + "\n")
-        batch = str(batch_path)
+            (tmp / "model.json").write_text(json.dumps({"model": model, "auto_accept_threshold": threshold,
+                                                        "content_md5": content_md5}) + "\n")
+    batch_state.advance(landing, batch_path.name, "categorized", content_md5, predictions=str(Path(home) / out),
+                        model=model)
+    batch = str(_archive_if_new(landing, batch_path))
     counts = review["review_reason"].value_counts().to_dict()
     return {"batch": batch, "products": len(pred), "to_review": len(review), "threshold": threshold,
             "review_reasons": counts, "output": str(Path(home) / out)}
+
+
+def _archive_if_new(landing: Path, batch_path: Path) -> Path:
+    """A categorized batch still in the landing area moves to _done/ (unless its content changed meanwhile:
+    a re-upload during the run stays, to be processed as the new content it is)."""
+    if batch_path.parent != Path(landing):
+        return batch_path  # already archived
+    if batch_state.status(landing, batch_path.name, files_md5(batch_path)) != "categorized":
+        log.warning("landing: %s changed while it was categorized: left for the next run", batch_path.name)
+        return batch_path
+    return batch_state.archive(landing, batch_path.name)
 
 
 def review_threshold(params: Params, model: str) -> float:

@@ -28,10 +28,9 @@ def home() -> Path:
 
 
 def landing() -> Path:
-    """Landing area for new catalog batches: Airflow Variable deepfusion_landing, else <home>/landing."""
-    from airflow.sdk import Variable
-
-    return Path(Variable.get("deepfusion_landing", default=str(home() / "landing")))
+    """Landing area for new catalog batches: DEEPFUSION_LANDING, else <home>/landing. An environment variable
+    (not an Airflow Variable) because the landing watcher needs it when the DAG file is parsed."""
+    return Path(os.environ.get("DEEPFUSION_LANDING") or home() / "landing")
 
 
 def gpu_executor_config() -> dict:

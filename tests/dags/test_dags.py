@@ -148,8 +148,11 @@ def test_catalog_drift_flags_a_drifted_batch_then_is_idempotent(retrained, works
     assert r["tasks"]["announce_batches"].endswith("success")  # emits NEW_CATALOG -> categorize
     state = json.loads((landing / "_state" / "2016-01.json").read_text())
     assert state["drift_detected"] is True and Path(state["report"], "report.html").is_file()
+    assert state["state"] == "reported" and (landing / "2016-01").is_dir()  # done only once categorized
     again = run_dag(workspace, "catalog_drift")
     assert again["state"].endswith("success") and not any(k.startswith("drift_report[") for k in again["tasks"])
+    # Not categorized yet (categorize is another DAG): announced again, without a second report.
+    assert again["tasks"]["announce_batches"].endswith("success")
 
 
 @pytest.mark.slow
@@ -164,11 +167,13 @@ def test_one_failing_drift_report_does_not_hold_back_the_other_batches(retrained
     r = run_dag(workspace, "catalog_drift")
     assert r["state"].endswith("failed") and r["tasks"]["check_failures"].endswith("failed")
     assert r["tasks"]["announce_batches"].endswith("success")  # 2016-02 announced all the same
-    assert (landing / "_state" / "2016-02.json").is_file() and not (landing / "_state" / "2016-03.json").exists()
+    state = {b: json.loads((landing / "_state" / f"{b}.json").read_text())["state"] for b in ("2016-02", "2016-03")}
+    assert state == {"2016-02": "reported", "2016-03": "validated"}
     assert (blocker / "notes.txt").read_text() == "not a report"
     shutil.rmtree(blocker)
     again = run_dag(workspace, "catalog_drift")  # the next run picks up only the batch that failed
-    assert again["state"].endswith("success") and (landing / "_state" / "2016-03.json").is_file()
+    assert again["state"].endswith("success")
+    assert json.loads((landing / "_state" / "2016-03.json").read_text())["state"] == "reported"
     assert [k for k in again["tasks"] if k.startswith("drift_report[")] == ["drift_report[0]"]
 
 
@@ -261,6 +266,11 @@ def test_categorize_writes_predictions_and_review_queue(retrained, workspace, tm
     pred = pd.read_csv(out / "predictions.csv")
     review = pd.read_csv(out / "review_queue.csv")
     assert len(pred) == 20 and set(review["id"]) <= set(pred["id"])
+    # Done only now: the batch's state says so and its folder moved out of the landing area.
+    state = json.loads((workspace / "landing" / "_state" / "handbatch.json").read_text())
+    assert state["state"] == "categorized" and state["predictions"] == str(out)
+    area = workspace / "landing"
+    assert (area / "_done" / "handbatch").is_dir() and not (area / "handbatch").exists()
     assert set(review["id"]) >= set(pred.loc[pred["status"] == "corrupt_image", "id"])
 
 

@@ -90,6 +90,26 @@ def test_compose_binds_to_loopback_and_gives_each_service_only_its_secrets():
     env = s["airflow-scheduler"]["environment"]
     assert env["AIRFLOW__CORE__FERNET_KEY"].startswith("${AIRFLOW__CORE__FERNET_KEY:?")
     assert env["AIRFLOW__API_AUTH__JWT_SECRET"].startswith("${AIRFLOW__API_AUTH__JWT_SECRET:?")
-    for name in ("mlflow", "postgres", "redis"):
+    for name in s:
         assert "env_file" not in s[name], f"{name} gets the whole docker/.env"
     assert not {k for k in s["mlflow"]["environment"] if "AIRFLOW" in k or k.startswith("POSTGRES_")}
+
+
+def test_compose_gives_each_service_its_own_database_role_and_airflow_roles():
+    """Issue 39.5/39.6 (static): one PostgreSQL superuser served every database and every container got the whole
+    docker/.env; Airflow had the simple auth manager's one shared admin."""
+    s = yaml.safe_load((DOCKER / "compose.yaml").read_text())["services"]
+    airflow = s["airflow-scheduler"]["environment"]
+    assert "://airflow_svc:${AIRFLOW_DB_PASSWORD:?" in airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert "://mlflow_svc:${MLFLOW_DB_PASSWORD:?" in s["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    assert airflow["AIRFLOW__CORE__AUTH_MANAGER"].endswith("fab_auth_manager.FabAuthManager")
+    holders = {name for name, svc in s.items() for k, v in (svc.get("environment") or {}).items()
+               if "POSTGRES_PASSWORD" in f"{k}={v}"}
+    assert holders == {"postgres"}, holders  # the superuser's password never leaves the database container
+    admin = {name for name, svc in s.items() if "AIRFLOW_ADMIN_PASSWORD" in (svc.get("environment") or {})}
+    assert admin == {"airflow-init"}
+    assert "AIRFLOW_ADMIN_PASSWORD\" |" in " ".join(s["airflow-init"]["command"])  # on stdin, not in argv
+    roles = (DOCKER / "initdb" / "10-roles.sh").read_text()
+    for role in ("airflow_svc", "mlflow_svc"):
+        assert f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'" in roles
+    assert "\\getenv" in roles and "PASSWORD}" not in roles  # passwords from the environment, not argv

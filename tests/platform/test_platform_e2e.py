@@ -1,6 +1,7 @@
 """The production path for real: `scripts/platform.sh up` (PostgreSQL, Redis, MLflow server with basic auth,
-Airflow 3 with CeleryExecutor and a `default` and a `gpu` worker), then the DAGs driven through the REST API
-as the UI does, on a tiny workspace. Run alone: `pytest -m platform tests/platform` (about 10 minutes on 2 cores)."""
+Airflow 3 with the FAB auth manager, CeleryExecutor and a `default` and a `gpu` worker, every service as the
+unprivileged `deepfusion` user), then the DAGs driven through the REST API as the UI does, on a tiny workspace.
+Run alone: `pytest -m platform tests/platform` (about 20 minutes on 2 cores)."""
 from __future__ import annotations
 
 import json
@@ -53,13 +54,19 @@ class Stack:
     def client(self) -> dict[str, str]:
         return read_env(self.folder / "env")
 
-    def api(self, method: str, path: str, body: dict | None = None) -> dict:
+    def token(self, user: str = "AIRFLOW") -> str:
         c = self.client
+        login = {"username": c[f"{user}_USERNAME"], "password": c[f"{user}_PASSWORD"]}
+        return self._call("POST", f"{c['AIRFLOW_URL']}/auth/token", login, auth=None)["access_token"]
+
+    def api(self, method: str, path: str, body: dict | None = None) -> dict:
         if not hasattr(self, "_token"):
-            self._token = self._call("POST", f"{c['AIRFLOW_URL']}/auth/token",
-                                     {"username": c["AIRFLOW_USERNAME"], "password": c["AIRFLOW_PASSWORD"]},
-                                     auth=None)["access_token"]
-        return self._call(method, f"{c['AIRFLOW_URL']}/api/v2{path}", body, auth=f"Bearer {self._token}")
+            self._token = self.token()
+        return self._call(method, f"{self.client['AIRFLOW_URL']}/api/v2{path}", body, auth=f"Bearer {self._token}")
+
+    def adopt(self, folder: Path) -> None:
+        """What an upload service does: the batch belongs to the platform's user once it is handed over."""
+        self.sh("adopt", str(folder))
 
     @staticmethod
     def _call(method: str, url: str, body: dict | None, auth: str | None) -> dict:
@@ -95,7 +102,10 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory):
-    home = dag_workspace(tmp_path_factory.mktemp("platformws"))
+    # The services run as the `deepfusion` user, which cannot enter pytest's private temp folders.
+    home = Path(tempfile.mkdtemp(prefix="deepfusion-platformws-"))
+    home.chmod(0o755)
+    dag_workspace(home)
     # As in the project's .dvc/config: stage outputs travel between workers through the `artifacts` remote.
     subprocess.run([str(BIN / "dvc"), "remote", "add", "-q", "artifacts", "artifacts-remote"], cwd=home,
                    check=True)
@@ -103,6 +113,7 @@ def platform(tmp_path_factory):
     folder = Path(tempfile.mkdtemp(prefix="deepfusion-platform-"))
     folder.chmod(0o755)
     s = Stack(folder, home)
+    s.adopt(home)
     # The workers log to MLflow with the credentials from the platform's env file, never from the repo.
     t0 = time.time()
     s.sh("up")
@@ -110,6 +121,7 @@ def platform(tmp_path_factory):
     yield s
     s.sh("down", timeout=300)
     shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_services_are_real_and_guarded(platform):
@@ -135,9 +147,11 @@ def test_no_secret_in_logs_argv_or_the_client_file(platform):
     server = read_env(platform.folder / "server.env")
     client = platform.client
     assert set(server) == {"PLATFORM_PG_PASSWORD", "PLATFORM_REDIS_PASSWORD", "AIRFLOW__API_AUTH__JWT_SECRET",
-                           "AIRFLOW__CORE__FERNET_KEY", "PLATFORM_PG_AIRFLOW_PASSWORD", "PLATFORM_PG_MLFLOW_PASSWORD"}
-    assert not set(server) & set(client) and {"AIRFLOW_PASSWORD", "MLFLOW_TRACKING_PASSWORD"} <= set(client)
-    secrets = [*server.values(), client["AIRFLOW_PASSWORD"], client["MLFLOW_TRACKING_PASSWORD"]]
+                           "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY", "PLATFORM_MLFLOW_SECRET_KEY",
+                           "PLATFORM_PG_AIRFLOW_PASSWORD", "PLATFORM_PG_MLFLOW_PASSWORD"}
+    passwords = {"AIRFLOW_PASSWORD", "AIRFLOW_VIEWER_PASSWORD", "MLFLOW_TRACKING_PASSWORD"}
+    assert not set(server) & set(client) and passwords <= set(client)
+    secrets = [*server.values(), *(client[k] for k in passwords)]
     for f in (platform.folder / "env", platform.folder / "server.env"):
         assert f.stat().st_mode & 0o077 == 0, f
     logs = [f for f in (platform.folder / "logs").iterdir() if f.is_file()]
@@ -153,6 +167,70 @@ def test_no_secret_in_logs_argv_or_the_client_file(platform):
             except OSError:  # gone meanwhile
                 continue
             assert not [x for x in secrets if x in argv], f"a secret is in the argv of pid {proc.name}"
+
+
+def test_every_service_runs_unprivileged(platform):
+    """Issue 39.3: MLflow and every Airflow service (the Celery workers that parse uploaded CSVs and images
+    included) ran as root."""
+    import pwd
+
+    service = pwd.getpwnam("deepfusion")
+    groups = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                groups.setdefault(int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2]), []).append(proc)
+            except (OSError, IndexError):
+                continue
+    pids = {f.stem: int(f.read_text()) for f in (platform.folder / "pids").glob("*.pid")}
+    assert set(pids) >= {"redis", "mlflow", "airflow-api-server", "airflow-scheduler", "worker-default", "worker-gpu"}
+    for name, pid in pids.items():
+        members = groups.get(pid, [])
+        assert members, f"{name}: no process in its group"
+        for proc in members:  # the service and every process it forked (gunicorn, celery, task runners)
+            try:
+                status = (proc / "status").read_text().splitlines()
+            except OSError:  # gone meanwhile
+                continue
+            uid = int(next(ln for ln in status if ln.startswith("Uid:")).split()[2])  # the effective uid
+            assert uid == service.pw_uid, f"{name}: pid {proc.name} runs as uid {uid}"
+
+
+def test_each_service_gets_only_its_own_secrets(platform):
+    """Issue 39.5: every process inherited every secret (the MLflow server held the PostgreSQL superuser's
+    password and Airflow's Fernet key; it even signed its sessions with Airflow's JWT secret)."""
+    secrets = {**read_env(platform.folder / "server.env"),
+               **{k: v for k, v in platform.client.items() if k.endswith("PASSWORD")}}
+    airflow = {"PLATFORM_PG_AIRFLOW_PASSWORD", "PLATFORM_REDIS_PASSWORD", "AIRFLOW__API_AUTH__JWT_SECRET",
+               "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY"}
+    allowed = {"redis": set(), "mlflow": {"PLATFORM_PG_MLFLOW_PASSWORD", "PLATFORM_MLFLOW_SECRET_KEY",
+                                           "MLFLOW_TRACKING_PASSWORD"},
+               "airflow-api-server": airflow, "airflow-scheduler": airflow, "airflow-dag-processor": airflow,
+               "airflow-triggerer": airflow, "worker-default": airflow | {"MLFLOW_TRACKING_PASSWORD"},
+               "worker-gpu": airflow | {"MLFLOW_TRACKING_PASSWORD"}}
+    for name, own in allowed.items():
+        pid = int((platform.folder / "pids" / f"{name}.pid").read_text())
+        environ = (Path("/proc") / str(pid) / "environ").read_bytes().decode(errors="replace")
+        leaked = sorted(k for k, v in secrets.items() if k not in own and v in environ)
+        assert not leaked, f"{name} holds {leaked}"
+    assert "PLATFORM_PG_PASSWORD" not in set().union(*allowed.values())  # the superuser's: setup only
+
+
+def test_a_read_only_user_cannot_trigger_a_dag(platform):
+    """Issue 39.6: the simple auth manager had one shared admin and no roles. With FAB, the Viewer role may read
+    and may not trigger."""
+    c = platform.client
+    viewer = f"Bearer {platform.token('AIRFLOW_VIEWER')}"
+    assert "retrain" in {d["dag_id"] for d in platform._call("GET", f"{c['AIRFLOW_URL']}/api/v2/dags", None,
+                                                             auth=viewer)["dags"]}
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        platform._call("POST", f"{c['AIRFLOW_URL']}/api/v2/dags/retrain/dagRuns",
+                       {"logical_date": None, "conf": {"mode": "full"}}, auth=viewer)
+    assert exc.value.code == 403
+    assert platform.api("GET", "/dags/retrain/dagRuns")["dag_runs"] == []  # nothing was started
+    with pytest.raises(urllib.error.HTTPError) as exc:  # and a wrong password gets no token at all
+        platform._call("POST", f"{c['AIRFLOW_URL']}/auth/token", {"username": "admin", "password": "guess"}, auth=None)
+    assert exc.value.code in (400, 401)
 
 
 def test_each_service_has_its_own_database_role_and_no_superuser(platform):
@@ -203,11 +281,20 @@ def test_retrain_through_celery_registers_on_the_mlflow_server(platform):
           f"tiny retrain through Celery in {platform.retrain_seconds:.0f} s")
 
 
-def test_new_batch_is_drift_checked_then_categorized_through_asset_events(platform):
+def test_an_upload_is_drift_checked_then_categorized_through_events_alone(platform):
     batch = make_catalog(platform.home / "landing" / "2016-05", n=60, seed=31, start_id=70_000)
-    (batch / "_READY").write_text("")
-    run_id = platform.trigger("catalog_drift", {})
-    assert platform.wait("catalog_drift", run_id)["state"] == "success"
+    platform.adopt(platform.home / "landing")
+    t0 = time.time()
+    (batch / "_READY").write_text("")  # the uploader's last step; nobody triggers anything by hand
+    deadline = time.time() + 600
+    while time.time() < deadline:  # the landing watcher (triggerer) starts catalog_drift, no hourly wait
+        drift_runs = platform.api("GET", "/dags/catalog_drift/dagRuns")["dag_runs"]
+        if any(r["run_type"] == "asset_triggered" and r["state"] in ("success", "failed") for r in drift_runs):
+            break
+        time.sleep(3)
+    started = [r for r in drift_runs if r["run_type"] == "asset_triggered"]
+    assert started and started[0]["state"] == "success", drift_runs
+    print(f"catalog_drift asset-triggered run finished {time.time() - t0:.0f} s after _READY")
     deadline = time.time() + 600
     while time.time() < deadline:  # categorize is scheduled by the deepfusion_new_catalog asset event
         runs = platform.api("GET", "/dags/categorize/dagRuns")["dag_runs"]
@@ -217,6 +304,8 @@ def test_new_batch_is_drift_checked_then_categorized_through_asset_events(platfo
     assert runs and runs[-1]["state"] == "success" and runs[-1]["run_type"] == "asset_triggered"
     out = platform.home / "artifacts" / "categorize" / "2016-05"
     assert (out / "predictions.csv").is_file() and (out / "review_queue.csv").is_file()
+    state = json.loads((platform.home / "landing" / "_state" / "2016-05.json").read_text())
+    assert state["state"] == "categorized" and (platform.home / "landing" / "_done" / "2016-05").is_dir()
 
 
 def test_a_worker_lost_mid_training_is_recovered_without_a_duplicate_version(platform):

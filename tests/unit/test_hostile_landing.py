@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from components.atomic_io import write_json
 from components.lifecycle.provenance import files_md5
-from components.orchestration import landing
+from components.orchestration import batch_state, landing
 from tests.conftest import make_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -20,22 +19,27 @@ def ready(batch: Path) -> Path:
     return batch
 
 
+def pending(area: Path) -> list[str]:
+    return [b["batch"] for b in landing.pending_batches(area)]
+
+
 def test_a_batch_is_picked_up_only_once_it_is_marked_ready(tmp_path):
     area = tmp_path / "landing"
     make_catalog(area / "2016-01", n=12)
-    assert landing.pending_batches(area) == []  # still uploading, as far as we know
+    assert pending(area) == []  # still uploading, as far as we know
     ready(area / "2016-01")
-    assert landing.pending_batches(area) == [str(area / "2016-01")]
+    assert pending(area) == [str(area / "2016-01")]
 
 
 def test_processed_marker_is_keyed_on_content_so_a_corrected_upload_runs_again(tmp_path):
     area = tmp_path / "landing"
     batch = ready(make_catalog(area / "2016-02", n=12))
-    write_json(area / "_state" / "2016-02.json", {"content_md5": files_md5(batch)})
-    assert landing.pending_batches(area) == []
+    for step in ("validated", "reported"):
+        batch_state.advance(area, "2016-02", step, files_md5(batch))
+    assert pending(area) == []
     styles = batch / "styles.csv"
     styles.write_text(styles.read_text().replace("Summer", "Winter"))  # the team re-uploads a fix
-    assert landing.pending_batches(area) == [str(batch)]
+    assert pending(area) == [str(batch)]
 
 
 def test_any_failure_to_read_a_batch_moves_it_to_failed_with_the_reason(tmp_path):
@@ -50,7 +54,9 @@ def test_any_failure_to_read_a_batch_moves_it_to_failed_with_the_reason(tmp_path
         landing.check_batch(ROOT, str(batch))
     report = json.loads((area / "_failed" / "odd" / "validation_report.json").read_text())
     assert not batch.exists() and report["success"] is False and report["failures"]
-    assert landing.pending_batches(area) == []  # it no longer fails every hourly run
+    assert pending(area) == []  # it no longer fails every hourly run
+    state = batch_state.read_state(area, "odd")
+    assert state.state == "failed" and state.reason == report["failures"][0]
 
 
 def failed_report(area: Path, name: str) -> str:
@@ -121,7 +127,9 @@ def test_a_malformed_state_file_does_not_block_the_landing_area(tmp_path):
     (area / "_state").mkdir()
     (area / "_state" / "a.json").write_text("{not json")
     (area / "_state" / "b.json").write_text("[1, 2]")
-    assert landing.pending_batches(area) == [str(a), str(b)]
+    assert pending(area) == [str(a), str(b)]
+    kept = sorted(f.name.split(".")[0] for f in (area / "_state" / "_malformed").iterdir())
+    assert kept == ["a", "b"] and not (area / "_state" / "a.json").exists()  # set aside for the operator
 
 
 @pytest.mark.parametrize("name", ["..", "../x", "/etc", "a/b", ".hidden", "_failed", "", "x" * 200])

@@ -1,0 +1,93 @@
+"""A landing batch's life with a real (tiny) model: validated -> reported -> categorized -> _done/, and never
+done before its predictions exist (issue 39.8: the drift report marked a batch done, so a failed categorize
+lost it for good)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.checkpoint import fusion_checkpoint
+from components.config import deep_merge, load_raw
+from components.lifecycle.provenance import files_md5
+from components.orchestration import batch_state, landing
+from tests.conftest import ROOT, TINY_OVERRIDES, make_catalog
+
+
+@pytest.fixture
+def home(trained, tmp_path) -> Path:
+    params, _, _ = trained
+    raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
+    raw = deep_merge(raw, {"paths": {"categorize": str(tmp_path / "out"), "evaluate": params.paths.evaluate}})
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    return tmp_path / "home"
+
+
+def upload(area: Path, name: str, seed: int) -> Path:
+    batch = make_catalog(area / name, n=40, seed=seed, start_id=50_000 + seed * 100)
+    (batch / landing.READY).write_text("")
+    return batch
+
+
+def test_a_batch_is_done_only_once_its_predictions_exist(trained, home, tmp_path):
+    params, _, _ = trained
+    model = str(fusion_checkpoint(params.paths.train_fusion))
+    area = tmp_path / "landing"
+    batch = upload(area, "2017-01", seed=4)
+    [item] = landing.pending_batches(area)
+    assert item == {"batch": str(batch), "content_md5": files_md5(batch)}
+    landing.check_batch(home, **item)
+    assert batch_state.status(area, "2017-01", item["content_md5"]) == "validated"
+    # What the drift report records (drift_batch itself runs in the DAG tests).
+    batch_state.advance(area, "2017-01", "reported", item["content_md5"], drift_detected=False, report="r")
+    assert landing.pending_batches(area) == [] and landing.awaiting_categorize(area) == ["2017-01"]
+
+    with pytest.raises(Exception):  # noqa: B017 (whatever a broken model raises, the batch must survive it)
+        landing.categorize_batch(home, area, "2017-01", str(tmp_path / "no-such-model.pt"))
+    assert batch.is_dir() and batch_state.status(area, "2017-01", item["content_md5"]) == "reported"
+    assert landing.awaiting_categorize(area) == ["2017-01"]  # the next drift run announces it again
+
+    out = landing.categorize_batch(home, area, "2017-01", model)
+    assert out["products"] == 40 and out["batch"] == str(area / "_done" / "2017-01")
+    state = batch_state.read_state(area, "2017-01")
+    assert state.state == "categorized" and state.model == model and state.report == "r"
+    assert [h["state"] for h in state.history] == ["validated", "reported", "categorized"]
+    written = json.loads((Path(out["output"]) / "model.json").read_text())
+    assert written["content_md5"] == item["content_md5"] and written["model"] == model
+    assert not batch.exists() and landing.pending_batches(area) == [] and landing.awaiting_categorize(area) == []
+
+    # Announced twice: the second categorize finds the same content done by the same model and scores nothing.
+    again = landing.categorize_batch(home, area, "2017-01", model)
+    assert again["already_categorized"] is True
+    # The same files uploaded again: archived without work.
+    upload(area, "2017-01", seed=4)
+    assert landing.pending_batches(area) == [] and not (area / "2017-01").exists()
+
+
+def test_content_changed_during_a_run_is_never_recorded_as_processed(trained, home, tmp_path):
+    area = tmp_path / "landing"
+    batch = upload(area, "2017-02", seed=5)
+    [item] = landing.pending_batches(area)  # hashed here, before anything reads the files
+    styles = batch / "styles.csv"
+    styles.write_text(styles.read_text().replace("Summer", "Winter"))  # re-uploaded while the run goes on
+    landing.check_batch(home, **item)
+    # The old content is `validated`; the files now in the folder are new content, so the batch is pending.
+    assert [b["content_md5"] for b in landing.pending_batches(area)] == [files_md5(batch)] != [item["content_md5"]]
+
+
+def test_the_state_file_allows_only_the_batch_life(tmp_path):
+    area = tmp_path / "landing"
+    batch_state.advance(area, "b", "validated", "m1")
+    batch_state.advance(area, "b", "reported", "m1")
+    with pytest.raises(batch_state.TransitionError, match="reported -> validated"):
+        batch_state.advance(area, "b", "validated", "m1")
+    batch_state.advance(area, "b", "categorized", "m1")
+    with pytest.raises(batch_state.TransitionError, match="categorized -> failed"):
+        batch_state.advance(area, "b", "failed", "m1", reason="late")
+    with pytest.raises(batch_state.TransitionError, match="not a state a step can record"):
+        batch_state.advance(area, "b", "ready", "m1")
+    fresh = batch_state.advance(area, "b", "validated", "m2")  # other content: its life starts again
+    assert [h["state"] for h in fresh.history] == ["validated"] and fresh.report == ""
