@@ -5,6 +5,7 @@
     deepfusion audit                                    the catalog's suspected mislabels, most suspicious first
     deepfusion drift BATCH_DIR                          drift report of a new batch against the training data
     deepfusion replay | backtest                        the catalog's own history as monthly batches; drift backtest
+    deepfusion monitor ui | add                         the monitoring dashboard over every batch
     deepfusion registry register|promote|rollback|status   the MLflow model registry and its promotion gate
     deepfusion publish                                  log the pipeline's outputs to MLflow
     deepfusion report                                   regenerate the results tables of README and docs
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "drift": ("components.monitoring.drift", "drift report of a new catalog batch against the training data"),
     "replay": ("components.monitoring.replay", "carve the catalog into monthly batches by date added"),
     "backtest": ("components.monitoring.backtest", "would the drift monitor have fired when accuracy dropped?"),
+    "monitor": ("components.monitoring.monitor", "the monitoring dashboard over every batch (ui, add)"),
     "registry": ("components.lifecycle.registry", "register, promote (gate), roll back, list model versions"),
     "publish": ("components.lifecycle.publish", "log the pipeline's trained models and results to MLflow"),
     "report": ("components.results", "regenerate the results tables of README.md and docs/evaluation.md"),

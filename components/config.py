@@ -35,6 +35,7 @@ class Paths:
     drift_cache: str  # drift baselines and null distributions, per model and data version
     replay: str  # the catalog's months as batches (deepfusion replay)
     backtest: str  # the drift backtest's report (deepfusion backtest)
+    monitoring: str  # the monitoring dashboard's Evidently workspace (deepfusion monitor)
     mlflow_db: str
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The test command: ruff, the docs build and the README numbers check, then pytest (unit, model, DAG, deploy and
-# real-data integration tests), then the production-platform tests (marker `platform`: they start PostgreSQL, Redis, the MLflow server and Airflow with
+# The test command: ruff, the docs build and the README numbers check, then pytest (unit, model, DAG, deploy,
+# browser and real-data integration tests), then the production-platform tests (marker `platform`: they start PostgreSQL, Redis, the MLflow server and Airflow with
 # Celery workers through scripts/platform.sh) as their own step. With arguments, only `pytest <arguments>` runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,11 @@ export DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=Fal
 # the docs (scripts/check_numbers.py).
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 .venv/bin/python scripts/check_numbers.py
+# The browser tests drive Debian's Chromium (Playwright's own browser download needs the internet).
+if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "[test] installing chromium for the browser tests"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+fi
 if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"
 fi

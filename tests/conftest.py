@@ -122,6 +122,7 @@ def tiny_raw(tmp: Path, raw_dir: Path, extra: dict | None = None) -> dict:
                                                      "evaluate", "audit", "stack", "search", "categorize")}
     raw = deep_merge(raw, {"paths": {**paths, "raw": str(raw_dir), "mlflow_db": str(tmp / "mlflow.db"),
                                      "drift_cache": str(tmp / "artifacts" / "drift_null"),
+                                     "monitoring": str(tmp / "artifacts" / "monitoring"),
                                      "drift": str(tmp / "artifacts" / "drift")}})
     return deep_merge(raw, extra or {})
 

@@ -17,7 +17,6 @@ import html
 import io
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from components.metrics import classification
 from components.models.quantize import tensor_bytes
 from components.models.runtime import inference_precision
 from components.monitoring import drift_signals as sig
+from components.monitoring import workspace
 from components.serving.categorizer import Categorizer, load_images
 from components.serving.predict import load_categorizer
 
@@ -200,30 +200,6 @@ def quality(frame: pd.DataFrame, pred: pd.DataFrame, cat: Categorizer) -> dict:
     return out
 
 
-# ValueStats' test slots, all empty: Evidently then adds no test (no verdict) of its own. (Passing them is also
-# what makes include_tests=False render: 0.7.23 looks a categorical column's RowCount up with tests=None.)
-NO_TESTS = {k: [] for k in ("row_count_tests", "missing_values_count_tests", "min_tests", "max_tests", "mean_tests",
-                            "std_tests", "q25_tests", "q50_tests", "q75_tests", "unique_values_count_tests")}
-
-
-def evidently_report(ref: pd.DataFrame, cur: pd.DataFrame, skipped: dict[str, str]):
-    """Evidently's per-column statistics and distributions of the measurable columns, training reference
-    beside the batch, with no drift verdict of its own: its DataDriftPreset tests (Jensen-Shannon in base e,
-    missing values dropped, fixed thresholds, no calibration) would put a second, disagreeing answer on the
-    page next to ours (`summary.json`)."""
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import ValueStats
-
-    cat_cols = [c for c in sig.CATEGORICAL if c not in skipped]
-    num_cols = [c for c in sig.NUMERIC if c not in skipped]
-    defn = DataDefinition(numerical_columns=num_cols, categorical_columns=cat_cols)
-    report = Report([ValueStats(c, include_tests=False, **NO_TESTS) for c in cat_cols + num_cols])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return report.run(current_data=Dataset.from_pandas(cur[cat_cols + num_cols], data_definition=defn),
-                          reference_data=Dataset.from_pandas(ref[cat_cols + num_cols], data_definition=defn))
-
-
 # Our section's own look, scoped to it (Evidently's page styles everything else).
 DECISION_CSS = """
 #deepfusion-decision{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:960px;color:#222}
@@ -324,8 +300,11 @@ def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
     summary.update({"products": len(frame), "scored_products": len(cur), "rejected_rows": rejected,
                     "reference_products": len(base.reference.frame), "quality": quality(scored, pred, cat),
                     "model": model, "reference": reference_version(params, model), "null_cache": str(base.folder),
-                    "null_cache_reused": base.cached})
-    snap = evidently_report(base.reference.frame, cur, summary["not_measurable"])
+                    "null_cache_reused": base.cached,
+                    # what the model filed the batch under (the dashboard's category-mix panel)
+                    "predicted_mix": {LEVELS[0]: {str(k): round(float(v), 6) for k, v in
+                                                  pred[LEVELS[0]].value_counts(normalize=True).items()}}})
+    snap = workspace.evidently_report(base.reference.frame, cur, summary["not_measurable"])
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     page = report_html(summary, snap.get_html_str(as_iframe=False))
     with atomic_dir(output) as tmp:

@@ -181,7 +181,7 @@ def drift_batch(home: Path, batch: str, content_md5: str, model: str) -> dict:
 
 def _drift_batch(home: Path, batch: str, content_md5: str, model: str) -> dict:
     from components import mlflow_store
-    from components.monitoring import drift
+    from components.monitoring import drift, workspace
     from components.orchestration.run_workspace import current
 
     batch_path = Path(batch)
@@ -198,6 +198,8 @@ def _drift_batch(home: Path, batch: str, content_md5: str, model: str) -> dict:
                                  **{f"signal_{s['signal']}": s["value"] for s in summary["signals"]}})
         batch_state.advance(batch_path.parent, batch_path.name, "reported", content_md5,
                             drift_detected=bool(summary["drift_detected"]), report=str(Path(home) / out))
+        _on_dashboard(params, workspace.DRIFT_TAG, batch_path.name, workspace.drift_values(summary),
+                      str(Path(home) / out))
     return {"batch": batch, "drift_detected": summary["drift_detected"], "reasons": summary["reasons"]}
 
 
@@ -226,6 +228,7 @@ def categorize_batch(home: Path, landing: Path, name: str, model: str) -> dict:
     with the model that made them. Then, and only then, the batch is `categorized` and moves to _done/.
     Content already categorized by this model is not scored twice (an event announced twice)."""
     from components.catalog import check_upload, read_catalog
+    from components.monitoring import workspace
     from components.serving.predict import categorize, load_categorizer
 
     batch_path = resolve_batch(landing, name)
@@ -254,8 +257,26 @@ def categorize_batch(home: Path, landing: Path, name: str, model: str) -> dict:
                         model=model)
     batch = str(_archive_if_new(landing, batch_path))
     counts = review["review_reason"].value_counts().to_dict()
-    return {"batch": batch, "products": len(pred), "to_review": len(review), "threshold": threshold,
-            "review_reasons": counts, "output": str(Path(home) / out)}
+    result = {"batch": batch, "products": len(pred), "to_review": len(review), "threshold": threshold,
+              "review_reasons": counts, "output": str(Path(home) / out)}
+    with contextlib.chdir(home):
+        _on_dashboard(params, workspace.CATEGORIZE_TAG, batch_path.name, workspace.categorize_values(result),
+                      result["output"])
+    return result
+
+
+def _on_dashboard(params: Params, tag: str, batch: str, values: dict[str, float], source: str) -> None:
+    """One snapshot on the monitoring dashboard. A failure here loses no result (the report or predictions are
+    written and the batch's state recorded), so it is logged with the way to add the point later."""
+    from components.monitoring import workspace
+
+    try:
+        workspace.record(params.paths.monitoring, params.registry.model_name, values, tag=tag, batch=batch,
+                         extra={"source": source})
+    except Exception:  # noqa: BLE001 (the dashboard is a view of results that are safe on disk)
+        log.exception("landing: the %s point of %s is not on the monitoring dashboard (its results are in %s%s)",
+                      tag, batch, source, "; add it with `deepfusion monitor add` on that folder" if tag == "drift"
+                      else "")
 
 
 def _archive_if_new(landing: Path, batch_path: Path) -> Path:

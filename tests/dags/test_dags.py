@@ -149,6 +149,8 @@ def test_catalog_drift_flags_a_drifted_batch_then_is_idempotent(retrained, works
     state = json.loads((landing / "_state" / "2016-01.json").read_text())
     assert state["drift_detected"] is True and Path(state["report"], "report.html").is_file()
     assert state["state"] == "reported" and (landing / "2016-01").is_dir()  # done only once categorized
+    points = [json.loads(f.read_text()) for f in (workspace / "artifacts/monitoring").glob("*/snapshots/*.json")]
+    assert "2016-01" in {p["metadata"]["batch"] for p in points if p["tags"] == ["drift"]}  # on the dashboard
     again = run_dag(workspace, "catalog_drift")
     assert again["state"].endswith("success") and not any(k.startswith("drift_report[") for k in again["tasks"])
     # Not categorized yet (categorize is another DAG): announced again, without a second report.

@@ -58,6 +58,9 @@ def test_a_batch_is_done_only_once_its_predictions_exist(trained, home, tmp_path
     written = json.loads((Path(out["output"]) / "model.json").read_text())
     assert written["content_md5"] == item["content_md5"] and written["model"] == model
     assert not batch.exists() and landing.pending_batches(area) == [] and landing.awaiting_categorize(area) == []
+    # ...and its review-queue share is a point on the monitoring dashboard.
+    snapshots = [json.loads(f.read_text()) for f in (home / "artifacts" / "monitoring").glob("*/snapshots/*.json")]
+    assert [s["metadata"]["batch"] for s in snapshots] == ["2017-01"] and snapshots[0]["tags"] == ["categorize"]
 
     # Announced twice: the second categorize finds the same content done by the same model and scores nothing.
     again = landing.categorize_batch(home, area, "2017-01", model)

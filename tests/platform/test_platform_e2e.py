@@ -295,6 +295,8 @@ def test_an_upload_is_drift_checked_then_categorized_through_events_alone(platfo
     started = [r for r in drift_runs if r["run_type"] == "asset_triggered"]
     assert started and started[0]["state"] == "success", drift_runs
     print(f"catalog_drift asset-triggered run finished {time.time() - t0:.0f} s after _READY")
+    points = [json.loads(f.read_text()) for f in (platform.home / "artifacts/monitoring").glob("*/snapshots/*.json")]
+    assert "2016-05" in {p["metadata"]["batch"] for p in points}  # ...and its point is on the dashboard
     deadline = time.time() + 600
     while time.time() < deadline:  # categorize is scheduled by the deepfusion_new_catalog asset event
         runs = platform.api("GET", "/dags/categorize/dagRuns")["dag_runs"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.monitoring import drift
+from components.monitoring import drift, workspace
 from components.monitoring import drift_signals as sig
 from tests.unit.test_drift_signals import TYPES, described
 
@@ -43,7 +43,7 @@ def test_the_page_shows_only_our_verdict_where_evidently_would_disagree():
     disagree = [c for c in theirs if c in ours and theirs[c] != ours[c]]
     assert "image_brightness" in disagree  # Evidently's fixed 0.1 on normed Wasserstein fires; our null does not
 
-    page = drift.report_html(summary, drift.evidently_report(ref.frame, cur, skipped).get_html_str(as_iframe=False))
+    page = drift.report_html(summary, workspace.evidently_report(ref.frame, cur, skipped).get_html_str(as_iframe=False))
     start = page.index("<style>" + drift.DECISION_CSS)  # ours; Evidently has <style> tags of its own
     end = page.index("</section>", start) + len("</section>")
     ours_part, evidently_part = page[start:end], page[:start] + page[end:]
