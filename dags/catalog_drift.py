@@ -52,9 +52,13 @@ def catalog_drift():
     # all_done: even if a report task dies outright, the batches that succeeded (already `reported`) are
     # announced and categorized.
     @task(outlets=[NEW_CATALOG], trigger_rule=TriggerRule.ALL_DONE, execution_timeout=TIMEOUT["quick"])
-    def announce_batches(results: list[dict | None], waiting: list[str], *, outlet_events=None) -> list[str]:
+    def announce_batches(found: list[dict], results: list[dict | None], waiting: list[str], *,
+                         outlet_events=None) -> list[str]:
         # Names, not paths: categorize resolves each inside the landing area (an event cannot point elsewhere).
-        batches = sorted({Path(r["batch"]).name for r in results if r and not r.get("error")} | set(waiting))
+        # A waiting name that came back as new content this run counts only if that content was reported.
+        again = {Path(f["batch"]).name for f in found}
+        batches = sorted({Path(r["batch"]).name for r in results if r and not r.get("error")}
+                         | (set(waiting) - again))
         if not batches:  # nothing new (or nothing succeeded): no event, so categorize does not run for nothing
             raise AirflowSkipException("no batch to announce")
         outlet_events[NEW_CATALOG].extra = {"batches": batches}
@@ -81,7 +85,7 @@ def catalog_drift():
     found = find_batches()
     checked = validate_batch.expand_kwargs(found)
     results = drift_report.partial(model_uri=model()).expand_kwargs(checked)
-    announce_batches(results, waiting_batches())
+    announce_batches(found, results, waiting_batches())
     drifted(results) >> request_retrain(results)
     check_failures(found, results)
 
