@@ -23,6 +23,7 @@ from components.atomic_io import read_json, write_json
 
 log = logging.getLogger(__name__)
 
+READY = "_READY"  # written last by the uploader: a folder holding it is a ready batch
 STATE_DIR = "_state"
 DONE = "_done"
 MALFORMED = "_malformed"

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # A batch is picked up once it holds READY (written last by the uploader: a half-copied folder is never read).
 # Its life (validated, reported, categorized or failed, keyed on the md5 of its files) is kept by batch_state;
 # <landing>/_failed/<batch>/ keeps a rejected batch with the reason, <landing>/_done/<batch>/ a categorized one.
-READY = "_READY"
+READY = batch_state.READY
 FAILED = "_failed"
 # OSErrors that say something about the worker (space, memory, descriptors, the disk) rather than the batch.
 TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN}

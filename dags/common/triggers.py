@@ -10,8 +10,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
-READY = "_READY"  # components.orchestration.landing.READY (the triggerer does not import the ML package)
-STATE_DIR = "_state"
+# The batch life's own names; batch_state imports nothing heavy (the landing module would bring pandas into
+# every DAG parse and into the triggerer).
+from components.orchestration.batch_state import READY, STATE_DIR
 
 
 def new_ready_batches(landing: Path, announced: dict[str, int]) -> list[str]:

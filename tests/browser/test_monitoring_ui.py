@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ import yaml
 
 from components.config import load_raw
 from tests.conftest import ROOT
-from tests.unit.test_monitoring_dashboard import MONTHS
+from tests.unit.test_monitoring_dashboard import MONTHS, free_port, serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -59,21 +56,9 @@ def dashboard(tmp_path):
     assert bad.returncode == 2 and "no summary.json" in bad.stderr
     refused = cli(home, "monitor", "ui", "--host", "0.0.0.0")
     assert refused.returncode == 2 and "without a login" in refused.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "components.cli", "monitor", "ui", "--port", str(port)], cwd=home,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/api/projects", timeout=5)
-            break
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-3000:]
-            time.sleep(0.5)
-    yield base
+    port = free_port()
+    proc = serving([sys.executable, "-m", "components.cli", "monitor", "ui", "--port", str(port)], port, cwd=home)
+    yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=30)
 

@@ -45,6 +45,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def serving(cmd: list[str], port: int, **kw) -> subprocess.Popen:
+    """Start the dashboard server `cmd` and return once it answers on `port` (its output if it died first)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+    deadline = time.time() + 90
+    while True:
+        try:
+            call(f"http://127.0.0.1:{port}/api/projects")
+            return proc
+        except OSError:
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-3000:]
+            time.sleep(0.5)
+
+
 def call(url: str, body: dict | None = None) -> dict:
     req = urllib.request.Request(url, data=json.dumps(body).encode() if body else None,
                                  headers={"Content-Type": "application/json"}, method="POST" if body else "GET")
@@ -61,19 +74,9 @@ def ui(tmp_path):
         workspace.record(folder, "deepfusion", workspace.categorize_values({"products": 40, "to_review": 4 + i}),
                          tag=workspace.CATEGORIZE_TAG, batch=month, at=dt.datetime(2016, 1 + i, 15, 1))
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from components.monitoring import workspace; "
-                             "workspace.serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]))", str(folder), str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            call(f"{base}/api/projects")
-            break
-        except OSError:
-            assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-2000:]
-            time.sleep(0.5)
-    yield base
+    proc = serving([sys.executable, "-c", "import sys; from components.monitoring import workspace; "
+                    "workspace.serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]))", str(folder), str(port)], port)
+    yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=30)
 
