@@ -10,6 +10,7 @@ import io
 import json
 import logging
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,20 +18,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from components.config import CatalogSchema
+
 log = logging.getLogger(__name__)
 
-LEVELS = ("masterCategory", "subCategory", "articleType")
-ARTICLE = LEVELS.index("articleType")  # column of the finest level in (N, 3) label arrays
-STYLE_COLUMNS = ("id", "gender", *LEVELS, "baseColour", "season", "year", "usage", "productDisplayName")
-PRODUCT_COLUMNS = ("image", "brandName", "ageGroup", "colour1", "colour2", "price", "discountedPrice",
-                   "catalogAddDate", "displayCategories", "variantName", "fashionType",
-                   "articleAttributes", "description")
-NUMERIC_COLUMNS = ("year", "price", "discountedPrice", "catalogAddDate")
+# The internal names of the parts a catalog's columns play (config.CatalogSchema says which column plays
+# which): the reader renames at the edge, so every stage reads one shape. They are the Myntra export's own
+# names, so that export passes through unchanged. Label levels and metadata keep the schema's names.
+ID = "id"
+TITLE = "productDisplayName"
+DESCRIPTION = "description"
+IMAGE = "image"
+ATTRIBUTES = "articleAttributes"  # JSON object of the schema's attribute columns
+ADDED = "catalogAddDate"  # when the product entered the catalog (unix seconds): replay and backtest months
+ROLES = (ID, TITLE, DESCRIPTION, IMAGE, ATTRIBUTES, ADDED)
+FINEST = -1  # the finest level's index in per-level lists and in (N, levels) label arrays
 # The export writes "NA" (and sometimes "") for "no value"; both mean missing.
 MISSING_TOKENS = frozenset({"", "NA", "N/A", "nan", "NaN", "null", "None"})
-TITLE = "productDisplayName"
-# The masterCategory values the taxonomy knows (ingest quarantines others; validation expects only these).
-KNOWN_MASTERS = ("Apparel", "Accessories", "Footwear", "Personal Care", "Sporting Goods")
+SKU = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a string id: no path separator, no leading dot
 
 
 class CatalogError(ValueError):
@@ -39,8 +44,9 @@ class CatalogError(ValueError):
 
 @dataclass
 class CatalogRead:
-    frame: pd.DataFrame  # one row per accepted product, columns STYLE_COLUMNS + PRODUCT_COLUMNS + extras
+    frame: pd.DataFrame  # one row per accepted product: the export's columns, parts renamed (ROLES), source_row
     problems: list[dict] = field(default_factory=list)  # {file, row, id, field, reason[, kept: the row was read]}
+    main_file: str = "styles.csv"  # the export's file with one row per product (params.catalog.files[0])
 
 
 def _decode(path: Path) -> str:
@@ -96,31 +102,44 @@ def _records(text: str, path: Path) -> tuple[list[tuple[int, list[str]]], list[d
     return out, problems
 
 
-def normal_id(raw: str) -> str | None:
-    """A product id as its canonical decimal string ('007' -> '7'), or None when it is not a positive
-    integer that fits int64 (ASCII digits only: '²' passes str.isdigit())."""
+def normal_id(raw: str, id_type: str = "int") -> str | None:
+    """A product id in canonical form, or None when it is not a valid id.
+
+    int: the decimal string of a positive integer below 2^63 ('007' -> '7'; ASCII digits only: '²' passes
+    str.isdigit()). string: the SKU as written (letters, digits, '.', '_', '-'; no path separator, since ids
+    name image files)."""
+    if id_type == "string":
+        return raw if SKU.fullmatch(raw) else None
     if not raw or not raw.isascii() or not raw.isdigit():
         return None
     value = int(raw)
     return str(value) if 0 < value < 2**63 else None
 
 
-def parse_styles(path: Path, require_labels: bool) -> tuple[list[dict], list[dict]]:
-    """Parse styles.csv, which is written with bare commas: a title may hold commas."""
+def _id_rule(id_type: str) -> str:
+    return ("not a positive integer below 2^63 in ASCII digits" if id_type == "int" else
+            "a SKU is letters, digits, '.', '_' or '-', at most 128, starting with a letter or digit")
+
+
+def parse_styles(path: Path, schema: CatalogSchema, require_labels: bool) -> tuple[list[dict], list[dict]]:
+    """Parse the export's main file (one row per product). The Myntra export writes it with bare commas,
+    so a title may hold commas: when the title is the last column its extra fields are joined back."""
     text = _decode(path)
     records, problems = _records(text, path)
     if not records:
         raise CatalogError(f"{path}: no header row; export the catalog again")
     header = [h.strip() for h in records[0][1]]
     records = records[1:]
-    required = ["id", TITLE, *(LEVELS if require_labels else ())]
+    labels = [schema.label_path.column] if schema.label_path.column else list(schema.levels)
+    required = [schema.id, schema.title, *(labels if require_labels else ())]
     missing = [c for c in required if c not in header]
     if missing:
         # The header is not quoted back: a file that is not a catalog (a secret, via a link) stays unread.
         raise CatalogError(f"{path}: missing column(s) {missing} in the header line ({len(header)} columns "
-                           f"found). Expected the Kaggle layout: {','.join(STYLE_COLUMNS)}")
-    # Unquoted commas inside the title shift fields; the title is rejoined when it is the last column.
-    title_last = header[-1] == TITLE
+                           "found); params.catalog names the columns of the export (deepfusion catalog inspect "
+                           "proposes them)")
+    title = schema.title
+    title_last = header[-1] == title
     rows = []
     for lineno, fields in records:
         if not fields or not any(f.strip() for f in fields):
@@ -136,49 +155,104 @@ def parse_styles(path: Path, require_labels: bool) -> tuple[list[dict], list[dic
                              "reason": f"too_few_fields ({len(fields)} < {len(header)})"})
             continue
         rec = {h: _clean(v) for h, v in zip(header, fields)}
-        rec[TITLE] = fields[header.index(TITLE)].strip()
-        if rec[TITLE] in MISSING_TOKENS:
-            rec[TITLE] = ""
+        rec[title] = fields[header.index(title)].strip()
+        if rec[title] in MISSING_TOKENS:
+            rec[title] = ""
         rec["source_row"] = lineno
         rows.append(rec)
     return rows, problems
 
 
-def parse_products(path: Path) -> tuple[dict[str, dict], list[dict]]:
-    """Parse products.csv (properly quoted), keyed by id."""
+def parse_products(path: Path, schema: CatalogSchema) -> tuple[dict[str, dict], list[str], list[dict]]:
+    """Parse one of the export's further files (properly quoted), keyed by id: (rows, header, problems)."""
     text = _decode(path)
     csv.field_size_limit(MAX_FIELD_CHARS)
     reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or "id" not in reader.fieldnames:
-        raise CatalogError(f"{path}: no 'id' column in the header line; products.csv needs id plus any of "
-                           f"{', '.join(PRODUCT_COLUMNS)}")
+    key = schema.id
+    if reader.fieldnames is None or key not in reader.fieldnames:
+        raise CatalogError(f"{path}: no {key!r} column in the header line; each file of params.catalog.files "
+                           "needs the id column")
     out, problems = {}, []
     try:
         rows = list(reader)
     except csv.Error as exc:  # a field over MAX_FIELD_CHARS, a NUL byte...
         raise CatalogError(f"{path}: line {reader.line_num}: {exc}; fix that line and export again") from exc
+    literal = {schema.description, *schema.attributes} - {""}
     for lineno, rec in enumerate(rows, start=2):
         if None in rec:  # more fields than the header
-            problems.append({"file": path.name, "row": lineno, "id": rec.get("id"), "field": "*",
+            problems.append({"file": path.name, "row": lineno, "id": rec.get(key), "field": "*",
                              "reason": "too_many_fields"})
             continue
-        pid = (rec.get("id") or "").strip()
+        pid = (rec.get(key) or "").strip()
         if pid in out:
             problems.append({"file": path.name, "row": lineno, "id": pid, "field": "id",
                              "reason": "duplicate_id"})
             continue
-        out[pid] = {k: _clean(v or "") for k, v in rec.items() if k != "id"}
+        out[pid] = {k: _clean(v or "") for k, v in rec.items() if k != key}
         # Free text keeps its literal value; only the structured fields use the NA convention.
-        for k in ("description", "articleAttributes"):
-            if k in rec:
-                out[pid][k] = (rec[k] or "").strip()
-    return out, problems
+        for k in literal & set(rec):
+            out[pid][k] = (rec[k] or "").strip()
+    return out, [h for h in reader.fieldnames if h != key], problems
 
 
-def check_upload(folder: str | Path, max_bytes: int, max_rows: int) -> None:
+def attributes_json(values: dict[str, str]) -> str:
+    """The attribute columns of one product as one JSON object (the internal ATTRIBUTES column).
+
+    One column holding JSON objects (the Myntra export's articleAttributes) passes through as written; plain
+    values become {column: value}; several columns merge."""
+    if len(values) == 1:
+        (col, raw), = values.items()
+        if raw.strip() in MISSING_TOKENS or raw.lstrip().startswith("{"):
+            return raw
+    merged: dict[str, str] = {}
+    for col, raw in values.items():
+        raw = raw.strip()
+        if raw in MISSING_TOKENS:
+            continue
+        try:
+            obj = json.loads(raw) if raw.startswith("{") else None
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict):
+            merged.update({str(k): str(v) for k, v in obj.items()})
+        else:
+            merged[col] = raw
+    return json.dumps(merged, ensure_ascii=False) if merged else ""
+
+
+def _split_path(frame: pd.DataFrame, schema: CatalogSchema, problems: list[dict], file: str) -> pd.DataFrame:
+    """One path column ("Men > Apparel > Tshirts") -> one column per level; a path of another depth is a
+    problem of its row and leaves its levels blank (ingest quarantines it as missing_label)."""
+    col, sep, depth = schema.label_path.column, schema.label_path.separator, len(schema.levels)
+    parts = [[p.strip() for p in str(v).split(sep)] if str(v).strip() else [] for v in frame[col]]
+    split = []
+    for row, pid, pp in zip(frame["source_row"], frame[schema.id], parts):
+        if pp and (len(pp) != depth or not all(pp)):
+            problems.append({"file": file, "row": int(row), "id": pid, "field": col,
+                             "reason": f"bad_label_path ({len(pp)} parts, {depth} levels in params.catalog.levels)"})
+            pp = []
+        split.append(pp or [""] * depth)
+    out = frame.drop(columns=[col])
+    at = list(frame.columns).index(col)
+    for k, lvl in enumerate(schema.levels):
+        out.insert(at + k, lvl, [s[k] for s in split])
+    return out
+
+
+def renames(schema: CatalogSchema) -> dict[str, str]:
+    """Export column -> internal name, for the columns that play a part."""
+    pairs = {schema.id: ID, schema.title: TITLE, schema.description: DESCRIPTION, schema.image.column: IMAGE,
+             schema.added: ADDED}
+    if len(schema.attributes) == 1:
+        pairs[schema.attributes[0]] = ATTRIBUTES
+    return {k: v for k, v in pairs.items() if k and k != v}
+
+
+def check_upload(folder: str | Path, max_bytes: int, max_rows: int, main_file: str = "styles.csv") -> None:
     """An uploaded batch before anything in it is read: only plain files and folders (a symbolic link could
     point at any file the worker can read, a FIFO would hang it), at most `max_bytes` in all and at most
-    `max_rows` lines in styles.csv (counted in blocks, never held whole). Raises CatalogError naming the file
+    `max_rows` lines in `main_file` (the catalog's first file; counted in blocks, never held whole). Raises
+    CatalogError naming the file
     and the limit; file contents are never quoted."""
     root = Path(folder)
     if root.is_symlink() or not root.is_dir():
@@ -200,65 +274,143 @@ def check_upload(folder: str | Path, max_bytes: int, max_rows: int) -> None:
         if total > max_bytes:
             raise CatalogError(f"{root.name}: more than {max_bytes / 2**20:.0f} MiB (landing.max_batch_mb); split "
                                "the batch into smaller uploads")
-    styles = root / "styles.csv"
+    styles = root / main_file
     if styles.is_file():
         lines = 0
         with styles.open("rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 lines += block.count(b"\n")
                 if lines > max_rows + 1:
-                    raise CatalogError(f"{root.name}/styles.csv: more than {max_rows} rows "
+                    raise CatalogError(f"{root.name}/{main_file}: more than {max_rows} rows "
                                        "(landing.max_batch_rows); split the batch into smaller uploads")
 
 
-def read_catalog(folder: str | Path, require_labels: bool = True) -> CatalogRead:
-    """Read a catalog folder. Raises CatalogError only when the folder as a whole is unusable."""
-    folder = Path(folder)
-    styles_path = folder / "styles.csv"
-    if not folder.is_dir():
-        raise CatalogError(f"{folder}: not a folder; expected a catalog export with styles.csv")
-    if not styles_path.is_file():
-        raise CatalogError(f"{styles_path}: not found; a catalog folder needs styles.csv "
-                           "(optional: products.csv, images/<id>.jpg)")
-    rows, problems = parse_styles(styles_path, require_labels)
-    products: dict[str, dict] = {}
-    if (folder / "products.csv").is_file():
-        products, p_problems = parse_products(folder / "products.csv")
-        problems += p_problems
+def _dates(values: pd.Series) -> pd.Series:
+    """Unix seconds as float: numbers as they are, dates (2016-03-01) converted; anything else missing."""
+    num = pd.to_numeric(values.replace("", np.nan), errors="coerce").astype(float)
+    text = values[num.isna() & (values != "")]
+    if len(text):
+        when = pd.to_datetime(text, errors="coerce", utc=True)
+        num.loc[text.index] = (when - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+    return num
 
-    products = {normal_id(k) or k: v for k, v in products.items()}
+
+def to_internal(frame: pd.DataFrame, schema: CatalogSchema) -> pd.DataFrame:
+    """Rows in the export's column names (a served model's input) -> the internal names read_catalog gives:
+    the parts renamed, the attribute columns as one JSON object, numbers as floats."""
+    out = frame.copy()
+    if len(schema.attributes) > 1:
+        out[ATTRIBUTES] = [attributes_json(dict(zip(schema.attributes, vals))) for vals in
+                           zip(*((out[c] if c in out else pd.Series("", index=out.index)).fillna("").astype(str)
+                                 for c in schema.attributes))]
+    out = out.rename(columns=renames(schema))
+    for col in schema.numeric:
+        if col in out:
+            out[col] = pd.to_numeric(out[col], errors="coerce").astype(float)
+    return out
+
+
+def read_catalog(folder: str | Path, schema: CatalogSchema, require_labels: bool = True) -> CatalogRead:
+    """Read a catalog folder in the shape `schema` declares into the internal table: one row per product,
+    the export's columns in file order with the parts renamed (see ROLES), one column per label level.
+    Raises CatalogError only when the folder as a whole is unusable; bad rows are returned as problems."""
+    folder = Path(folder)
+    main, *others = schema.files
+    main_path = folder / main
+    if not folder.is_dir():
+        raise CatalogError(f"{folder}: not a folder; expected a catalog export with {main}")
+    if not main_path.is_file():
+        raise CatalogError(f"{main_path}: not found; a catalog folder needs {main} (params.catalog.files; "
+                           f"optional: {', '.join(others) or 'none'} and the images)")
+    rows, problems = parse_styles(main_path, schema, require_labels)
+    columns = list(rows[0]) if rows else []
+    columns = [c for c in columns if c != "source_row"]
+    extras: list[tuple[str, dict[str, dict]]] = []
+    for name in others:
+        if (folder / name).is_file():
+            found, header, more = parse_products(folder / name, schema)
+            problems += more
+            extras.append((name, {normal_id(k, schema.id_type) or k: v for k, v in found.items()}))
+            columns += [h for h in header if h not in columns]
+
     accepted, seen = [], set()
     for rec in rows:
-        raw, pid = rec["id"], normal_id(rec["id"])
+        raw, pid = rec[schema.id], normal_id(rec[schema.id], schema.id_type)
         if pid is None:
-            problems.append({"file": "styles.csv", "row": rec["source_row"], "id": raw, "field": "id",
-                             "reason": "bad_id (not a positive integer below 2^63 in ASCII digits)"})
+            problems.append({"file": main, "row": rec["source_row"], "id": raw, "field": schema.id,
+                             "reason": f"bad_id ({_id_rule(schema.id_type)})"})
             continue
         if pid in seen:
-            problems.append({"file": "styles.csv", "row": rec["source_row"], "id": raw, "field": "id",
+            problems.append({"file": main, "row": rec["source_row"], "id": raw, "field": schema.id,
                              "reason": "duplicate_id" + (f" (same product as id {pid})" if raw != pid else "")})
             continue
         seen.add(pid)
-        rec["id"] = pid
-        extra = products.get(pid, {})
-        for col in PRODUCT_COLUMNS:
-            rec.setdefault(col, extra.get(col, ""))
+        rec[schema.id] = pid
+        for _, found in extras:
+            for col, val in found.get(pid, {}).items():
+                rec.setdefault(col, val)
         accepted.append(rec)
-    for pid in products.keys() - seen:
-        problems.append({"file": "products.csv", "row": None, "id": pid, "field": "id",
-                         "reason": "no styles.csv row for this id"})
+    for name, found in extras:
+        for pid in found.keys() - seen:
+            problems.append({"file": name, "row": None, "id": pid, "field": schema.id,
+                             "reason": f"no {main} row for this id"})
 
-    frame = pd.DataFrame(accepted, columns=[*STYLE_COLUMNS, *PRODUCT_COLUMNS, "source_row"])
-    frame = frame.fillna("")
-    frame["id"] = frame["id"].astype(np.int64)
-    for col in NUMERIC_COLUMNS:
+    # Every column the schema names exists, blank where the export has none (a batch may omit a file).
+    declared = [c for c in (schema.description, schema.image.column, schema.added, *schema.categorical,
+                            *schema.numeric, *schema.attributes, *schema.restates) if c]
+    columns += [c for c in declared if c not in columns]
+    frame = pd.DataFrame(accepted, columns=[*columns, "source_row"]).fillna("")
+    plays = {schema.id, schema.title, schema.description, schema.image.column, schema.added, *schema.attributes}
+    clash = sorted(c for c in frame.columns if c in ROLES and c not in plays)
+    if clash:
+        raise CatalogError(f"{folder}: column(s) {clash} carry a name the system gives a part of every product; "
+                           "declare that part in params.catalog or rename the column in the export")
+    if schema.label_path.column and schema.label_path.column in frame:
+        frame = _split_path(frame, schema, problems, main)
+    for lvl in schema.levels:  # an unlabelled batch: its levels are blank
+        if lvl not in frame:
+            frame[lvl] = ""
+    if len(schema.attributes) > 1:
+        frame[ATTRIBUTES] = [attributes_json(dict(zip(schema.attributes, vals)))
+                             for vals in zip(*(frame[c].astype(str) for c in schema.attributes))]
+    elif len(schema.attributes) == 1:
+        frame[schema.attributes[0]] = [attributes_json({schema.attributes[0]: v})
+                                       for v in frame[schema.attributes[0]].astype(str)]
+    frame = frame.rename(columns=renames(schema))
+    if ID not in frame:  # no rows: the id column was never renamed
+        frame = frame.rename(columns={schema.id: ID})
+    for col in (TITLE, DESCRIPTION, IMAGE, ATTRIBUTES):
+        if col not in frame:
+            frame[col] = ""
+    frame[ID] = frame[ID].astype(np.int64) if schema.id_type == "int" else frame[ID].astype(str)
+    for col in schema.numeric:
         frame[col] = pd.to_numeric(frame[col].replace("", np.nan), errors="coerce").astype(float)
-    # Image path: the products.csv column when given, else the Kaggle convention images/<id>.jpg.
-    default = "images/" + frame["id"].astype(str) + ".jpg"
-    frame["image"] = frame["image"].where(frame["image"] != "", default)
+    if schema.added:
+        frame[ADDED] = _dates(frame[ADDED].astype(str).replace("nan", ""))
+    # Image path: the column's value (under image.root) when given, else image.pattern with the id.
+    given = frame[IMAGE].astype(str)
+    if schema.image.root:
+        given = given.where(given == "", schema.image.root.rstrip("/") + "/" + given)
+    if schema.image.pattern:
+        head, tail = schema.image.pattern.split("{id}", 1)
+        default = head + frame[ID].astype(str) + tail
+        given = given.where(given != "", default)
+    frame[IMAGE] = given
     frame["source_row"] = frame["source_row"].astype(np.int64)
     log.info("read %d products from %s (%d problem rows)", len(frame), folder, len(problems))
-    return CatalogRead(frame=frame.reset_index(drop=True), problems=problems)
+    return CatalogRead(frame=frame.reset_index(drop=True), problems=problems, main_file=main)
+
+
+def ids_array(ids) -> np.ndarray:
+    """Product ids as an array .npz files hold without pickling: int64 for integer ids, unicode for SKUs."""
+    arr = np.asarray(ids)
+    return arr.astype(np.int64) if arr.dtype.kind in "iu" else arr.astype(str)
+
+
+def level_key(level: str) -> str:
+    """A level's short name in metric names: a trailing Category/Type dropped, lower case (masterCategory ->
+    master, articleType -> article, department -> department)."""
+    return re.sub(r"(Category|Type)$", "", level).lower() or level.lower()
 
 
 def attribute_tokens(raw: str) -> list[str]:
@@ -281,8 +433,8 @@ def attribute_tokens(raw: str) -> list[str]:
 
 def product_text(frame: pd.DataFrame, use_description: bool) -> list[str]:
     titles = frame[TITLE].fillna("").astype(str)
-    if use_description and "description" in frame:
-        return (titles + " " + frame["description"].fillna("").astype(str)).tolist()
+    if use_description and DESCRIPTION in frame:
+        return (titles + " " + frame[DESCRIPTION].fillna("").astype(str)).tolist()
     return titles.tolist()
 
 

@@ -1,5 +1,6 @@
 """`deepfusion`: one command for every user job.
 
+    deepfusion catalog inspect EXPORT_DIR               propose the catalog schema (params.yaml catalog:) of an export
     deepfusion predict BATCH_DIR --output pred.csv      categorize a batch folder
     deepfusion search --text "red running shoes"        find products by text or by picture
     deepfusion audit                                    the catalog's suspected mislabels, most suspicious first
@@ -24,7 +25,8 @@ from components.config import ConfigError
 
 # name -> (module with main(argv), one line of help). The modules parse their own arguments.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "predict": ("components.serving.predict", "categorize a batch folder (styles.csv, products.csv, images/)"),
+    "catalog": ("components.catalog_inspect", "propose the catalog schema of an export (catalog inspect FOLDER)"),
+    "predict": ("components.serving.predict", "categorize a batch folder (an export in the shape of params.catalog)"),
     "search": ("components.serving.search", "build the search index, or find products by text or by picture"),
     "audit": ("components.suspects", "list the catalog audit's suspected mislabels, most suspicious first"),
     "drift": ("components.monitoring.drift", "drift report of a new catalog batch against the training data"),

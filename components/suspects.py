@@ -14,7 +14,6 @@ from pathlib import Path
 import pandas as pd
 
 from components.atomic_io import atomic_write_bytes, csv_bytes
-from components.catalog import LEVELS
 
 
 def suspects(table: pd.DataFrame, level: str | None = None) -> pd.DataFrame:
@@ -28,7 +27,7 @@ def suspects(table: pd.DataFrame, level: str | None = None) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="deepfusion audit", description=__doc__.split("\n")[0])
     ap.add_argument("--top", type=int, default=20, help="how many suspects to print (default 20)")
-    ap.add_argument("--level", choices=LEVELS, help="only products whose label is suspected at this level")
+    ap.add_argument("--level", help="only products whose label is suspected at this level (a catalog level)")
     ap.add_argument("--csv", type=Path, help="write every suspect (all columns) to this CSV")
     ap.add_argument("--audit", type=Path, help="the audit folder (default: params paths.audit)")
     args = ap.parse_args(argv)  # before the params: --help works anywhere
@@ -44,7 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     found = suspects(table, args.level)
     if args.csv:
         atomic_write_bytes(args.csv, csv_bytes(found))
-    article = LEVELS[-1]
+    # The finest level is the last `current_*` column of the audit table (levels are written coarsest first).
+    article = [c.removeprefix("current_") for c in table.columns if c.startswith("current_")][-1]
+    if args.level and f"current_{args.level}" not in table:
+        levels = [c.removeprefix("current_") for c in table.columns if c.startswith("current_")]
+        print(f"error: --level {args.level}: not a level of this catalog ({', '.join(levels)})", file=sys.stderr)
+        return 2
     for r in found.head(args.top).itertuples(index=False):
         print(f"{r.id}  {getattr(r, f'current_{article}')} -> {getattr(r, f'suggested_{article}')}  "
               f"(label quality {float(r.label_quality):.3f}; {r.suspect_levels})  {r.title}")

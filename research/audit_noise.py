@@ -38,7 +38,7 @@ def main() -> None:
     noisy = plant_label_flips(df, args.sibling, args.random, args.seed)
     t0 = time.perf_counter()
     res = audit_products(noisy.drop(columns="noise"), load_encoders(params.paths.features), params.audit,
-                         params.train_baseline.tfidf, params.features.categorical, params.seed)
+                         params.train_baseline.tfidf, params.catalog.categorical, params.seed)
     seconds = time.perf_counter() - t0
     table = res.table.merge(noisy[["id", "noise"]], on="id")
     top = table.head(100)

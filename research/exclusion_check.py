@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.catalog import ARTICLE, LEVELS
+from components.catalog import FINEST
 from components.config import load_params
 from components.encoders import encode_labels, load_encoders
 from components.metrics import classification
@@ -44,13 +44,13 @@ def tfidf_scores(project: Path) -> dict[str, dict[str, float]]:
         model = load_tfidf(Path(params.paths.train_baseline) / "tfidf" / "model.npz")
         suspects = audit_suspects(params.paths.audit)
         excluded = len(pd.read_csv(Path(params.paths.audit) / "exclude.csv"))
-    n = [len(enc.labels[lvl]) for lvl in LEVELS]
+    n = [len(v) for v in enc.labels.values()]
     out = {"excluded_from_training": {"products": excluded}}
     for name, rows in (("val", df["split"] == "val"), ("test", df["split"] == "test"),
                        ("test, label not suspected", (df["split"] == "test") & ~df["id"].isin(suspects))):
         part = df[rows]
-        pred = model.predict_proba(part, n)[ARTICLE].argmax(1)
-        scores = classification(encode_labels(part, enc)[:, ARTICLE], pred)
+        pred = model.predict_proba(part, n)[FINEST].argmax(1)
+        scores = classification(encode_labels(part, enc)[:, FINEST], pred)
         out[name] = {"products": len(part), "accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"]}
     return out
 

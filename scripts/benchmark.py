@@ -209,9 +209,9 @@ for name, workers, processes, suffix in runs * 2:
     t = time.perf_counter()
     pred, _ = categorize("{folder}", cats[name], progress=False, workers=workers, processes=processes)
     out[name + suffix] = max(out.get(name + suffix, 0), len(pred) / (time.perf_counter() - t))
-    preds[name] = pred["articleType"].to_numpy()
+    preds[name] = pred[p.catalog.levels[-1]].to_numpy()
 out["agree"] = float((preds["stacked"] == preds["stacked_fp32"]).mean())
-frame = read_catalog("{folder}", require_labels=False).frame
+frame = read_catalog("{folder}", p.catalog, require_labels=False).frame
 t = time.perf_counter()
 load_images(list(frame["image"]), *cats["fusion"].image_size, root="{folder}")
 out["decode"], out["n"] = len(frame) / (time.perf_counter() - t), len(frame)

@@ -92,7 +92,7 @@ def main() -> None:
 
     source = Path(params.paths.raw)
     products = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
-    raw = read_catalog(source, require_labels=False).frame
+    raw = read_catalog(source, params.catalog, require_labels=False).frame
     tst = products[products["split"] == "test"]
     rng = np.random.default_rng(params.seed)
     sample = sorted(rng.choice(tst["id"].to_numpy(), 1000, replace=False))

@@ -19,6 +19,7 @@ from PIL import Image
 from components.config import deep_merge, load_raw, params_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = params_from_dict(load_raw(ROOT / "params.yaml")).catalog  # the Myntra export's shape, as params.yaml declares
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -175,3 +176,82 @@ def train_tiny_stack(tmp: Path):
     stack.run(params)
     evaluate.run(params)
     return params, data, metrics
+
+
+def shaped_taxonomy(depth: int) -> list[tuple[str, ...]]:
+    """The six synthetic classes (TAXONOMY) as label paths of any depth, nested: the finest level is the class,
+    the one above pairs them (3 parents), every level above that splits those in two."""
+    names = [f"L{k}" for k in range(depth)]
+    paths = []
+    for j, (_, _, article, _, _) in enumerate(TAXONOMY):
+        groups = [f"{names[k]}-{(j // 2) // 2 if k < depth - 2 else j // 2}" for k in range(depth - 1)]
+        paths.append((*groups, article))
+    return paths
+
+
+def make_shaped_catalog(folder: Path, depth: int, *, n: int = 150, seed: int = 0, sku: bool = False,
+                        path_column: bool = False, metadata: bool = True, attributes: bool = False,
+                        image_column: bool = False, start: int = 500) -> tuple[Path, dict]:
+    """A catalog in another retailer's shape, and the `catalog:` params that declare it: one file, a title
+    column called `name`, the labels as `depth` level columns (`dept0`...) or one `category_path` column
+    ("A > B > C"), ids as integers or SKUs with letters, metadata (colour, fit as categorical, `cost` as numeric)
+    or none, two plain attribute columns (material, pattern), images under `photos/` named by an `image_file`
+    column or found by the pattern `pics/{id}.jpg`."""
+    rng = random.Random(seed)
+    paths = shaped_taxonomy(depth)
+    levels = [f"dept{k}" for k in range(depth)]
+    img_dir = folder / ("photos" if image_column else "pics")
+    img_dir.mkdir(parents=True, exist_ok=True)
+    header = ["sku", *(["category_path"] if path_column else levels), "name"]
+    header += ["colour", "fit", "cost"] if metadata else []
+    header += ["material", "pattern"] if attributes else []
+    header += ["image_file"] if image_column else []
+    rows = []
+    for i in range(n):
+        j = i % len(TAXONOMY)
+        _, _, article, colour, shape = TAXONOMY[j]
+        pid = f"SKU-{start + i:05d}a" if sku else str(start + i)
+        col = rng.choice(COLOURS)
+        row = {"sku": pid, "name": f"{rng.choice(BRANDS)} {col} {article} {i}"}
+        if path_column:
+            row["category_path"] = " > ".join(paths[j])
+        else:
+            row.update(dict(zip(levels, paths[j])))
+        if metadata:
+            row.update({"colour": col, "fit": rng.choice(["Regular", "Slim"]), "cost": str(100 + 7 * i)})
+        if attributes:
+            row.update({"material": rng.choice(["Cotton", "Leather", "Steel"]),
+                        "pattern": rng.choice(["Solid", "Striped"])})
+        name = f"p_{i:04d}.jpg" if image_column else f"{pid}.jpg"
+        if image_column:
+            row["image_file"] = name
+        if i % 17 != 5:  # a few products without a photo
+            (img_dir / name).write_bytes(product_image(colour, shape, rng))
+        rows.append(row)
+    with (folder / "items.csv").open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+    schema = {
+        "files": ["items.csv"], "id": "sku", "id_type": "string" if sku else "int", "title": "name",
+        "description": "", "added": "",
+        "image": {"column": "image_file", "root": "photos", "pattern": ""} if image_column else
+                 {"column": "", "root": "", "pattern": "pics/{id}.jpg"},
+        "levels": levels, "label_path": {"column": "category_path" if path_column else "", "separator": " > "},
+        "categorical": ["colour", "fit"] if metadata else [], "numeric": ["cost"] if metadata else [],
+        "attributes": ["material", "pattern"] if attributes else [], "restates": [], "known_top": [],
+        "allowed": {}, "ranges": {"cost": [0, 100000]} if metadata else {},
+    }
+    return folder, schema
+
+
+def shaped_raw(tmp: Path, data: Path, schema: dict, extra: dict | None = None) -> dict:
+    """Tiny params for a catalog of another shape: its schema, no floors, drift watching its own columns."""
+    raw = tiny_raw(tmp, data, extra)
+    raw["catalog"] = schema
+    raw["registry"]["floors"] = {}
+    raw["drift"]["categorical"] = list(schema["categorical"][:1])
+    raw["drift"]["numeric"] = list(schema["numeric"])
+    for stage in ("train_baseline", "train_fusion"):
+        raw[stage]["train"]["level_weights"] = []  # the default for any depth
+    return raw

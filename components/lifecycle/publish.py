@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +110,9 @@ def publish_result(params: Params, r: Result) -> str:
             for p in evaluate_files(params):
                 run.log_artifact(p, artifact_path="evaluate")
             df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
-            uri = log_categorizer(r.model, example_frame(df[df.split == "val"], Path(params.paths.raw)))
+            with tempfile.TemporaryDirectory(prefix="deepfusion-publish-") as tmp:
+                example = example_frame(df[df.split == "val"], Path(params.paths.raw), params.catalog)
+                uri = log_categorizer(r.model, example, params.catalog, Path(tmp))
             run.log_model_metrics(uri, test)
             mlflow_store.set_run_tag(MODEL_URI, uri)
         run_id = run.run_id

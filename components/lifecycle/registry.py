@@ -28,7 +28,6 @@ import pandas as pd
 
 from components import mlflow_store as store
 from components.atomic_io import read_json
-from components.catalog import LEVELS
 from components.checkpoint import CheckpointError
 from components.config import Params, RegistryParams, load_params, params_to_dict
 from components.data import cached_products
@@ -37,7 +36,7 @@ from components.lifecycle.provenance import data_md5, git_commit, run_overrides_
 from components.lifecycle.publish import PublishError, served, served_model_uri
 from components.metrics import classification
 from components.mlflow_store import MAX_TAG_CHARS, RegistryError
-from components.serving.mlflow_model import ARTIFACT_MD5_TAG, artifact_md5, load_categorizer_uri
+from components.serving.mlflow_model import ARTIFACT_MD5_TAG, artifact_md5, load_categorizer_uri, serving_columns
 
 log = logging.getLogger(__name__)
 
@@ -55,21 +54,25 @@ def decide(challenger: dict[str, float], champion: dict[str, float] | None, vali
     """The promotion gate on macro-F1 per level, both models scored on the same evaluation data."""
     if not validation_passed:
         return Decision(False, "data validation did not pass for the challenger's training data")
-    floors = params_to_dict(p.floors)
-    below = [f"{lvl} {challenger[lvl]:.4f} < floor {floors[lvl]:.4f}" for lvl in LEVELS
+    levels, finest = list(challenger), list(challenger)[-1]  # scores come coarsest level first
+    floors = {lvl: p.floors.get(lvl, 0.0) for lvl in levels}  # a level without a floor has none
+    below = [f"{lvl} {challenger[lvl]:.4f} < floor {floors[lvl]:.4f}" for lvl in levels
              if challenger[lvl] < floors[lvl]]
     if below:
         return Decision(False, "below absolute floors: " + "; ".join(below))
     if champion is None:
         return Decision(True, "first model meeting the floors becomes champion")
-    gain = challenger["articleType"] - champion["articleType"]
+    if set(champion) != set(challenger):
+        return Decision(False, f"the champion predicts levels {list(champion)}, the challenger {levels}: a new "
+                               "taxonomy is registered under a new model name (registry.model_name)")
+    gain = challenger[finest] - champion[finest]
     if gain < p.min_gain:
-        return Decision(False, f"articleType macro-F1 gain {gain:+.4f} < required {p.min_gain:+.4f}")
-    regressed = [f"{lvl} {challenger[lvl] - champion[lvl]:+.4f}" for lvl in LEVELS
+        return Decision(False, f"{finest} macro-F1 gain {gain:+.4f} < required {p.min_gain:+.4f}")
+    regressed = [f"{lvl} {challenger[lvl] - champion[lvl]:+.4f}" for lvl in levels
                  if champion[lvl] - challenger[lvl] > p.max_level_regression]
     if regressed:
         return Decision(False, "regresses beyond tolerance: " + "; ".join(regressed))
-    return Decision(True, f"articleType macro-F1 gain {gain:+.4f} >= {p.min_gain:+.4f}, no level regressed")
+    return Decision(True, f"{finest} macro-F1 gain {gain:+.4f} >= {p.min_gain:+.4f}, no level regressed")
 
 
 def evaluation_data(params: Params) -> tuple[pd.DataFrame, ImageBatch]:
@@ -82,7 +85,7 @@ def rescore(params: Params, version: str, data: tuple[pd.DataFrame, ImageBatch])
     cat = load_categorizer_uri(store.model_uri(params.registry.model_name, version), params)
     frame, images = data
     pred, _ = cat.predict(frame, images)
-    return {lvl: classification(frame[lvl].to_numpy(), pred[lvl].to_numpy())["macro_f1"] for lvl in LEVELS}
+    return {lvl: classification(frame[lvl].to_numpy(), pred[lvl].to_numpy())["macro_f1"] for lvl in cat.levels}
 
 
 def champion_scores(params: Params, c, champ: str, chal_tags: dict[str, str],
@@ -94,10 +97,11 @@ def champion_scores(params: Params, c, champ: str, chal_tags: dict[str, str],
         return rescore(params, champ, data), "rescored"
     except CheckpointError as exc:
         tags = store.version_tags(c, name, champ)
-        keys = [f"test_{lvl}_macro_f1" for lvl in LEVELS]
+        levels = params.catalog.levels
+        keys = [f"test_{lvl}_macro_f1" for lvl in levels]
         if all(k in tags for k in keys) and tags.get("data_md5") and tags["data_md5"] == chal_tags.get("data_md5"):
             log.warning("@%s v%s cannot be re-scored (%s); using its recorded test scores", CHAMPION, champ, exc)
-            return {lvl: float(tags[k]) for lvl, k in zip(LEVELS, keys)}, f"recorded at registration ({exc})"
+            return {lvl: float(tags[k]) for lvl, k in zip(levels, keys)}, f"recorded at registration ({exc})"
         raise RegistryError(f"@{CHAMPION} v{champ} cannot be loaded by this code ({exc}) and has no recorded "
                             "test scores on the challenger's data version; compare them by hand and move the "
                             "alias with `mlflow` if the challenger is better") from exc
@@ -143,12 +147,14 @@ def auto_accept_threshold(evaluation: dict, target: float = REVIEW_PRECISION, de
     return default
 
 
-MODEL_TEXT = ("Predicts a catalog product's category at every level (masterCategory > subCategory > articleType) "
-              "from its image, title and structured metadata, any of which may be missing. Each version's "
-              "description is its model card; @champion serves, @challenger waits for the promotion gate.")
+def model_text(levels: tuple[str, ...]) -> str:
+    """The registered model's description."""
+    return (f"Predicts a catalog product's category at every level ({' > '.join(levels)}) "
+            "from its image, title and structured metadata, any of which may be missing. Each version's "
+            "description is its model card; @champion serves, @challenger waits for the promotion gate.")
 
 
-def model_card(evaluation: dict, tags: dict[str, str]) -> str:
+def model_card(evaluation: dict, tags: dict[str, str], levels: tuple[str, ...]) -> str:
     """A version's description: what it is, what it learned from, how it scores on the inputs users have, and
     its known limits. Every figure comes from the evaluate stage's metrics of the registered model."""
     served_name = evaluation.get("served_model", "fusion")
@@ -156,18 +162,18 @@ def model_card(evaluation: dict, tags: dict[str, str]) -> str:
     rows = [f"- {view}: {100 * row[served_name]['accuracy']:.1f} % / {100 * row[served_name]['macro_f1']:.1f}"
             for view, row in inputs.items() if served_name in row]
     test = evaluation.get(served_name, {})
-    levels = ", ".join(f"{lvl} {100 * test[lvl]['accuracy']:.1f} %" for lvl in LEVELS if lvl in test)
+    by_level = ", ".join(f"{lvl} {100 * test[lvl]['accuracy']:.1f} %" for lvl in levels if lvl in test)
     return "\n".join([
         f"**{served_name}** categorizer, trained on catalog data version `{tags.get('data_md5') or 'unknown'}` "
         f"(code `{(tags.get('git_commit') or 'unknown')[:12]}`).",
         "",
         f"Test split ({evaluation.get('test_products', '?')} products never used for tuning), accuracy by "
-        f"level: {levels or 'not recorded'}.",
+        f"level: {by_level or 'not recorded'}.",
         "",
-        "articleType accuracy / macro-F1 on each input as users have it:",
+        f"{levels[-1]} accuracy / macro-F1 on each input as users have it:",
         *(rows or ["- not recorded"]),
         "",
-        "Known limits: an article type absent from the training catalog is filed under the nearest known one "
+        f"Known limits: a {levels[-1]} absent from the training catalog is filed under the nearest known one "
         "(drift reports count such products); classes with fewer than the ingest minimum were folded into "
         "Other; image-only predictions are much weaker than those with a title.",
     ])
@@ -182,11 +188,13 @@ def register(params: Params) -> str:
     test = evaluation[evaluation.get("served_model", "fusion")]
     tags = {
         "data_md5": data_md5(), "git_commit": git_commit(), "validation_passed": str(validation["success"]),
-        **{f"test_{lvl}_macro_f1": f"{test[lvl]['macro_f1']:.4f}" for lvl in LEVELS},
-        **{f"test_{lvl}_accuracy": f"{test[lvl]['accuracy']:.4f}" for lvl in LEVELS},
+        **{f"test_{lvl}_macro_f1": f"{test[lvl]['macro_f1']:.4f}" for lvl in params.catalog.levels},
+        **{f"test_{lvl}_accuracy": f"{test[lvl]['accuracy']:.4f}" for lvl in params.catalog.levels},
         "served_model": evaluation.get("served_model", "fusion"),
         # What a worker checks every downloaded artifact against before it loads the model.
-        ARTIFACT_MD5_TAG: json.dumps(artifact_md5(model), sort_keys=True),
+        ARTIFACT_MD5_TAG: json.dumps(artifact_md5(model, params.catalog,
+                                                  serving_columns(params.catalog, params.paths.ingest)),
+                                     sort_keys=True),
         # The categorize DAG's review cut-off travels with the version it belongs to.
         "auto_accept_threshold": f"{auto_accept_threshold(evaluation):.6f}",
         "run_overrides": run_overrides_tag()[:MAX_TAG_CHARS],
@@ -199,7 +207,8 @@ def register(params: Params) -> str:
         run_id, uri = served_model_uri(params)
         version = store.register_model(params, uri, run_id, tags)
         c = store.client(params)
-        store.describe(c, params.registry.model_name, version, MODEL_TEXT, model_card(evaluation, tags))
+        store.describe(c, params.registry.model_name, version, model_text(params.catalog.levels),
+                       model_card(evaluation, tags, params.catalog.levels))
         if store.alias_version(c, params.registry.model_name, CHAMPION) == version:
             # A retried or repeated register of the model that already won: nothing to judge.
             print(f"{params.registry.model_name} v{version} is already @{CHAMPION}")

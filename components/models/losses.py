@@ -9,7 +9,7 @@ from components.config import LossWeights
 
 def level_ce(logits: list[torch.Tensor], labels: torch.Tensor, level_weights: tuple[float, ...],
              mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted cross-entropy over the three category levels; `mask` selects rows (B,) bool."""
+    """Weighted cross-entropy over the category levels; `mask` selects rows (B,) bool."""
     total = logits[0].new_zeros(())
     for lvl, (lg, w) in enumerate(zip(logits, level_weights)):
         y = labels[:, lvl]
@@ -20,9 +20,13 @@ def level_ce(logits: list[torch.Tensor], labels: torch.Tensor, level_weights: tu
 
 
 def hierarchy_similarity(labels: torch.Tensor) -> torch.Tensor:
-    """(B, B) target similarity from the label hierarchy: 1 same articleType, 2/3 same sub, 1/3 master."""
-    same = [labels[:, i : i + 1].eq(labels[:, i].unsqueeze(0)).float() for i in range(3)]
-    return (same[0] + same[1] + same[2]) / 3.0
+    """(B, B) target similarity from the label hierarchy: the share of levels two products share (3 levels:
+    1 same finest class, 2/3 same parent, 1/3 same top level only)."""
+    depth = labels.shape[1]
+    total = labels[:, 0:1].eq(labels[:, 0].unsqueeze(0)).float()
+    for i in range(1, depth):
+        total = total + labels[:, i : i + 1].eq(labels[:, i].unsqueeze(0)).float()
+    return total / float(depth)
 
 
 def semantic_loss(emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -149,7 +149,7 @@ def predict_many(models: dict[str, FusionModel], a: Arrays, batch_size: int, dev
     keys = {name: m.towers["image"].trunk_key() if "image" in m.towers and len(models) > 1 else None
             for name, m in models.items()}
     shared = {k for k in keys.values() if k is not None and list(keys.values()).count(k) > 1}
-    probs: dict[str, list[list[np.ndarray]]] = {name: [[], [], []] for name in models}
+    probs: dict[str, list[list[np.ndarray]]] = {name: [[] for _ in m.cfg.n_classes] for name, m in models.items()}
     embs: dict[str, dict[str, list[np.ndarray]]] = {name: {} for name in embeddings}
     for batch in map(trim_padding, iterate(a, batch_size, device)):
         if present is not None:
@@ -168,7 +168,8 @@ def predict_many(models: dict[str, FusionModel], a: Arrays, batch_size: int, dev
             if name in embs:
                 for k in (*model.cfg.modalities, "fused"):
                     embs[name].setdefault(k, []).append(feats[k].cpu().numpy())
-    out = {name: {"probs": [np.concatenate(p) if p else np.zeros((0, 0)) for p in probs[name]]} for name in models}
+    out = {name: {"probs": [np.concatenate(p) if p else np.zeros((0, n)) for p, n in
+                            zip(probs[name], models[name].cfg.n_classes)]} for name in models}
     for name, e in embs.items():
         out[name]["embeddings"] = {k: np.concatenate(v) for k, v in e.items()}
     return out

@@ -19,7 +19,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression, SGDClassifier
 from sklearn.preprocessing import normalize
 
-from components.catalog import attribute_tokens, product_text
+from components.catalog import ATTRIBUTES, attribute_tokens, product_text
 from components.config import TfidfParams
 
 
@@ -29,7 +29,7 @@ def tfidf_text(frame: pd.DataFrame, categorical: tuple[str, ...], use_descriptio
     texts = product_text(frame, use_description) if use_title else [""] * len(frame)
     # Column lists, not frame.iterrows(): the same values (a missing column reads as "") at 1/10 of the time.
     fields = [(f, frame[f].tolist()) for f in categorical if f in frame]
-    attrs = frame["articleAttributes"].tolist() if "articleAttributes" in frame else [""] * len(frame)
+    attrs = frame[ATTRIBUTES].tolist() if ATTRIBUTES in frame else [""] * len(frame)
     out = []
     for i, text in enumerate(texts):
         meta = [f"{f}={str(col[i]).replace(' ', '_').lower()}" for f, col in fields if col[i]]

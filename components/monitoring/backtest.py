@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from components.atomic_io import atomic_dir, read_json, write_json
-from components.catalog import LEVELS, read_catalog
+from components.catalog import ADDED, level_key, read_catalog
 from components.checkpoint import fusion_checkpoint
 from components.config import Params, Paths, deep_merge, params_from_dict, params_to_dict
 from components.metrics import classification
@@ -53,10 +53,10 @@ def train_as_of(params: Params, source: Path, catalog: pd.DataFrame, cutoff: flo
                 ) -> tuple[Params, str]:
     """Train the pipeline on the products added before `cutoff` (undated ones stay out); its params and model."""
     p = as_of_params(params, workdir)
-    header, lines = replay.styles_lines(source)
-    rows = catalog[timeslice.before(catalog["catalogAddDate"], cutoff)]
+    header, lines = replay.styles_lines(source, params.catalog)
+    rows = catalog[timeslice.before(catalog[ADDED], cutoff)]
     with atomic_dir(p.paths.raw) as tmp:
-        replay.write_batch(source, rows, lines, header, tmp)
+        replay.write_batch(source, rows, lines, header, tmp, params.catalog)
     t0 = time.perf_counter()
     ingest.run(p)
     validate.run(p)
@@ -67,12 +67,14 @@ def train_as_of(params: Params, source: Path, catalog: pd.DataFrame, cutoff: flo
     return p, str(fusion_checkpoint(p.paths.train_fusion))
 
 
-def scores(folder: Path, model: str) -> dict:
-    """articleType accuracy/macro-F1 of `model` on a labelled batch folder."""
-    read = read_catalog(folder, require_labels=False)
-    pred, _ = categorize(folder, load_categorizer(model), progress=False, read=read)
-    y = read.frame[LEVELS[-1]].fillna("").astype(str).to_numpy()
-    got = pred.set_index("id").loc[read.frame["id"], LEVELS[-1]].to_numpy()
+def scores(folder: Path, model: str, params: Params) -> dict:
+    """Finest-level accuracy/macro-F1 of `model` on a labelled batch folder."""
+    read = read_catalog(folder, params.catalog, require_labels=False)
+    cat = load_categorizer(model)
+    pred, _ = categorize(folder, cat, progress=False, read=read)
+    finest = cat.levels[-1]
+    y = read.frame[finest].fillna("").astype(str).to_numpy()
+    got = pred.set_index("id").loc[read.frame["id"], finest].to_numpy()
     return classification(y[y != ""], got[y != ""])
 
 
@@ -105,16 +107,18 @@ def plot(table: pd.DataFrame, z_threshold: float, path: Path) -> None:
 def run(params: Params, output: Path) -> dict:
     source = Path(params.paths.raw)
     work = output.with_name(f"{output.name}_work")
-    catalog = read_catalog(source, require_labels=False).frame
+    catalog = read_catalog(source, params.catalog, require_labels=False).frame
     cutoff = timeslice.day_end(params.drift.reference_date)
-    months = replay.run(source, work / "batches", params.drift.reference_date, params.drift.min_batch_rows)
+    months = replay.run(source, work / "batches", params.drift.reference_date, params.drift.min_batch_rows,
+                        params.catalog)
     p0, model0 = train_as_of(params, source, catalog, cutoff, work / "as_of")
     val = read_json(Path(p0.paths.train_fusion) / "metrics.json")
-    base_acc = val["val_article_accuracy"]
+    finest = params.catalog.levels[-1]
+    base_acc = val[f"val_{level_key(finest)}_accuracy"]
     rows = []
     for name in months:
         s = drift.run(p0, work / "batches" / name, work / "drift" / name, model0)
-        q = s["quality"].get("articleType", {})
+        q = s["quality"].get(finest, {})
         rows.append({"month": name, "products": s["products"], "drift_detected": s["drift_detected"],
                      "drift_score": round(drift_score(s), 2), "drifted": ",".join(s["drifted"]),
                      "accuracy": q.get("accuracy"), "macro_f1": q.get("macro_f1"),
@@ -132,14 +136,14 @@ def run(params: Params, output: Path) -> dict:
             continue
         _, model1 = train_as_of(params, source, catalog, timeslice.month_end(name), work / f"retrained_{name}")
         nxt = work / "batches" / names[i + 1]
-        old, new = scores(nxt, model0), scores(nxt, model1)
+        old, new = scores(nxt, model0, params), scores(nxt, model1, params)
         retrains.append({"fired_on": name, "scored_on": names[i + 1], "as_of_accuracy": old["accuracy"],
                          "as_of_macro_f1": old["macro_f1"], "retrained_accuracy": new["accuracy"],
                          "retrained_macro_f1": new["macro_f1"]})
         log.info("backtest retrain after %s: %s", name, retrains[-1])
     result = {"reference_date": params.drift.reference_date,
               "as_of_products": int(timeslice.before(catalog["catalogAddDate"], cutoff).sum()),
-              "as_of_val_accuracy": base_acc, "as_of_val_macro_f1": val["val_article_macro_f1"],
+              "as_of_val_accuracy": base_acc, "as_of_val_macro_f1": val[f"val_{level_key(finest)}_macro_f1"],
               "profile": {"epochs": params.drift.backtest.epochs}, "months": rows, "retrains": retrains,
               "fired": int(table["drift_detected"].sum()), "months_total": len(table),
               "correlation_score_vs_drop": float(table[["drift_score", "accuracy_drop"]].corr().iloc[0, 1])}

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from components.atomic_io import atomic_dir, atomic_write_bytes, read_json, write_json
-from components.catalog import LEVELS, TITLE, CatalogError, read_catalog
+from components.catalog import TITLE, CatalogError, read_catalog
 from components.checkpoint import CheckpointError, fusion_checkpoint
 from components.config import DriftParams, Params, load_params
 from components.data import cached_images
@@ -50,25 +50,33 @@ CACHE_VERSION = 1  # bump when the described columns or the signals change: old 
 NULL_VERSION = 2
 
 
-def describe(frame: pd.DataFrame, images: ImageBatch, cat: Categorizer) -> tuple[pd.DataFrame, pd.DataFrame]:
+def signals_for(params: Params, cat: Categorizer) -> sig.Signals:
+    """What batches are watched on: the params' metadata columns and the model's levels."""
+    return sig.Signals(params.drift.categorical, params.drift.numeric, cat.levels)
+
+
+def describe(frame: pd.DataFrame, images: ImageBatch, cat: Categorizer, signals: sig.Signals
+             ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per product: monitored columns and image/text embeddings (img_*, txt_*); and the predictions."""
     pred, emb = cat.predict(frame, images, embeddings=True)
+    top, finest = signals.levels[0], signals.levels[-1]
     vocab = cat.encoders.vocab
     tokens = [tokenize(t) for t in frame[TITLE].fillna("")]
     has = np.array([s == "ok" for s in images.status])
     px = images.pixels
     out = pd.DataFrame({
-        **{c: frame[c].fillna("").astype(str).to_numpy() for c in sig.CATEGORICAL[:4]},
-        "price": pd.to_numeric(frame["price"], errors="coerce").to_numpy(float),
+        **{c: (frame[c] if c in frame else pd.Series("", index=frame.index)).fillna("").astype(str).to_numpy()
+           for c in signals.metadata},
+        **{c: pd.to_numeric(frame[c], errors="coerce").to_numpy(float) if c in frame else np.full(len(frame), np.nan)
+           for c in signals.numeric_metadata},
         "title_length": [len(t) for t in tokens],
         "title_oov_share": [np.mean([w not in vocab for w in t]) if t else 1.0 for t in tokens],
-        "pred_masterCategory": pred["masterCategory"].to_numpy(),
-        "pred_articleType": pred["articleType"].to_numpy(),
-        "pred_confidence": pred["articleType_confidence"].to_numpy(float),
+        **{f"pred_{lvl}": pred[lvl].to_numpy() for lvl in dict.fromkeys((top, finest))},
+        "pred_confidence": pred[f"{finest}_confidence"].to_numpy(float),
         # Scalar photo statistics: Evidently does not read pixels. NaN when there is no image.
         "image_brightness": np.where(has, px.mean(axis=(1, 2, 3), dtype=np.float32) / 255.0, np.nan),
         "image_white_share": np.where(has, (px.min(axis=3) > 240).mean(axis=(1, 2)), np.nan),
-        sig.LABEL: frame["articleType"].fillna("").astype(str).to_numpy() if "articleType" in frame else "",
+        signals.label: frame[finest].fillna("").astype(str).to_numpy() if finest in frame else "",
     })
     # Rows without an image get a zero image embedding: a growing share of imageless products is itself
     # a change worth seeing, and it moves the embedding distribution accordingly.
@@ -80,19 +88,21 @@ def describe(frame: pd.DataFrame, images: ImageBatch, cat: Categorizer) -> tuple
     return pd.concat([out, vectors], axis=1), pred
 
 
-def describe_chunks(frame: pd.DataFrame, images_of, cat: Categorizer) -> tuple[pd.DataFrame, pd.DataFrame]:
+def describe_chunks(frame: pd.DataFrame, images_of, cat: Categorizer, signals: sig.Signals
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """`describe` CHUNK rows at a time; images_of(start, stop) gives those rows' images. Only one chunk's
     pixels are in memory at once."""
     parts, preds = [], []
     for start in range(0, len(frame), CHUNK):
         chunk = frame.iloc[start : start + CHUNK].reset_index(drop=True)
-        d, p = describe(chunk, images_of(start, start + len(chunk)), cat)
+        d, p = describe(chunk, images_of(start, start + len(chunk)), cat, signals)
         parts.append(d)
         preds.append(p)
     return pd.concat(parts, ignore_index=True), pd.concat(preds, ignore_index=True)
 
 
-def describe_split(ingest: str, split: str, sample: int | None, seed: int, cat: Categorizer) -> pd.DataFrame:
+def describe_split(ingest: str, split: str, sample: int | None, seed: int, cat: Categorizer, signals: sig.Signals
+                   ) -> pd.DataFrame:
     """Products of one split of the curated catalog (a seeded sample), described from ingest's image cache."""
     df = pd.read_parquet(Path(ingest) / "products.parquet")
     idx = np.flatnonzero((df["split"] == split).to_numpy())
@@ -100,9 +110,10 @@ def describe_split(ingest: str, split: str, sample: int | None, seed: int, cat: 
         idx = np.sort(np.random.default_rng(seed).choice(idx, size=sample, replace=False))
     frame = df.iloc[idx].reset_index(drop=True)
     has = frame["has_image"].to_numpy()
-    # Labels as a batch carries them: the export's article type, before rare types were merged into one class.
-    frame["articleType"] = frame["articleType_raw"]
-    described, _ = describe_chunks(frame, lambda a, b: cached_images(ingest, idx[a:b], has[a:b]), cat)
+    # Labels as a batch carries them: the export's finest class, before rare classes were merged into one.
+    finest = signals.levels[-1]
+    frame[finest] = frame[f"{finest}_raw"]
+    described, _ = describe_chunks(frame, lambda a, b: cached_images(ingest, idx[a:b], has[a:b]), cat, signals)
     return described
 
 
@@ -134,12 +145,14 @@ class Baseline:
         p, products = params.drift, Path(params.paths.ingest) / "products.parquet"
         self.params = p
         self.seed = params.seed
+        self.signals = signals = signals_for(params, cat)
         key = {"version": CACHE_VERSION, "model": model_fingerprint(cat), "data": files_md5(products),
                "reference_sample": p.reference_sample, "null_split": p.null_split, "pca": p.pca_components,
                "seed": params.seed,
                # bf16 and fp32 inference describe the same products differently: a null measured in one
                # precision must not judge batches described in the other.
-               "precision": inference_precision(cat.device)}
+               "precision": inference_precision(cat.device),
+               "signals": [signals.categorical, signals.numeric]}
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
         self.folder = Path(params.paths.drift_cache) / digest
         ref_file, pool_file = self.folder / "reference.parquet", self.folder / "pool.parquet"
@@ -147,12 +160,13 @@ class Baseline:
         if self.cached:
             ref, pool = pd.read_parquet(ref_file), pd.read_parquet(pool_file)
         else:
-            ref = describe_split(params.paths.ingest, "train", p.reference_sample, params.seed, cat)
-            pool = describe_split(params.paths.ingest, p.null_split, None, params.seed, cat)
+            ref = describe_split(params.paths.ingest, "train", p.reference_sample, params.seed, cat, signals)
+            pool = describe_split(params.paths.ingest, p.null_split, None, params.seed, cat, signals)
             _write_parquet(ref_file, ref)
             _write_parquet(pool_file, pool)
             write_json(self.folder / "key.json", key)
-        self.reference = sig.prepare(ref, cat.encoders.labels["articleType"], p.pca_components, params.seed)
+        self.reference = sig.prepare(ref, cat.encoders.labels[cat.levels[-1]], p.pca_components, params.seed,
+                                     signals)
         self.pool = pool
 
     def calibration(self, size: int) -> sig.Calibration:
@@ -186,7 +200,7 @@ def quality(frame: pd.DataFrame, pred: pd.DataFrame, cat: Categorizer) -> dict:
     """Accuracy and macro-F1 per level of the scored rows when the batch carries labels; unseen classes
     counted apart."""
     out = {}
-    for lvl in LEVELS:
+    for lvl in cat.levels:
         y = frame[lvl].fillna("").astype(str).to_numpy() if lvl in frame else np.array([""] * len(frame))
         labelled = y != ""
         if not labelled.any():
@@ -281,10 +295,10 @@ def reference_version(params: Params, model: str) -> dict:
 def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
     t0 = time.perf_counter()
     check_output(batch_dir, output)
-    read = read_catalog(batch_dir, require_labels=False)
+    read = read_catalog(batch_dir, params.catalog, require_labels=False)
     if read.frame.empty:
         raise CatalogError(f"{batch_dir}: no readable products ({len(read.problems)} rejected rows); nothing to "
-                           "compare, fix styles.csv and land the batch again")
+                           f"compare, fix {read.main_file} and land the batch again")
     frame = read.frame
     cat = load_categorizer(model)
     scored = frame
@@ -292,9 +306,9 @@ def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
         keep = np.random.default_rng(params.seed).choice(len(frame), params.drift.max_batch_rows, replace=False)
         scored = frame.iloc[np.sort(keep)].reset_index(drop=True)
     h, w = cat.image_size
-    cur, pred = describe_chunks(scored, lambda a, b: load_images(list(scored["image"].iloc[a:b]), h, w,
-                                                                 root=batch_dir), cat)
     base = Baseline(params, cat)
+    cur, pred = describe_chunks(scored, lambda a, b: load_images(list(scored["image"].iloc[a:b]), h, w,
+                                                                 root=batch_dir), cat, base.signals)
     summary = {"batch": str(batch_dir), **assess(base, cur)}
     rejected = sum(1 for p in read.problems if not p.get("kept"))  # kept: a note on a row that was read
     summary.update({"products": len(frame), "scored_products": len(cur), "rejected_rows": rejected,
@@ -302,9 +316,9 @@ def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
                     "model": model, "reference": reference_version(params, model), "null_cache": str(base.folder),
                     "null_cache_reused": base.cached,
                     # what the model filed the batch under (the dashboard's category-mix panel)
-                    "predicted_mix": {LEVELS[0]: {str(k): round(float(v), 6) for k, v in
-                                                  pred[LEVELS[0]].value_counts(normalize=True).items()}}})
-    snap = workspace.evidently_report(base.reference.frame, cur, summary["not_measurable"])
+                    "predicted_mix": {cat.levels[0]: {str(k): round(float(v), 6) for k, v in
+                                                      pred[cat.levels[0]].value_counts(normalize=True).items()}}})
+    snap = workspace.evidently_report(base.reference.frame, cur, summary["not_measurable"], base.signals)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     page = report_html(summary, snap.get_html_str(as_iframe=False))
     with atomic_dir(output) as tmp:

@@ -3,7 +3,7 @@
 A signal is an effect size between the training reference and a batch, one per monitored column/embedding:
   numeric column     Wasserstein distance in units of the reference's standard deviation
   categorical column Jensen-Shannon distance (base 2, 0..1) between the category shares
-  labels (if any)    share of labelled products whose articleType the model does not know
+  labels (if any)    share of labelled products whose finest class the model does not know
   embedding          ROC AUC of a domain classifier (PCA fitted on the reference + logistic regression,
                      2-fold cross-fitted) telling batch rows from reference rows
 Effect sizes, not p-values: with thousands of rows a test finds *some* difference in any column.
@@ -30,22 +30,51 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-CATEGORICAL = ["gender", "baseColour", "season", "usage", "pred_masterCategory", "pred_articleType"]
-NUMERIC = ["price", "title_length", "title_oov_share", "pred_confidence", "image_brightness",
-           "image_white_share"]
+DERIVED = ("title_length", "title_oov_share", "pred_confidence", "image_brightness", "image_white_share")
 EMBEDDINGS = {"image": "img_", "text": "txt_"}
-LABEL = "label_articleType"  # the batch's own articleType label, "" when it has none
-UNSEEN = "unseen_articleType"
 MIN_ROWS = 20  # fewer measured rows than this in a batch: the column is "not measurable"
 MIN_NULL_COVERAGE = 0.9  # share of null batches that must measure a signal for it to get a threshold
 MISSING = "(missing)"
 
-LABELS = {"gender": "gender", "baseColour": "colour", "season": "season", "usage": "usage",
-          "pred_masterCategory": "predicted masterCategory", "pred_articleType": "predicted articleType",
-          "price": "price", "title_length": "title length (words)",
+LABELS = {"baseColour": "colour", "title_length": "title length (words)",
           "title_oov_share": "share of title words outside the training vocabulary",
           "pred_confidence": "prediction confidence", "image_brightness": "photo brightness",
           "image_white_share": "white share of photos"}
+
+
+@dataclass(frozen=True)
+class Signals:
+    """The columns a batch is watched on: metadata the params name (drift.categorical / drift.numeric, from
+    the catalog schema), the predicted top and finest levels, and what every product has (DERIVED)."""
+
+    metadata: tuple[str, ...]  # categorical metadata columns
+    numeric_metadata: tuple[str, ...]
+    levels: tuple[str, ...]  # the model's label levels, coarsest first
+
+    @property
+    def categorical(self) -> list[str]:
+        return [*self.metadata, *dict.fromkeys((f"pred_{self.levels[0]}", f"pred_{self.levels[-1]}"))]
+
+    @property
+    def numeric(self) -> list[str]:
+        return [*self.numeric_metadata, *DERIVED]
+
+    @property
+    def label(self) -> str:
+        """The described column holding the batch's own finest label, "" when it has none."""
+        return f"label_{self.levels[-1]}"
+
+    @property
+    def unseen(self) -> str:
+        """The signal: share of labelled products whose finest class the model does not know."""
+        return f"unseen_{self.levels[-1]}"
+
+
+def label_of(column: str) -> str:
+    """How a watched column is named in a sentence."""
+    if column.startswith("pred_"):
+        return "predicted " + column.removeprefix("pred_")
+    return LABELS.get(column, column)
 
 
 @dataclass(frozen=True)
@@ -58,7 +87,8 @@ class Reference:
     scale: dict[str, float]
     pca: dict[str, PCA]
     projected: dict[str, np.ndarray]
-    known: frozenset[str]  # the article types the model predicts
+    known: frozenset[str]  # the finest classes the model predicts
+    signals: Signals
 
 
 def embedding_columns(frame: pd.DataFrame, name: str) -> list[str]:
@@ -69,16 +99,16 @@ def _categories(frame: pd.DataFrame, col: str) -> pd.Series:
     return frame[col].astype(str).replace("", MISSING)
 
 
-def prepare(ref: pd.DataFrame, known: list[str], pca_components: int, seed: int) -> Reference:
-    shares = {c: _categories(ref, c).value_counts(normalize=True) for c in CATEGORICAL}
-    values = {c: ref[c].dropna().to_numpy(float) for c in NUMERIC}
+def prepare(ref: pd.DataFrame, known: list[str], pca_components: int, seed: int, signals: Signals) -> Reference:
+    shares = {c: _categories(ref, c).value_counts(normalize=True) for c in signals.categorical}
+    values = {c: ref[c].dropna().to_numpy(float) for c in signals.numeric}
     scale = {c: float(v.std()) if len(v) > 1 and v.std() > 0 else 1.0 for c, v in values.items()}
     pca, projected = {}, {}
     for name in EMBEDDINGS:
         x = ref[embedding_columns(ref, name)].to_numpy(np.float32)
         pca[name] = PCA(n_components=min(pca_components, *x.shape), random_state=seed).fit(x)
         projected[name] = pca[name].transform(x)
-    return Reference(ref, shares, values, scale, pca, projected, frozenset(known))
+    return Reference(ref, shares, values, scale, pca, projected, frozenset(known), signals)
 
 
 def domain_auc(ref: np.ndarray, cur: np.ndarray, seed: int) -> float:
@@ -97,7 +127,8 @@ def measure(ref: Reference, cur: pd.DataFrame, seed: int) -> tuple[dict[str, flo
     """Signal values of one batch, and the signals that cannot be measured on it with the reason."""
     values: dict[str, float] = {}
     skipped: dict[str, str] = {}
-    for c in CATEGORICAL:
+    sg = ref.signals
+    for c in sg.categorical:
         cats = _categories(cur, c)
         if (cats == MISSING).all():
             skipped[c] = "empty in the batch"
@@ -106,7 +137,7 @@ def measure(ref: Reference, cur: pd.DataFrame, seed: int) -> tuple[dict[str, flo
         keys = ref.shares[c].index.union(p.index)
         values[c] = float(jensenshannon(ref.shares[c].reindex(keys, fill_value=0).to_numpy(),
                                         p.reindex(keys, fill_value=0).to_numpy(), base=2))
-    for c in NUMERIC:
+    for c in sg.numeric:
         v = cur[c].dropna().to_numpy(float)
         if len(v) < MIN_ROWS:
             skipped[c] = f"{len(v)} products carry it (fewer than {MIN_ROWS})"
@@ -114,12 +145,12 @@ def measure(ref: Reference, cur: pd.DataFrame, seed: int) -> tuple[dict[str, flo
             skipped[c] = f"constant in the batch ({v[0]:g})"
         else:
             values[c] = float(wasserstein_distance(ref.values[c], v) / ref.scale[c])
-    labels = cur[LABEL].astype(str)
+    labels = cur[sg.label].astype(str)
     labelled = labels[labels != ""]
     if len(labelled) >= MIN_ROWS:
-        values[UNSEEN] = float((~labelled.isin(ref.known)).mean())
+        values[sg.unseen] = float((~labelled.isin(ref.known)).mean())
     elif len(labelled):
-        skipped[UNSEEN] = f"{len(labelled)} products carry a label (fewer than {MIN_ROWS})"
+        skipped[sg.unseen] = f"{len(labelled)} products carry a label (fewer than {MIN_ROWS})"
     with_image = int(cur["image_brightness"].notna().sum())
     for name in EMBEDDINGS:
         if name == "image" and with_image < MIN_ROWS:
@@ -186,19 +217,20 @@ def calibrate(null: list[dict[str, float]], false_alarm_rate: float, size: int) 
 def explain(ref: Reference, cur: pd.DataFrame, signal: str, value: float, threshold: float, null_mean: float
             ) -> str:
     """One plain sentence saying what changed, with the signal's value and alarm threshold."""
-    if signal in CATEGORICAL:
+    if signal in ref.signals.categorical:
         p = _categories(cur, signal).value_counts(normalize=True)
         keys = ref.shares[signal].index.union(p.index)
         diff = p.reindex(keys, fill_value=0) - ref.shares[signal].reindex(keys, fill_value=0)
         top = diff.abs().idxmax()
-        return (f"share of {LABELS[signal]} '{top}' {p.get(top, 0):.1%} vs {ref.shares[signal].get(top, 0):.1%} "
+        return (f"share of {label_of(signal)} '{top}' {p.get(top, 0):.1%} vs {ref.shares[signal].get(top, 0):.1%} "
                 f"in training (Jensen-Shannon distance {value:.3f}, alarm above {threshold:.3f})")
-    if signal in NUMERIC:
+    if signal in ref.signals.numeric:
         v = cur[signal].dropna().to_numpy(float)
-        return (f"{LABELS[signal]}: mean {v.mean():.3g} vs {ref.values[signal].mean():.3g} in training "
+        return (f"{label_of(signal)}: mean {v.mean():.3g} vs {ref.values[signal].mean():.3g} in training "
                 f"(Wasserstein distance {value:.2f} training std, alarm above {threshold:.2f})")
-    if signal == UNSEEN:
-        return (f"{value:.1%} of labelled products have article types the model does not know (alarm above "
+    if signal == ref.signals.unseen:
+        return (f"{value:.1%} of labelled products have {ref.signals.levels[-1]} classes the model does not know "
+                f"(alarm above "
                 f"{threshold:.1%}; held-out products of the training data version: {null_mean:.1%})")
     name = signal.removesuffix("_embedding")
     return (f"{name} embeddings: a classifier tells batch from training products with ROC AUC {value:.3f} "

@@ -1,9 +1,9 @@
-"""Carve the catalog export into monthly "new catalog" batches by catalogAddDate.
+"""Carve the catalog export into monthly "new catalog" batches by the date products were added (catalog.added).
 
     deepfusion replay [--source data] [--output artifacts/replay]     (or python -m components.replay)
 
 Products added after drift.reference_date (`timeslice`: from the next midnight on) become batches `YYYY-MM/`
-in the data/ layout (styles.csv written as in the export, products.csv, images/ hard-linked). Months under
+in the export's own shape (its files as written, images hard-linked at the same relative paths). Months under
 drift.min_batch_rows are merged into the following month (the folder is named after the last month it covers).
 Undated products stay out.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from components.atomic_io import atomic_dir, write_json
-from components.catalog import read_catalog
-from components.config import load_params
+from components.catalog import ADDED, CatalogError, normal_id, read_catalog
+from components.config import CatalogSchema, load_params
 from components.monitoring import timeslice
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,18 @@ def month_batches(dates: pd.Series, end: float, min_rows: int) -> dict[str, list
     return batches
 
 
-def styles_lines(source: Path) -> tuple[str, dict[int, str]]:
-    """The export's styles.csv header and each product's original line (bare commas kept), so a batch written
-    from them parses exactly like the export."""
-    lines = (source / "styles.csv").read_text(encoding="utf-8").splitlines()
-    return lines[0], {int(ln.split(",", 1)[0]): ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit()}
+def styles_lines(source: Path, schema: CatalogSchema) -> tuple[str, dict[str, str]]:
+    """The export's main file header and each product's original line (bare commas kept) by canonical id, so a
+    batch written from them parses exactly like the export."""
+    lines = (source / schema.files[0]).read_text(encoding="utf-8").splitlines()
+    at = [h.strip() for h in lines[0].split(",")].index(schema.id)
+    out = {}
+    for ln in lines[1:]:
+        fields = ln.split(",")
+        pid = normal_id(fields[at].strip(), schema.id_type) if len(fields) > at else None
+        if pid is not None:
+            out[pid] = ln
+    return lines[0], out
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -60,36 +67,46 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def write_batch(source: Path, frame: pd.DataFrame, styles_lines: dict[int, str], header: str, dst: Path) -> None:
-    (dst / "images").mkdir(parents=True)
-    (dst / "styles.csv").write_text("\n".join([header, *(styles_lines[i] for i in frame["id"])]) + "\n",
-                                    encoding="utf-8")
-    products = pd.read_csv(source / "products.csv", dtype=str, keep_default_na=False)
-    products[products["id"].astype(int).isin(set(frame["id"]))].to_csv(dst / "products.csv", index=False,
-                                                                       quoting=csv.QUOTE_MINIMAL)
+def write_batch(source: Path, frame: pd.DataFrame, styles_lines: dict[str, str], header: str, dst: Path,
+                schema: CatalogSchema) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    ids = [str(i) for i in frame["id"]]
+    (dst / schema.files[0]).write_text("\n".join([header, *(styles_lines[i] for i in ids)]) + "\n",
+                                       encoding="utf-8")
+    keep = set(ids)
+    for name in schema.files[1:]:
+        if (source / name).is_file():
+            other = pd.read_csv(source / name, dtype=str, keep_default_na=False)
+            mine = other[schema.id].map(lambda v: normal_id(v.strip(), schema.id_type)).isin(keep)
+            other[mine].to_csv(dst / name, index=False, quoting=csv.QUOTE_MINIMAL)
     root = source.resolve()
     for rel in frame["image"].fillna(""):
         src = (root / str(rel)).resolve()
         # Only files of the catalog: a `../` or absolute path (or a symlink out) is never linked into a batch.
         if rel and src.is_relative_to(root) and src.is_file():
-            _link_or_copy(src, dst / "images" / src.name)
+            target = dst / src.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(src, target)
 
 
-def run(source: Path, output: Path, reference_date: str, min_rows: int) -> dict:
-    read = read_catalog(source, require_labels=False)
+def run(source: Path, output: Path, reference_date: str, min_rows: int, schema: CatalogSchema) -> dict:
+    if not schema.added:
+        raise CatalogError("replay cuts the catalog by the date each product was added: name that column in "
+                           "params.catalog.added")
+    read = read_catalog(source, schema, require_labels=False)
     frame = read.frame
-    header, lines = styles_lines(source)
+    header, lines = styles_lines(source, schema)
     end = timeslice.day_end(reference_date)
-    batches = month_batches(frame["catalogAddDate"], end, min_rows)
+    batches = month_batches(frame[ADDED], end, min_rows)
     index = {}
     with atomic_dir(output) as tmp:
         for name, rows in batches.items():
-            write_batch(source, frame.iloc[rows], lines, header, tmp / name)
+            write_batch(source, frame.iloc[rows], lines, header, tmp / name, schema)
             index[name] = len(rows)
-        reference = int(timeslice.before(frame["catalogAddDate"], end).sum())
+        reference = int(timeslice.before(frame[ADDED], end).sum())
         write_json(tmp / "batches.json", {"reference_date": reference_date, "batches": index,
                                           "reference_products": reference,
-                                          "undated_products": int(frame["catalogAddDate"].isna().sum())})
+                                          "undated_products": int(frame[ADDED].isna().sum())})
     log.info("replay: %d batches after %s: %s", len(index), reference_date, index)
     return index
 
@@ -103,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params()
     source = args.source or Path(params.paths.raw)
     output = args.output or Path(params.paths.replay)
-    for name, n in run(source, output, params.drift.reference_date, params.drift.min_batch_rows).items():
+    for name, n in run(source, output, params.drift.reference_date, params.drift.min_batch_rows,
+                       params.catalog).items():
         print(f"{name}: {n} products")
     return 0
 

@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 
 from components.atomic_io import write_json
-from components.catalog import LEVELS
 from components.monitoring import drift_signals as sig
 
 os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently's usage telemetry: never from our workers
@@ -32,13 +31,12 @@ os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently's usage telemetry: never
 # what makes include_tests=False render: 0.7.23 looks a categorical column's RowCount up with tests=None.)
 NO_TESTS = {k: [] for k in ("row_count_tests", "missing_values_count_tests", "min_tests", "max_tests", "mean_tests",
                             "std_tests", "q25_tests", "q50_tests", "q75_tests", "unique_values_count_tests")}
-MIX_LEVEL = LEVELS[0]  # the predicted mix is drawn per top-level category (a handful of lines, not 117)
 ALARM = "alarm_line"
 METRIC = "evidently:metric_v2:MeanValue"
 DRIFT_TAG, CATEGORIZE_TAG = "drift", "categorize"
 
 
-def evidently_report(ref: pd.DataFrame, cur: pd.DataFrame, skipped: dict[str, str]):
+def evidently_report(ref: pd.DataFrame, cur: pd.DataFrame, skipped: dict[str, str], signals: sig.Signals):
     """Evidently's per-column statistics and distributions of the measurable columns, training reference
     beside the batch, with no drift verdict of its own: its DataDriftPreset tests (Jensen-Shannon in base e,
     missing values dropped, fixed thresholds, no calibration) would put a second, disagreeing answer on the
@@ -46,8 +44,8 @@ def evidently_report(ref: pd.DataFrame, cur: pd.DataFrame, skipped: dict[str, st
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import ValueStats
 
-    cat_cols = [c for c in sig.CATEGORICAL if c not in skipped]
-    num_cols = [c for c in sig.NUMERIC if c not in skipped]
+    cat_cols = [c for c in signals.categorical if c not in skipped]
+    num_cols = [c for c in signals.numeric if c not in skipped]
     defn = DataDefinition(numerical_columns=num_cols, categorical_columns=cat_cols)
     report = Report([ValueStats(c, include_tests=False, **NO_TESTS) for c in cat_cols + num_cols])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -65,7 +63,8 @@ def drift_values(summary: dict) -> dict[str, float]:
     for s in summary["signals"]:
         if s.get("threshold") and np.isfinite(s["threshold"]) and np.isfinite(s["value"]):
             out[f"signal:{s['signal']}"] = float(s["value"]) / float(s["threshold"])
-    for cls, share in summary.get("predicted_mix", {}).get(MIX_LEVEL, {}).items():
+    # The mix is drawn per top-level class (a handful of lines, not 117): the one level drift.run records.
+    for cls, share in next(iter(summary.get("predicted_mix", {}).values()), {}).items():
         out[f"mix:{cls}"] = float(share)
     for lvl, q in summary.get("quality", {}).items():
         for k in ("accuracy", "macro_f1"):
@@ -87,10 +86,12 @@ def panels(columns: set[str]) -> list[tuple[str, str, list[str]]]:
     out = [("Drift signals against their alarm line",
             "each signal / its calibrated threshold: above 1.0 (the alarm line) the signal fires",
             [*having("signal:"), ALARM]),
-           (f"Predicted {MIX_LEVEL} mix", "share of each batch's products by predicted category", having("mix:")),
+           ("Predicted top-level mix", "share of each batch's products by predicted top-level category",
+            having("mix:")),
            ("Review-queue share", "share of a categorize run's products sent to review", having("review_share")),
            ("Accuracy and macro-F1 (labelled batches)", "per level, on the batch's own labels",
-            [c for lvl in LEVELS for c in (f"accuracy:{lvl}", f"macro_f1:{lvl}") if c in columns])]
+            [c for lvl in sorted({c.split(":", 1)[1] for c in having("accuracy:")})
+             for c in (f"accuracy:{lvl}", f"macro_f1:{lvl}") if c in columns])]
     return [p for p in out if p[2] and p[2] != [ALARM]]
 
 

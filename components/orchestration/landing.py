@@ -117,13 +117,14 @@ def check_batch(home: Path, batch: str, content_md5: str | None = None) -> dict:
     with contextlib.chdir(home):
         params = load_params()
         try:
-            check_upload(batch_path, params.landing.max_batch_mb * 2**20, params.landing.max_batch_rows)
-            frame = read_catalog(batch_path, require_labels=False).frame
+            check_upload(batch_path, params.landing.max_batch_mb * 2**20, params.landing.max_batch_rows,
+                         params.catalog.files[0])
+            frame = read_catalog(batch_path, params.catalog, require_labels=False).frame
             root = batch_path.resolve()
             # Only files inside the batch count (a `../` path would otherwise reveal files of the machine).
             frame["has_image"] = [(path := (root / str(p)).resolve()).is_relative_to(root) and path.is_file()
                                   for p in frame["image"].fillna("")]
-            results = validate_batch(frame, labeled=False,
+            results = validate_batch(frame, params.catalog, labeled=False,
                                      max_missing_image_share=params.validate.max_missing_image_share)
             failures = [f for r in results for f in r.failures]
         except CatalogError as exc:
@@ -203,20 +204,20 @@ def _drift_batch(home: Path, batch: str, content_md5: str, model: str) -> dict:
     return {"batch": batch, "drift_detected": summary["drift_detected"], "reasons": summary["reasons"]}
 
 
-def review_queue(pred: pd.DataFrame, labels: pd.DataFrame, threshold: float) -> pd.DataFrame:
+def review_queue(pred: pd.DataFrame, labels: pd.DataFrame, threshold: float, finest: str) -> pd.DataFrame:
     """The rows a merchandiser should look at, each with its `review_reason`.
 
     - `unreadable`: the row was rejected or its image is corrupt (a prediction without its image);
     - `low_confidence`: the model is below the confidence that reached the auto-accept precision;
     - `suspected_mislabel`: the batch came labelled and the model, at least that confident, files the
-      product elsewhere (`current_articleType` vs the suggested `articleType`).
+      product elsewhere (`current_<finest level>` vs the suggested finest level).
     """
-    df = pred.merge(labels.rename(columns={"articleType": "current_articleType"}), on="id", how="left")
-    conf = df["articleType_confidence"].fillna(0)
-    current = df["current_articleType"].fillna("").astype(str).str.strip()
+    df = pred.merge(labels.rename(columns={finest: f"current_{finest}"}), on="id", how="left")
+    conf = df[f"{finest}_confidence"].fillna(0)
+    current = df[f"current_{finest}"].fillna("").astype(str).str.strip()
     unreadable = (df["status"] != "ok") & (df["status"] != "no_image")
     low = ~unreadable & (conf < threshold)
-    mislabel = ~unreadable & ~low & (current != "") & (current != df["articleType"])
+    mislabel = ~unreadable & ~low & (current != "") & (current != df[finest])
     df["review_reason"] = np.select([unreadable, mislabel, low], ["unreadable", "suspected_mislabel", "low_confidence"],
                                     "")
     return df[df["review_reason"] != ""].reset_index(drop=True)
@@ -242,12 +243,15 @@ def categorize_batch(home: Path, landing: Path, name: str, model: str) -> dict:
             log.info("landing: %s was already categorized by %s: nothing to do", name, model)
             _archive_if_new(landing, batch_path)
             return {"batch": str(batch_path), "already_categorized": True, "output": str(Path(home) / out)}
-        check_upload(batch_path, params.landing.max_batch_mb * 2**20, params.landing.max_batch_rows)
+        check_upload(batch_path, params.landing.max_batch_mb * 2**20, params.landing.max_batch_rows,
+                     params.catalog.files[0])
         threshold = review_threshold(params, model)
-        read = read_catalog(batch_path, require_labels=False)  # once: for the predictions and the labels
-        pred, _ = categorize(batch_path, load_categorizer(model), progress=False, read=read)
-        labels = read.frame.reindex(columns=["id", "articleType"])
-        review = review_queue(pred, labels, threshold)
+        read = read_catalog(batch_path, params.catalog, require_labels=False)  # once: predictions and labels
+        categorizer = load_categorizer(model)
+        pred, _ = categorize(batch_path, categorizer, progress=False, read=read)
+        finest = categorizer.levels[-1]
+        labels = read.frame.reindex(columns=["id", finest])
+        review = review_queue(pred, labels, threshold, finest)
         with atomic_dir(out) as tmp:
             (tmp / "predictions.csv").write_bytes(csv_bytes(pred))
             (tmp / "review_queue.csv").write_bytes(csv_bytes(review))

@@ -16,7 +16,7 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from components import metrics as M
 from components.atomic_io import atomic_dir, read_json, write_json
-from components.catalog import ARTICLE, INPUT_VARIANTS, LEVELS, title_words
+from components.catalog import FINEST, INPUT_VARIANTS, title_words
 from components.config import EvaluateParams, Params, load_params
 from components.data import Arrays, cached_products
 from components.encoders import Encoders, encode_labels
@@ -36,16 +36,17 @@ EXPERT_ROWS = {e.name: e.display for e in EXPERTS}  # expert -> its row in the c
 
 
 def score_model(probs: list[np.ndarray], labels: np.ndarray, p: EvaluateParams, seed: int,
-                bands: dict[int, str], preds: np.ndarray | None = None) -> dict:
-    """Per level: accuracy, F1s with bootstrap CIs; `preds` (N, 3) when the model decides by whole paths."""
+                bands: dict[int, str], levels: tuple[str, ...], preds: np.ndarray | None = None) -> dict:
+    """Per level: accuracy, F1s with bootstrap CIs (and F1 by class band at the finest level); `preds`
+    (N, levels) when the model decides by whole paths."""
     out = {}
-    for lvl, name in enumerate(LEVELS):
+    for lvl, name in enumerate(levels):
         y = labels[:, lvl]
         pred = probs[lvl].argmax(1) if preds is None else preds[:, lvl]
         res = M.classification(y, pred)
         for k, (lo, hi) in M.bootstrap_ci(y, pred, p.bootstrap, seed).items():
             res[f"{k}_ci_low"], res[f"{k}_ci_high"] = lo, hi
-        if name == "articleType":
+        if lvl == len(levels) - 1:
             res.update({f"f1_{b}": v for b, v in M.band_f1(y, pred, bands).items()})
         out[name] = res
     return out
@@ -53,18 +54,18 @@ def score_model(probs: list[np.ndarray], labels: np.ndarray, p: EvaluateParams, 
 
 def business_view(probs: list[np.ndarray], labels: np.ndarray, enc: Encoders, p: EvaluateParams,
                   preds: np.ndarray | None = None) -> dict:
-    """Calibration, auto-accept coverage and hierarchy consistency of the articleType predictions."""
+    """Calibration, auto-accept coverage and hierarchy consistency of the finest-level predictions."""
     preds = np.stack([pr.argmax(1) for pr in probs], axis=1) if preds is None else preds
     rows = np.arange(len(labels))
-    conf = probs[ARTICLE][rows, preds[:, ARTICLE]]
-    correct = preds[:, ARTICLE] == labels[:, ARTICLE]
+    conf = probs[FINEST][rows, preds[:, FINEST]]
+    correct = preds[:, FINEST] == labels[:, FINEST]
     out = {"ece": M.expected_calibration_error(conf, correct, p.calibration_bins)}
     for t in p.precision_targets:
         cov = M.coverage_at_precision(conf, correct, t)
         out.update({f"coverage_at_{t:g}": cov["coverage"], f"threshold_at_{t:g}": cov["threshold"],
                     f"review_per_10k_at_{t:g}": cov["review_per_10k"]})
-    names = [np.asarray(enc.labels[lvl], dtype=object) for lvl in LEVELS]
-    paths = list(zip(*(names[i][preds[:, i]] for i in range(3))))
+    names = [np.asarray(enc.labels[lvl], dtype=object) for lvl in enc.levels]
+    paths = list(zip(*(names[i][preds[:, i]] for i in range(len(names)))))
     out["hierarchy_consistency"] = M.hierarchy_consistency(paths, set(enc.taxonomy))
     return out
 
@@ -103,9 +104,10 @@ def versus_best_expert(y: np.ndarray, preds: dict[str, np.ndarray], views: dict[
 
 def per_class_table(labels: np.ndarray, pred: np.ndarray, enc: Encoders, train_counts: dict[int, int],
                     bands: dict[int, str]) -> pd.DataFrame:
-    classes = list(range(len(enc.labels["articleType"])))
+    finest = enc.levels[FINEST]
+    classes = list(range(len(enc.labels[finest])))
     p, r, f, s = precision_recall_fscore_support(labels, pred, labels=classes, zero_division=0)
-    return pd.DataFrame({"articleType": enc.labels["articleType"], "band": [bands[c] for c in classes],
+    return pd.DataFrame({finest: enc.labels[finest], "band": [bands[c] for c in classes],
                          "train_rows": [train_counts[c] for c in classes], "test_support": s,
                          "precision": p.round(4), "recall": r.round(4), "f1": f.round(4)})
 
@@ -148,7 +150,7 @@ def slices(frame: pd.DataFrame, labels: np.ndarray, bands: dict[int, str], suspe
     """Test rows of the inputs and classes that are hard in practice (masks), and the rows whose label the
     audit trusts: test labels are noisy too, so a score on them alone says what a mislabel costs the table."""
     out = {"no image": ~frame["has_image"].to_numpy(bool), "title of at most 3 words": title_words(frame) <= 3,
-           "tail classes": np.array([bands[c] == "tail" for c in labels[:, ARTICLE]], bool)}
+           "tail classes": np.array([bands[c] == "tail" for c in labels[:, FINEST]], bool)}
     if len(suspects):
         out["label not suspected by the audit"] = ~frame["id"].astype(np.int64).isin(suspects).to_numpy()
     return out
@@ -171,8 +173,8 @@ def run(params: Params) -> dict:
     idx = np.flatnonzero(df["split"].to_numpy() == "test")
     frame, images = cached_products(params.paths.ingest, idx)
     y = encode_labels(frame, enc)
-    train_y = encode_labels(df[df["split"] == "train"], enc)[:, ARTICLE]
-    train_counts = {c: int((train_y == c).sum()) for c in range(len(enc.labels["articleType"]))}
+    train_y = encode_labels(df[df["split"] == "train"], enc)[:, FINEST]
+    train_counts = {c: int((train_y == c).sum()) for c in range(len(enc.labels[enc.levels[FINEST]]))}
     bands = M.frequency_bands(train_counts, HEAD_MIN, TAIL_MAX)
     cut = params.stack.cut_title_words
 
@@ -180,17 +182,18 @@ def run(params: Params) -> dict:
     fusion = experts.models["fusion"]
     for name, present in ABLATIONS.items():
         probs[name] = predict_arrays(fusion, test, PREDICT_BATCH, device, present=present)["probs"]
-    results = {name: score_model(pr, y, p, params.seed, bands, decisions.get(name)) for name, pr in probs.items()}
+    results = {name: score_model(pr, y, p, params.seed, bands, enc.levels, decisions.get(name))
+               for name, pr in probs.items()}
     served = "stacked" if stack is not None else "fusion"
     for name in {"fusion", "tfidf", served} & set(probs):
         results[name]["business"] = business_view(probs[name], y, enc, p, decisions.get(name))
     results["fusion"]["retrieval"] = retrieval_view(fusion, test, frame, p.retrieval_k, device)
 
     def article_pred(name: str, pr: dict, dec: dict) -> np.ndarray:
-        return dec[name][:, ARTICLE] if name in dec else pr[name][ARTICLE].argmax(1)
+        return dec[name][:, FINEST] if name in dec else pr[name][FINEST].argmax(1)
 
     main_rows = [m for m in [*EXPERT_ROWS.values(), "stacked"] if m in probs]
-    results["slices"] = {s: {m: article_view(y[mask, ARTICLE], article_pred(m, probs, decisions)[mask])
+    results["slices"] = {s: {m: article_view(y[mask, FINEST], article_pred(m, probs, decisions)[mask])
                              for m in main_rows}
                          for s, mask in slices(frame, y, bands, audit_suspects(params.paths.audit)).items()
                          if mask.any()}
@@ -199,11 +202,11 @@ def run(params: Params) -> dict:
     for v in INPUT_VARIANTS[1:]:
         pv, dv, _ = variant_predictions(experts, stack, spec, frame, images, v, cut, ablations=False, full=full)
         preds[v] = {m: article_pred(m, pv, dv) for m in main_rows}
-    results["inputs"] = {v: {m: article_view(y[:, ARTICLE], pred) for m, pred in pv.items()}
+    results["inputs"] = {v: {m: article_view(y[:, FINEST], pred) for m, pred in pv.items()}
                          for v, pv in preds.items()}
     if "stacked" in main_rows:
-        results["stacked_vs_best_expert"] = {v: versus_best_expert(y[:, ARTICLE], pv, results["inputs"][v], p,
-                                                                   params.seed, enc.labels["articleType"])
+        results["stacked_vs_best_expert"] = {v: versus_best_expert(y[:, FINEST], pv, results["inputs"][v], p,
+                                                                   params.seed, enc.labels[enc.levels[FINEST]])
                                              for v, pv in preds.items()}
     results["served_model"] = served
     results["test_products"] = len(y)
@@ -211,16 +214,16 @@ def run(params: Params) -> dict:
     served_pred = article_pred(served, probs, decisions)
     with atomic_dir(params.paths.evaluate) as tmp:
         write_json(tmp / "metrics.json", results)
-        per_class_table(y[:, ARTICLE], served_pred, enc, train_counts, bands).to_csv(tmp / "per_class.csv",
+        per_class_table(y[:, FINEST], served_pred, enc, train_counts, bands).to_csv(tmp / "per_class.csv",
                                                                                     index=False)
         (tmp / "plots").mkdir()
-        names = np.asarray(enc.labels["articleType"], dtype=object)
-        pd.DataFrame({"actual": names[y[:, ARTICLE]], "predicted": names[served_pred]}).to_csv(
+        names = np.asarray(enc.labels[enc.levels[FINEST]], dtype=object)
+        pd.DataFrame({"actual": names[y[:, FINEST]], "predicted": names[served_pred]}).to_csv(
             tmp / "plots" / "confusion.csv", index=False)
-        pc = pd.read_csv(tmp / "per_class.csv")[["articleType", "f1"]].sort_values("f1")
+        pc = pd.read_csv(tmp / "per_class.csv")[[enc.levels[FINEST], "f1"]].sort_values("f1")
         pc.to_csv(tmp / "plots" / "per_class_f1.csv", index=False)
         (tmp / "comparison.md").write_text(comparison_table(results))
-    log.info("evaluate: %s articleType %s", served, results[served]["articleType"])
+    log.info("evaluate: %s %s %s", served, enc.levels[FINEST], results[served][enc.levels[FINEST]])
     return results
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from components.atomic_io import atomic_dir, write_json
-from components.catalog import KNOWN_MASTERS, LEVELS, TITLE, CatalogRead, read_catalog
-from components.config import IngestParams, Params, load_params
+from components.catalog import TITLE, CatalogRead, read_catalog
+from components.config import CatalogSchema, IngestParams, Params, load_params
 from components.images import ImageError, ImagePathError, content_md5, decode_image, dhash, read_image_file
 
 log = logging.getLogger(__name__)
@@ -134,26 +134,27 @@ def load_images(root: Path, paths: list[str], out: np.ndarray, height: int, widt
     return md5s, phashes, status
 
 
-def curate(read: CatalogRead, params: IngestParams) -> tuple[pd.DataFrame, list[dict]]:
+def curate(read: CatalogRead, params: IngestParams, schema: CatalogSchema) -> tuple[pd.DataFrame, list[dict]]:
     """Apply the row policy: which rows are curated and which are quarantined (with reasons)."""
     df = read.frame
     if params.limit > 0:
         df = df.iloc[: params.limit]
     quarantine = [p for p in read.problems if not p.get("kept")]  # kept: a note on a row that was read
     keep = pd.Series(True, index=df.index)
-    for level in LEVELS:
+    main, top = schema.files[0], schema.levels[0]
+    for level in schema.levels:
         bad = keep & (df[level] == "")
         for _, r in df[bad].iterrows():
-            quarantine.append({"file": "styles.csv", "row": r.source_row, "id": r.id, "field": level,
+            quarantine.append({"file": main, "row": r.source_row, "id": r.id, "field": level,
                                "reason": "missing_label"})
         keep &= ~bad
-    excluded = keep & df["masterCategory"].isin(params.exclude_master)
-    unknown = keep & ~df["masterCategory"].isin(KNOWN_MASTERS) & ~excluded
+    excluded = keep & df[top].isin(params.exclude_master)
+    unknown = keep & ~df[top].isin(schema.known_top) & ~excluded if schema.known_top else keep & False
     for mask, reason in ((excluded, "excluded_master_category (params.ingest.exclude_master)"),
-                         (unknown, "unknown_masterCategory (not one of " + ", ".join(KNOWN_MASTERS) + ")")):
+                         (unknown, f"unknown_{top} (not one of " + ", ".join(schema.known_top) + ")")):
         for _, r in df[mask].iterrows():
-            quarantine.append({"file": "styles.csv", "row": r.source_row, "id": r.id,
-                               "field": "masterCategory", "reason": f"{reason}: {r.masterCategory!r}"})
+            quarantine.append({"file": main, "row": r.source_row, "id": r.id,
+                               "field": top, "reason": f"{reason}: {r[top]!r}"})
     keep &= ~excluded & ~unknown
     return df[keep].reset_index(drop=True).copy(), quarantine
 
@@ -161,9 +162,10 @@ def curate(read: CatalogRead, params: IngestParams) -> tuple[pd.DataFrame, list[
 def run(params: Params) -> dict:
     p = params.ingest
     started = time.perf_counter()
-    read = read_catalog(params.paths.raw, require_labels=True)
-    rows_in = len(read.frame) + sum(1 for q in read.problems if q["file"] == "styles.csv" and not q.get("kept"))
-    df, quarantine = curate(read, p)
+    schema = params.catalog
+    read = read_catalog(params.paths.raw, schema, require_labels=True)
+    rows_in = len(read.frame) + sum(1 for q in read.problems if q["file"] == schema.files[0] and not q.get("kept"))
+    df, quarantine = curate(read, p, schema)
     raw = Path(params.paths.raw)
 
     out_dir = Path(params.paths.ingest)
@@ -186,14 +188,14 @@ def run(params: Params) -> dict:
         df["title_norm"] = [normalize_title(t) for t in df[TITLE]]
         df["group"] = group_products(df["title_norm"].tolist(), usable_md5, phashes, p.perceptual_max_group)
         df["split"] = [assign_split(g, p.splits.train, p.splits.val) for g in df["group"]]
-        df["articleType_raw"] = df["articleType"]
-        for level in LEVELS:
+        df[f"{schema.finest}_raw"] = df[schema.finest]
+        for level in schema.levels:
             df[level] = collapse_rare(df[level], p.min_class_count, p.rare_label)
         df.to_parquet(tmp / "products.parquet", index=False)
         qdf = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
         qdf.to_csv(tmp / "quarantine.csv", index=False)
 
-        report = build_report(df, qdf, rows_in)
+        report = build_report(df, qdf, rows_in, schema.levels)
         write_json(tmp / "report.json", report)
         write_json(tmp / "metrics.json", report["summary"])
     # Wall time varies run to run: it is logged, never written into a DVC output (identical reruns).
@@ -203,7 +205,7 @@ def run(params: Params) -> dict:
     return report
 
 
-def build_report(df: pd.DataFrame, quarantine: pd.DataFrame, rows_in: int) -> dict:
+def build_report(df: pd.DataFrame, quarantine: pd.DataFrame, rows_in: int, levels: tuple[str, ...]) -> dict:
     reasons = Counter(r.split(":")[0].split(" (")[0] for r in quarantine["reason"])
     quarantined_rows = quarantine[quarantine["field"] != "image"]["id"].nunique()
     summary = {
@@ -214,17 +216,18 @@ def build_report(df: pd.DataFrame, quarantine: pd.DataFrame, rows_in: int) -> di
         "corrupt_image": int((df["image_status"] == "corrupt_image").sum()),
         "groups": int(df["group"].nunique()),
         **{f"split_{s}": int((df["split"] == s).sum()) for s in ("train", "val", "test")},
-        **{f"classes_{lvl}": int(df[lvl].nunique()) for lvl in LEVELS},
+        **{f"classes_{lvl}": int(df[lvl].nunique()) for lvl in levels},
     }
     return {
         "summary": summary,
         "quarantine_reasons": dict(reasons),
         "per_split_per_class": {
             lvl: df.groupby([lvl, "split"]).size().unstack(fill_value=0).to_dict(orient="index")
-            for lvl in LEVELS
+            for lvl in levels
         },
-        "rare_articleTypes": sorted(df.loc[df["articleType"] != df["articleType_raw"], "articleType_raw"]
-                                    .unique().tolist()),
+        # The finest level's names that became rare_label ("rare_articleTypes" for the Myntra catalog).
+        f"rare_{levels[-1]}s": sorted(df.loc[df[levels[-1]] != df[f"{levels[-1]}_raw"], f"{levels[-1]}_raw"]
+                                      .unique().tolist()),
     }
 
 

@@ -27,7 +27,7 @@ import torch
 
 from components import metrics as M
 from components.atomic_io import atomic_dir, write_json
-from components.catalog import ARTICLE, LEVELS
+from components.catalog import FINEST
 from components.config import Params, StackParams, load_params
 from components.data import cached_products
 from components.encoders import Encoders, encode_labels
@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 
 def taxonomy_paths(enc: Encoders) -> np.ndarray:
-    """(P, 3) class ids of every (master, sub, article) path of the training data."""
-    index = [{c: i for i, c in enumerate(enc.labels[lvl])} for lvl in LEVELS]
+    """(P, levels) class ids of every label path of the training data."""
+    index = [{c: i for i, c in enumerate(enc.labels[lvl])} for lvl in enc.levels]
     return np.array([[index[lvl][name] for lvl, name in enumerate(path)] for path in enc.taxonomy], dtype=np.int64)
 
 
@@ -66,12 +66,12 @@ def cross_validate(x: StackInputs, y: np.ndarray, folds: np.ndarray, make: Calla
 
 
 def _article_truth(y: np.ndarray, paths: np.ndarray) -> np.ndarray:
-    """articleType class id of each row's true path; -1 where its path is unknown (rows y < 0)."""
-    return np.where(y >= 0, paths[np.maximum(y, 0), ARTICLE], -1)
+    """Finest-level class id of each row's true path; -1 where its path is unknown (rows y < 0)."""
+    return np.where(y >= 0, paths[np.maximum(y, 0), FINEST], -1)
 
 
 def variant_scores(oof: np.ndarray, truth: np.ndarray, article: np.ndarray, variants: int) -> np.ndarray:
-    """(variants,) out-of-fold articleType macro-F1 of each input variant (rows are variant-major)."""
+    """(variants,) out-of-fold finest-level macro-F1 of each input variant (rows are variant-major)."""
     pred, n = article[oof.argmax(1)], len(truth) // variants
     per_variant = []
     for j in range(variants):
@@ -87,19 +87,19 @@ def _variant_macro_f1(oof: np.ndarray, truth: np.ndarray, article: np.ndarray, v
 
 def fit_stack(x: StackInputs, y: np.ndarray, folds: np.ndarray, names: tuple[str, ...], paths: np.ndarray,
               p: StackParams) -> tuple[Combiner, dict[str, float], np.ndarray]:
-    """The combiner setting (L2, class balance) of best out-of-fold articleType macro-F1, averaged over the
+    """The combiner setting (L2, class balance) of best out-of-fold finest-level macro-F1, averaged over the
     input variants (returned unfitted: the caller fits its chosen experts); the score per setting; its
     out-of-fold probs.
     """
     scores, oof = {}, {}
-    article, truth = paths[:, ARTICLE], _article_truth(y, paths)
+    article, truth = paths[:, FINEST], _article_truth(y, paths)
     for l2 in p.l2_grid:
         for balance in p.balance_grid:
             key = f"l2_{l2:g}_balance_{balance:g}"
             oof[key] = cross_validate(x, y, folds, functools.partial(Combiner, names, paths, l2=l2, fit_bias=True,
                                                                      balance=balance, group_weight=p.group_weight))
             scores[key] = _variant_macro_f1(oof[key], truth, article, len(p.variants))
-            log.info("stack: %s -> out-of-fold articleType macro-F1 %.4f (mean over input variants)", key, scores[key])
+            log.info("stack: %s -> out-of-fold finest-level macro-F1 %.4f (mean over input variants)", key, scores[key])
     best = max(scores, key=scores.get)
     l2, balance = float(best.split("_")[1]), float(best.split("_")[3])
     return (Combiner(names, paths, l2=l2, fit_bias=True, balance=balance, group_weight=p.group_weight), scores,
@@ -135,7 +135,7 @@ def select_experts(x: StackInputs, y: np.ndarray, folds: np.ndarray, start: Comb
 
     Returns the chosen (unfitted) combiner, its out-of-fold probs and the score of every expert set tried.
     """
-    article, truth = start.paths[:, ARTICLE], _article_truth(y, start.paths)
+    article, truth = start.paths[:, FINEST], _article_truth(y, start.paths)
     names = start.experts
     current, oof = start, start_oof
     per_variant = variant_scores(oof, truth, article, variants)
@@ -222,9 +222,9 @@ def run(params: Params) -> dict:
     n = len(frame)
     per_variant = {}
     for j, v in enumerate(p.variants):
-        stacked = paths[oof[j * n:(j + 1) * n].argmax(1), ARTICLE]
-        per_variant[v] = {"stacked_out_of_fold": article_scores(labels[:, ARTICLE], stacked),
-                          **{e: article_scores(labels[:, ARTICLE], probs[v][e][ARTICLE].argmax(1))
+        stacked = paths[oof[j * n:(j + 1) * n].argmax(1), FINEST]
+        per_variant[v] = {"stacked_out_of_fold": article_scores(labels[:, FINEST], stacked),
+                          **{e: article_scores(labels[:, FINEST], probs[v][e][FINEST].argmax(1))
                              for e in experts.names}}
     conds = np.eye(len(CONDITIONS), dtype=np.float32)
     conds[:, 0] = 1.0  # the bias alone, then the bias plus each poor-input condition
@@ -232,8 +232,8 @@ def run(params: Params) -> dict:
     metrics = {"val_products": n, "rows": len(x), "int8_experts": list(experts.int8), "l2": combiner.l2,
                "balance": combiner.balance, "group_weight": combiner.group_weight,
                "cv_macro_f1": cv, "experts": list(combiner.experts), "expert_sets_cv_macro_f1": tried,
-               "unknown_paths": int((y1 < 0).sum()), "val_articleType": per_variant,
-               "article_weight_by_condition": {c: {e: round(float(weights[ci, ei, ARTICLE]), 3)
+               "unknown_paths": int((y1 < 0).sum()), f"val_{enc.levels[FINEST]}": per_variant,
+               "article_weight_by_condition": {c: {e: round(float(weights[ci, ei, FINEST]), 3)
                                                    for ei, e in enumerate(combiner.experts)}
                                                for ci, c in enumerate(CONDITIONS)}}
     spec = {"format": FORMAT, "combiner": combiner.to_dict(), "ablations": ablations,

@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from components.atomic_io import atomic_dir, write_json
-from components.catalog import LEVELS
 from components.config import Params, load_params
 from components.data import excluded_ids, load_arrays, split_arrays, training_split
 from components.encoders import Encoders, encode_labels, load_encoders
@@ -41,10 +40,10 @@ def train_tfidf(params: Params, enc: Encoders, df: pd.DataFrame, out_dir: Path) 
     val = df[df.split == "val"]
     y_train, y_val = encode_labels(train, enc), encode_labels(val, enc)
     t0 = time.perf_counter()
-    model = TfidfBaseline(params.train_baseline.tfidf, params.features.categorical,
+    model = TfidfBaseline(params.train_baseline.tfidf, tuple(enc.categorical),
                           params.features.use_description).fit(train, y_train)
     seconds = time.perf_counter() - t0
-    metrics = val_scores(model.predict_proba(val, [len(enc.labels[lvl]) for lvl in LEVELS]), y_val)
+    metrics = val_scores(model.predict_proba(val, [len(v) for v in enc.labels.values()]), y_val, enc.levels)
     save_tfidf(model, out_dir / "model.npz")
     timings = {"train_seconds": round(seconds, 1), "train_products_per_s": round(len(train) / seconds, 1),
                "peak_rss_mib": round(peak_rss_mib(), 1)}

@@ -14,13 +14,11 @@ import numpy as np
 import pandas as pd
 
 from components.atomic_io import atomic_dir, write_json
-from components.catalog import KNOWN_MASTERS, LEVELS, TITLE
-from components.config import Params, load_params
+from components.catalog import ID, TITLE
+from components.config import CatalogSchema, Params, load_params
 
 log = logging.getLogger(__name__)
 
-GENDERS = ["Men", "Women", "Boys", "Girls", "Unisex", ""]
-SEASONS = ["Summer", "Fall", "Winter", "Spring", ""]
 SPLITS = ["train", "val", "test"]
 
 
@@ -45,30 +43,35 @@ def _gx():
     return gx, gxe
 
 
-def product_expectations(labeled: bool, max_missing_image_share: float, rare_label: str = "") -> list:
-    """Row-level expectations that hold for any catalog batch (training export or a new batch)."""
+def product_expectations(schema: CatalogSchema, labeled: bool, max_missing_image_share: float,
+                         rare_label: str = "") -> list:
+    """Row-level expectations that hold for any batch of this catalog (training export or a new batch): the
+    parts every product has, and the catalog schema's `allowed` values and numeric `ranges`."""
     _, gxe = _gx()
     exps = [
-        gxe.ExpectColumnValuesToNotBeNull(column="id"),
-        gxe.ExpectColumnValuesToBeUnique(column="id"),
-        gxe.ExpectColumnValuesToBeOfType(column="id", type_="int64"),
+        gxe.ExpectColumnValuesToNotBeNull(column=ID),
+        gxe.ExpectColumnValuesToBeUnique(column=ID),
+        gxe.ExpectColumnValuesToBeOfType(column=ID, type_="int64" if schema.id_type == "int" else "str"),
         gxe.ExpectColumnValuesToBeOfType(column=TITLE, type_="str"),
-        gxe.ExpectColumnValuesToBeInSet(column="gender", value_set=GENDERS),
-        gxe.ExpectColumnValuesToBeInSet(column="season", value_set=SEASONS),
-        # Prices are INR list prices; NaN is allowed (no price given), negative is not.
-        gxe.ExpectColumnValuesToBeBetween(column="price", min_value=0, max_value=1_000_000),
-        gxe.ExpectColumnValuesToBeBetween(column="year", min_value=2000, max_value=2030),
+        *(gxe.ExpectColumnValuesToBeInSet(column=col, value_set=list(values))
+          for col, values in schema.allowed.items() if col not in schema.levels),
+        # Missing numbers (NaN) pass: a product may lack a price, never have a negative one.
+        *(gxe.ExpectColumnValuesToBeBetween(column=col, min_value=lo, max_value=hi)
+          for col, (lo, hi) in schema.ranges.items()),
         gxe.ExpectColumnValuesToBeInSet(column="has_image", value_set=[True, False]),
         # Share of products without an image, as the mean of the boolean column.
         gxe.ExpectColumnMeanToBeBetween(column="has_image", min_value=1.0 - max_missing_image_share,
                                         max_value=1.0),
     ]
     if labeled:
-        exps += [gxe.ExpectColumnValuesToNotBeNull(column=lvl) for lvl in LEVELS]
-        exps += [gxe.ExpectColumnValueLengthsToBeBetween(column=lvl, min_value=1) for lvl in LEVELS]
-        # A master class under ingest.min_class_count is folded into the rare label, like any level.
-        masters = [*KNOWN_MASTERS, *([rare_label] if rare_label else [])]
-        exps.append(gxe.ExpectColumnValuesToBeInSet(column="masterCategory", value_set=masters))
+        exps += [gxe.ExpectColumnValuesToNotBeNull(column=lvl) for lvl in schema.levels]
+        exps += [gxe.ExpectColumnValueLengthsToBeBetween(column=lvl, min_value=1) for lvl in schema.levels]
+        # A top-level class under ingest.min_class_count is folded into the rare label, like any level.
+        if schema.known_top:
+            tops = [*schema.known_top, *([rare_label] if rare_label else [])]
+            exps.append(gxe.ExpectColumnValuesToBeInSet(column=schema.levels[0], value_set=tops))
+        exps += [gxe.ExpectColumnValuesToBeInSet(column=lvl, value_set=[*values, *([rare_label] if rare_label else [])])
+                 for lvl, values in schema.allowed.items() if lvl in schema.levels]
     return exps
 
 
@@ -78,7 +81,7 @@ def curated_tables(df: pd.DataFrame, cache_shape: tuple, cache_dtype: str, param
     train = df[df["split"] == "train"]
     classes = pd.DataFrame([
         {"level": lvl, "label": lab, "train_rows": int((train[lvl] == lab).sum())}
-        for lvl in LEVELS for lab in sorted(df[lvl].unique())
+        for lvl in params.catalog.levels for lab in sorted(df[lvl].unique())
     ], columns=["level", "label", "train_rows"])
     cache = pd.DataFrame([{
         "rows_table": len(df), "rows_cache": int(cache_shape[0]), "height": int(cache_shape[1]),
@@ -148,11 +151,11 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, list], docs_di
     return results
 
 
-def validate_batch(frame: pd.DataFrame, labeled: bool, max_missing_image_share: float,
+def validate_batch(frame: pd.DataFrame, schema: CatalogSchema, labeled: bool, max_missing_image_share: float,
                    docs_dir: Path | None = None) -> list[SuiteResult]:
     """The row-level suite alone, for a new catalog batch (drift and categorize DAGs)."""
     return run_suites({"products": frame},
-                      {"products": product_expectations(labeled, max_missing_image_share)}, docs_dir)
+                      {"products": product_expectations(schema, labeled, max_missing_image_share)}, docs_dir)
 
 
 def run(params: Params) -> dict:
@@ -161,7 +164,7 @@ def run(params: Params) -> dict:
     cache = np.load(src / "images.npy", mmap_mode="r")
     frames = {"products": df, "splits": df[["split"]],
               **curated_tables(df, cache.shape, str(cache.dtype), params)}
-    suites = {"products": product_expectations(True, params.validate.max_missing_image_share,
+    suites = {"products": product_expectations(params.catalog, True, params.validate.max_missing_image_share,
                                                params.ingest.rare_label),
               **curated_expectations(params)}
     with atomic_dir(params.paths.validate) as tmp:

@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from components.catalog import LEVELS
 from components.checkpoint import load_checkpoint
 from components.data import Arrays
 from components.encoders import Encoders, encode_frame
@@ -112,6 +111,12 @@ class Categorizer:
                  image_size: tuple[int, int]) -> None:
         self.model, self.encoders, self.meta, self.device = model, encoders, meta, device
         self.image_size = image_size
+        self.schema = None  # the catalog schema the model was logged with (MLflow models carry theirs)
+
+    @property
+    def levels(self) -> tuple[str, ...]:
+        """The catalog's label levels the model predicts, coarsest first."""
+        return self.encoders.levels
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Categorizer:
@@ -129,16 +134,17 @@ class Categorizer:
         """Predictions table (id, level, level_confidence, status) and optional embeddings."""
         a = self.arrays(frame, images)
         out = predict_arrays(self.model, a, batch_size, self.device, embeddings=embeddings)
-        best = np.stack([p.argmax(1) for p in out["probs"]], axis=1) if len(frame) else np.zeros((0, 3), np.int64)
+        best = (np.stack([p.argmax(1) for p in out["probs"]], axis=1) if len(frame)
+                else np.zeros((0, len(self.levels)), np.int64))
         return self.table(frame, images, out["probs"], best), masked_embeddings(out.get("embeddings", {}), a)
 
     def table(self, frame: pd.DataFrame, images: ImageBatch, probs: list[np.ndarray], best: np.ndarray
               ) -> pd.DataFrame:
         """The predictions table (id, level, level_confidence, status) from per-level probabilities and the
-        chosen class ids (N, 3)."""
+        chosen class ids (N, levels)."""
         pred = pd.DataFrame({"id": frame["id"].to_numpy() if "id" in frame else np.arange(len(frame))})
         rows = np.arange(len(frame))
-        for lvl, name in enumerate(LEVELS):
+        for lvl, name in enumerate(self.levels):
             names = np.asarray(self.encoders.labels[name], dtype=object)
             pred[name] = names[best[:, lvl]] if len(frame) else []
             pred[f"{name}_confidence"] = probs[lvl][rows, best[:, lvl]].round(4) if len(frame) else []

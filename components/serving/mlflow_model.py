@@ -18,6 +18,8 @@ Two ways to load it, and what each executes:
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
 import json
 import os
 import tempfile
@@ -31,8 +33,9 @@ import yaml
 
 from components import mlflow_store
 from components.atomic_io import read_json
+from components.catalog import IMAGE, renames, to_internal
 from components.checkpoint import CheckpointError
-from components.config import Params
+from components.config import CatalogSchema, Params, catalog_from_dict
 from components.models.combiner import Combiner
 from components.serving.categorizer import Categorizer, load_images
 from components.serving.stacked import StackedCategorizer, file_md5, is_stack, served_experts, stack_file
@@ -40,48 +43,88 @@ from components.serving.stacked import StackedCategorizer, file_md5, is_stack, s
 # What a served model needs at inference (not the training or orchestration stack).
 SERVING_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "pandas>=3.0,<3.1",
                         "numpy", "pillow", "scikit-learn", "tqdm", "pyyaml"]
+# A model logged before it carried its catalog schema reads the Myntra export's columns.
 INPUT_COLUMNS = ["id", "productDisplayName", "gender", "baseColour", "season", "year", "usage", "brandName",
                  "ageGroup", "colour1", "colour2", "price", "discountedPrice", "fashionType",
                  "articleAttributes", "image"]
 NUMERIC_COLUMNS = ("year", "price", "discountedPrice")  # float: they may be missing (NaN)
+CATALOG_ARTIFACT = "catalog"  # the catalog schema and input columns the model was logged with (catalog.json)
 ENTRY = Path(__file__).with_name("mlflow_entry.py")
 ARTIFACT_MD5_TAG = "artifact_md5"  # version tag: {artifact name: md5} of the files logged with the model
 
 
-def input_schema():
-    """Only `id` is required: a product needs a title or an image, and every other field is optional, as for
-    the batch CLI (a row with neither title nor image is answered with its status, not rejected)."""
+def input_columns(schema: CatalogSchema, frame_columns: list[str]) -> list[str]:
+    """What the served model reads, in the export's own column names: the id, the title, the metadata the
+    models use (in the order of the internal table's columns, `frame_columns`), the image."""
+    exported = {internal: export for export, internal in renames(schema).items()}
+    used = {*schema.categorical, *schema.numeric, *schema.attributes}
+    named = [exported.get(c, c) for c in frame_columns]
+    return [schema.id, schema.title, *(c for c in named if c in used), schema.image.column or IMAGE]
+
+
+def serving_columns(schema: CatalogSchema, ingest: str | Path) -> list[str]:
+    """input_columns of the model trained on ingest's table."""
+    return input_columns(schema, list(pd.read_parquet(Path(ingest) / "products.parquet").columns))
+
+
+def catalog_spec(schema: CatalogSchema, columns: list[str]) -> bytes:
+    """catalog.json, logged with the model: the schema it reads and its input columns (the same bytes at
+    publish and at registration, where their md5 is recorded)."""
+    return (json.dumps({"catalog": dataclasses.asdict(schema), "columns": list(columns)}, indent=1) + "\n").encode()
+
+
+def input_schema(schema: CatalogSchema, columns: list[str]):
+    """Only the id is required: a product needs a title or an image, and every other field is optional, as
+    for the batch CLI (a row with neither title nor image is answered with its status, not rejected)."""
     from mlflow.types import ColSpec, Schema
 
     def spec(c: str) -> ColSpec:
-        kind = "long" if c == "id" else "double" if c in NUMERIC_COLUMNS else "string"
-        return ColSpec(kind, c, required=c == "id")
+        if c == schema.id:
+            return ColSpec("long" if schema.id_type == "int" else "string", c, required=True)
+        return ColSpec("double" if c in schema.numeric else "string", c, required=False)
 
-    return Schema([spec(c) for c in INPUT_COLUMNS])
+    return Schema([spec(c) for c in columns])
 
 
 class CategorizerModel(mlflow.pyfunc.PythonModel):
     """pyfunc: DataFrame of products (INPUT_COLUMNS; image as base64 or path) -> categories + confidences."""
+
+    schema: CatalogSchema | None = None  # None: a model logged before it carried one (INPUT_COLUMNS)
+    columns: list[str] = INPUT_COLUMNS
+    numeric: tuple[str, ...] = NUMERIC_COLUMNS
+    id_column = "id"
 
     def load_context(self, context: Any) -> None:
         arts = {k: Path(v) for k, v in context.artifacts.items()}
         self.load_from(arts.pop("combiner") if "combiner" in arts else arts["checkpoint"], arts)
 
     def load_from(self, model: Path, files: dict[str, Path] | None = None) -> None:
-        """A stack's combiner.json (experts from `files` or the paths it records) or a fusion checkpoint."""
+        """A stack's combiner.json (experts from `files` or the paths it records) or a fusion checkpoint, and
+        the catalog schema it reads (files["catalog"]) when it was logged with one."""
+        files = dict(files or {})
+        spec = files.pop(CATALOG_ARTIFACT, None)
+        if spec is not None:
+            self.use_schema(**read_json(spec))
         if is_stack(model):
             self.categorizer = StackedCategorizer.load(stack_file(model), files or None, device="auto")
         else:
             self.categorizer = Categorizer.from_checkpoint(model, device="auto")
+        self.categorizer.schema = self.schema
+
+    def use_schema(self, catalog: dict, columns: list[str]) -> None:
+        self.schema = catalog_from_dict(catalog)
+        self.columns, self.numeric, self.id_column = columns, self.schema.numeric, self.schema.id
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         frame = model_input.copy()
-        for c in INPUT_COLUMNS:
+        for c in self.columns:
             if c not in frame:
                 frame[c] = ""
         for c in frame.columns:
-            if c not in NUMERIC_COLUMNS and c != "id":
+            if c not in self.numeric and c != self.id_column:
                 frame[c] = frame[c].fillna("")
+        if self.schema is not None:
+            frame = to_internal(frame, self.schema)
         h, w = self.categorizer.image_size
         # Paths only under DEEPFUSION_IMAGE_ROOT (trusted batch use); by default the served model takes base64.
         images = load_images(frame["image"].tolist(), h, w, root=os.environ.get("DEEPFUSION_IMAGE_ROOT") or None)
@@ -101,19 +144,22 @@ def model_artifacts(model: str | Path) -> dict[str, str]:
             **int8}
 
 
-def log_categorizer(model: str | Path, example: pd.DataFrame) -> str:
-    """Log a stack or a checkpoint as a pyfunc model (from code) in the active run; its URI.
-
-    The output signature comes from a real prediction of the example.
+def log_categorizer(model: str | Path, example: pd.DataFrame, schema: CatalogSchema, workdir: Path) -> str:
+    """Log a stack or a checkpoint as a pyfunc model (from code) in the active run, with the catalog schema it
+    reads (catalog.json, written in `workdir`); its URI. The example is in the export's column names (see
+    example_frame); the output signature comes from a real prediction of it.
     """
     from mlflow.models import ModelSignature, infer_signature
 
+    spec = Path(workdir) / "catalog.json"
+    spec.write_bytes(catalog_spec(schema, list(example.columns)))
     loaded = CategorizerModel()
-    loaded.load_from(Path(model))
+    loaded.load_from(Path(model), {CATALOG_ARTIFACT: spec})
     out = loaded.predict(None, example)
     info = mlflow.pyfunc.log_model(
-        name="model", python_model=str(ENTRY), artifacts=model_artifacts(model),
-        signature=ModelSignature(inputs=input_schema(), outputs=infer_signature(example, out).outputs),
+        name="model", python_model=str(ENTRY), artifacts={**model_artifacts(model), CATALOG_ARTIFACT: str(spec)},
+        signature=ModelSignature(inputs=input_schema(schema, list(example.columns)),
+                                 outputs=infer_signature(example, out).outputs),
         input_example=example,
         pip_requirements=SERVING_REQUIREMENTS,
         code_paths=[str(Path(__file__).parents[1])],  # the components package
@@ -121,23 +167,29 @@ def log_categorizer(model: str | Path, example: pd.DataFrame) -> str:
     return info.model_uri
 
 
-def example_frame(frame: pd.DataFrame, image_root: Path, n: int = 2) -> pd.DataFrame:
-    """A small input example in the serving schema (image as base64), from real catalog rows."""
+def example_frame(frame: pd.DataFrame, image_root: Path, schema: CatalogSchema, n: int = 2) -> pd.DataFrame:
+    """A small input example in the export's column names (image as base64), from real catalog rows (the
+    internal table of ingest, whose column order the inputs follow)."""
     rows = frame[frame["has_image"]].head(n) if "has_image" in frame else frame.head(n)
-    ex = pd.DataFrame({c: rows[c] if c in rows else "" for c in INPUT_COLUMNS if c != "image"})
-    ex["image"] = [base64.b64encode((image_root / p).read_bytes()).decode() for p in rows["image"]]
-    for c in ("year", "price", "discountedPrice"):
-        ex[c] = ex[c].astype(float)
-    ex["id"] = ex["id"].astype("int64")
+    columns = input_columns(schema, list(frame.columns))
+    internal = renames(schema)
+    ex = pd.DataFrame({c: rows[internal.get(c, c)] if internal.get(c, c) in rows else ""
+                       for c in columns[:-1]})
+    ex[columns[-1]] = [base64.b64encode((image_root / p).read_bytes()).decode() for p in rows[IMAGE]]
+    for c in schema.numeric:
+        if c in ex:
+            ex[c] = ex[c].astype(float)
+    ex[schema.id] = ex[schema.id].astype("int64" if schema.id_type == "int" else str)
     for c in ex.columns:
         if ex[c].dtype == object:
             ex[c] = ex[c].astype(str)
     return ex.reset_index(drop=True)
 
 
-def artifact_md5(model: str | Path) -> dict[str, str]:
+def artifact_md5(model: str | Path, schema: CatalogSchema, columns: list[str]) -> dict[str, str]:
     """md5 of every file `log_categorizer` logs with the model: recorded as a version tag at registration."""
-    return {k: file_md5(Path(v)) for k, v in model_artifacts(model).items()}
+    return {**{k: file_md5(Path(v)) for k, v in model_artifacts(model).items()},
+            CATALOG_ARTIFACT: hashlib.md5(catalog_spec(schema, columns)).hexdigest()}
 
 
 def load_categorizer_uri(model_uri: str, params: Params | None = None) -> Categorizer:

@@ -3,7 +3,7 @@
     python -m components.predict CATALOG_DIR --output PRED.csv [--model PATH|models:/NAME@ALIAS]
                                             [--embeddings OUT.npz] [--workers N]
 
-CATALOG_DIR has the data/ layout (styles.csv; products.csv and images/<id>.jpg optional per row).
+CATALOG_DIR is an export in the shape params.catalog declares (the model's own catalog schema when it carries one).
 Category columns may be missing; labels present are never used as input. Bad rows are reported in the
 output's `status`, never fatal; an unusable folder is a clear error (exit 2).
 """
@@ -26,9 +26,9 @@ import torch
 from tqdm import tqdm
 
 from components.atomic_io import atomic_write_bytes, csv_bytes
-from components.catalog import LEVELS, CatalogError, CatalogRead, read_catalog
+from components.catalog import CatalogError, CatalogRead, ids_array, read_catalog
 from components.checkpoint import CheckpointError, fusion_checkpoint
-from components.config import ConfigError
+from components.config import CatalogSchema, ConfigError
 from components.serving.categorizer import Categorizer, load_images
 from components.serving.stacked import COMBINER_FILE, StackedCategorizer, is_stack, stack_file
 
@@ -124,15 +124,24 @@ def chunk_pool(device: torch.device, job: Callable, workers: int = 0, processes:
         torch.set_num_threads(threads)  # a worker thread's setting is also torch's process-wide one
 
 
+def catalog_schema(cat: Categorizer) -> CatalogSchema:
+    """The shape of the exports `cat` reads: the schema it was logged with, else the project's params."""
+    from components.config import load_params  # raises ConfigError outside the project root
+
+    return getattr(cat, "schema", None) or load_params().catalog
+
+
 def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progress: bool = True,
-               read: CatalogRead | None = None, workers: int = 0, processes: bool = False
-               ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+               read: CatalogRead | None = None, workers: int = 0, processes: bool = False,
+               schema: CatalogSchema | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Predict every product of a catalog folder; rows the reader rejected keep their reason as status.
 
-    `read`: the folder already read by the caller (it is read here otherwise). `workers`: chunks worked on
-    at once (`chunk_pool`; 0 = one per torch thread on CPU); `processes`: in forked worker processes.
+    `read`: the folder already read by the caller (else it is read here, in the shape `schema` declares;
+    default: catalog_schema(cat)). `workers`: chunks worked on at once (`chunk_pool`; 0 = one per torch
+    thread on CPU); `processes`: in forked worker processes.
     """
-    read = read or read_catalog(folder, require_labels=False)
+    schema = schema or (None if read else catalog_schema(cat))
+    read = read or read_catalog(folder, schema, require_labels=False)
     frame = read.frame
     h, w = cat.image_size
     parts, embs = [], {"image": [], "text": []}
@@ -151,15 +160,15 @@ def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progres
                     embs[k].append(emb.get(k, np.full((len(chunk), cat.model.cfg.embed_dim), np.nan, np.float32)))
             bar.update(len(chunk))
     bar.close()
-    cols = ["id", *[c for lvl in LEVELS for c in (lvl, f"{lvl}_confidence")], "status"]
+    cols = ["id", *[c for lvl in cat.levels for c in (lvl, f"{lvl}_confidence")], "status"]
     pred = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
     rejected = pd.DataFrame([{"id": p["id"], "status": f"rejected: {p['reason']} (row {p['row']})"}
-                             for p in read.problems if p["file"] == "styles.csv" and not p.get("kept")],
+                             for p in read.problems if p["file"] == read.main_file and not p.get("kept")],
                             columns=["id", "status"])
     out = pd.concat([pred, rejected], ignore_index=True)[cols]
     arrays = {}
     if embeddings:
-        arrays = {"ids": pred["id"].to_numpy(np.int64),
+        arrays = {"ids": ids_array(pred["id"]),
                   **{k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in embs.items()}}
     return out, arrays
 

@@ -1,7 +1,7 @@
 """The stacked categorizer: every trained expert plus the learned combiner (`models.combiner`).
 
 Experts: the TF-IDF linear model (title + metadata tokens), the image-, text- and metadata-only towers and
-the HUSE fusion network. Each gives class probabilities at all three levels; the combiner pools them by
+the HUSE fusion network. Each gives class probabilities at every level; the combiner pools them by
 how much each deserves trust on this product's input, over whole taxonomy paths. Embeddings (search,
 retrieval) stay those of the fusion network's shared space.
 
@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from components.atomic_io import read_json
-from components.catalog import LEVELS, VARIANT_DEGRADES, degrade_frame, present, title_words
+from components.catalog import ATTRIBUTES, VARIANT_DEGRADES, degrade_frame, present, title_words
 from components.checkpoint import CheckpointError, load_checkpoint
 from components.data import Arrays
 from components.encoders import Encoders
@@ -49,7 +49,7 @@ def file_md5(path: Path) -> str:
 
 
 def metadata_fields(enc: Encoders) -> list[str]:
-    return [*enc.categorical, *enc.numeric, "articleAttributes"]
+    return [*enc.categorical, *enc.numeric, ATTRIBUTES]
 
 
 def degraded(frame: pd.DataFrame, images: ImageBatch, variant: str, enc: Encoders, cut_words: int
@@ -108,7 +108,7 @@ class Experts:
         return cls(models, encoders, meta, dev, tuple(int8))
 
     def n_classes(self) -> list[int]:
-        return [len(self.encoders.labels[lvl]) for lvl in LEVELS]
+        return [len(v) for v in self.encoders.labels.values()]
 
     def reads(self, name: str) -> tuple[str, ...]:
         """The inputs (MODALITIES) an expert reads: a neural one's from its checkpoint, a linear one's from the

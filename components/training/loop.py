@@ -17,8 +17,8 @@ import torch
 from sklearn.metrics import f1_score
 from tqdm import tqdm
 
-from components.catalog import ARTICLE
-from components.config import TrainParams
+from components.catalog import FINEST
+from components.config import TrainParams, level_weights
 from components.data import Arrays, augment_images, iterate
 from components.models.fusion import MODALITIES, FusionModel
 from components.models.losses import total_loss
@@ -123,7 +123,8 @@ class Trainer:
                                                 model.cfg.modalities).to(device)
         with autocast(device, tp.amp, tp.cpu_precision):
             feats = model.forward_features(batch)
-        loss, parts = total_loss(model, fp32(feats), batch, tp.losses, tp.level_weights)
+        loss, parts = total_loss(model, fp32(feats), batch, tp.losses,
+                                 level_weights(tp.level_weights, len(model.cfg.n_classes)))
         for opt in self.opts:
             opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -165,8 +166,8 @@ def fit(model: FusionModel, train: Arrays, val: Arrays, tp: TrainParams, seed: i
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         train_seconds += time.perf_counter() - t_epoch
         out = predict_arrays(model, val, tp.batch_size * 2, device, cpu_precision=eval_precision(tp))
-        val_f1 = macro_f1(val.labels[:, ARTICLE], out["probs"][ARTICLE])
-        val_acc = float((out["probs"][ARTICLE].argmax(1) == val.labels[:, ARTICLE]).mean())
+        val_f1 = macro_f1(val.labels[:, FINEST], out["probs"][FINEST])
+        val_acc = float((out["probs"][FINEST].argmax(1) == val.labels[:, FINEST]).mean())
         row = {"epoch": epoch, "val_macro_f1": val_f1, "val_accuracy": val_acc,
                **{f"train_{k}": v / max(n, 1) for k, v in sums.items()}}
         best.history.append(row)

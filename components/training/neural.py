@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from components.catalog import level_key
 from components.checkpoint import save_checkpoint
 from components.config import ModelParams, TrainParams, params_to_dict
 from components.data import Arrays
@@ -20,12 +21,9 @@ from components.training.loop import eval_precision, fit, macro_f1, seed_everyth
 
 log = logging.getLogger(__name__)
 
-LEVEL_KEYS = ("master", "sub", "article")  # metric-name prefixes of LEVELS
-
-
-def val_scores(probs: list, labels) -> dict[str, float]:
+def val_scores(probs: list, labels, levels: tuple[str, ...]) -> dict[str, float]:
     scores = {}
-    for lvl, name in enumerate(LEVEL_KEYS):
+    for lvl, name in enumerate(map(level_key, levels)):
         y, p = labels[:, lvl], probs[lvl]
         scores[f"val_{name}_accuracy"] = float((p.argmax(1) == y).mean())
         scores[f"val_{name}_macro_f1"] = macro_f1(y, p)
@@ -57,7 +55,7 @@ def train_neural(model_params: ModelParams, seed: int, enc: Encoders, splits: di
     val = splits["val"]
     metrics = {
         **val_scores(predict_arrays(model, val, tp.batch_size * 2, device,
-                                    cpu_precision=eval_precision(tp))["probs"], val.labels),
+                                    cpu_precision=eval_precision(tp))["probs"], val.labels, enc.levels),
         "best_epoch": result.best_epoch, "epochs_run": len(result.history),
         "parameters": int(sum(p.numel() for p in model.parameters())),
     }

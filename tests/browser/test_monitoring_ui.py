@@ -81,7 +81,7 @@ def test_the_dashboard_shows_every_panel_with_the_months_offline(browser, dashbo
     panel.wait_for(timeout=30_000)
     page.get_by_text("2016-03-15", exact=False).first.wait_for(timeout=30_000)
     text = page.inner_text("body")
-    for title in ("Drift signals against their alarm line", "Predicted masterCategory mix",
+    for title in ("Drift signals against their alarm line", "Predicted top-level mix",
                   "Accuracy and macro-F1 (labelled batches)"):
         assert title in text
     for legend in ("signal:text_embedding", "alarm_line", "mix:Footwear", "accuracy:articleType"):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from components.catalog import read_catalog
 from components.monitoring import drift, replay
-from tests.conftest import make_catalog
+from tests.conftest import SCHEMA, make_catalog
 
 
 def model_path(params) -> str:
@@ -142,10 +142,10 @@ def test_month_batches_merge_small_months():
 def test_replay_writes_batches_in_catalog_layout(trained, tmp_path):
     _, data, _ = trained
     out = tmp_path / "replay"
-    index = replay.run(data, out, "2015-03-31", min_rows=20)
+    index = replay.run(data, out, "2015-03-31", min_rows=20, schema=SCHEMA)
     assert sum(index.values()) > 0
     first = out / next(iter(index))
-    read = read_catalog(first)
+    read = read_catalog(first, SCHEMA)
     assert len(read.frame) == index[first.name] and not read.problems
 
 

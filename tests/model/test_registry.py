@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from components import mlflow_store as store
-from components.config import Floors, RegistryParams
+from components.config import RegistryParams
 from components.lifecycle import registry
 from components.lifecycle.registry import Decision, decide
 from components.mlflow_store import RegistryError
@@ -26,7 +26,7 @@ from components.serving.mlflow_model import load_categorizer_uri
 from components.serving.stacked import StackedCategorizer, file_md5
 
 P = RegistryParams(model_name="m", min_gain=0.01, max_level_regression=0.005,
-                   floors=Floors(masterCategory=0.9, subCategory=0.8, articleType=0.7))
+                   floors={"masterCategory": 0.9, "subCategory": 0.8, "articleType": 0.7})
 
 
 def scores(m, s, a):

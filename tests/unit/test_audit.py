@@ -72,7 +72,7 @@ def test_planted_flips_are_ranked_first(curated):
     df, flipped = planted(curated)
     enc = load_encoders(curated.paths.features)
     res = audit.audit_products(df, enc, curated.audit, curated.train_baseline.tfidf,
-                               curated.features.categorical, curated.seed)
+                               curated.catalog.categorical, curated.seed)
     top = set(res.table["id"].head(2 * len(flipped)))  # 12 of 300 products
     assert top >= set(flipped)
     hit = res.table[res.table["id"].isin(flipped)]
@@ -87,7 +87,7 @@ def test_unlabelled_products_get_a_clear_message(curated):
     df["articleType"] = ""
     with pytest.raises(audit.AuditError, match="no articleType labels"):
         audit.audit_products(df, load_encoders(curated.paths.features), curated.audit,
-                             curated.train_baseline.tfidf, curated.features.categorical, curated.seed)
+                             curated.train_baseline.tfidf, curated.catalog.categorical, curated.seed)
 
 
 class Rows(HTMLParser):

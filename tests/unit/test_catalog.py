@@ -3,10 +3,11 @@ from __future__ import annotations
 import pytest
 
 from components.catalog import CatalogError, read_catalog
+from tests.conftest import SCHEMA
 
 
 def test_comma_titles_are_rejoined_not_lost(catalog):
-    read = read_catalog(catalog)
+    read = read_catalog(catalog, SCHEMA)
     assert len(read.frame) == 120
     titles = read.frame.set_index("id")["productDisplayName"]
     assert titles[1000].count(",") == 2 and titles[1000].endswith("1000")
@@ -15,7 +16,7 @@ def test_comma_titles_are_rejoined_not_lost(catalog):
 
 
 def test_products_columns_joined_and_na_is_missing(catalog):
-    df = read_catalog(catalog).frame.set_index("id")
+    df = read_catalog(catalog, SCHEMA).frame.set_index("id")
     assert df.loc[1010, "brandName"] and df.loc[1010, "colour1"] == ""
     assert df.loc[1010, "price"] == 600.0
     assert df.loc[1004, "image"] == "images/1004.jpg"  # empty column -> Kaggle convention
@@ -27,7 +28,7 @@ def test_duplicate_id_and_short_row_are_reported(catalog):
     lines.append(lines[5])  # duplicate id
     lines.append("99999,Men,Apparel")  # too few fields
     styles.write_text("\n".join(lines) + "\n")
-    read = read_catalog(catalog)
+    read = read_catalog(catalog, SCHEMA)
     reasons = {(p["id"], p["reason"].split(" ")[0]) for p in read.problems}
     assert (lines[5].split(",")[0], "duplicate_id") in reasons
     assert ("99999", "too_few_fields") in reasons
@@ -43,18 +44,18 @@ def test_duplicate_id_and_short_row_are_reported(catalog):
 def test_bad_files_give_clear_errors(tmp_path, content, message):
     (tmp_path / "styles.csv").write_bytes(content)
     with pytest.raises(CatalogError, match=message) as err:
-        read_catalog(tmp_path)
+        read_catalog(tmp_path, SCHEMA)
     assert "styles.csv" in str(err.value)
 
 
 def test_missing_folder_or_styles(tmp_path):
     with pytest.raises(CatalogError, match="not a folder"):
-        read_catalog(tmp_path / "nope")
+        read_catalog(tmp_path / "nope", SCHEMA)
     with pytest.raises(CatalogError, match="styles.csv"):
-        read_catalog(tmp_path)
+        read_catalog(tmp_path, SCHEMA)
 
 
 def test_unlabeled_batch_reads_without_label_columns(tmp_path):
     (tmp_path / "styles.csv").write_text("id,productDisplayName\n5,Nike Men Black Shoes\n")
-    df = read_catalog(tmp_path, require_labels=False).frame
+    df = read_catalog(tmp_path, SCHEMA, require_labels=False).frame
     assert df.loc[0, "id"] == 5 and df.loc[0, "articleType"] == ""

@@ -8,7 +8,7 @@ from tests.conftest import ROOT
 
 def test_repo_params_load():
     p = params_from_dict(load_raw(ROOT / "params.yaml"))
-    assert "masterCategory" in p.features.forbidden
+    assert p.catalog.levels == ("masterCategory", "subCategory", "articleType") and p.catalog.id_type == "int"
     assert p.model.pretrained_path == "" and p.model.backbone  # ModelParams = ModelArch + the weights file
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from components.monitoring import drift, workspace
 from components.monitoring import drift_signals as sig
-from tests.unit.test_drift_signals import TYPES, described
+from tests.unit.test_drift_signals import SIGNALS, TYPES, described
 
 VERDICTS = ("Drift is detected", "Drift is NOT detected", "Drifted Columns", "Drift Score", "drift detection threshold")
 
@@ -16,8 +16,8 @@ def evidently_default_verdicts(ref, cur) -> dict[str, bool]:
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    cols = sig.CATEGORICAL + sig.NUMERIC
-    defn = DataDefinition(numerical_columns=sig.NUMERIC, categorical_columns=sig.CATEGORICAL)
+    cols = SIGNALS.categorical + SIGNALS.numeric
+    defn = DataDefinition(numerical_columns=SIGNALS.numeric, categorical_columns=SIGNALS.categorical)
     with np.errstate(divide="ignore", invalid="ignore"):
         snap = Report([DataDriftPreset(columns=cols)]).run(
             current_data=Dataset.from_pandas(cur[cols], data_definition=defn),
@@ -32,7 +32,7 @@ def evidently_default_verdicts(ref, cur) -> dict[str, bool]:
 
 def test_the_page_shows_only_our_verdict_where_evidently_would_disagree():
     rng = np.random.default_rng(0)
-    ref = sig.prepare(described(1500, rng), TYPES, pca_components=4, seed=0)
+    ref = sig.prepare(described(1500, rng), TYPES, pca_components=4, seed=0, signals=SIGNALS)
     calib = sig.calibrate(sig.null_values(ref, described(1500, rng), 200, 100, seed=1), 0.05, 200)
     cur = described(200, np.random.default_rng(11), brightness=0.79)  # photos 0.2 std darker
     values, skipped = sig.measure(ref, cur, seed=3)
@@ -43,7 +43,8 @@ def test_the_page_shows_only_our_verdict_where_evidently_would_disagree():
     disagree = [c for c in theirs if c in ours and theirs[c] != ours[c]]
     assert "image_brightness" in disagree  # Evidently's fixed 0.1 on normed Wasserstein fires; our null does not
 
-    page = drift.report_html(summary, workspace.evidently_report(ref.frame, cur, skipped).get_html_str(as_iframe=False))
+    section = workspace.evidently_report(ref.frame, cur, skipped, SIGNALS)
+    page = drift.report_html(summary, section.get_html_str(as_iframe=False))
     start = page.index("<style>" + drift.DECISION_CSS)  # ours; Evidently has <style> tags of its own
     end = page.index("</section>", start) + len("</section>")
     ours_part, evidently_part = page[start:end], page[:start] + page[end:]

@@ -9,6 +9,8 @@ import pytest
 from components.monitoring import drift_signals as sig
 
 TYPES = [f"type{i}" for i in range(12)]
+SIGNALS = sig.Signals(("gender", "baseColour", "season", "usage"), ("price",),
+                      ("masterCategory", "subCategory", "articleType"))
 
 
 def described(n: int, rng: np.random.Generator, brightness: float = 0.8, emb_shift: float = 0.0,
@@ -26,7 +28,7 @@ def described(n: int, rng: np.random.Generator, brightness: float = 0.8, emb_shi
         "pred_confidence": rng.beta(20, 1, n),
         "image_brightness": np.clip(rng.normal(brightness, 0.05, n), 0, 1),
         "image_white_share": rng.beta(5, 3, n),
-        sig.LABEL: rng.choice(types, n),
+        SIGNALS.label: rng.choice(types, n),
     })
     emb = rng.normal(size=(n, 8)) + emb_shift
     for i in range(8):
@@ -38,7 +40,7 @@ def described(n: int, rng: np.random.Generator, brightness: float = 0.8, emb_shi
 @pytest.fixture(scope="module")
 def setting():
     rng = np.random.default_rng(0)
-    ref = sig.prepare(described(1500, rng), TYPES, pca_components=4, seed=0)
+    ref = sig.prepare(described(1500, rng), TYPES, pca_components=4, seed=0, signals=SIGNALS)
     pool = described(1500, rng)
     calib = sig.calibrate(sig.null_values(ref, pool, 200, 120, seed=1), false_alarm_rate=0.05, size=200)
     return ref, calib
@@ -76,7 +78,7 @@ def test_each_shift_fires_on_its_signal_with_a_sentence(setting, change, signal)
 
 def test_unseen_labels_fire_and_unmeasurable_columns_are_named(setting):
     batch = described(200, np.random.default_rng(5))
-    batch.loc[:19, sig.LABEL] = "Sarees"  # 10 % unknown to the model
+    batch.loc[:19, SIGNALS.label] = "Sarees"  # 10 % unknown to the model
     batch["price"] = np.nan
     batch["usage"] = ""
     out = judge(setting, batch)

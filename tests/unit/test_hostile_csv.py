@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from components.catalog import MAX_FIELD_CHARS, CatalogError, read_catalog
+from tests.conftest import SCHEMA
 
 HEADER = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
 
@@ -14,7 +15,7 @@ def row(pid: str, title: str = "Puma Men Black Tshirt") -> str:
 
 def read(tmp_path, lines: list[str]):
     (tmp_path / "styles.csv").write_text("\n".join([HEADER, *lines]) + "\n", encoding="utf-8")
-    return read_catalog(tmp_path, require_labels=False)
+    return read_catalog(tmp_path, SCHEMA, require_labels=False)
 
 
 def reasons(result) -> dict[int, str]:

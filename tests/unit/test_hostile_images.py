@@ -96,6 +96,7 @@ def test_replay_links_only_images_inside_the_catalog(tmp_path):
     import pandas as pd
 
     from components.monitoring.replay import write_batch
+    from tests.conftest import SCHEMA
 
     src = tmp_path / "data"
     (src / "images").mkdir(parents=True)
@@ -104,6 +105,6 @@ def test_replay_links_only_images_inside_the_catalog(tmp_path):
     (src / "products.csv").write_text("id,image\n1,images/1.jpg\n2,../secret.jpg\n3,/etc/hostname\n")
     header = "id,gender,masterCategory,subCategory,articleType,baseColour,season,year,usage,productDisplayName"
     frame = pd.DataFrame({"id": [1, 2, 3], "image": ["images/1.jpg", "../secret.jpg", "/etc/hostname"]})
-    write_batch(src, frame, {i: f"{i},Men,A,B,C,Red,Summer,2015,Casual,t{i}" for i in (1, 2, 3)}, header,
-                tmp_path / "batch")
+    write_batch(src, frame, {str(i): f"{i},Men,A,B,C,Red,Summer,2015,Casual,t{i}" for i in (1, 2, 3)}, header,
+                tmp_path / "batch", SCHEMA)
     assert sorted(p.name for p in (tmp_path / "batch" / "images").iterdir()) == ["1.jpg"]

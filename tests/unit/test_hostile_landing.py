@@ -9,7 +9,7 @@ import pytest
 
 from components.lifecycle.provenance import files_md5
 from components.orchestration import batch_state, landing
-from tests.conftest import make_catalog
+from tests.conftest import SCHEMA, make_catalog
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,7 +116,7 @@ def test_a_non_catalog_file_is_not_quoted_back(tmp_path):
     folder.mkdir()
     (folder / "styles.csv").write_text("token=AKIA-very-secret\n")
     with pytest.raises(CatalogError) as exc:
-        read_catalog(folder)
+        read_catalog(folder, SCHEMA)
     assert "AKIA" not in str(exc.value) and "missing column" in str(exc.value)
 
 

@@ -86,7 +86,7 @@ def test_each_panel_shows_each_months_summary(ui):
     assert project["name"] == "deepfusion"
     dash = call(f"{ui}/api/v2/dashboards/{project['id']}")
     titles = {p["title"] for p in dash["panels"]}
-    assert titles == {"Drift signals against their alarm line", "Predicted masterCategory mix",
+    assert titles == {"Drift signals against their alarm line", "Predicted top-level mix",
                       "Review-queue share", "Accuracy and macro-F1 (labelled batches)"}
     checked = 0
     for panel in dash["panels"]:

@@ -12,7 +12,7 @@ def test_review_reasons():
                          "articleType_confidence": [0.999, 0.6, 0.995, 0.999, 0.999, None],
                          "status": ["ok", "ok", "ok", "no_image", "corrupt_image", "rejected: bad id (row 7)"]})
     labels = pd.DataFrame({"id": [1, 2, 3, 4, 5], "articleType": ["Tshirts", "Tshirts", "Shorts", "", "Jeans"]})
-    q = review_queue(pred, labels, threshold=0.99).set_index("id")
+    q = review_queue(pred, labels, threshold=0.99, finest="articleType").set_index("id")
     assert q["review_reason"].to_dict() == {2: "low_confidence", 3: "suspected_mislabel", 5: "unreadable",
                                             6: "unreadable"}
     assert q.loc[3, "current_articleType"] == "Shorts" and q.loc[3, "articleType"] == "Jeans"  # the suggestion
@@ -21,7 +21,7 @@ def test_review_reasons():
 def test_unlabelled_batch_has_no_mislabel_suspects():
     pred = pd.DataFrame({"id": [1, 2], "articleType": ["Tshirts", "Jeans"], "articleType_confidence": [0.999, 0.5],
                          "status": ["ok", "ok"]})
-    q = review_queue(pred, pd.DataFrame({"id": [], "articleType": []}), threshold=0.99)
+    q = review_queue(pred, pd.DataFrame({"id": [], "articleType": []}), threshold=0.99, finest="articleType")
     assert q["review_reason"].tolist() == ["low_confidence"]
 
 

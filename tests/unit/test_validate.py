@@ -9,6 +9,7 @@ import pytest
 
 from components.pipeline import ingest, validate
 from components.pipeline.validate import DataValidationError
+from tests.conftest import SCHEMA
 
 pytestmark = pytest.mark.slow  # runs Great Expectations (seconds per suite)
 
@@ -56,7 +57,7 @@ def test_image_cache_misaligned_with_table_fails(ingested):
 def test_new_batch_suite_needs_no_labels(tiny_params, catalog):
     from components.catalog import read_catalog
 
-    frame = read_catalog(catalog, require_labels=False).frame
+    frame = read_catalog(catalog, SCHEMA, require_labels=False).frame
     frame["has_image"] = True
-    results = validate.validate_batch(frame, labeled=False, max_missing_image_share=0.1)
+    results = validate.validate_batch(frame, SCHEMA, labeled=False, max_missing_image_share=0.1)
     assert all(r.success for r in results)
