@@ -323,7 +323,7 @@ def read_catalog(folder: str | Path, schema: CatalogSchema, require_labels: bool
         raise CatalogError(f"{main_path}: not found; a catalog folder needs {main} (params.catalog.files; "
                            f"optional: {', '.join(others) or 'none'} and the images)")
     rows, problems = parse_styles(main_path, schema, require_labels)
-    columns = list(rows[0]) if rows else []
+    columns = list(rows[0]) if rows else [schema.id, schema.title]  # no rows: the parts still exist
     columns = [c for c in columns if c != "source_row"]
     extras: list[tuple[str, dict[str, dict]]] = []
     for name in others:
@@ -377,8 +377,6 @@ def read_catalog(folder: str | Path, schema: CatalogSchema, require_labels: bool
         frame[schema.attributes[0]] = [attributes_json({schema.attributes[0]: v})
                                        for v in frame[schema.attributes[0]].astype(str)]
     frame = frame.rename(columns=renames(schema))
-    if ID not in frame:  # no rows: the id column was never renamed
-        frame = frame.rename(columns={schema.id: ID})
     for col in (TITLE, DESCRIPTION, IMAGE, ATTRIBUTES):
         if col not in frame:
             frame[col] = ""

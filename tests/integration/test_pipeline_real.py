@@ -129,7 +129,7 @@ def test_shuffling_text_or_metadata_hurts_fusion(workspace):
     """Misalignment guard: if fusion ignored the pairing of inputs, shuffling would not matter."""
     import torch
 
-    from components.catalog import ARTICLE
+    from components.catalog import FINEST
     from components.checkpoint import load_checkpoint
     from components.data import load_arrays, split_arrays
     from components.models.runtime import PREDICT_BATCH, predict_arrays
@@ -137,10 +137,10 @@ def test_shuffling_text_or_metadata_hurts_fusion(workspace):
     model, _, _ = load_checkpoint(workspace / "artifacts/train_fusion/model/model.pt")
     arrays, split = load_arrays(str(workspace / "artifacts/ingest"), str(workspace / "artifacts/features"))
     test = split_arrays(arrays, split)["val"]
-    y = test.labels[:, ARTICLE]
+    y = test.labels[:, FINEST]
 
     def acc(a) -> float:
-        probs = predict_arrays(model, a, PREDICT_BATCH, torch.device("cpu"))["probs"][ARTICLE]
+        probs = predict_arrays(model, a, PREDICT_BATCH, torch.device("cpu"))["probs"][FINEST]
         return float((probs.argmax(1) == y).mean())
 
     base = acc(test)

@@ -73,7 +73,7 @@ def test_unseen_article_types_drift(trained, tmp_path):
     rewrite_styles(batch, lambda f: [*f[:4], "Sarees", *f[5:]] if int(f[0]) % 20 == 0 else f)  # 9 of 180
     s = drift.run(params, batch, tmp_path / "out", model_path(params))
     assert s["drift_detected"] and "unseen_articleType" in s["drifted"]
-    assert any(r.startswith("5.0% of labelled products have article types the model does not know")
+    assert any(r.startswith("5.0% of labelled products have articleType classes the model does not know")
                for r in s["reasons"])
 
 

@@ -26,7 +26,7 @@ LAYERS = [
     ("lifecycle", ["lifecycle"]),
     ("monitoring", ["monitoring"]),
     ("orchestration", ["orchestration"]),
-    ("commands", ["predict", "search", "registry", "drift", "replay", "suspects", "results", "cli"]),
+    ("commands", ["predict", "search", "registry", "drift", "replay", "suspects", "results", "catalog_inspect", "cli"]),
 ]
 FORBIDDEN = [("serving", "training")]  # serving runs a trained model; it never needs the training loop
 
