@@ -296,13 +296,15 @@ def _dates(values: pd.Series) -> pd.Series:
 
 
 def to_internal(frame: pd.DataFrame, schema: CatalogSchema) -> pd.DataFrame:
-    """Rows in the export's column names (a served model's input) -> the internal names read_catalog gives:
-    the parts renamed, the attribute columns as one JSON object, numbers as floats."""
+    """Rows in the export's column names -> the internal names: the parts renamed, the attribute columns as
+    one JSON object, numbers as floats. One path for the reader and for the served model's input rows."""
     out = frame.copy()
-    if len(schema.attributes) > 1:
-        out[ATTRIBUTES] = [attributes_json(dict(zip(schema.attributes, vals))) for vals in
-                           zip(*((out[c] if c in out else pd.Series("", index=out.index)).fillna("").astype(str)
-                                 for c in schema.attributes))]
+    if schema.attributes:
+        values = [(out[c] if c in out else pd.Series("", index=out.index)).fillna("").astype(str)
+                  for c in schema.attributes]
+        # One column keeps its name until the rename below (our export's articleAttributes passes through).
+        target = ATTRIBUTES if len(schema.attributes) > 1 else schema.attributes[0]
+        out[target] = [attributes_json(dict(zip(schema.attributes, vals))) for vals in zip(*values)]
     out = out.rename(columns=renames(schema))
     for col in schema.numeric:
         if col in out:
@@ -370,19 +372,11 @@ def read_catalog(folder: str | Path, schema: CatalogSchema, require_labels: bool
     for lvl in schema.levels:  # an unlabelled batch: its levels are blank
         if lvl not in frame:
             frame[lvl] = ""
-    if len(schema.attributes) > 1:
-        frame[ATTRIBUTES] = [attributes_json(dict(zip(schema.attributes, vals)))
-                             for vals in zip(*(frame[c].astype(str) for c in schema.attributes))]
-    elif len(schema.attributes) == 1:
-        frame[schema.attributes[0]] = [attributes_json({schema.attributes[0]: v})
-                                       for v in frame[schema.attributes[0]].astype(str)]
-    frame = frame.rename(columns=renames(schema))
+    frame = to_internal(frame, schema)
     for col in (TITLE, DESCRIPTION, IMAGE, ATTRIBUTES):
         if col not in frame:
             frame[col] = ""
     frame[ID] = frame[ID].astype(np.int64) if schema.id_type == "int" else frame[ID].astype(str)
-    for col in schema.numeric:
-        frame[col] = pd.to_numeric(frame[col].replace("", np.nan), errors="coerce").astype(float)
     if schema.added:
         frame[ADDED] = _dates(frame[ADDED].astype(str).replace("nan", ""))
     # Image path: the column's value (under image.root) when given, else image.pattern with the id.

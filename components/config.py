@@ -77,10 +77,6 @@ class CatalogSchema:
     def finest(self) -> str:
         return self.levels[-1]
 
-    @property
-    def metadata(self) -> tuple[str, ...]:
-        return (*self.categorical, *self.numeric, *self.attributes)
-
     def check(self, where: str = "params.catalog") -> None:
         """Raise ConfigError naming the key when the schema contradicts itself."""
         if not self.files or any(not f.endswith(".csv") or "/" in f or f.startswith(".") for f in self.files):
@@ -150,7 +146,7 @@ class IngestParams:
     splits: Splits
     min_class_count: int  # articleType classes below this many products become `rare_label`
     rare_label: str
-    exclude_master: tuple[str, ...]  # masterCategory values quarantined (not product categories)
+    exclude_master: tuple[str, ...]  # top-level (master) label values quarantined (not product categories)
     perceptual_max_group: int  # dHash groups larger than this are too generic to mean "same product"
     workers: int
     limit: int  # 0 = whole catalog; >0 = first N rows (tiny profiles, CI slice)

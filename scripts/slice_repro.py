@@ -4,7 +4,8 @@ given checkout's code, and print every output's md5 from the slice's dvc.lock.
     .venv/bin/python scripts/slice_repro.py WORKDIR [--code CHECKOUT]   # CHECKOUT: default this project
 
 Two runs, one per checkout, on the same machine, then `diff` of their printouts: how a refactoring proves that
-the stages still write the same bytes before `dvc commit -f` takes the new code hashes into dvc.lock.
+the stages still write the same bytes before `dvc commit -f` (or, without the full outputs here,
+scripts/relock_code.py) takes the new code hashes into dvc.lock.
 """
 from __future__ import annotations
 

@@ -65,10 +65,9 @@ def describe(frame: pd.DataFrame, images: ImageBatch, cat: Categorizer, signals:
     has = np.array([s == "ok" for s in images.status])
     px = images.pixels
     out = pd.DataFrame({
-        **{c: (frame[c] if c in frame else pd.Series("", index=frame.index)).fillna("").astype(str).to_numpy()
-           for c in signals.metadata},
-        **{c: pd.to_numeric(frame[c], errors="coerce").to_numpy(float) if c in frame else np.full(len(frame), np.nan)
-           for c in signals.numeric_metadata},
+        # read_catalog gives every column the schema names (params check that watched ones are among them)
+        **{c: frame[c].fillna("").astype(str).to_numpy() for c in signals.metadata},
+        **{c: pd.to_numeric(frame[c], errors="coerce").to_numpy(float) for c in signals.numeric_metadata},
         "title_length": [len(t) for t in tokens],
         "title_oov_share": [np.mean([w not in vocab for w in t]) if t else 1.0 for t in tokens],
         **{f"pred_{lvl}": pred[lvl].to_numpy() for lvl in dict.fromkeys((top, finest))},

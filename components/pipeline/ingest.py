@@ -149,7 +149,7 @@ def curate(read: CatalogRead, params: IngestParams, schema: CatalogSchema) -> tu
                                "reason": "missing_label"})
         keep &= ~bad
     excluded = keep & df[top].isin(params.exclude_master)
-    unknown = keep & ~df[top].isin(schema.known_top) & ~excluded if schema.known_top else keep & False
+    unknown = keep & ~df[top].isin(schema.known_top) & ~excluded if schema.known_top else keep & ~keep
     for mask, reason in ((excluded, "excluded_master_category (params.ingest.exclude_master)"),
                          (unknown, f"unknown_{top} (not one of " + ", ".join(schema.known_top) + ")")):
         for _, r in df[mask].iterrows():

@@ -2,6 +2,8 @@
 piece of the system on taxonomies of 1 to 6 levels (synthetic catalogs made here; no training)."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,8 +99,7 @@ def test_a_contradictory_schema_is_refused_naming_the_key(change, message):
     from tests.conftest import ROOT
 
     raw = deep_merge(load_raw(ROOT / "params.yaml"), {"catalog": change})
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("{", r"\{")
-                       .replace("}", r"\}")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         params_from_dict(raw)
 
 
@@ -112,8 +113,7 @@ def test_other_sections_must_agree_with_the_schema(change, message):
     from tests.conftest import ROOT
 
     raw = deep_merge(load_raw(ROOT / "params.yaml"), change)
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
-                       .replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         params_from_dict(raw)
 
 
@@ -196,6 +196,18 @@ def test_drift_signals_and_the_review_queue_name_the_catalog_s_own_levels(depth)
     labels = pd.DataFrame({"id": ["a", "b"], levels[-1]: ["Tshirts", "Shirts"]})
     q = review_queue(pred, labels, 0.99, levels[-1]).set_index("id")
     assert q.loc["a", "review_reason"] == "suspected_mislabel" and q.loc["b", "review_reason"] == "low_confidence"
+
+
+def test_a_served_row_gets_the_attributes_training_read(tmp_path):
+    """One plain attribute column: the served model's rows (export names) become what the reader gave training."""
+    from components.catalog import to_internal
+
+    data, _, raw = shaped(tmp_path, 2, attributes=True)
+    schema = catalog_from_dict({**raw, "attributes": ["material"]})
+    trained = read_catalog(data, schema).frame
+    served = to_internal(pd.read_csv(data / "items.csv", dtype=str, keep_default_na=False), schema)
+    assert served[ATTRIBUTES].tolist() == trained[ATTRIBUTES].tolist()
+    assert attribute_tokens(served[ATTRIBUTES].iloc[0])[0].startswith("material=")
 
 
 def test_plain_attribute_columns_become_tokens_and_one_json_column_passes_through():
