@@ -52,6 +52,13 @@ class LabelPath:
     separator: str
 
 
+# Columns the pipeline adds to the product table (ingest's grouping and split, image checks, the predictions'
+# status, a level's raw value and confidence): a schema column of the same name would be overwritten.
+PIPELINE_COLUMNS = ("source_row", "image_md5", "image_status", "has_image", "title_norm", "group", "split",
+                    "status")
+PIPELINE_SUFFIXES = ("_raw", "_confidence")
+
+
 @dataclass(frozen=True)
 class CatalogSchema:
     """The shape of a retailer's export: which columns play which part. Everything downstream reads it."""
@@ -105,6 +112,13 @@ class CatalogSchema:
                                   "a column plays one part")
             if col:
                 roles[col] = role
+        for role, col in [("levels", c) for c in self.levels] + named[6:]:
+            if col in PIPELINE_COLUMNS or col.endswith(PIPELINE_SUFFIXES):
+                raise ConfigError(
+                    f"{where}.{role}: {col!r} is a name the pipeline gives a column of its own "
+                    f"({', '.join(PIPELINE_COLUMNS)}, *{', *'.join(PIPELINE_SUFFIXES)}); "
+                    + ("name the level otherwise" if role == "levels" and self.label_path.column
+                       else "rename that column in the export and here"))
         for key in ("allowed", "ranges"):
             unknown = sorted(set(getattr(self, key)) - set(roles) - set(self.levels))
             if unknown:

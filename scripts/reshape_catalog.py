@@ -35,7 +35,7 @@ RENAMES = {"baseColour": "colour_name", "year": "model_year", "brandName": "bran
            "colour1": "colour_primary", "colour2": "colour_secondary", "price": "list_price",
            "discountedPrice": "sale_price", "catalogAddDate": "listed_at", "fashionType": "line",
            "description": "long_text", "displayCategories": "site_sections", "variantName": "variant"}
-LEVEL_NAMES = ["audience", "division", "group", "product_type"]
+LEVEL_NAMES = ["audience", "division", "category", "product_type"]
 
 
 def reshape(source: Path, out: Path) -> dict:
@@ -43,7 +43,11 @@ def reshape(source: Path, out: Path) -> dict:
     raw = load_raw(ROOT / "params.yaml")
     ours = params_from_dict(raw).catalog
     frame = read_catalog(source, ours, require_labels=True).frame
-    frame = frame[(frame[list(ours.levels)] != "").all(axis=1) & (frame["gender"] != "")].reset_index(drop=True)
+    # Rows our own ingest quarantines for their top level (params.ingest.exclude_master) stay out: the reshaped
+    # catalog's top level is the audience, so its ingest could no longer tell them apart.
+    dropped = frame[ours.levels[0]].isin(raw["ingest"]["exclude_master"])
+    frame = frame[(frame[list(ours.levels)] != "").all(axis=1) & (frame["gender"] != "") & ~dropped]
+    frame = frame.reset_index(drop=True)
     (out / "pictures").mkdir(parents=True)
     rows = []
     for n, r in enumerate(frame.itertuples(index=False)):
@@ -100,7 +104,10 @@ def main(argv: list[str] | None = None) -> int:
         raw["ingest"]["exclude_master"] = []  # a top level is now the audience, not the master category
         for stage in ("train_baseline", "train_fusion"):
             raw[stage]["train"]["level_weights"] = [0.2, 0.3, 0.5, 1.0]
-        raw["registry"]["floors"] = {"product_type": 0.5}
+        # Our floors, on the levels that took over; the audience (gender) is new and gets none.
+        raw["registry"]["floors"] = {"division": raw["registry"]["floors"]["masterCategory"],
+                                     "category": raw["registry"]["floors"]["subCategory"],
+                                     "product_type": raw["registry"]["floors"]["articleType"]}
         raw["drift"]["categorical"] = ["colour_name"]
         raw["drift"]["numeric"] = ["list_price"]
         params_from_dict(raw)  # the result must load

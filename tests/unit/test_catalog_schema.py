@@ -93,6 +93,11 @@ def test_the_default_schema_is_the_myntra_export_and_the_served_signature_is_unc
     ({"categorical": ["gender", "productDisplayName"]}, "column 'productDisplayName' is given two parts"),
     ({"allowed": {"nope": ["a"]}}, "allowed: ['nope'] are not columns"),
     ({"files": ["../styles.csv"]}, "files: expected CSV file names"),
+    # ingest's own columns: a level called "group" was overwritten by the duplicate grouping (the re-shaped run)
+    ({"label_path": {"column": "path", "separator": ">"}, "levels": ["top", "group", "leaf"]},
+     "levels: 'group' is a name the pipeline gives a column of its own"),
+    ({"numeric": ["price", "split"]}, "numeric: 'split' is a name the pipeline gives a column of its own"),
+    ({"categorical": ["gender", "size_confidence"]}, "categorical: 'size_confidence' is a name the pipeline"),
 ])
 def test_a_contradictory_schema_is_refused_naming_the_key(change, message):
     from components.config import load_raw
