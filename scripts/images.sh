@@ -69,6 +69,9 @@ build() {
   base=$(base_image)
   # Behind a TLS proxy pip needs its CA: a BuildKit secret, mounted for the install step only.
   [ -s "$CA" ] && secret=(--secret "id=ca,src=$CA")
+  # The validation pages' browser assets travel in the build context (components/assets/, not committed):
+  # fetched here from the npm registry when missing (stdlib only; digests checked), so the image serves them.
+  python3 -m components.web_assets fetch
   echo "[images] building $IMAGE on $base"
   local t0=$SECONDS old new
   old=$("$DOCKER" image inspect -f '{{.Id}}' "$IMAGE" 2>/dev/null || true)

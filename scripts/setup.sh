@@ -24,6 +24,10 @@ if [ "$(cat .venv/.deepfusion-lock 2>/dev/null)" != "$lock_hash" ]; then
   echo "$lock_hash" > .venv/.deepfusion-lock
 fi
 
+# The validation pages' scripts and styles (pinned npm packages, digests checked), served locally: offline
+# Data Docs. Fetched here, at setup, never while the pipeline runs.
+.venv/bin/python -m components.web_assets fetch
+
 if [ "${SKIP_DATA:-0}" != "1" ]; then
   # data/ is tracked by data.dvc; the remote "catalog" is configured in .dvc/config.
   echo "[setup] dvc pull (catalog data)"

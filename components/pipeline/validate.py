@@ -16,6 +16,7 @@ import pandas as pd
 from components.atomic_io import atomic_dir, write_json
 from components.catalog import ID, TITLE
 from components.config import CatalogSchema, Params, load_params
+from components.web_assets import localize
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, list], docs_di
         results.append(SuiteResult(name, bool(res.success), failures, dict(res.statistics)))
     if docs_dir is not None:
         ctx.build_data_docs(site_names=["local"])
+        localize(docs_dir)  # the templates' CDN scripts and styles, served from the site itself
     return results
 
 
