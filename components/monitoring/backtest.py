@@ -9,7 +9,9 @@
    score (largest z over the signals) and the as-of model's accuracy/macro-F1 on that month's labels.
 3. Retraining when drift fires: for the first `drift.backtest.retrains` months that fired, a model trained on
    everything up to the end of that month is scored on the *next* month beside the as-of model.
-Writes backtest.json, backtest.csv and backtest.png (drift score vs accuracy drop).
+Writes backtest.json, backtest.csv and backtest.png (drift score vs accuracy drop), and puts every month on the
+monitoring dashboard (`paths.monitoring`, project `<registry.model_name>-backtest`, each month at its 15th): a new
+installation sees the catalog's own history there before its first batch lands.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from components.catalog import ADDED, level_key, read_catalog
 from components.checkpoint import fusion_checkpoint
 from components.config import Params, Paths, deep_merge, params_from_dict, params_to_dict
 from components.metrics import classification
-from components.monitoring import drift, replay, timeslice
+from components.monitoring import drift, replay, timeslice, workspace
 from components.pipeline import features, ingest, train_fusion, validate
 from components.serving.predict import categorize, load_categorizer
 
@@ -104,6 +106,11 @@ def plot(table: pd.DataFrame, z_threshold: float, path: Path) -> None:
     plt.close(fig)
 
 
+def month_time(batch: str) -> datetime:
+    """A replay batch's time on the dashboard: the 15th of its (last) month ("2016-05", "2016-05_to_2016-07")."""
+    return datetime.strptime(batch[-7:], "%Y-%m").replace(day=15)
+
+
 def run(params: Params, output: Path) -> dict:
     source = Path(params.paths.raw)
     work = output.with_name(f"{output.name}_work")
@@ -116,8 +123,12 @@ def run(params: Params, output: Path) -> dict:
     finest = params.catalog.levels[-1]
     base_acc = val[f"val_{level_key(finest)}_accuracy"]
     rows = []
+    board = f"{params.registry.model_name}-backtest"
+    workspace.drop_project(params.paths.monitoring, board)
     for name in months:
         s = drift.run(p0, work / "batches" / name, work / "drift" / name, model0)
+        workspace.record(params.paths.monitoring, board, workspace.drift_values(s), tag=workspace.DRIFT_TAG,
+                         batch=name, at=month_time(name), extra={"report": str(work / "drift" / name)})
         q = s["quality"].get(finest, {})
         rows.append({"month": name, "products": s["products"], "drift_detected": s["drift_detected"],
                      "drift_score": round(drift_score(s), 2), "drifted": ",".join(s["drifted"]),

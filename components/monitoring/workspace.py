@@ -154,6 +154,22 @@ def record(folder: str | Path, model_name: str, values: dict[str, float], *, tag
     return str(snapshot_id)
 
 
+def drop_project(folder: str | Path, name: str) -> bool:
+    """Delete a project with its snapshots (a backtest rerun replaces its months, never doubles them)."""
+    from evidently.ui.workspace import Workspace
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    with _locked(folder):
+        ws = Workspace(str(folder))
+        found = [p for p in ws.search_project(name) if p.name == name]
+        for project in found:
+            ws.delete_project(project.id)
+            (folder / f".columns-{project.id}.json").unlink(missing_ok=True)
+    return bool(found)
+
+
 def serve(folder: str | Path, host: str, port: int) -> None:
     """Evidently's UI on the workspace (its pages and scripts ship with the package: nothing from a CDN). Its
     write API takes a secret that nobody is given: over HTTP the dashboard is read-only, snapshots come only

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from components.catalog import read_catalog
 from components.monitoring import drift, replay
+from tests.browser.test_monitoring_ui import browser  # noqa: F401 (fixture)
 from tests.conftest import SCHEMA, make_catalog
 
 
@@ -149,7 +152,7 @@ def test_replay_writes_batches_in_catalog_layout(trained, tmp_path):
     assert len(read.frame) == index[first.name] and not read.problems
 
 
-def test_backtest_trains_as_of_scores_each_month_and_a_retrain(tmp_path):
+def test_backtest_trains_as_of_scores_each_month_and_a_retrain(tmp_path, browser):  # noqa: F811
     from components.config import params_from_dict
     from components.monitoring import backtest
     from tests.conftest import tiny_raw
@@ -167,3 +170,56 @@ def test_backtest_trains_as_of_scores_each_month_and_a_retrain(tmp_path):
     for f in ("backtest.json", "backtest.csv", "backtest.png"):
         assert (tmp_path / "bt" / f).stat().st_size > 100
     assert not (tmp_path / "artifacts" / "train_fusion").exists()  # the pipeline's own outputs untouched
+    # The months are on the dashboard (project <model>-backtest), each value the month's summary.json, and a
+    # real browser (network blocked) shows the panels over the replayed months.
+    from components.monitoring import workspace
+    from tests.unit.test_monitoring_dashboard import call, free_port, serving
+
+    port = free_port()
+    proc = serving([sys.executable, "-c", "import sys; from components.monitoring import workspace; "
+                    "workspace.serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]))", params.paths.monitoring,
+                    str(port)], port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        [project] = call(f"{url}/api/projects")
+        assert project["name"] == "deepfusion-backtest"
+        dash = call(f"{url}/api/v2/dashboards/{project['id']}")
+        checked = 0
+        for panel in dash["panels"]:
+            filters = [{k: v[k] for k in ("tags", "metadata", "metric", "metric_labels")} for v in panel["values"]]
+            got = call(f"{url}/api/v2/snapshots/{project['id']}/data_series_batch", {"series_filter": filters})
+            batches = [src["metadata"]["batch"] for src in got["sources"]]
+            assert sorted(set(batches)) == ["2015-04", "2015-05", "2015-06"], panel["title"]
+            for series in got["series"]:
+                for batch, value in zip(batches, series["values"], strict=True):
+                    summary = json.loads((tmp_path / "bt_work" / "drift" / batch / "summary.json").read_text())
+                    expected = workspace.drift_values(summary).get(series["params"]["column"])
+                    if expected is None:  # a class this month's predictions never had: no point
+                        assert value is None
+                        continue
+                    assert value == pytest.approx(expected)
+                    checked += 1
+        assert checked >= 3 * 10  # every month: signals, alarm line, mix, accuracy and macro-F1 per level
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        outside: list[str] = []
+
+        def only_loopback(route):
+            if route.request.url.startswith(url):
+                route.continue_()
+            else:
+                outside.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", only_loopback)
+        page.goto(url)
+        page.get_by_text("deepfusion-backtest", exact=True).first.click()
+        page.get_by_text("Drift signals against their alarm line").wait_for(timeout=30_000)
+        page.get_by_text("2015-06-15", exact=False).first.wait_for(timeout=30_000)
+        text = page.inner_text("body")
+        for month in ("2015-04-15", "2015-05-15", "2015-06-15"):
+            assert month in text
+        assert "Accuracy and macro-F1 (labelled batches)" in text and page.locator("svg path").count() > 10
+        assert outside == []
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
