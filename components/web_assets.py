@@ -123,16 +123,12 @@ def localize(site: Path, assets: Path = ASSETS) -> list[str]:
     left: set[str] = set()
     for page in sorted(site.rglob("*.html")):
         text = page.read_text(encoding="utf-8")
-        up = os.path.relpath(site, page.parent)
-
-        def local(rel: Path) -> str:
-            return Path(up, rel).as_posix()
-
+        up = os.path.relpath(site, page.parent)  # the site's root as seen from this page
         if (site / LOCAL_LOGO).is_file():
-            text = GX_LOGO.sub(local(LOCAL_LOGO), text)
+            text = GX_LOGO.sub(Path(up, LOCAL_LOGO).as_posix(), text)
         for url, rel in urls.items():
             if url in text:
-                text = text.replace(f'"{url}"', f'"{local(VENDOR / rel)}"')
+                text = text.replace(f'"{url}"', f'"{Path(up, VENDOR, rel).as_posix()}"')
                 used.add(rel.split("/", 1)[0])
         left.update(external_loads(text))
         tmp = page.with_name(page.name + ".tmp")

@@ -330,3 +330,38 @@ def test_a_worker_lost_mid_training_is_recovered_without_a_duplicate_version(pla
     after = platform.mlflow().search_model_versions("name='deepfusion'")
     # At most one new version for the run, and never two versions of one MLflow run (register is idempotent).
     assert len(after) <= len(before) + 1 and len({v.run_id for v in after}) == len(after)
+
+
+def test_a_batch_whose_event_was_missed_is_caught_by_the_timetable_s_run(platform):
+    # Last: the triggerer (the landing watcher) dies, so an upload's event is never announced...
+    pid = int((platform.folder / "pids" / "airflow-triggerer.pid").read_text())
+    os.killpg(pid, signal.SIGTERM)
+    before = {r["dag_run_id"] for r in platform.api("GET", "/dags/catalog_drift/dagRuns")["dag_runs"]}
+    batch = make_catalog(platform.home / "landing" / "2016-07", n=60, seed=33, start_id=72_000)
+    platform.adopt(platform.home / "landing")
+    (batch / "_READY").write_text("")
+    time.sleep(45)  # the watcher polls every 15 s: with it alive the run would have started by now
+    runs = platform.api("GET", "/dags/catalog_drift/dagRuns")["dag_runs"]
+    assert {r["dag_run_id"] for r in runs} == before, "a run started with no watcher"
+    # ...and the time schedule's runs catch it. Waiting for the next full hour is not a test: the scheduler is
+    # asked for the schedule's runs of the last three hours (a backfill: the runs the timetable makes, the
+    # completed ones again), which is what its hourly run does once the hour turns.
+    now = time.time()
+    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+    platform.api("POST", "/backfills", {"dag_id": "catalog_drift", "from_date": iso(now - 3 * 3600),
+                                        "to_date": iso(now), "reprocess_behavior": "completed",
+                                        "max_active_runs": 1})
+    state_file = platform.home / "landing" / "_state" / "2016-07.json"
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        if state.get("state") in ("reported", "categorized"):
+            break
+        time.sleep(5)
+    assert state.get("state") in ("reported", "categorized"), state
+    print(f"the timetable's run reported the batch {time.time() - now:.0f} s after the backfill request")
+    backfilled = [r for r in platform.api("GET", "/dags/catalog_drift/dagRuns")["dag_runs"]
+                  if r["dag_run_id"] not in before or r["run_type"] == "backfill"]
+    assert backfilled and all(r["run_type"] == "backfill" for r in backfilled), backfilled
+    points = [json.loads(f.read_text()) for f in (platform.home / "artifacts/monitoring").glob("*/snapshots/*.json")]
+    assert "2016-07" in {p["metadata"]["batch"] for p in points}

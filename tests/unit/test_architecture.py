@@ -17,7 +17,8 @@ PKG = ROOT / "components"
 
 # Lower layers never import higher ones; within a layer imports are free unless FORBIDDEN says otherwise.
 LAYERS = [
-    ("core", ["config", "catalog", "images", "metrics", "atomic_io", "data", "report", "label_noise", "experts", "web_assets"]),
+    ("core", ["config", "catalog", "images", "metrics", "atomic_io", "data", "report", "label_noise", "experts",
+              "web_assets"]),
     ("models", ["models"]),
     ("encoders", ["encoders"]),
     ("bundles", ["checkpoint", "mlflow_store"]),
