@@ -4,6 +4,7 @@
     deepfusion predict BATCH_DIR --output pred.csv      categorize a batch folder
     deepfusion search --text "red running shoes"        find products by text or by picture
     deepfusion audit                                    the catalog's suspected mislabels, most suspicious first
+    deepfusion review serve | user | import | export    the review station: people decide, corrections flow back
     deepfusion drift BATCH_DIR                          drift report of a new batch against the training data
     deepfusion replay | backtest                        the catalog's own history as monthly batches; drift backtest
     deepfusion monitor ui | add                         the monitoring dashboard over every batch
@@ -28,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "catalog": ("components.catalog_inspect", "propose the catalog schema of an export (catalog inspect FOLDER)"),
     "predict": ("components.serving.predict", "categorize a batch folder (an export in the shape of params.catalog)"),
     "search": ("components.serving.search", "build the search index, or find products by text or by picture"),
+    "review": ("components.review.cli", "the review station: queue, decide, export corrections (serve, user, ...)"),
     "audit": ("components.suspects", "list the catalog audit's suspected mislabels, most suspicious first"),
     "drift": ("components.monitoring.drift", "drift report of a new catalog batch against the training data"),
     "replay": ("components.monitoring.replay", "carve the catalog into monthly batches by date added"),

@@ -36,6 +36,8 @@ class Paths:
     replay: str  # the catalog's months as batches (deepfusion replay)
     backtest: str  # the drift backtest's report (deepfusion backtest)
     monitoring: str  # the monitoring dashboard's Evidently workspace (deepfusion monitor)
+    review: str  # the review station's folder: review.db (SQLite default) and its session secret
+    corrections: str  # reviewers' label corrections (deepfusion review export), applied by ingest when present
     mlflow_db: str
 
 
@@ -336,6 +338,13 @@ class LandingParams:
 
 
 @dataclass(frozen=True)
+class ReviewParams:
+    session_minutes: float  # a login lasts this long (checked on the server)
+    lease_minutes: float  # an item a reviewer opened is theirs alone this long
+    examples: int  # catalog products shown per path beside an item
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int
     paths: Paths
@@ -353,6 +362,7 @@ class Params:
     registry: RegistryParams
     drift: DriftParams
     landing: LandingParams
+    review: ReviewParams
 
 
 def _build(tp: Any, value: Any, where: str) -> Any:

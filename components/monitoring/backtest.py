@@ -36,7 +36,7 @@ from components.serving.predict import categorize, load_categorizer
 log = logging.getLogger(__name__)
 
 # Every stage output folder of Paths moves under the workspace (raw and the MLflow DB are set apart).
-STAGE_PATHS = tuple(f.name for f in dataclasses.fields(Paths) if f.name not in ("raw", "mlflow_db"))
+STAGE_PATHS = tuple(f.name for f in dataclasses.fields(Paths) if f.name not in ("raw", "corrections", "mlflow_db"))
 
 
 def as_of_params(params: Params, workdir: Path) -> Params:

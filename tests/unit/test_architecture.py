@@ -26,6 +26,7 @@ LAYERS = [
     ("pipeline", ["pipeline"]),
     ("lifecycle", ["lifecycle"]),
     ("monitoring", ["monitoring"]),
+    ("review", ["review"]),
     ("orchestration", ["orchestration"]),
     ("commands", ["predict", "search", "registry", "drift", "replay", "suspects", "results", "catalog_inspect", "cli"]),
 ]

@@ -1,0 +1,185 @@
+"""`deepfusion review`: the review station.
+
+    deepfusion review user NAME [--admin]        add a user (or reset one's password; asked on the terminal,
+                                                 or DEEPFUSION_REVIEW_PASSWORD)
+    deepfusion review import audit               queue the last audit's suspects
+    deepfusion review import categorize BATCH_OUT   queue a categorize run's review_queue.csv (its folder)
+    deepfusion review import ids FILE            queue the products listed in FILE (one id per line)
+    deepfusion review serve [--port 8010]        the web app (127.0.0.1 unless --host; no TLS of its own)
+    deepfusion review export [--output FILE]     the standing corrections and confirmations as a CSV for ingest
+
+The database: params paths.review/review.db (SQLite), or DEEPFUSION_REVIEW_DB (e.g. postgresql+psycopg2://...).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import getpass
+import io
+import logging
+import os
+import secrets
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from components.atomic_io import atomic_write_bytes, read_json
+from components.config import Params, load_params
+from components.review import queues
+from components.review.store import ReviewError, Store
+
+log = logging.getLogger(__name__)
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+# One row per corrected level, and one per confirmed product (level "", old = new = the whole path).
+CORRECTION_COLUMNS = ["id", "level", "old", "new", "action", "reviewer", "time", "decision"]
+
+
+def database_url(params: Params) -> str:
+    url = os.environ.get("DEEPFUSION_REVIEW_DB", "")
+    if url:
+        return url
+    folder = Path(params.paths.review)
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(folder / 'review.db').resolve()}"
+
+
+def open_store(params: Params) -> Store:
+    return Store(database_url(params), lease_minutes=params.review.lease_minutes)
+
+
+def secret_key(params: Params) -> bytes:
+    """DEEPFUSION_REVIEW_SECRET, or a random key kept (owner-only) beside the database: sessions survive a
+    restart, and nobody who cannot read that folder can forge one."""
+    env = os.environ.get("DEEPFUSION_REVIEW_SECRET", "")
+    if env:
+        return env.encode()
+    path = Path(params.paths.review) / "secret.key"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+    return path.read_text().strip().encode()
+
+
+def _products(params: Params) -> pd.DataFrame:
+    path = Path(params.paths.ingest) / "products.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no ingested catalog; run `dvc repro ingest`")
+    return pd.read_parquet(path)
+
+
+def corrections_table(effective: list[dict], levels: list[str]) -> pd.DataFrame:
+    """Standing decisions -> correction rows: each changed level of an accepted or picked path, and each
+    confirmation (the person kept the label: ingest records it, the audit leaves the product out)."""
+    rows = []
+    for d in effective:
+        common = {"id": d["product_id"], "action": d["action"], "reviewer": d["reviewer"], "time": d["at"],
+                  "decision": d["decision"]}
+        if d["action"] == "confirm":
+            path = " > ".join(d["after"])
+            rows.append({**common, "level": "", "old": path, "new": path})
+            continue
+        before = d["before"] or [""] * len(levels)
+        for lvl, old, new in zip(levels, before, d["after"], strict=True):
+            if old != new:
+                rows.append({**common, "level": lvl, "old": old, "new": new})
+    return pd.DataFrame(rows, columns=CORRECTION_COLUMNS)
+
+
+def export(params: Params, store: Store, output: Path) -> pd.DataFrame:
+    table = corrections_table(store.effective(), list(params.catalog.levels))
+    buf = io.StringIO()
+    table.to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(output, buf.getvalue().encode())
+    return table
+
+
+def create(params: Params, store: Store):
+    from components.review.app import create_app
+    from components.review.catalog_index import CatalogIndex
+
+    levels = list(params.catalog.levels)
+    encoders = Path(params.paths.features) / "encoders.json"
+    if not encoders.is_file():
+        raise FileNotFoundError(f"{encoders}: no taxonomy yet; run `dvc repro features`")
+    taxonomy = read_json(encoders)["taxonomy"]
+    products = _products(params)
+    root = Path(params.paths.raw).resolve()
+
+    def upload(ids: list[str], source: str) -> tuple[int, list[str]]:
+        items, unknown = queues.upload_items(ids, products, levels, source, root, params)
+        added, _ = store.enqueue(items)
+        return added, unknown
+
+    return create_app(store, levels, taxonomy, secret_key=secret_key(params),
+                      session_minutes=params.review.session_minutes, index=CatalogIndex(products, levels, root),
+                      upload=upload, secure_cookie=os.environ.get("DEEPFUSION_REVIEW_SECURE_COOKIE") == "1")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="deepfusion review", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="action", required=True)
+    u = sub.add_parser("user", help="add a user or reset one's password")
+    u.add_argument("name")
+    u.add_argument("--admin", action="store_true", help="may upload id lists and read the decision trail")
+    imp = sub.add_parser("import", help="queue items")
+    imp.add_argument("kind", choices=["audit", "categorize", "ids"])
+    imp.add_argument("path", nargs="?", type=Path, help="categorize: the run's output folder; ids: the id file")
+    imp.add_argument("--source", help="ids: the list's name in the queue (default: the file name)")
+    srv = sub.add_parser("serve", help="the review web app")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8010)
+    srv.add_argument("--public", action="store_true", help="allow a non-loopback --host (put TLS in front)")
+    ex = sub.add_parser("export", help="write the corrections file ingest applies")
+    ex.add_argument("--output", type=Path, help="default: params paths.corrections")
+    args = ap.parse_args(argv)
+    params = load_params()
+    try:
+        store = open_store(params)
+        if args.action == "user":
+            password = os.environ.get("DEEPFUSION_REVIEW_PASSWORD") or getpass.getpass(f"password for {args.name}: ")
+            store.add_user(args.name, password, "admin" if args.admin else "reviewer")
+            print(f"user {args.name} ({'admin' if args.admin else 'reviewer'}) saved")
+        elif args.action == "import":
+            levels = list(params.catalog.levels)
+            if args.kind == "audit":
+                items = queues.read_audit(params)
+            elif args.path is None:
+                ap.error(f"import {args.kind} needs a PATH")
+            elif args.kind == "categorize":
+                review = pd.read_csv(args.path / "review_queue.csv", dtype={"id": str}, keep_default_na=False)
+                items = queues.categorize_items(review, levels, args.path.name, args.path.resolve())
+            else:
+                items, unknown = queues.upload_items(args.path.read_text(encoding="utf-8").split(),
+                                                     _products(params), levels, args.source or args.path.name,
+                                                     Path(params.paths.raw).resolve(), params)
+                if unknown:
+                    print(f"not in the catalog (left out): {', '.join(unknown[:20])}", file=sys.stderr)
+            added, already = store.enqueue(items)
+            print(f"queued {added} item(s) ({already} already queued)")
+        elif args.action == "export":
+            out = args.output or Path(params.paths.corrections)
+            table = export(params, store, out)
+            print(f"{out}: {int((table['level'] != '').sum())} corrected level(s), "
+                  f"{int((table['level'] == '').sum())} confirmation(s); `dvc repro` applies them in ingest")
+        else:
+            if args.host not in LOOPBACK and not args.public:
+                print(f"error: --host {args.host} serves the review app to the network without TLS; add --public "
+                      "when a TLS proxy stands in front", file=sys.stderr)
+                return 2
+            app = create(params, store)
+            print(f"review station: http://{args.host}:{args.port}/", flush=True)
+            from components.review.app import serve
+
+            serve(app, args.host, args.port)
+    except (ReviewError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
