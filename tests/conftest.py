@@ -124,7 +124,8 @@ def tiny_raw(tmp: Path, raw_dir: Path, extra: dict | None = None) -> dict:
     raw = deep_merge(raw, {"paths": {**paths, "raw": str(raw_dir), "mlflow_db": str(tmp / "mlflow.db"),
                                      "drift_cache": str(tmp / "artifacts" / "drift_null"),
                                      "monitoring": str(tmp / "artifacts" / "monitoring"),
-                                     "drift": str(tmp / "artifacts" / "drift")}})
+                                     "drift": str(tmp / "artifacts" / "drift"), "review": str(tmp / "review"),
+                                     "corrections": str(tmp / "corrections" / "corrections.csv")}})
     return deep_merge(raw, extra or {})
 
 
