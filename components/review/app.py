@@ -15,8 +15,20 @@ from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 
-from flask import (Flask, Response, abort, flash, g, jsonify, redirect, render_template, request, send_file, session,
-                   url_for)
+from flask import (
+    Flask,
+    Response,
+    abort,
+    flash,
+    g,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    session,
+    url_for,
+)
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
