@@ -38,6 +38,14 @@ MISSING_TOKENS = frozenset({"", "NA", "N/A", "nan", "NaN", "null", "None"})
 SKU = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a string id: no path separator, no leading dot
 
 
+# Reviewers' label corrections (deepfusion review export -> params paths.corrections -> ingest): one row per
+# corrected level, and one per confirmed product (level "", old = new = the whole path joined by PATH_SEP).
+CORRECTION_COLUMNS = ["id", "level", "old", "new", "action", "reviewer", "time", "decision"]
+CORRECTIONS_HEADER = ",".join(CORRECTION_COLUMNS) + "\n"  # the file with no correction (a fresh project)
+PATH_SEP = " > "
+LABEL_SOURCE = "label_source"  # ingest's provenance column: export | review (a person corrected) | confirmed
+
+
 class CatalogError(ValueError):
     """The catalog folder or one of its files cannot be read at all (not a single bad row)."""
 
@@ -467,3 +475,29 @@ def degrade_frame(frame: pd.DataFrame, variant: str, metadata_fields: list[str],
             if f in out:
                 out[f] = np.nan if pd.api.types.is_numeric_dtype(out[f]) else ""
     return out
+
+
+def read_corrections(path: str | Path, schema: CatalogSchema) -> pd.DataFrame:
+    """The corrections file (empty table when there is none). Raises CatalogError naming the file, the row and
+    the field when it is not one `deepfusion review export` wrote."""
+    path = Path(path)
+    if not path.is_file():
+        return pd.DataFrame(columns=CORRECTION_COLUMNS)
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise CatalogError(f"{path}: not a readable CSV ({exc}); rewrite it with `deepfusion review export`") from exc
+    missing = [c for c in CORRECTION_COLUMNS if c not in table.columns]
+    if missing:
+        raise CatalogError(f"{path}: columns {missing} missing; expected {CORRECTION_COLUMNS} "
+                           "(`deepfusion review export` writes them)")
+    for i, r in table.iterrows():
+        if r["level"] not in ("", *schema.levels):
+            raise CatalogError(f"{path} row {i + 2}: level {r['level']!r} is not one of the catalog's levels "
+                               f"{list(schema.levels)}; export again with the current params")
+        if normal_id(r["id"], schema.id_type) is None:
+            raise CatalogError(f"{path} row {i + 2}: id {r['id']!r} is not a valid product id")
+        if r["level"] and not r["new"].strip():
+            raise CatalogError(f"{path} row {i + 2}: field new is empty; a correction names the new label")
+    table["id"] = [normal_id(v, schema.id_type) for v in table["id"]]
+    return table[CORRECTION_COLUMNS]

@@ -57,7 +57,7 @@ class LabelPath:
 # Columns the pipeline adds to the product table (ingest's grouping and split, image checks, the predictions'
 # status, a level's raw value and confidence): a schema column of the same name would be overwritten.
 PIPELINE_COLUMNS = ("source_row", "image_md5", "image_status", "has_image", "title_norm", "group", "split",
-                    "status")
+                    "status", "label_source")
 PIPELINE_SUFFIXES = ("_raw", "_confidence")
 
 

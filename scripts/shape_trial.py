@@ -47,6 +47,7 @@ def make_workspace(data: Path, params: dict, ws: Path) -> None:
     ws.mkdir(parents=True)
     for name in ("dvc.yaml", ".dvcignore"):
         shutil.copy2(ROOT / name, ws / name)
+    shutil.copytree(ROOT / "corrections", ws / "corrections")  # no correction: the header only
     shutil.copytree(ROOT / "components", ws / "components", ignore=shutil.ignore_patterns("__pycache__"))
     (ws / "data").symlink_to(data.resolve())
     (ws / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -144,6 +144,7 @@ def dag_workspace(ws: Path) -> Path:
     the components package linked, DVC initialised without git."""
     make_catalog(ws / "data", n=150, seed=5)
     shutil.copy(ROOT / "dvc.yaml", ws / "dvc.yaml")
+    shutil.copytree(ROOT / "corrections", ws / "corrections")
     os.symlink(ROOT / "components", ws / "components")
     raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
     raw = deep_merge(raw, {"registry": {"floors": {"masterCategory": 0.1, "subCategory": 0.1, "articleType": 0.1}},

@@ -71,6 +71,15 @@ def evaluate_files(params: Params) -> list[Path]:
     return [ev / "metrics.json", ev / "comparison.md", ev / "per_class.csv", ev / "plots"]
 
 
+def corrections_used(params: Params) -> dict[str, int]:
+    """How many reviewers' decisions the model was trained with (ingest applied them: its report.json)."""
+    report = Path(params.paths.ingest) / "report.json"
+    corr = read_json(report).get("corrections", {}) if report.is_file() else {}
+    return {"label_corrections": int(corr.get("corrected_products", 0)),
+            "label_corrected_levels": int(corr.get("corrected_levels", 0)),
+            "label_confirmations": int(corr.get("confirmed_products", 0))}
+
+
 def publish_result(params: Params, r: Result) -> str:
     """The run holding this result: found by its output md5, else logged now."""
     serves = r == served(params)
@@ -88,6 +97,7 @@ def publish_result(params: Params, r: Result) -> str:
             "run_overrides": run_overrides_tag()}
     with mlflow_store.start_run(params, r.name, tags) as run:
         run.log_dataset("catalog", tags["data_md5"], str(Path(params.paths.raw).resolve()))
+        run.log_params(corrections_used(params))
         if r.model.suffix == ".pt":
             meta = read_blob(r.model)["meta"]
             run.log_params({**meta["params"], "modalities": ",".join(meta["modalities"]), "seed": meta["seed"]})

@@ -27,6 +27,7 @@ import yaml
 from configobj import ConfigObj
 
 from components.atomic_io import atomic_write_bytes
+from components.catalog import CORRECTIONS_HEADER
 from components.config import ConfigError, deep_merge, load_raw, params_from_dict
 from components.lifecycle.provenance import RUN_FILE, data_md5
 
@@ -105,6 +106,14 @@ def _create(home: Path, ws: Path, overrides: dict) -> None:
         shutil.copytree(home / name, tmp / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     for name in LINKED:  # linked even before it exists: the ingest task pulls data.dvc into the project first
         os.symlink((home / name).resolve(), tmp / name)
+    # The reviewers' corrections as they are now: copied, so the run trains on one version of them throughout.
+    corrections = Path(merged["paths"]["corrections"])
+    if not corrections.is_absolute():
+        (tmp / corrections).parent.mkdir(parents=True, exist_ok=True)
+        if (home / corrections).is_file():
+            shutil.copy2(home / corrections, tmp / corrections)
+        else:  # a project from before the review station: no corrections
+            (tmp / corrections).write_text(CORRECTIONS_HEADER, encoding="utf-8")
     try:
         tmp.rename(ws)
     except OSError:  # another task of the run made it first: theirs is the same

@@ -21,7 +21,7 @@ from cleanlab.rank import get_label_quality_scores
 from PIL import Image
 
 from components.atomic_io import atomic_dir, write_json
-from components.catalog import FINEST, TITLE, ids_array
+from components.catalog import FINEST, LABEL_SOURCE, TITLE, ids_array
 from components.config import AuditParams, Params, TfidfParams, load_params
 from components.data import EXCLUDE_FILE
 from components.encoders import Encoders, encode_labels, load_encoders
@@ -97,6 +97,10 @@ def rank_suspects(frame: pd.DataFrame, labels: np.ndarray, probs: list[np.ndarra
         quality.append(q)
         suspect_levels.append(np.where(issues, name, ""))
     out["label_quality"] = np.min(quality, axis=0).round(4)
+    # A product a person already checked (corrected or confirmed in review: ingest's label_source) is never a
+    # suspect again; its scores stay in the table.
+    checked = (frame[LABEL_SOURCE].to_numpy() != "export") if LABEL_SOURCE in frame else np.zeros(len(frame), bool)
+    suspect_levels = [np.where(checked, "", s) for s in suspect_levels]
     out["suspect"] = np.any([s != "" for s in suspect_levels], axis=0)
     out["suspect_levels"] = [",".join(x for x in row if x) for row in zip(*suspect_levels)]
     disagree = {e: oof[e][FINEST].argmax(1) != labels[:, FINEST] for e in oof}

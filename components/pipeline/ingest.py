@@ -1,6 +1,9 @@
 """Stage ingest: data/ (styles.csv, products.csv, images/) -> artifacts/ingest/.
 
-Writes products.parquet (curated rows, labels, group, split), images.npy (uint8 (N, H, W, 3) cache,
+Reviewers' corrections (params paths.corrections, written by `deepfusion review export`) are applied on top of the
+export's labels, each product's `label_source` saying where its label came from.
+
+Writes products.parquet (curated rows, labels, label_source, group, split), images.npy (uint8 (N, H, W, 3) cache,
 row-aligned), quarantine.csv (every rejected row or image with its reason), report.json and metrics.json.
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from components.atomic_io import atomic_dir, write_json
-from components.catalog import TITLE, CatalogRead, read_catalog
+from components.catalog import ID, LABEL_SOURCE, PATH_SEP, TITLE, CatalogRead, read_catalog, read_corrections
 from components.config import CatalogSchema, IngestParams, Params, load_params
 from components.images import ImageError, ImagePathError, content_md5, decode_image, dhash, read_image_file
 
@@ -159,6 +162,54 @@ def curate(read: CatalogRead, params: IngestParams, schema: CatalogSchema) -> tu
     return df[keep].reset_index(drop=True).copy(), quarantine
 
 
+def apply_corrections(df: pd.DataFrame, table: pd.DataFrame, levels: tuple[str, ...]) -> tuple[pd.DataFrame, dict]:
+    """Reviewers' decisions on top of the export's labels, product by product, all of a product's levels or none:
+    a correction applies only while the export still says what the reviewer saw (`old`, the label as ingest
+    gave it, or the export's own value of a level folded into the rare class); otherwise the export changed
+    meanwhile and the correction is reported, not applied. A confirmation (level "") marks the product as
+    checked by a person. Products no longer in the catalog are reported."""
+    out = df.copy()
+    out[LABEL_SOURCE] = "export"
+    report = {"rows": len(table), "corrected_products": 0, "corrected_levels": 0, "confirmed_products": 0,
+              "vanished": [], "export_changed": []}
+    if table.empty:
+        return out, report
+    finest = levels[-1]
+    at = pd.Series(out.index, index=out[ID].astype(str))
+    for pid, rows in table.groupby("id", sort=True):
+        if pid not in at.index:
+            report["vanished"].append(pid)
+            continue
+        i = at[pid]
+        stale = []
+        for r in rows.itertuples(index=False):
+            if r.level == "":
+                now = PATH_SEP.join(str(out.at[i, lvl]) for lvl in levels)
+                if now != r.old:
+                    stale.append({"id": pid, "level": "", "old": r.old, "export": now, "new": r.new})
+                continue
+            now = str(out.at[i, r.level])
+            seen = {now, str(out.at[i, f"{finest}_raw"])} if r.level == finest else {now}
+            if r.old not in seen:
+                stale.append({"id": pid, "level": r.level, "old": r.old, "export": now, "new": r.new})
+        if stale:
+            report["export_changed"] += stale
+            continue
+        changes = rows[rows["level"] != ""]
+        for r in changes.itertuples(index=False):
+            out.at[i, r.level] = r.new
+            if r.level == finest:
+                out.at[i, f"{finest}_raw"] = r.new
+        out.at[i, LABEL_SOURCE] = "review" if len(changes) else "confirmed"
+        report["corrected_products" if len(changes) else "confirmed_products"] += 1
+        report["corrected_levels"] += len(changes)
+    if report["vanished"] or report["export_changed"]:
+        log.warning("corrections: %d for products no longer in the catalog, %d whose export label changed since "
+                    "the review (not applied; listed in report.json)", len(report["vanished"]),
+                    len(report["export_changed"]))
+    return out, report
+
+
 def run(params: Params) -> dict:
     p = params.ingest
     started = time.perf_counter()
@@ -191,11 +242,13 @@ def run(params: Params) -> dict:
         df[f"{schema.finest}_raw"] = df[schema.finest]
         for level in schema.levels:
             df[level] = collapse_rare(df[level], p.min_class_count, p.rare_label)
+        df, corrections = apply_corrections(df, read_corrections(params.paths.corrections, schema), schema.levels)
         df.to_parquet(tmp / "products.parquet", index=False)
         qdf = pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
         qdf.to_csv(tmp / "quarantine.csv", index=False)
 
         report = build_report(df, qdf, rows_in, schema.levels)
+        report["corrections"] = corrections
         write_json(tmp / "report.json", report)
         write_json(tmp / "metrics.json", report["summary"])
     # Wall time varies run to run: it is logged, never written into a DVC output (identical reruns).

@@ -25,14 +25,13 @@ from pathlib import Path
 import pandas as pd
 
 from components.atomic_io import atomic_write_bytes, read_json
+from components.catalog import CORRECTION_COLUMNS, PATH_SEP
 from components.config import Params, load_params
 from components.review import queues
 from components.review.store import ReviewError, Store
 
 log = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-# One row per corrected level, and one per confirmed product (level "", old = new = the whole path).
-CORRECTION_COLUMNS = ["id", "level", "old", "new", "action", "reviewer", "time", "decision"]
 
 
 def database_url(params: Params) -> str:
@@ -78,7 +77,7 @@ def corrections_table(effective: list[dict], levels: list[str]) -> pd.DataFrame:
         common = {"id": d["product_id"], "action": d["action"], "reviewer": d["reviewer"], "time": d["at"],
                   "decision": d["decision"]}
         if d["action"] == "confirm":
-            path = " > ".join(d["after"])
+            path = PATH_SEP.join(d["after"])
             rows.append({**common, "level": "", "old": path, "new": path})
             continue
         before = d["before"] or [""] * len(levels)

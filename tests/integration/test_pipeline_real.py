@@ -44,6 +44,8 @@ def slice_workspace(ws: Path, code: Path = ROOT, environ: dict[str, str] | None 
     (also scripts/slice_repro.py's, to compare two checkouts' outputs)."""
     make_slice(ws / "data")
     shutil.copy(code / "dvc.yaml", ws / "dvc.yaml")
+    if (code / "corrections").is_dir():  # the ingest stage's corrections dependency (none: the header only)
+        shutil.copytree(code / "corrections", ws / "corrections")
     os.symlink(code / "components", ws / "components")
     raw = deep_merge(load_raw(code / "params.yaml"), TINY_OVERRIDES)
     raw = deep_merge(raw, {"ingest": {"min_class_count": 20},

@@ -92,6 +92,20 @@ class Stack:
         tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
         return {t["task_id"] + (f"[{t['map_index']}]" if t["map_index"] >= 0 else ""): t for t in tis}
 
+    def task_log(self, dag_id: str, run_id: str, tasks: dict[str, dict], names) -> str:
+        """The end of each named task's log (the first failed try), for a failure message."""
+        out = []
+        for name in list(names)[:3]:
+            t = tasks[name]
+            try:
+                log = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{t['task_id']}/logs/"
+                                      f"{max(t['try_number'], 1)}?full_content=true")
+                text = json.dumps(log.get("content", log))[-3000:]
+            except OSError as exc:
+                text = f"(no log: {exc})"
+            out.append(f"--- {name}: {text}")
+        return "\n".join(out)
+
     def mlflow(self):
         from mlflow import MlflowClient
 
@@ -263,7 +277,8 @@ def test_retrain_through_celery_registers_on_the_mlflow_server(platform):
     run_id = platform.trigger("retrain", {"mode": "full", "epochs": 3})  # the tiny profile's own is 2
     run = platform.wait("retrain", run_id)
     tasks = platform.tasks("retrain", run_id)
-    assert run["state"] == "success", {k: t["state"] for k, t in tasks.items()}
+    failed = {k: t["state"] for k, t in tasks.items() if t["state"] != "success"}
+    assert run["state"] == "success", (failed, platform.task_log("retrain", run_id, tasks, failed))
     platform.retrain_seconds = time.time() - t0
     assert tasks["train_fusion"]["queue"] == "gpu" and tasks["ingest"]["queue"] == "default"
     gpu_log = (platform.folder / "logs" / "worker-gpu.log").read_text()
