@@ -4,6 +4,7 @@ audit no longer flags what a person checked (issue 41). Plus ingest's handling o
 fit the export."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -84,7 +85,6 @@ def test_decisions_export_repro_and_the_audit_leaves_checked_products_out(tmp_pa
     assert (products["label_source"] == "export").sum() == len(products) - 2
     after = pd.read_csv(home / raw["paths"]["audit"] / "audit.csv", dtype={"id": str}).set_index("id")
     assert not after.loc[confirmed.product_id, "suspect"] and not after.loc[accepted.product_id, "suspect"]
-    import json
     report = json.loads((home / raw["paths"]["ingest"] / "report.json").read_text())["corrections"]
     assert report["corrected_products"] == 1 and report["confirmed_products"] == 1
     assert report["vanished"] == [] and report["export_changed"] == []
@@ -92,7 +92,8 @@ def test_decisions_export_repro_and_the_audit_leaves_checked_products_out(tmp_pa
 
 def frame() -> pd.DataFrame:
     return pd.DataFrame({"id": [1, 2, 3], "masterCategory": ["Apparel"] * 3, "subCategory": ["Topwear"] * 3,
-                         "articleType": ["Tshirts", "Shirts", "Other"], "articleType_raw": ["Tshirts", "Shirts", "Kilt"]})
+                         "articleType": ["Tshirts", "Shirts", "Other"],
+                         "articleType_raw": ["Tshirts", "Shirts", "Kilt"]})
 
 
 def corrections(*rows: tuple) -> pd.DataFrame:
