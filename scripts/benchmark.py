@@ -3,6 +3,7 @@
     .venv/bin/python scripts/benchmark.py ingest    # full catalog: products/s, peak RSS; 1 vs N workers
     .venv/bin/python scripts/benchmark.py train [--repeats 3] [--models image fusion]  # products/s + peak RSS
     .venv/bin/python scripts/benchmark.py predict   # the predict CLI's path: stacked categorizer vs fusion alone
+    .venv/bin/python scripts/benchmark.py review    # review station: view/decision latency, 10,000 items, 4 reviewers
 
 Each measurement runs in a child process so peak RSS is its own.
 """
@@ -221,9 +222,121 @@ out["worker_peak_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss 
 print(json.dumps(out))""")
 
 
+REVIEW_SERVER = """
+import sys
+from components.review.app import create_app, serve
+from components.review.store import Store
+db, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+store = Store(db)
+taxonomy = [["Apparel", "Topwear", f"Type{i}"] for i in range(117)]
+for u in range(4):
+    store.add_user(f"rev{u}", "benchmark password", "reviewer")
+def suggestions(i):
+    return [{"path": taxonomy[(i + k) % 117], "confidence": c} for k, c in ((1, 0.8), (2, 0.1), (3, 0.05))]
+store.enqueue([{"queue": "audit", "source": "bench", "product_id": str(i), "rank": i / n,
+                "current_path": taxonomy[i % 117], "suggestions": suggestions(i),
+                "reason": "articleType: filed as x, the witnesses say y",
+                "product": {"title": f"Product {i}", "image": "", "image_root": "/nonexistent",
+                            "metadata": {"colour": "Red", "price": 999.0}}} for i in range(n)])
+print("ready", flush=True)
+serve(create_app(store, ["master", "sub", "article"], taxonomy, secret_key=b"b" * 32), "127.0.0.1", port, threads=8)
+"""
+
+
+def bench_review(items: int = 10_000, per_reviewer: int = 150) -> None:
+    """The review station over loopback (gunicorn, SQLite): per item the API's lease-next, item view and
+    decision, by 1 reviewer (the baseline) and by 4 at once; plus the weight of an item page."""
+    import socket
+    import threading
+    import time
+    import urllib.request
+
+    def call(url: str, body: dict | None = None, token: str | None = None) -> tuple[float, bytes]:
+        req = urllib.request.Request(url, data=json.dumps(body).encode() if body is not None else None,
+                                     method="POST" if body is not None else "GET",
+                                     headers={"Content-Type": "application/json",
+                                              **({"Authorization": f"Bearer {token}"} if token else {})})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            data = resp.read()
+        return time.perf_counter() - t0, data
+
+    with tempfile.TemporaryDirectory() as tmp, socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        proc = subprocess.Popen([sys.executable, "-c", REVIEW_SERVER, f"sqlite:///{tmp}/review.db", str(port),
+                                 str(items)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            base = f"http://127.0.0.1:{port}"
+            for _ in range(100):
+                try:
+                    call(f"{base}/login")
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            tokens = [json.loads(call(f"{base}/api/token", {"user": f"rev{u}", "password": "benchmark password"})[1])
+                      ["token"] for u in range(4)]
+
+            def reviewer(token: str, n: int, out: dict) -> None:
+                for _ in range(n):
+                    t, data = call(f"{base}/api/queues/audit/next", {}, token)
+                    item = json.loads(data)
+                    out["next"].append(t)
+                    t, _ = call(f"{base}/api/items/{item['id']}", token=token)
+                    out["view"].append(t)
+                    t, _ = call(f"{base}/api/items/{item['id']}/decision",
+                                {"action": "accept", "version": item["version"]}, token)
+                    out["decide"].append(t)
+
+            rows = {}
+            for label, k in (("1 reviewer (baseline)", 1), ("4 reviewers at once", 4)):
+                out = {"next": [], "view": [], "decide": []}
+                threads = [threading.Thread(target=reviewer, args=(tokens[i], per_reviewer, out)) for i in range(k)]
+                t0 = time.perf_counter()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                wall = time.perf_counter() - t0
+                rows[label] = {op: (np.percentile(v, 50) * 1e3, np.percentile(v, 99) * 1e3) for op, v in out.items()}
+                rows[label]["items/s"] = k * per_reviewer / wall
+            print(f"review station, {items:,} queued items, {per_reviewer} items per reviewer, {cpu_model()}")
+            for label, r in rows.items():
+                print(f"  {label}: lease-next p50 {r['next'][0]:.1f} / p99 {r['next'][1]:.1f} ms, "
+                      f"item view {r['view'][0]:.1f} / {r['view'][1]:.1f} ms, decision {r['decide'][0]:.1f} / "
+                      f"{r['decide'][1]:.1f} ms, {r['items/s']:.1f} items/s")
+            one, four = rows["1 reviewer (baseline)"], rows["4 reviewers at once"]
+            print(f"  4 vs 1 reviewer: decision p50 x{four['decide'][0] / one['decide'][0]:.2f}, "
+                  f"throughput x{four['items/s'] / one['items/s']:.2f}")
+            html = item_page(base)
+            css = len(call(f"{base}/static/review.css")[1])
+            js = len(call(f"{base}/static/review.js")[1])
+            print(f"  page weight: item page {len(html) / 1024:.1f} KiB (with the 117-path picker) + review.css "
+                  f"{css / 1024:.1f} KiB + review.js {js / 1024:.1f} KiB; no other asset (photos apart)")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def item_page(base: str) -> bytes:
+    """A reviewer's item page through the browser path: login form with its CSRF token, then the next item."""
+    import http.cookiejar
+    import re
+    import urllib.parse
+    import urllib.request
+
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    token = re.search(rb'name="csrf_token" value="([^"]+)"', opener.open(f"{base}/login").read()).group(1).decode()
+    form = urllib.parse.urlencode({"user": "rev0", "password": "benchmark password", "csrf_token": token,
+                                   "next": "/queue/audit"}).encode()
+    return opener.open(f"{base}/login", data=form).read()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("ingest", "train", "predict"))
+    ap.add_argument("what", choices=("ingest", "train", "predict", "review"))
     ap.add_argument("--repeats", type=int, default=3, help="train: fp32/bf16 pairs per model (median reported)")
     ap.add_argument("--models", nargs="+", default=["image", "text", "metadata", "fusion"],
                     choices=("image", "text", "metadata", "fusion"), help="train: which models")
@@ -231,7 +344,7 @@ def main() -> None:
     if args.what == "train":
         bench_train(repeats=args.repeats, models=tuple(args.models))
     else:
-        {"ingest": bench_ingest, "predict": bench_predict}[args.what]()
+        {"ingest": bench_ingest, "predict": bench_predict, "review": bench_review}[args.what]()
 
 
 if __name__ == "__main__":

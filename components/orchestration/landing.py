@@ -266,7 +266,24 @@ def categorize_batch(home: Path, landing: Path, name: str, model: str) -> dict:
     with contextlib.chdir(home):
         _on_dashboard(params, workspace.CATEGORIZE_TAG, batch_path.name, workspace.categorize_values(result),
                       result["output"])
+        _to_review(params, review, read.frame, list(categorizer.levels), batch_path.name, Path(batch),
+                   result["output"])
     return result
+
+
+def _to_review(params: Params, review: pd.DataFrame, frame: pd.DataFrame, levels: list[str], name: str,
+               batch: Path, output: str) -> None:
+    """The batch's review queue into the review station (least confident first). Like the dashboard point, a
+    failure loses nothing: review_queue.csv is written, and `deepfusion review import categorize` queues it."""
+    from components.review import queues
+    from components.review.store import open_store
+
+    try:
+        added, _ = open_store(params).enqueue(queues.categorize_items(review, levels, name, batch.resolve(), frame))
+        log.info("landing: %d product(s) of %s queued for review", added, name)
+    except Exception:  # noqa: BLE001 (the predictions and the queue file are safe on disk)
+        log.exception("landing: %s's review queue is not in the review station; queue it with `deepfusion review "
+                      "import categorize %s --batch %s`", name, output, batch)
 
 
 def _on_dashboard(params: Params, tag: str, batch: str, values: dict[str, float], source: str) -> None:

@@ -3,7 +3,8 @@
     deepfusion review user NAME [--admin]        add a user (or reset one's password; asked on the terminal,
                                                  or DEEPFUSION_REVIEW_PASSWORD)
     deepfusion review import audit               queue the last audit's suspects
-    deepfusion review import categorize BATCH_OUT   queue a categorize run's review_queue.csv (its folder)
+    deepfusion review import categorize OUT [--batch DIR]  queue a categorize run's review_queue.csv (the
+                                                 categorize DAG does it itself)
     deepfusion review import ids FILE            queue the products listed in FILE (one id per line)
     deepfusion review serve [--port 8010]        the web app (127.0.0.1 unless --host; no TLS of its own)
     deepfusion review export [--output FILE]     the standing corrections and confirmations as a CSV for ingest
@@ -25,26 +26,13 @@ from pathlib import Path
 import pandas as pd
 
 from components.atomic_io import atomic_write_bytes, read_json
-from components.catalog import CORRECTION_COLUMNS, PATH_SEP
+from components.catalog import CORRECTION_COLUMNS, PATH_SEP, read_catalog
 from components.config import Params, load_params
 from components.review import queues
-from components.review.store import ReviewError, Store
+from components.review.store import ReviewError, Store, open_store
 
 log = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-def database_url(params: Params) -> str:
-    url = os.environ.get("DEEPFUSION_REVIEW_DB", "")
-    if url:
-        return url
-    folder = Path(params.paths.review)
-    folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(folder / 'review.db').resolve()}"
-
-
-def open_store(params: Params) -> Store:
-    return Store(database_url(params), lease_minutes=params.review.lease_minutes)
 
 
 def secret_key(params: Params) -> bytes:
@@ -128,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("kind", choices=["audit", "categorize", "ids"])
     imp.add_argument("path", nargs="?", type=Path, help="categorize: the run's output folder; ids: the id file")
     imp.add_argument("--source", help="ids: the list's name in the queue (default: the file name)")
+    imp.add_argument("--batch", type=Path, help="categorize: the batch folder its photos are in (landing/_done/..)")
     srv = sub.add_parser("serve", help="the review web app")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8010)
@@ -150,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
                 ap.error(f"import {args.kind} needs a PATH")
             elif args.kind == "categorize":
                 review = pd.read_csv(args.path / "review_queue.csv", dtype={"id": str}, keep_default_na=False)
-                items = queues.categorize_items(review, levels, args.path.name, args.path.resolve())
+                batch = (args.batch or args.path).resolve()
+                items = queues.categorize_items(review, levels, args.path.name, batch,
+                                                read_catalog(batch, params.catalog, require_labels=False).frame
+                                                if args.batch else None)
             else:
                 items, unknown = queues.upload_items(args.path.read_text(encoding="utf-8").split(),
                                                      _products(params), levels, args.source or args.path.name,

@@ -13,6 +13,7 @@ Alembic migrations in `migrations/`. Concurrency without database locks:
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from werkzeug.security import check_password_hash, generate_password_hash
+
+from components.config import Params
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 ROLES = ("reviewer", "admin")
@@ -189,15 +192,17 @@ class Store:
     # --- queues ----------------------------------------------------------------------------------------------
 
     def enqueue(self, items: list[dict]) -> tuple[int, int]:
-        """Add items (queue, source, product_id, rank, current_path, suggestions, reason, product); one already
-        queued from the same source is left as it is. Returns (added, already there)."""
+        """Add items (queue, source, product_id, rank, current_path, suggestions, reason, product); a product
+        already queued from the same source, or still open in the same queue (a new audit run flags it again),
+        is left as it is. Returns (added, already there)."""
         added = 0
         with self.session.begin() as s:
             for d in items:
                 if d["queue"] not in QUEUES:
                     raise ReviewError(f"queue {d['queue']!r}: expected one of {QUEUES}")
-                exists = s.scalar(select(Item.id).where(Item.queue == d["queue"], Item.source == d["source"],
-                                                        Item.product_id == str(d["product_id"])))
+                same = (Item.source == d["source"]) | (Item.status == "open")
+                exists = s.scalar(select(Item.id).where(Item.queue == d["queue"], same,
+                                                        Item.product_id == str(d["product_id"])).limit(1))
                 if exists is None:
                     s.add(Item(queue=d["queue"], source=d["source"], product_id=str(d["product_id"]),
                                rank=float(d["rank"]), current_path=list(d["current_path"]),
@@ -329,14 +334,15 @@ class Store:
         return {"undone": last.id, "item": it.id}
 
     def effective(self) -> list[dict]:
-        """Each item's standing decision (not undone, not a skip), oldest first."""
+        """Each product's standing decision: its latest accept, pick or confirm that was not undone (a product
+        queued twice, e.g. by the audit and by a categorize run, gets one answer), oldest first."""
         with self.session() as s:
             rows = s.scalars(select(Decision).order_by(Decision.id)).all()
         undone = {d.undoes for d in rows if d.action == "undo"}
-        latest: dict[int, Decision] = {}
+        latest: dict[str, Decision] = {}
         for d in rows:
             if d.action in ("accept", "pick", "confirm") and d.id not in undone:
-                latest[d.item_id] = d
+                latest[d.product_id] = d
         return [{"product_id": d.product_id, "action": d.action, "before": list(d.before), "after": list(d.after),
                  "reviewer": d.reviewer, "at": d.at.isoformat() + "Z", "decision": d.id}
                 for d in sorted(latest.values(), key=lambda d: d.id)]
@@ -350,3 +356,16 @@ class Store:
         return [{"id": d.id, "item": d.item_id, "product_id": d.product_id, "reviewer": d.reviewer,
                  "action": d.action, "before": d.before, "after": d.after, "undoes": d.undoes,
                  "at": d.at.isoformat() + "Z"} for d in rows]
+
+
+def database_url(params: Params) -> str:
+    url = os.environ.get("DEEPFUSION_REVIEW_DB", "")
+    if url:
+        return url
+    folder = Path(params.paths.review)
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(folder / 'review.db').resolve()}"
+
+
+def open_store(params: Params) -> Store:
+    return Store(database_url(params), lease_minutes=params.review.lease_minutes)

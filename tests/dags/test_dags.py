@@ -274,6 +274,17 @@ def test_categorize_writes_predictions_and_review_queue(retrained, workspace, tm
     area = workspace / "landing"
     assert (area / "_done" / "handbatch").is_dir() and not (area / "handbatch").exists()
     assert set(review["id"]) >= set(pred.loc[pred["status"] == "corrupt_image", "id"])
+    # ...and the same products wait in the review station's categorize queue, least confident first, with the
+    # archived batch's photos.
+    from components.config import params_from_dict
+    from components.review.store import Store
+
+    raw = yaml.safe_load((workspace / "params.yaml").read_text())
+    store = Store(f"sqlite:///{workspace / params_from_dict(raw).paths.review / 'review.db'}")
+    queued = [store.item(i) for i in range(1, len(review) + 1)]
+    assert {q.product_id for q in queued} == set(review["id"].astype(str)) and {q.queue for q in queued} == {
+        "categorize"}
+    assert all(q.product["image_root"] == str((area / "_done" / "handbatch").resolve()) for q in queued)
 
 
 @pytest.mark.slow

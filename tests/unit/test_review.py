@@ -48,6 +48,8 @@ def test_two_reviewers_never_hold_the_same_item_and_the_order_is_the_rank(store)
     assert store.next_item("audit", "ana").id == a.id  # one's own lease comes back first
     assert store.counts()[0] == {"queue": "audit", "open": 6, "leased": 2, "decided": 0}
     assert store.enqueue([item(0)]) == (0, 1)  # queued once per source
+    again = {**item(1), "source": "s2"}  # a new audit run flags an open product again: still one item
+    assert store.enqueue([again]) == (0, 1)
 
 
 def test_a_stale_or_foreign_decision_is_refused_and_nothing_is_lost(store):
