@@ -269,6 +269,8 @@ def bench_review(items: int = 10_000, per_reviewer: int = 150) -> None:
                                  str(items)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         try:
             assert proc.stdout.readline().strip() == "ready"
+            # The server's access log goes to that pipe: drained, or it fills and the server stops answering.
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
             base = f"http://127.0.0.1:{port}"
             for _ in range(100):
                 try:

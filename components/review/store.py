@@ -33,7 +33,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from components.config import Params
@@ -222,36 +222,38 @@ class Store:
                 out[queue]["leased"] += 1
         return list(out.values())
 
-    def _skipped_by(self, s: Session, user: str) -> set[int]:
-        """Items this reviewer skipped (and did not undo): not offered to them again."""
-        rows = s.execute(select(Decision.id, Decision.item_id, Decision.action, Decision.undoes)
-                         .where(Decision.reviewer == user)).all()
-        undone = {r.undoes for r in rows if r.action == "undo"}
-        return {r.item_id for r in rows if r.action == "skip" and r.id not in undone}
+    @staticmethod
+    def _skipped_by(user: str):
+        """Items this reviewer skipped (and did not undo), as a subquery: not offered to them again."""
+        undone = select(Decision.undoes).where(Decision.reviewer == user, Decision.action == "undo",
+                                               Decision.undoes.is_not(None))
+        return select(Decision.item_id).where(Decision.reviewer == user, Decision.action == "skip",
+                                              Decision.id.not_in(undone))
 
     def next_item(self, queue: str, user: str) -> ItemView | None:
-        """Lease the queue's first open item nobody else holds (the reviewer's own lease first)."""
+        """Lease the queue's first open item nobody else holds (the reviewer's own lease first). One UPDATE picks
+        and leases it, so reviewers asking at once get different items without retries (the database serialises
+        the writes; PostgreSQL skips rows another transaction is leasing)."""
         if queue not in QUEUES:
             raise ReviewError(f"queue {queue!r}: expected one of {QUEUES}")
-        for _ in range(20):  # another reviewer may take a candidate between our read and our update
-            t = now()
-            with self.session() as s:
-                skipped = self._skipped_by(s, user)
-                mine = s.scalar(select(Item).where(Item.queue == queue, Item.status == "open",
-                                                   Item.lease_user == user, Item.lease_until > t)
-                                .order_by(Item.rank, Item.id).limit(1))
-                if mine is not None:
-                    return ItemView.of(mine)
-                free = (Item.lease_until.is_(None)) | (Item.lease_until <= t)
-                candidates = s.scalars(select(Item).where(Item.queue == queue, Item.status == "open", free)
-                                       .order_by(Item.rank, Item.id).limit(len(skipped) + 5)).all()
-            candidates = [c for c in candidates if c.id not in skipped]
-            if not candidates:
-                return None
-            it = candidates[0]
-            if self._guarded(it.id, it.version, lease_user=user, lease_until=t + self.lease):
-                return self.item(it.id)
-        raise StaleItem(f"queue {queue}: every candidate was taken while leasing; try again")
+        t = now()
+        with self.session() as s:
+            mine = s.scalar(select(Item).where(Item.queue == queue, Item.status == "open",
+                                               Item.lease_user == user, Item.lease_until > t)
+                            .order_by(Item.rank, Item.id).limit(1))
+        if mine is not None:
+            return ItemView.of(mine)
+        free = (Item.lease_until.is_(None)) | (Item.lease_until <= t)
+        first = (select(Item.id).where(Item.queue == queue, Item.status == "open", free,
+                                       Item.id.not_in(self._skipped_by(user)))
+                 .order_by(Item.rank, Item.id).limit(1))
+        if self.engine.dialect.name == "postgresql":
+            first = first.with_for_update(skip_locked=True)
+        with self.session.begin() as s:
+            got = s.scalar(update(Item).where(Item.id == first.scalar_subquery())
+                           .values(version=Item.version + 1, lease_user=user, lease_until=t + self.lease)
+                           .returning(Item.id))
+        return self.item(got) if got is not None else None
 
     def item(self, item_id: int) -> ItemView:
         with self.session() as s:

@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.request
 
+import pytest
 import yaml
 from playwright.sync_api import expect
 
@@ -45,6 +46,7 @@ def serve(home, port: int) -> subprocess.Popen:
             time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_review_with_the_keyboard_the_picker_undo_and_leases(browser, tmp_path):  # noqa: F811
     home = tmp_path / "home"
     home.mkdir()

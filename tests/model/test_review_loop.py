@@ -38,6 +38,7 @@ def repro(home: Path, *targets: str) -> None:
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
 
 
+@pytest.mark.slow
 def test_decisions_export_repro_and_the_audit_leaves_checked_products_out(tmp_path):
     home = tmp_path / "home"
     data = make_catalog(home / "data", n=150, seed=5)

@@ -52,6 +52,21 @@ def test_two_reviewers_never_hold_the_same_item_and_the_order_is_the_rank(store)
     assert store.enqueue([again]) == (0, 1)
 
 
+def test_reviewers_asking_at_once_get_different_items(store):
+    got, start = [], threading.Barrier(4)
+
+    def lease(user: str) -> None:
+        start.wait()
+        got.append(store.next_item("audit", user).product_id)
+
+    threads = [threading.Thread(target=lease, args=(f"r{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(got) == ["P0", "P1", "P2", "P3"]
+
+
 def test_a_stale_or_foreign_decision_is_refused_and_nothing_is_lost(store):
     a = store.next_item("audit", "ana")
     with pytest.raises(StaleItem, match="held by another reviewer"):
