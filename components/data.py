@@ -106,8 +106,8 @@ def load_arrays(ingest_dir: str, features_dir: str) -> tuple[Arrays, np.ndarray]
 def excluded_ids(audit_dir: str | Path) -> np.ndarray:
     """Ids of the train products the audit leaves out of training (none when the option is off or the audit
     has not run, as in a pipeline driven stage by stage without it)."""
-    path = Path(audit_dir) / EXCLUDE_FILE
-    return pd.read_csv(path)["id"].to_numpy(np.int64) if path.is_file() else np.zeros(0, np.int64)
+    path = Path(audit_dir) / EXCLUDE_FILE  # ids as text: numbers and SKUs alike
+    return pd.read_csv(path, dtype={"id": str})["id"].to_numpy(str) if path.is_file() else np.zeros(0, str)
 
 
 def training_split(split: np.ndarray, ingest_dir: str | Path, audit_dir: str | Path) -> np.ndarray:
@@ -116,7 +116,7 @@ def training_split(split: np.ndarray, ingest_dir: str | Path, audit_dir: str | P
     drop = excluded_ids(audit_dir)
     if not len(drop):
         return split
-    ids = pd.read_parquet(Path(ingest_dir) / "products.parquet", columns=["id"])["id"].to_numpy(np.int64)
+    ids = pd.read_parquet(Path(ingest_dir) / "products.parquet", columns=["id"])["id"].astype(str).to_numpy()
     out = split.copy()
     out[(split == SPLIT_CODES["train"]) & np.isin(ids, drop)] = EXCLUDED_CODE
     return out

@@ -96,19 +96,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("params", type=Path, help="params.yaml for it (its catalog: section describes the export)")
     ap.add_argument("workspace", type=Path, help="a new folder")
     ap.add_argument("--profile", type=Path, help="params overrides merged over PARAMS (e.g. params.quick.yaml)")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue in an existing WORKSPACE (after fixing a file of its components/ by hand: dvc "
+                         "repro reruns only what changed)")
     args = ap.parse_args(argv)
-    if args.workspace.exists():
-        ap.error(f"{args.workspace}: exists; give a new folder")
+    if args.workspace.exists() and not args.resume:
+        ap.error(f"{args.workspace}: exists; give a new folder (or --resume)")
     raw = load_raw(args.params)
     if args.profile:
         raw = deep_merge(raw, load_raw(args.profile))
     params = params_from_dict(raw)  # a wrong key stops here, before anything runs
     ws = args.workspace.resolve()
-    make_workspace(args.data, raw, ws)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the workspace's own mlflow.db
     times = {}
-    run(["dvc", "init", "--no-scm", "-q"], ws, env)
+    if args.resume:
+        shutil.rmtree(ws / "batch", ignore_errors=True)
+    else:
+        make_workspace(args.data, raw, ws)
+        run(["dvc", "init", "--no-scm", "-q"], ws, env)
     times["dvc repro"] = run(["dvc", "repro"], ws, env)
     times["registry register"] = run(["deepfusion", "registry", "register"], ws, env)
     times["registry promote"] = run(["deepfusion", "registry", "promote"], ws, env)

@@ -152,17 +152,17 @@ def slices(frame: pd.DataFrame, labels: np.ndarray, bands: dict[int, str], suspe
     out = {"no image": ~frame["has_image"].to_numpy(bool), "title of at most 3 words": title_words(frame) <= 3,
            "tail classes": np.array([bands[c] == "tail" for c in labels[:, FINEST]], bool)}
     if len(suspects):
-        out["label not suspected by the audit"] = ~frame["id"].astype(np.int64).isin(suspects).to_numpy()
+        out["label not suspected by the audit"] = ~frame["id"].astype(str).isin(suspects).to_numpy()
     return out
 
 
 def audit_suspects(audit_dir: str | Path) -> np.ndarray:
-    """Ids the audit suspects of a wrong label (none before the audit ran)."""
+    """Ids (as text: numbers or SKUs) the audit suspects of a wrong label (none before the audit ran)."""
     path = Path(audit_dir) / "audit.csv"
     if not path.is_file():
-        return np.zeros(0, np.int64)
-    table = pd.read_csv(path, usecols=["id", "suspect"])
-    return table.loc[table["suspect"].astype(bool), "id"].to_numpy(np.int64)
+        return np.zeros(0, str)
+    table = pd.read_csv(path, usecols=["id", "suspect"], dtype={"id": str})
+    return table.loc[table["suspect"].astype(bool), "id"].to_numpy(str)
 
 
 def run(params: Params) -> dict:

@@ -36,7 +36,7 @@ def timings_file(params: Params, which: str) -> Path:
 
 
 def train_tfidf(params: Params, enc: Encoders, df: pd.DataFrame, out_dir: Path) -> tuple[dict, dict]:
-    train = df[(df.split == "train") & ~df["id"].isin(excluded_ids(params.paths.audit))]
+    train = df[(df.split == "train") & ~df["id"].astype(str).isin(excluded_ids(params.paths.audit))]
     val = df[df.split == "val"]
     y_train, y_val = encode_labels(train, enc), encode_labels(val, enc)
     t0 = time.perf_counter()

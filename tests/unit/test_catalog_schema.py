@@ -275,3 +275,24 @@ def test_inspect_without_images_falls_back_to_files_named_by_id(tmp_path):
     data, truth, _ = shaped(tmp_path, 2)
     schema, notes = propose(data)
     assert schema["image"] == {"column": "", "root": "", "pattern": "pics/{id}.jpg"}
+
+
+@pytest.mark.parametrize("ids", [["7", "8", "9"], ["MY-7", "MY-8", "sku_9"]])
+def test_audit_suspects_and_exclusions_work_for_numbers_and_skus(tmp_path, ids):
+    """The re-shaped real run stopped in evaluate: the audit's suspects were read back as int64."""
+    from components.data import EXCLUDE_FILE, SPLIT_CODES, excluded_ids, training_split
+    from components.pipeline.evaluate import audit_suspects, slices
+
+    pd.DataFrame({"id": ids, "suspect": [True, False, True]}).to_csv(tmp_path / "audit.csv", index=False)
+    pd.DataFrame({"id": ids[:1]}).to_csv(tmp_path / EXCLUDE_FILE, index=False)
+    typed = [int(i) for i in ids] if ids[0].isdigit() else ids  # the product table keeps int ids as int64
+    frame = pd.DataFrame({"id": typed, "has_image": True, "productDisplayName": "a b", "articleType": "x"})
+    assert list(audit_suspects(tmp_path)) == [ids[0], ids[2]]
+    mask = slices(frame, np.zeros((3, 1), int), {0: "head"}, audit_suspects(tmp_path))
+    assert mask["label not suspected by the audit"].tolist() == [False, True, False]
+    ingest = tmp_path / "ingest"
+    ingest.mkdir()
+    frame.to_parquet(ingest / "products.parquet")
+    split = np.array([SPLIT_CODES["train"]] * 3)
+    assert list(excluded_ids(tmp_path)) == ids[:1]
+    assert (training_split(split, ingest, tmp_path) != split).tolist() == [True, False, False]
