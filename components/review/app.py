@@ -52,6 +52,10 @@ def create_app(store: Store, levels: list[str], taxonomy: list[list[str]], *, se
     app.config.update(SECRET_KEY=secret_key, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
                       SESSION_COOKIE_SECURE=secure_cookie, WTF_CSRF_TIME_LIMIT=None,
                       PERMANENT_SESSION_LIFETIME=dt.timedelta(minutes=session_minutes),
+                      # The cookie is written only when the session changes: refreshed on every request, a photo
+                      # request that started before a form's POST would put back the session as it was and
+                      # drop the message (or token) the POST stored. Expiry is the server's own check anyway.
+                      SESSION_REFRESH_EACH_REQUEST=False,
                       MAX_CONTENT_LENGTH=4 * 2**20)
     csrf = CSRFProtect(app)
     tokens = URLSafeTimedSerializer(secret_key, salt="deepfusion-review-api")
