@@ -34,6 +34,19 @@ def browser():
         b.close()
 
 
+def only_from(page, prefix: str, outside: list[str]) -> None:
+    """Let the page load only addresses under `prefix`; anything else (a CDN, fonts, telemetry) is aborted and
+    noted in `outside`: the page must not need any of it."""
+    def route(r):
+        if r.request.url.startswith(prefix):
+            r.continue_()
+        else:
+            outside.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+
+
 def cli(home: Path, *args: str, **kw):
     return subprocess.run([sys.executable, "-m", "components.cli", *args], cwd=home, capture_output=True, text=True,
                           timeout=300, **kw)
@@ -66,15 +79,7 @@ def dashboard(tmp_path):
 def test_the_dashboard_shows_every_panel_with_the_months_offline(browser, dashboard, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     outside: list[str] = []
-
-    def only_loopback(route):
-        if route.request.url.startswith(dashboard):
-            route.continue_()
-        else:  # a CDN, fonts, telemetry: the page must not need any of it
-            outside.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", only_loopback)
+    only_from(page, dashboard, outside)
     page.goto(dashboard)
     page.get_by_text("deepfusion", exact=True).first.click()
     panel = page.get_by_text("Drift signals against their alarm line")

@@ -16,7 +16,7 @@ from playwright.sync_api import expect
 
 from components.config import params_from_dict
 from components.review.cli import open_store
-from tests.browser.test_monitoring_ui import browser  # noqa: F401 (fixture)
+from tests.browser.test_monitoring_ui import browser, only_from  # noqa: F401 (fixture)
 from tests.conftest import make_catalog, tiny_raw
 from tests.unit.test_monitoring_dashboard import free_port
 
@@ -71,20 +71,12 @@ def test_review_with_the_keyboard_the_picker_undo_and_leases(browser, tmp_path):
     proc = serve(home, port)
     url = f"http://127.0.0.1:{port}"
     outside: list[str] = []
-
-    def only_loopback(route):
-        if route.request.url.startswith(url):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
     contexts = []
 
     def session(user: str):
         contexts.append(browser.new_context())
         page = contexts[-1].new_page()
-        page.route("**/*", only_loopback)
+        only_from(page, url, outside)
         page.goto(url)
         page.fill("input[name=user]", user)
         page.fill("input[name=password]", PASSWORD)

@@ -6,7 +6,7 @@ import pandas as pd
 
 from components.pipeline.validate import run_suites
 from components.web_assets import ASSETS, external_loads
-from tests.browser.test_monitoring_ui import browser  # noqa: F401 (fixture)
+from tests.browser.test_monitoring_ui import browser, only_from  # noqa: F401 (fixture)
 
 
 def test_the_validation_page_is_styled_and_filled_with_the_network_blocked(browser, tmp_path):  # noqa: F811
@@ -28,15 +28,7 @@ def test_the_validation_page_is_styled_and_filled_with_the_network_blocked(brows
 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     outside: list[str] = []
-
-    def only_local(route):
-        if route.request.url.startswith("file://"):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
-    page.route("**/*", only_local)
+    only_from(page, "file://", outside)
     page.goto(pages[0].as_uri())
     page.wait_for_load_state("load")
     # bootstrap's stylesheet applied (reboot collapses table borders; .text-danger is its red), font-awesome's

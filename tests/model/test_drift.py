@@ -13,7 +13,7 @@ from PIL import Image
 
 from components.catalog import read_catalog
 from components.monitoring import drift, replay
-from tests.browser.test_monitoring_ui import browser  # noqa: F401 (fixture)
+from tests.browser.test_monitoring_ui import browser, only_from  # noqa: F401 (fixture)
 from tests.conftest import SCHEMA, make_catalog
 
 
@@ -202,15 +202,7 @@ def test_backtest_trains_as_of_scores_each_month_and_a_retrain(tmp_path, browser
         assert checked >= 3 * 10  # every month: signals, alarm line, mix, accuracy and macro-F1 per level
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         outside: list[str] = []
-
-        def only_loopback(route):
-            if route.request.url.startswith(url):
-                route.continue_()
-            else:
-                outside.append(route.request.url)
-                route.abort()
-
-        page.route("**/*", only_loopback)
+        only_from(page, url, outside)
         page.goto(url)
         page.get_by_text("deepfusion-backtest", exact=True).first.click()
         page.get_by_text("Drift signals against their alarm line").wait_for(timeout=30_000)
