@@ -278,7 +278,9 @@ class AuditParams:
     folds: int  # K of the group-wise cross-fitting: each product scored by models trained without it
     epochs: int  # SGD epochs of each fold's logistic model (the stage refits K x 2 experts)
     sgd_alpha: float  # its L2 penalty
-    text_weight: float  # share of the TF-IDF (title + metadata) expert in the pooled probabilities
+    text_weight: float  # share of the TF-IDF (title + metadata) expert in what the image witness leaves
+    image_weight: float  # share of the photo's linear probe in the pooled log-probabilities (0: no image witness)
+    image_alpha: float  # the probe's L2 penalty (SGD logistic, `epochs` epochs)
     html_rows: int  # suspects shown on the merchandiser page (all are in audit.csv)
     exclude_from_training: bool  # the training stages leave the train split's suspects out (exclude.csv)
 

@@ -37,3 +37,25 @@ def plant_label_flips(df: pd.DataFrame, sibling_share: float, random_share: floa
         out.loc[i, ["articleType", "masterCategory", "subCategory"]] = [new, *paths.loc[new]]
         out.at[i, "noise"] = "random"
     return out
+
+
+def plant_image_swaps(df: pd.DataFrame, images: np.ndarray, share: float, seed: int,
+                      level: str = "subCategory") -> tuple[pd.DataFrame, np.ndarray]:
+    """A copy whose `noise` is 'image' for a share of photographed products, and the images with their photo
+    replaced by that of a product of another `level` class: title and label still agree, the photo does not
+    (a listing that shows the wrong product). Rows already carrying noise are left alone."""
+    rng = np.random.default_rng(seed + 1)
+    out = df.copy()
+    if "noise" not in out:
+        out["noise"] = ""
+    pixels = np.array(images)  # a writable copy: the caller's array (often a memory map) stays as it was
+    has = out["has_image"].to_numpy(bool) if "has_image" in out else np.ones(len(out), bool)
+    free = np.flatnonzero(has & (out["noise"].to_numpy() == ""))
+    chosen = rng.choice(free, size=min(int(share * len(out)), len(free)), replace=False)
+    classes = out[level].to_numpy()
+    photographed = np.flatnonzero(has)
+    for i in chosen:
+        donors = photographed[classes[photographed] != classes[i]]
+        pixels[i] = images[rng.choice(donors)]
+        out.iat[i, out.columns.get_loc("noise")] = "image"
+    return out, pixels

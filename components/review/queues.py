@@ -49,24 +49,17 @@ def audit_items(params: Params, audit: pd.DataFrame, oof: dict[str, np.ndarray],
         return []
     at = pd.Series(np.arange(len(oof["ids"])), index=pd.Index(oof["ids"].astype(str)))
     rows = at.reindex(sus["id"].astype(str)).to_numpy()
-    witnesses = sorted({k.split("_", 1)[0] for k in oof if k not in ("ids", "folds")})
-    weights = {"text": params.audit.text_weight, "metadata": 1.0 - params.audit.text_weight}
-    total = sum(weights[w] for w in witnesses)
-    probs = [sum(weights[w] / total * oof[f"{w}_{lvl}"][rows] for w in witnesses) for lvl in levels]
+    # The audit's pooled probabilities (what its label quality reads) give the item's three suggested paths.
+    probs = [oof[f"pooled_{lvl}"][rows] for lvl in levels]
     suggestions = top_paths(probs, [encoders["labels"][lvl] for lvl in levels], encoders["taxonomy"])
     info = products.set_index(products[ID].astype(str))
     items = []
     for (_, r), sugg in zip(sus.iterrows(), suggestions, strict=True):
         pid = str(r["id"])
-        why = [f"{lvl}: filed as {r[f'current_{lvl}']!s}, the witnesses say {r[f'suggested_{lvl}']!s} "
-               f"(label quality {float(r[f'quality_{lvl}']):.3f})" for lvl in str(r["suspect_levels"]).split(",")
-               if lvl in levels]
-        experts = str(r.get("disagreeing_experts", "") or "")
-        if experts and experts != "nan":
-            why.append(f"disagreeing: {experts}")
+        why = str(r.get("reason", "") or "")
         items.append({"queue": "audit", "source": source, "product_id": pid, "rank": float(r["label_quality"]),
                       "current_path": [str(r[f"current_{lvl}"]) for lvl in levels], "suggestions": sugg,
-                      "reason": "; ".join(why) or "suspected mislabel",
+                      "reason": why or "suspected mislabel",
                       "product": product_info(info.loc[pid], params, root) if pid in info.index else {}})
     return items
 

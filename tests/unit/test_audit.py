@@ -66,18 +66,62 @@ def planted(params, n_flips: int = 6) -> tuple[pd.DataFrame, np.ndarray]:
     return df, df["id"].to_numpy()[flips]
 
 
+def images_of(params) -> np.ndarray:
+    return np.load(Path(params.paths.ingest) / "images.npy")
+
+
 def test_planted_flips_are_ranked_first(curated):
     from components.encoders import load_encoders
 
     df, flipped = planted(curated)
     enc = load_encoders(curated.paths.features)
-    res = audit.audit_products(df, enc, curated.audit, curated.train_baseline.tfidf,
+    res = audit.audit_products(df, images_of(curated), enc, curated.audit, curated.train_baseline.tfidf,
                                curated.catalog.categorical, curated.seed)
     top = set(res.table["id"].head(2 * len(flipped)))  # 12 of 300 products
     assert top >= set(flipped)
     hit = res.table[res.table["id"].isin(flipped)]
     assert hit["suspect"].all() and (hit["disagreeing_experts"].str.contains("text")).all()
     assert res.oof["text"][2].shape == (len(df), len(enc.labels["articleType"]))
+    # One score orders the queue and draws its cut-off: no product outside it is less trusted than one inside.
+    table = res.table
+    assert not ((~table["suspect"]) & (table["label_quality"] < table.loc[table["suspect"], "label_quality"].max())).any()
+    assert (hit["reason"].str.contains("text says")).all()
+
+
+def test_a_photo_of_another_class_makes_its_listing_a_suspect(curated):
+    """Title and label agree, the photo shows something else: only the image witness can see it."""
+    from components.encoders import load_encoders
+    from components.label_noise import plant_image_swaps
+
+    df = pd.read_parquet(Path(curated.paths.ingest) / "products.parquet")
+    swapped, pixels = plant_image_swaps(df, images_of(curated), 0.02, seed=1)
+    ids = set(swapped.loc[swapped["noise"] == "image", "id"])
+    assert len(ids) == 6
+    enc = load_encoders(curated.paths.features)
+    args = (enc, curated.audit, curated.train_baseline.tfidf, curated.catalog.categorical, curated.seed)
+    res = audit.audit_products(df, pixels, *args)
+    ranked = res.table["id"].tolist()
+    assert set(ranked[:12]) >= ids, res.table.head(12)[["id", "label_quality", "reason"]]  # 12 of 300 products
+    hit = res.table[res.table["id"].isin(ids)]
+    # Their labels are right (title and label agree), so they are not counted as mislabels; the photo is what
+    # the reviewer sees named, among the least trusted listings.
+    assert hit["reason"].str.contains("image says").all() and not hit["reason"].str.contains("text says").any()
+    # Without the image witness the same listings look clean: the photo was the only evidence.
+    import dataclasses
+    blind = audit.audit_products(df, pixels, enc, dataclasses.replace(curated.audit, image_weight=0.0), *args[2:])
+    assert not set(blind.table["id"].head(12)) & ids
+    assert "image" not in blind.oof
+
+
+def test_pooling_lets_a_sure_witness_veto_and_an_absent_one_abstain():
+    sure_no = [np.array([[0.0, 1.0], [np.nan, np.nan]], np.float32)]
+    agree = [np.array([[0.95, 0.05], [0.95, 0.05]], np.float32)]
+    p = audit.pooled({"text": agree, "image": sure_no}, {"text": 0.75, "image": 0.25})[0]
+    # row 0: the text is 95 % sure of class 0, the photo sure it is not: class 0 falls below what a mixture
+    # (0.75 x 0.95 = 0.71) leaves it, where the photo's certainty would count for no more than its weight
+    assert p[0, 0] < 0.65
+    np.testing.assert_allclose(p[1], [0.95, 0.05], atol=1e-5)  # row 1 has no photo: the text alone
+    np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-6)
 
 
 def test_unlabelled_products_get_a_clear_message(curated):
@@ -86,7 +130,7 @@ def test_unlabelled_products_get_a_clear_message(curated):
     df = pd.read_parquet(Path(curated.paths.ingest) / "products.parquet")
     df["articleType"] = ""
     with pytest.raises(audit.AuditError, match="no articleType labels"):
-        audit.audit_products(df, load_encoders(curated.paths.features), curated.audit,
+        audit.audit_products(df, images_of(curated), load_encoders(curated.paths.features), curated.audit,
                              curated.train_baseline.tfidf, curated.catalog.categorical, curated.seed)
 
 
@@ -115,6 +159,9 @@ def test_stage_writes_csv_page_oof_and_metrics(curated):
     oof = np.load(out / "oof.npz")
     assert oof["text_articleType"].shape[0] == len(table)
     np.testing.assert_allclose(oof["text_articleType"].sum(1), 1.0, atol=1e-4)
+    np.testing.assert_allclose(oof["pooled_articleType"].sum(1), 1.0, atol=1e-4)
+    assert np.isnan(oof["image_articleType"]).any(axis=1).sum() == (~pd.read_parquet(
+        Path(curated.paths.ingest) / "products.parquet")["has_image"]).sum()  # no photo: the probe abstains
     assert pd.read_csv(out / "exclude.csv").empty and metrics["excluded_from_training"] == 0  # option off
 
 
