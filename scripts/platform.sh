@@ -2,7 +2,8 @@
 # The production platform on one machine, each service a real process started from the project venv:
 # PostgreSQL (Airflow metadata + MLflow backend), Redis (Celery broker), the MLflow server (basic-auth app,
 # explicit --allowed-hosts, artifacts proxied), Airflow 3 api-server (FAB auth manager: users and roles),
-# scheduler, dag-processor, triggerer and two Celery workers (queue `default`, queue `gpu`).
+# scheduler, dag-processor, triggerer and two Celery workers (queue `default`, queue `gpu`), and the review
+# station (`deepfusion review serve`: gunicorn, its own PostgreSQL database and role).
 #   bash scripts/platform.sh up       # installs postgresql/redis-server if missing; idempotent
 #   bash scripts/platform.sh status
 #   bash scripts/platform.sh down     # stops only what `up` started (pid files)
@@ -24,6 +25,7 @@ pg_port=${PLATFORM_PG_PORT:-55432}
 redis_port=${PLATFORM_REDIS_PORT:-56379}
 mlflow_port=${PLATFORM_MLFLOW_PORT:-5050}
 api_port=${PLATFORM_AIRFLOW_PORT:-8088}
+review_port=${PLATFORM_REVIEW_PORT:-8010}
 venv=${DEEPFUSION_VENV:-$root/.venv}
 svc_user=${PLATFORM_USER:-deepfusion}
 as_svc=()
@@ -42,7 +44,7 @@ install_services() {
   fi
 }
 
-SERVER_KEYS='PLATFORM_PG_PASSWORD|PLATFORM_REDIS_PASSWORD|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__CORE__FERNET_KEY|AIRFLOW__API__SECRET_KEY|PLATFORM_MLFLOW_SECRET_KEY|PLATFORM_PG_AIRFLOW_PASSWORD|PLATFORM_PG_MLFLOW_PASSWORD'
+SERVER_KEYS='PLATFORM_PG_PASSWORD|PLATFORM_REDIS_PASSWORD|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__CORE__FERNET_KEY|AIRFLOW__API__SECRET_KEY|PLATFORM_MLFLOW_SECRET_KEY|PLATFORM_PG_AIRFLOW_PASSWORD|PLATFORM_PG_MLFLOW_PASSWORD|PLATFORM_PG_REVIEW_PASSWORD|PLATFORM_REVIEW_SECRET'
 
 service_user() {
   # Root starts the services but never runs them: setpriv switches to the service user and execs (no extra
@@ -60,7 +62,7 @@ service_user() {
 
 # What no service may inherit unless it is its own: every generated secret, the client's passwords, Airflow's
 # settings (its DB URI holds a password). Dropped by name (`env -u NAME`), so no value ever reaches an argv.
-SECRET_VARS='^(PLATFORM_.*|AIRFLOW__.*|AIRFLOW_PASSWORD|AIRFLOW_VIEWER_PASSWORD|MLFLOW_TRACKING_PASSWORD)$'
+SECRET_VARS='^(PLATFORM_.*|AIRFLOW__.*|AIRFLOW_PASSWORD|AIRFLOW_VIEWER_PASSWORD|MLFLOW_TRACKING_PASSWORD|REVIEW_PASSWORD|DEEPFUSION_REVIEW_.*)$'
 
 drop_env() {  # drop_env KEEP_REGEX: `-u NAME` words for the exported secrets a service must not see
   local n
@@ -72,8 +74,12 @@ drop_env() {  # drop_env KEEP_REGEX: `-u NAME` words for the exported secrets a 
 service_env() {  # service_env NAME: the `env` arguments for a service: only its own variables
   local keep drop
   case $1 in
-    worker-*) keep='^(AIRFLOW__.*|MLFLOW_TRACKING_PASSWORD)$' ;;  # task code logs to MLflow
+    # Task code logs to MLflow; the default queue's categorize task queues its uncertain products for review.
+    worker-default) keep='^(AIRFLOW__.*|MLFLOW_TRACKING_PASSWORD|DEEPFUSION_REVIEW_DB)$' ;;
+    worker-*) keep='^(AIRFLOW__.*|MLFLOW_TRACKING_PASSWORD)$' ;;
     airflow*) keep='^AIRFLOW__' ;;
+    review) keep='^(DEEPFUSION_REVIEW_DB|DEEPFUSION_REVIEW_SECRET)$' ;;
+    review-cli) keep='^(DEEPFUSION_REVIEW_DB|DEEPFUSION_REVIEW_PASSWORD)$' ;;
     *) keep='^$' ;;  # redis, mlflow: their own settings come in as MLFLOW_* assignments or a config file
   esac
   mapfile -t drop < <(drop_env "$keep")
@@ -133,9 +139,15 @@ EOF
   if ! grep -q '^export AIRFLOW_VIEWER_PASSWORD=' "$dir/env"; then  # the read-only Airflow user
     printf 'export AIRFLOW_VIEWER_USERNAME=viewer\nexport AIRFLOW_VIEWER_PASSWORD=%s\n' "$(openssl rand -hex 16)" >>"$dir/env"
   fi
+  if ! grep -q '^export REVIEW_PASSWORD=' "$dir/env"; then  # the review station's first admin
+    printf 'export REVIEW_URL=http://127.0.0.1:%s\nexport REVIEW_USERNAME=admin\nexport REVIEW_PASSWORD=%s\n' \
+      "$review_port" "$(openssl rand -hex 16)" >>"$dir/env"
+  fi
+  grep -q '^export PLATFORM_REVIEW_SECRET=' "$dir/server.env" ||  # signs the review station's sessions and tokens
+    printf 'export PLATFORM_REVIEW_SECRET=%s\n' "$(openssl rand -hex 32)" >>"$dir/server.env"
   # One database role per service (added to a platform set up before the roles existed).
   local role
-  for role in AIRFLOW MLFLOW; do
+  for role in AIRFLOW MLFLOW REVIEW; do
     grep -q "^export PLATFORM_PG_${role}_PASSWORD=" "$dir/server.env" ||
       printf 'export PLATFORM_PG_%s_PASSWORD=%s\n' "$role" "$(openssl rand -hex 16)" >>"$dir/server.env"
   done
@@ -195,17 +207,21 @@ postgres_up() {
   psql -h 127.0.0.1 -p "$pg_port" -U deepfusion -d postgres -v ON_ERROR_STOP=1 -q >/dev/null <<SQL
 SELECT 'CREATE ROLE airflow_svc LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'airflow_svc')\\gexec
 SELECT 'CREATE ROLE mlflow_svc LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'mlflow_svc')\\gexec
+SELECT 'CREATE ROLE review_svc LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'review_svc')\\gexec
 ALTER ROLE airflow_svc NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$PLATFORM_PG_AIRFLOW_PASSWORD';
 ALTER ROLE mlflow_svc NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$PLATFORM_PG_MLFLOW_PASSWORD';
+ALTER ROLE review_svc NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD '$PLATFORM_PG_REVIEW_PASSWORD';
 SELECT 'CREATE DATABASE airflow OWNER airflow_svc' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'airflow')\\gexec
 SELECT 'CREATE DATABASE mlflow OWNER mlflow_svc' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mlflow')\\gexec
 SELECT 'CREATE DATABASE mlflow_auth OWNER mlflow_svc' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'mlflow_auth')\\gexec
+SELECT 'CREATE DATABASE review OWNER review_svc' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'review')\\gexec
 ALTER DATABASE airflow OWNER TO airflow_svc;
 ALTER DATABASE mlflow OWNER TO mlflow_svc;
 ALTER DATABASE mlflow_auth OWNER TO mlflow_svc;
 REVOKE ALL ON DATABASE airflow FROM PUBLIC;
 REVOKE ALL ON DATABASE mlflow FROM PUBLIC;
 REVOKE ALL ON DATABASE mlflow_auth FROM PUBLIC;
+REVOKE ALL ON DATABASE review FROM PUBLIC;
 SQL
   # A platform set up before the roles: its tables, sequences, views and enum types belong to the superuser;
   # hand them to their database's role (generated statements, run one by one by \gexec).
@@ -250,6 +266,25 @@ mlflow_up() {
       --workers 2 --artifacts-destination "$dir/mlartifacts" \
       --allowed-hosts "127.0.0.1:$mlflow_port,localhost:$mlflow_port"
   wait_for mlflow 120 curl -fsS "http://127.0.0.1:$mlflow_port/health"
+}
+
+review_db() {  # the review station's database, as its own role
+  echo "postgresql+psycopg2://review_svc:$PLATFORM_PG_REVIEW_PASSWORD@127.0.0.1:$pg_port/review"
+}
+
+review_cli() {  # review_cli ARGS...: `deepfusion review ARGS` as the service user, in the platform home
+  local svc_env; service_env review-cli
+  (cd "${DEEPFUSION_HOME:-$root}" && env "${svc_env[@]}" "${as_svc[@]}" "$venv/bin/deepfusion" review "$@")
+}
+
+review_up() {
+  # The station shows the last finished run's catalog (DEEPFUSION_HOME/runs/latest); before the first retrain it
+  # waits for one, so its port opens only then. The admin's password goes in by environment, never argv.
+  local home=${DEEPFUSION_HOME:-$root}
+  DEEPFUSION_REVIEW_PASSWORD=$REVIEW_PASSWORD review_cli user "$REVIEW_USERNAME" --admin >>"$dir/logs/review-cli.log" 2>&1 \
+    || { log "the review station's admin could not be saved:"; tail -5 "$dir/logs/review-cli.log"; exit 1; }
+  (cd "$home" && DEEPFUSION_REVIEW_SECRET=$PLATFORM_REVIEW_SECRET start review "$venv/bin/deepfusion" review serve \
+    --host 127.0.0.1 --port "$review_port" --home "$home")
 }
 
 airflow_env() {
@@ -328,13 +363,17 @@ case "${1:-}" in
     check_home
     secrets
     postgres_up
+    # The categorize worker queues uncertain products in the review station's database (kept by that worker only).
+    export DEEPFUSION_REVIEW_DB; DEEPFUSION_REVIEW_DB=$(review_db)
     redis_up
     mlflow_up
     airflow_up
-    log "up in $(( $(date +%s) - t0 )) s: MLflow http://127.0.0.1:$mlflow_port, Airflow http://127.0.0.1:$api_port (source $dir/env)"
+    review_up
+    log "up in $(( $(date +%s) - t0 )) s: MLflow http://127.0.0.1:$mlflow_port, Airflow http://127.0.0.1:$api_port," \
+        "review station http://127.0.0.1:$review_port (after the first retrain) (source $dir/env)"
     ;;
   down)
-    for p in "${AIRFLOW_PROCS[@]}" mlflow redis; do stop "$p"; done
+    for p in review "${AIRFLOW_PROCS[@]}" mlflow redis; do stop "$p"; done
     if [ -f "$dir/pg/PG_VERSION" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg" status >/dev/null 2>&1; then
       runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg" -m fast -w stop >/dev/null && log "postgres stopped"
     fi
@@ -348,13 +387,15 @@ case "${1:-}" in
   status)
     [ -f "$dir/server.env" ] || { echo "not set up ($dir/server.env missing)"; exit 1; }
     rc=0
-    for p in redis mlflow "${AIRFLOW_PROCS[@]}"; do
+    for p in redis mlflow "${AIRFLOW_PROCS[@]}" review; do
       if alive "$p"; then echo "$p: running (pid $(cat "$dir/pids/$p.pid"))"; else echo "$p: DOWN"; rc=1; fi
     done
     if runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg" status >/dev/null 2>&1; then echo "postgres: running"
     else echo "postgres: DOWN"; rc=1; fi
     curl -fsS "http://127.0.0.1:$mlflow_port/health" >/dev/null && echo "mlflow /health: ok" || rc=1
     curl -fsS "http://127.0.0.1:$api_port/api/v2/version" >/dev/null && echo "airflow api: ok" || rc=1
+    curl -fsS "http://127.0.0.1:$review_port/login" >/dev/null && echo "review station: ok" ||
+      echo "review station: waiting for the first run (see $dir/logs/review.log)"
     exit $rc
     ;;
   *)

@@ -21,6 +21,7 @@ import logging
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -84,6 +85,22 @@ def export(params: Params, store: Store, output: Path) -> pd.DataFrame:
     return table
 
 
+def wait_for_run(home: Path, poll_seconds: float = 10.0) -> Path:
+    """The workspace whose products and taxonomy the station shows: the platform's last finished run
+    (HOME/runs/latest, resolved: a later run's pruning of old workspaces does not pull it away), else HOME
+    itself; waits while neither has one. A later run is shown after a restart of the service."""
+    told = False
+    while True:
+        for ws in (home / "runs" / "latest", home):
+            if (ws / "params.yaml").is_file() and (ws / load_params(ws).paths.features / "encoders.json").is_file():
+                return ws.resolve()
+        if not told:
+            print(f"review station: waiting for a run in {home} (no taxonomy yet: the first retrain makes it)",
+                  flush=True)
+            told = True
+        time.sleep(poll_seconds)
+
+
 def create(params: Params, store: Store):
     from components.review.app import create_app
     from components.review.catalog_index import CatalogIndex
@@ -121,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8010)
     srv.add_argument("--public", action="store_true", help="allow a non-loopback --host (put TLS in front)")
+    srv.add_argument("--home", type=Path, help="serve the last run of this platform home (HOME/runs/latest, else "
+                     "HOME), waiting until one has a taxonomy (the platform's service starts before any run)")
     ex = sub.add_parser("export", help="write the corrections file ingest applies")
     ex.add_argument("--output", type=Path, help="default: params paths.corrections")
     args = ap.parse_args(argv)
@@ -161,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: --host {args.host} serves the review app to the network without TLS; add --public "
                       "when a TLS proxy stands in front", file=sys.stderr)
                 return 2
+            if args.home is not None:
+                workspace = wait_for_run(args.home)
+                os.chdir(workspace)
+                params = load_params()
+                print(f"review station: the catalog of {workspace}", flush=True)
             app = create(params, store)
             print(f"review station: http://{args.host}:{args.port}/", flush=True)
             from components.review.app import serve

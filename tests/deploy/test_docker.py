@@ -33,12 +33,12 @@ def test_compose_wiring():
     c = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     s = c["services"]
     assert {"postgres", "redis", "mlflow", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
-            "airflow-triggerer", "worker-cpu", "worker-gpu"} <= set(s)
+            "airflow-triggerer", "worker-cpu", "worker-gpu", "review"} <= set(s)
     gpu = s["worker-gpu"]
     assert "--queues" in gpu["command"] and gpu["command"][gpu["command"].index("--queues") + 1] == "gpu"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     for name, svc in s.items():
-        if name != "airflow-init":
+        if not name.endswith("-init"):  # one-shot setup containers
             assert "healthcheck" in svc, name
     assert s["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert "gpu_pool" in " ".join(s["airflow-init"]["command"])
@@ -109,7 +109,14 @@ def test_compose_gives_each_service_its_own_database_role_and_airflow_roles():
     admin = {name for name, svc in s.items() if "AIRFLOW_ADMIN_PASSWORD" in (svc.get("environment") or {})}
     assert admin == {"airflow-init"}
     assert "AIRFLOW_ADMIN_PASSWORD\" |" in " ".join(s["airflow-init"]["command"])  # on stdin, not in argv
+    # The review station: its own role; its admin's password only in its one-shot init, its DB only where used.
+    review_db = {name for name, svc in s.items() for k, v in (svc.get("environment") or {}).items()
+                 if "REVIEW_DB_PASSWORD" in f"{k}={v}"}
+    assert review_db == {"postgres", "worker-cpu", "review-init", "review"}, review_db
+    assert {n for n, svc in s.items() if "REVIEW_ADMIN_PASSWORD" in str(svc.get("environment"))} == {"review-init"}
+    assert "://review_svc:${REVIEW_DB_PASSWORD:?" in s["review"]["environment"]["DEEPFUSION_REVIEW_DB"]
+    assert set(s["review"]["environment"]) == {"DEEPFUSION_REVIEW_DB", "DEEPFUSION_REVIEW_SECRET", "DEEPFUSION_HOME"}
     roles = (DOCKER / "initdb" / "10-roles.sh").read_text()
-    for role in ("airflow_svc", "mlflow_svc"):
+    for role in ("airflow_svc", "mlflow_svc", "review_svc"):
         assert f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'" in roles
     assert "\\getenv" in roles and "PASSWORD}" not in roles  # passwords from the environment, not argv

@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.platform, pytest.mark.slow]
 
 PORTS = {"PLATFORM_PG_PORT": "55442", "PLATFORM_REDIS_PORT": "56389", "PLATFORM_MLFLOW_PORT": "5061",
-         "PLATFORM_AIRFLOW_PORT": "8099"}
+         "PLATFORM_AIRFLOW_PORT": "8099", "PLATFORM_REVIEW_PORT": "8021"}
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -162,8 +162,9 @@ def test_no_secret_in_logs_argv_or_the_client_file(platform):
     client = platform.client
     assert set(server) == {"PLATFORM_PG_PASSWORD", "PLATFORM_REDIS_PASSWORD", "AIRFLOW__API_AUTH__JWT_SECRET",
                            "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY", "PLATFORM_MLFLOW_SECRET_KEY",
-                           "PLATFORM_PG_AIRFLOW_PASSWORD", "PLATFORM_PG_MLFLOW_PASSWORD"}
-    passwords = {"AIRFLOW_PASSWORD", "AIRFLOW_VIEWER_PASSWORD", "MLFLOW_TRACKING_PASSWORD"}
+                           "PLATFORM_PG_AIRFLOW_PASSWORD", "PLATFORM_PG_MLFLOW_PASSWORD", "PLATFORM_PG_REVIEW_PASSWORD",
+                           "PLATFORM_REVIEW_SECRET"}
+    passwords = {"AIRFLOW_PASSWORD", "AIRFLOW_VIEWER_PASSWORD", "MLFLOW_TRACKING_PASSWORD", "REVIEW_PASSWORD"}
     assert not set(server) & set(client) and passwords <= set(client)
     secrets = [*server.values(), *(client[k] for k in passwords)]
     for f in (platform.folder / "env", platform.folder / "server.env"):
@@ -197,7 +198,8 @@ def test_every_service_runs_unprivileged(platform):
             except (OSError, IndexError):
                 continue
     pids = {f.stem: int(f.read_text()) for f in (platform.folder / "pids").glob("*.pid")}
-    assert set(pids) >= {"redis", "mlflow", "airflow-api-server", "airflow-scheduler", "worker-default", "worker-gpu"}
+    assert set(pids) >= {"redis", "mlflow", "airflow-api-server", "airflow-scheduler", "worker-default", "worker-gpu",
+                         "review"}
     for name, pid in pids.items():
         members = groups.get(pid, [])
         assert members, f"{name}: no process in its group"
@@ -220,8 +222,11 @@ def test_each_service_gets_only_its_own_secrets(platform):
     allowed = {"redis": set(), "mlflow": {"PLATFORM_PG_MLFLOW_PASSWORD", "PLATFORM_MLFLOW_SECRET_KEY",
                                            "MLFLOW_TRACKING_PASSWORD"},
                "airflow-api-server": airflow, "airflow-scheduler": airflow, "airflow-dag-processor": airflow,
-               "airflow-triggerer": airflow, "worker-default": airflow | {"MLFLOW_TRACKING_PASSWORD"},
-               "worker-gpu": airflow | {"MLFLOW_TRACKING_PASSWORD"}}
+               "airflow-triggerer": airflow,
+               # categorize queues uncertain products in the review station's database
+               "worker-default": airflow | {"MLFLOW_TRACKING_PASSWORD", "PLATFORM_PG_REVIEW_PASSWORD"},
+               "worker-gpu": airflow | {"MLFLOW_TRACKING_PASSWORD"},
+               "review": {"PLATFORM_PG_REVIEW_PASSWORD", "PLATFORM_REVIEW_SECRET"}}
     for name, own in allowed.items():
         pid = int((platform.folder / "pids" / f"{name}.pid").read_text())
         environ = (Path("/proc") / str(pid) / "environ").read_bytes().decode(errors="replace")
@@ -269,6 +274,12 @@ def test_each_service_has_its_own_database_role_and_no_superuser(platform):
         connect("airflow_svc", server["PLATFORM_PG_AIRFLOW_PASSWORD"], "mlflow")
     with pytest.raises(psycopg2.OperationalError, match="CONNECT privilege"):
         connect("mlflow_svc", server["PLATFORM_PG_MLFLOW_PASSWORD"], "airflow")
+    with connect("review_svc", server["PLATFORM_PG_REVIEW_PASSWORD"], "review") as conn, conn.cursor() as cur:
+        cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        assert cur.fetchone() == (False,)
+    for db in ("airflow", "mlflow"):  # the review station's role reaches its own database only
+        with pytest.raises(psycopg2.OperationalError, match="CONNECT privilege"):
+            connect("review_svc", server["PLATFORM_PG_REVIEW_PASSWORD"], db)
 
 
 def test_retrain_through_celery_registers_on_the_mlflow_server(platform):
@@ -323,6 +334,46 @@ def test_an_upload_is_drift_checked_then_categorized_through_events_alone(platfo
     assert (out / "predictions.csv").is_file() and (out / "review_queue.csv").is_file()
     state = json.loads((platform.home / "landing" / "_state" / "2016-05.json").read_text())
     assert state["state"] == "categorized" and (platform.home / "landing" / "_done" / "2016-05").is_dir()
+
+
+def test_the_review_station_serves_the_categorized_batch_s_queue(platform):
+    """Issue 41: the station runs on the platform as the service user, on loopback, on PostgreSQL; the categorize
+    worker queued the batch's uncertain products there; a reviewer decides one through the API."""
+    c = platform.client
+    base = c["REVIEW_URL"]
+    deadline = time.time() + 90  # it waited for the first run's taxonomy, polling every 10 s
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(f"{base}/login", timeout=10)
+            break
+        except OSError:
+            time.sleep(2)
+    listening = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    port = f"{int(PORTS['PLATFORM_REVIEW_PORT']):04X}"
+    binds = {ln.split()[1] for ln in listening if ln.split()[1].endswith(f":{port}") and ln.split()[3] == "0A"}
+    assert binds == {f"0100007F:{port}"}, binds  # 127.0.0.1 only
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        platform._call("GET", f"{base}/api/queues", None, auth=None)
+    assert exc.value.code == 401
+    token = platform._call("POST", f"{base}/api/token", {"user": c["REVIEW_USERNAME"], "password": c["REVIEW_PASSWORD"]},
+                           auth=None)["token"]
+    counts = {q["queue"]: q for q in platform._call("GET", f"{base}/api/queues", None, auth=f"Bearer {token}")}
+    queued = pd_read_queue(platform.home / "artifacts" / "categorize" / "2016-05" / "review_queue.csv")
+    assert queued and counts["categorize"]["open"] == len(queued), (counts, len(queued))
+    item = platform._call("POST", f"{base}/api/queues/categorize/next", {}, auth=f"Bearer {token}")
+    assert item["product_id"] in queued and item["source"] == "2016-05"
+    done = platform._call("POST", f"{base}/api/items/{item['id']}/decision",
+                          {"action": "confirm", "version": item["version"]}, auth=f"Bearer {token}")
+    assert done["action"] == "confirm"
+    after = platform._call("GET", f"{base}/api/items/{item['id']}", None, auth=f"Bearer {token}")
+    assert after["status"] == "decided"
+
+
+def pd_read_queue(path: Path) -> set[str]:
+    import csv
+
+    with path.open(newline="", encoding="utf-8") as fh:
+        return {row["id"] for row in csv.DictReader(fh)}
 
 
 def test_a_worker_lost_mid_training_is_recovered_without_a_duplicate_version(platform):

@@ -286,3 +286,29 @@ def test_corrections_have_one_row_per_changed_level_and_per_confirmation():
     assert table[["id", "level", "old", "new"]].values.tolist() == [
         ["7", "top", "Apparel", "Footwear"], ["7", "mid", "Topwear", "Shoes"], ["7", "leaf", "Shirts", "Casual"],
         ["8", "", "Apparel > Topwear > Tshirts", "Apparel > Topwear > Tshirts"]]
+
+
+def test_the_platform_s_station_waits_for_the_first_run_then_serves_runs_latest(tmp_path):
+    """`review serve --home`: started with the platform, before any run has made a taxonomy."""
+    import shutil
+
+    from components.review.cli import wait_for_run
+    from tests.conftest import ROOT
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(ROOT / "params.yaml", home / "params.yaml")  # a project checkout: params, no run yet
+    run = home / "runs" / "run-1"
+
+    def first_run() -> None:
+        (run / "artifacts" / "features").mkdir(parents=True)
+        shutil.copy(ROOT / "params.yaml", run / "params.yaml")
+        (run / "artifacts" / "features" / "encoders.json").write_text("{}")
+        (home / "runs" / "latest").symlink_to("run-1")
+
+    timer = threading.Timer(0.3, first_run)
+    timer.start()
+    try:
+        assert wait_for_run(home, poll_seconds=0.05) == run.resolve()  # resolved: pruning cannot pull it away
+    finally:
+        timer.cancel()
