@@ -355,8 +355,8 @@ def test_the_review_station_serves_the_categorized_batch_s_queue(platform):
     with pytest.raises(urllib.error.HTTPError) as exc:
         platform._call("GET", f"{base}/api/queues", None, auth=None)
     assert exc.value.code == 401
-    token = platform._call("POST", f"{base}/api/token", {"user": c["REVIEW_USERNAME"], "password": c["REVIEW_PASSWORD"]},
-                           auth=None)["token"]
+    login = {"user": c["REVIEW_USERNAME"], "password": c["REVIEW_PASSWORD"]}
+    token = platform._call("POST", f"{base}/api/token", login, auth=None)["token"]
     counts = {q["queue"]: q for q in platform._call("GET", f"{base}/api/queues", None, auth=f"Bearer {token}")}
     queued = pd_read_queue(platform.home / "artifacts" / "categorize" / "2016-05" / "review_queue.csv")
     assert queued and counts["categorize"]["open"] == len(queued), (counts, len(queued))
