@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import threading
 import time
 from collections.abc import Callable
 from functools import wraps
@@ -59,6 +60,7 @@ def create_app(store: Store, levels: list[str], taxonomy: list[list[str]], *, se
                       MAX_CONTENT_LENGTH=4 * 2**20)
     csrf = CSRFProtect(app)
     tokens = URLSafeTimedSerializer(secret_key, salt="deepfusion-review-api")
+    throttle = LoginThrottle()
     paths = {tuple(p) for p in taxonomy}
     path_texts = sorted(SEP.join(p) for p in taxonomy)
     lifetime = session_minutes * 60
@@ -136,10 +138,17 @@ def create_app(store: Store, levels: list[str], taxonomy: list[list[str]], *, se
 
     @app.post("/login")
     def login_post():
-        who = store.login(request.form.get("user", ""), request.form.get("password", ""))
+        name = request.form.get("user", "")
+        wait = throttle.wait_seconds(name, request.remote_addr or "")
+        if wait:
+            flash(f"Too many failed logins: try again in {(wait + 59) // 60} minute(s).")
+            return render_template("login.html", next=request.form.get("next", "/")), 429, {"Retry-After": str(wait)}
+        who = store.login(name, request.form.get("password", ""))
         if who is None:
+            throttle.failed(name, request.remote_addr or "")
             flash("Unknown user or wrong password.")
             return render_template("login.html", next=request.form.get("next", "/")), 401
+        throttle.succeeded(name)
         session.clear()  # a new session id for the new login (no fixation)
         session.permanent = True
         session.update(user=who["name"], expires=_clock() + lifetime)
@@ -264,9 +273,17 @@ def create_app(store: Store, levels: list[str], taxonomy: list[list[str]], *, se
     @csrf.exempt
     def api_token():
         body = request.get_json(silent=True) or {}
-        who = store.login(str(body.get("user", "")), str(body.get("password", "")))
+        name = str(body.get("user", ""))
+        wait = throttle.wait_seconds(name, request.remote_addr or "")
+        if wait:
+            resp = _json(429, f"too many failed logins: try again in {wait} s")
+            resp.headers["Retry-After"] = str(wait)
+            return resp
+        who = store.login(name, str(body.get("password", "")))
         if who is None:
+            throttle.failed(name, request.remote_addr or "")
             return _json(401, "unknown user or wrong password")
+        throttle.succeeded(name)
         return jsonify({"token": tokens.dumps({"user": who["name"]}), "expires_in": int(lifetime)})
 
     @app.get("/api/queues")
@@ -327,6 +344,44 @@ def create_app(store: Store, levels: list[str], taxonomy: list[list[str]], *, se
             return _json(400, str(exc))
 
     return app
+
+
+class LoginThrottle:
+    """Failed logins counted per user name and per client address over a sliding window; past the limit every
+    attempt (right or wrong) is refused until the window moves on, so a password cannot be guessed at line
+    speed. In memory: the station runs as one gunicorn process (threads), which sees every attempt."""
+
+    def __init__(self, per_name: int = 5, per_address: int = 30, window_seconds: float = 900.0) -> None:
+        self.limits = {"name": per_name, "address": per_address}
+        self.window = window_seconds
+        self.failures: dict[tuple[str, str], list[float]] = {}
+        self.lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str], t: float) -> list[float]:
+        times = [x for x in self.failures.get(key, []) if x > t - self.window]
+        if times:
+            self.failures[key] = times
+        else:
+            self.failures.pop(key, None)
+        return times
+
+    def wait_seconds(self, name: str, address: str) -> int:
+        """0 when an attempt may be made, else how long until it may."""
+        t = _clock()
+        with self.lock:
+            waits = [int(times[0] + self.window - t) + 1 for kind, key in (("name", name), ("address", address))
+                     if len(times := self._recent((kind, key), t)) >= self.limits[kind]]
+        return max(waits, default=0)
+
+    def failed(self, name: str, address: str) -> None:
+        t = _clock()
+        with self.lock:
+            for key in (("name", name), ("address", address)):
+                self.failures.setdefault(key, []).append(t)
+
+    def succeeded(self, name: str) -> None:
+        with self.lock:
+            self.failures.pop(("name", name), None)
 
 
 def _clock() -> float:

@@ -200,6 +200,27 @@ def test_pages_need_a_login_and_forms_need_their_csrf_token(store, tmp_path):
     assert "not in the catalog&#39;s taxonomy" in bad.get_data(as_text=True)
 
 
+def test_password_guessing_is_throttled_per_user_and_address(store, tmp_path, monkeypatch):
+    """A boundary test: a script trying passwords gets 5 tries per user name per 15 minutes (form and API
+    alike), then even the right password is refused until the window moves on; other users are not locked."""
+    client = make_app(store, tmp_path).test_client()
+    for _ in range(5):
+        assert log_in(client, password="guess").status_code == 401
+    refused = log_in(client)  # the right password, too soon
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+    assert "Too many failed logins" in refused.get_data(as_text=True)
+    api = client.post("/api/token", json={"user": "ben", "password": PASSWORD})
+    assert api.status_code == 429 and "too many failed logins" in api.get_json()["error"]
+    store.add_user("ann", PASSWORD, "reviewer")
+    assert client.post("/api/token", json={"user": "ann", "password": PASSWORD}).status_code == 200
+    later = time.time() + 901
+    monkeypatch.setattr("components.review.app._clock", lambda: later)
+    assert log_in(client).status_code == 302
+    for n in range(30):  # many names from one address: the address's own limit
+        client.post("/api/token", json={"user": f"nobody{n}", "password": "guess"})
+    assert client.post("/api/token", json={"user": "ann", "password": PASSWORD}).status_code == 429
+
+
 def test_an_expired_session_must_log_in_again(store, tmp_path, monkeypatch):
     client = make_app(store, tmp_path, minutes=60).test_client()
     log_in(client)
