@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 # text = TF-IDF over title + metadata tokens; metadata = the same without the title; image = the photo alone
 EXPERTS = ("text", "metadata", "image")
+REASON_MIN = 0.25  # a witness is named in a product's reason when it gives another class at least this much
 FLOOR = 1e-3  # a witness's probability is floored before pooling: one overconfident zero cannot veto alone
 
 
@@ -144,17 +145,26 @@ def witness_reason(levels: tuple[str, ...], names: list[np.ndarray], labels: np.
             if np.isnan(probs[0]):
                 continue
             best = int(probs.argmax())
-            if best != labels[row, lvl]:
+            if best != labels[row, lvl] and probs[best] >= REASON_MIN:
                 says.append(f"{e} says {names[lvl][best]} ({probs[best]:.2f})")
         current = names[lvl][labels[row, lvl]]
         parts.append(f"{levels[lvl]} {current}: " + (", ".join(says) if says else "no witness is sure of it"))
     return "; ".join(parts)
 
 
+def relative_to_class(q: np.ndarray, y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Each product's label probability over its class's mean (confident learning's per-class threshold),
+    capped at 1: a class the witnesses are never sure of (a couple of dozen basketballs filed as Sporting Goods)
+    is not suspected wholesale, while a shirt at 0.001 in a class they know well is."""
+    mean = np.bincount(y, weights=q, minlength=n_classes) / np.maximum(np.bincount(y, minlength=n_classes), 1)
+    return np.minimum(q / np.maximum(mean[y], 1e-6), 1.0)
+
+
 def rank_suspects(frame: pd.DataFrame, labels: np.ndarray, probs: list[np.ndarray],
                   oof: dict[str, list[np.ndarray]], enc: Encoders) -> pd.DataFrame:
-    """One row per product, most suspicious first: current and suggested label per level, label quality (the
-    one ranking score), suspect flag, the levels and witnesses behind it.
+    """One row per product, most suspicious first: current and suggested label per level, the pooled probability
+    of the label per level (`quality_<level>`), label quality (the one ranking score: that probability relative
+    to its class's mean, at the least trusted level), suspect flag, the levels and witnesses behind it.
 
     Cleanlab (per level, `prune_by_noise_rate`) says *how many* labels look wrong: the products it flags at any
     level. The score says *which*: that many of the lowest-scored products are the suspects. Cleanlab's own
@@ -172,7 +182,7 @@ def rank_suspects(frame: pd.DataFrame, labels: np.ndarray, probs: list[np.ndarra
         out[f"current_{name}"] = names[lvl][y]
         out[f"suggested_{name}"] = names[lvl][p.argmax(1)]
         out[f"quality_{name}"] = q.round(4)
-        quality.append(q.round(4))
+        quality.append(relative_to_class(q, y, p.shape[1]).round(4))
     quality = np.stack(quality, axis=1)
     score = quality.min(axis=1)
     out["label_quality"] = score
