@@ -155,6 +155,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="keep the scratch workspace here (default: a temporary folder)")
     args = ap.parse_args()
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one access-log line per review call otherwise
     workspace = args.workspace.resolve()
     tmp = args.out.resolve() if args.out else Path(tempfile.mkdtemp(prefix="review-loop-"))
     tmp.mkdir(parents=True, exist_ok=True)
