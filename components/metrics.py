@@ -126,3 +126,40 @@ def relevance(title_keys: np.ndarray, image_keys: np.ndarray) -> np.ndarray:
     same_title = title_keys[:, None] == title_keys[None, :]
     same_image = (image_keys[:, None] == image_keys[None, :]) & (image_keys[:, None] != "")
     return same_title | same_image | np.eye(len(title_keys), dtype=bool)
+
+
+def key_retrieval(queries: np.ndarray, gallery: np.ndarray, query_keys: np.ndarray, gallery_keys: np.ndarray,
+                  ks: tuple[int, ...], chunk: int = 256) -> dict[str, float]:
+    """Retrieval whose relevance is an identical key (Marqo's KAGL protocol: the lower-cased product title).
+
+    queries (Q, D) and gallery (N, D) unit vectors. Per query: hit@k (a relevant item in the top k), recall@k
+    (the share of its relevant items that are in the top k) and the reciprocal rank of its first relevant item
+    (1 + items scoring strictly higher). A query with no relevant item in the gallery does not count;
+    `queries` reports how many did.
+    """
+    rows: dict[object, list[int]] = {}
+    for j, key in enumerate(gallery_keys):
+        rows.setdefault(key, []).append(j)
+    kmax = min(max(ks), len(gallery))
+    hit = {k: 0.0 for k in ks}
+    recall = {k: 0.0 for k in ks}
+    rr, counted = 0.0, 0
+    for start in range(0, len(queries), chunk):
+        scores = queries[start:start + chunk] @ gallery.T  # (chunk, N)
+        top = np.argpartition(-scores, kmax - 1, axis=1)[:, :kmax]
+        for i, s in enumerate(scores):
+            rel = rows.get(query_keys[start + i])
+            if not rel:
+                continue
+            counted += 1
+            rel = np.asarray(rel)
+            ranked = top[i][np.argsort(-s[top[i]], kind="stable")]  # the top kmax, best first
+            is_rel = np.isin(ranked, rel)
+            for k in ks:
+                found = int(is_rel[:k].sum())
+                hit[k] += found > 0
+                recall[k] += found / len(rel)
+            rr += 1.0 / (int((s > s[rel].max()).sum()) + 1)
+    n = max(counted, 1)
+    return {"queries": counted, **{f"hit_at_{k}": hit[k] / n for k in ks},
+            **{f"recall_at_{k}": recall[k] / n for k in ks}, "mrr": rr / n if counted else float("nan")}

@@ -109,6 +109,13 @@ def comparison_table(results: dict) -> str:
                   f"R@10 {pct(r['text_to_image_recall_at_10'])}, MRR {r['text_to_image_mrr']:.3f}; "
                   f"image→title R@1 {pct(r['image_to_text_recall_at_1'])}, "
                   f"R@10 {pct(r['image_to_text_recall_at_10'])}, MRR {r['image_to_text_mrr']:.3f}."]
+    for gallery, g in fusion.get("retrieval_kagl", {}).items():
+        t, i = g["text_to_image"], g["image_to_text"]
+        lines += ["", f"KAGL protocol (Marqo's: seeded test titles, a hit = an image of a product with the identical "
+                  f"title), {gallery} gallery ({g['gallery_images']} images, {g['gallery_titles']} titles): "
+                  f"title→image hit@1 {pct(t['hit_at_1'])}, hit@10 {pct(t['hit_at_10'])}, recall@10 "
+                  f"{pct(t['recall_at_10'])}, MRR {t['mrr']:.3f} ({t['queries']} queries); image→title hit@10 "
+                  f"{pct(i['hit_at_10'])}, recall@10 {pct(i['recall_at_10'])}, MRR {i['mrr']:.3f}."]
     lines += [] if not published else [
               "", "DeepFusion's published figures are not comparable one-to-one: they come from the full "
               "public catalog (44.4k rows, 54 classes with >= 100 items) with a stratified *random* split that "

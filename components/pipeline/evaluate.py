@@ -16,9 +16,9 @@ from sklearn.metrics import precision_recall_fscore_support
 
 from components import metrics as M
 from components.atomic_io import atomic_dir, read_json, write_json
-from components.catalog import FINEST, INPUT_VARIANTS, title_words
+from components.catalog import FINEST, INPUT_VARIANTS, TITLE, title_words
 from components.config import EvaluateParams, Params, load_params
-from components.data import Arrays, cached_products
+from components.data import Arrays, cached_products, load_arrays
 from components.encoders import Encoders, encode_labels
 from components.experts import EXPERTS
 from components.experts import files as expert_files
@@ -85,6 +85,38 @@ def retrieval_view(model, test: Arrays, frame: pd.DataFrame, ks: tuple[int, ...]
     i2t = M.retrieval(emb["image"], emb["text"], rel, ks)
     return {"queries": len(keep), **{f"text_to_image_{k}": v for k, v in t2i.items()},
             **{f"image_to_text_{k}": v for k, v in i2t.items()}}
+
+
+KAGL_QUERIES = 2000  # Marqo's KAGL benchmark: 2,000 product titles as queries
+KAGL_K = (1, 10)
+
+
+def kagl_view(model, params: Params, device, seed: int) -> dict:
+    """The public title-retrieval protocol on this catalog (Marqo's KAGL): seeded test-split titles as queries,
+    a hit when an image of a product with the identical (lower-cased) title comes back; image -> title likewise
+    from seeded test-split photos. Two galleries: `unseen` (the val and test products: none trained on, the
+    gate) and `whole` (the catalog, ~80 % of it trained on: memorised duplicate titles inflate it; context)."""
+    df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet", columns=[TITLE, "split", "has_image"])
+    arrays, _ = load_arrays(params.paths.ingest, params.paths.features)
+    emb = predict_arrays(model, arrays.subset(np.arange(len(df))), PREDICT_BATCH, device, embeddings=True)["embeddings"]
+    text, image = (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12) for e in (emb["text"], emb["image"]))
+    keys = df[TITLE].fillna("").astype(str).str.lower().str.strip().to_numpy()
+    split, photo = df["split"].to_numpy(), df["has_image"].to_numpy(bool)
+    rng = np.random.default_rng(seed)
+    test = np.flatnonzero((split == "test") & (keys != ""))
+    _, first = np.unique(keys[test], return_index=True)  # one query per distinct title
+    t_queries = np.sort(rng.choice(test[first], min(KAGL_QUERIES, len(first)), replace=False))
+    with_photo = test[photo[test]]
+    i_queries = np.sort(rng.choice(with_photo, min(KAGL_QUERIES, len(with_photo)), replace=False))
+    out = {}
+    for name, members in (("unseen", np.isin(split, ["val", "test"])), ("whole", np.ones(len(df), bool))):
+        images, titles = np.flatnonzero(members & photo), np.flatnonzero(members & (keys != ""))
+        out[name] = {"gallery_images": len(images), "gallery_titles": len(titles),
+                     "text_to_image": M.key_retrieval(text[t_queries], image[images], keys[t_queries], keys[images],
+                                                      KAGL_K),
+                     "image_to_text": M.key_retrieval(image[i_queries], text[titles], keys[i_queries], keys[titles],
+                                                      KAGL_K)}
+    return out
 
 
 def versus_best_expert(y: np.ndarray, preds: dict[str, np.ndarray], views: dict[str, dict], p: EvaluateParams,
@@ -188,6 +220,7 @@ def run(params: Params) -> dict:
     for name in {"fusion", "tfidf", served} & set(probs):
         results[name]["business"] = business_view(probs[name], y, enc, p, decisions.get(name))
     results["fusion"]["retrieval"] = retrieval_view(fusion, test, frame, p.retrieval_k, device)
+    results["fusion"]["retrieval_kagl"] = kagl_view(fusion, params, device, params.seed)
 
     def article_pred(name: str, pr: dict, dec: dict) -> np.ndarray:
         return dec[name][:, FINEST] if name in dec else pr[name][FINEST].argmax(1)

@@ -101,3 +101,18 @@ def test_retrieval_with_several_correct_items():
 def test_relevance_identical_title_or_image():
     rel = M.relevance(np.array(["a", "a", "b", "c"]), np.array(["m1", "m2", "m2", ""]))
     assert rel[0, 1] and rel[1, 2] and not rel[0, 2] and not rel[3, 0] and rel[3, 3]
+
+
+def test_key_retrieval_counts_hits_recall_and_the_first_relevant_rank():
+    """KAGL-style: relevance = the same key. Gallery on a circle; query 0 (key "a") has its two relevant items at
+    ranks 1 and 3, query 1 (key "b") its one at rank 3, query 2's key is nowhere in the gallery (not counted)."""
+    angles = np.deg2rad([0, 10, 20, 30, 200])
+    gallery = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    keys = np.array(["a", "b", "a", "c", "d"])
+    queries = np.stack([gallery[0], [np.cos(np.deg2rad(31)), np.sin(np.deg2rad(31))], gallery[4]])
+    r = M.key_retrieval(queries, gallery, np.array(["a", "b", "zzz"]), keys, (1, 2, 3), chunk=2)
+    assert r["queries"] == 2
+    assert r["hit_at_1"] == 0.5 and r["hit_at_2"] == 0.5 and r["hit_at_3"] == 1.0
+    # query 0: top-2 = {0 (a), 1 (b)} -> 1 of 2 relevant; query 1 (at 31 deg): top-3 = {3 (c), 2 (a), 1 (b)}
+    assert r["recall_at_2"] == pytest.approx((0.5 + 0.0) / 2) and r["recall_at_3"] == pytest.approx((1.0 + 1.0) / 2)
+    assert r["mrr"] == pytest.approx((1.0 + 1 / 3) / 2)
