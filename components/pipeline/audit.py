@@ -5,8 +5,8 @@ models that never saw it (K folds by product group, `training.crossfit`), three 
 over title + metadata, a linear expert over metadata alone, and a linear probe over a fixed description of
 the photo (shape and colour, `images.shape_colour_descriptor`). Their probabilities are pooled as a weighted
 product (a witness that is sure the label is wrong pulls the product down even when the others agree: a photo
-swapped in from another class). One score ranks the products: the pooled probability of the current label at
-its least trusted level. Confident learning (cleanlab) estimates how many labels are wrong; that many of the
+swapped in from another class). One score ranks the products: the pooled probability of the current label
+relative to its class's mean, at its least trusted level. Confident learning (cleanlab) estimates how many labels are wrong; that many of the
 lowest-scored products are the suspects, so no product less trusted than a suspect is left out.
 """
 from __future__ import annotations
@@ -36,7 +36,8 @@ from components.training.crossfit import group_folds, out_of_fold
 
 log = logging.getLogger(__name__)
 
-# text = TF-IDF over title + metadata tokens; metadata = the same without the title; image = the photo alone
+# The witnesses: text = TF-IDF over title + metadata tokens; metadata = the same without the title (left out
+# when a catalog has none); image = a probe on the photo alone (left out at audit.image_weight 0).
 EXPERTS = ("text", "metadata", "image")
 REASON_MIN = 0.25  # a witness is named in a product's reason when it gives another class at least this much
 FLOOR = 1e-3  # a witness's probability is floored before pooling: one overconfident zero cannot veto alone
@@ -234,7 +235,7 @@ def audit_products(frame: pd.DataFrame, images: np.ndarray, enc: Encoders, p: Au
     folds = group_folds(frame["group"].to_numpy(), p.folds, seed)
     n_classes = [len(v) for v in enc.labels.values()]
     # A catalog without metadata (no categorical column, no attribute token) has no metadata expert.
-    experts = [e for e in ("text", "metadata") if e == "text" or categorical or enc.attr_vocab]
+    experts = [e for e in EXPERTS[:2] if e == "text" or categorical or enc.attr_vocab]
     oof = {e: expert_oof(frame, labels, folds, n_classes, tfidf, categorical, e == "text", p) for e in experts}
     has_image = frame["has_image"].to_numpy(bool) if "has_image" in frame else np.ones(len(frame), bool)
     if p.image_weight > 0 and has_image.sum() >= p.folds:
@@ -266,16 +267,16 @@ def audit_html(table: pd.DataFrame, images: np.ndarray, row_of_id: dict, has_ima
         sug = " › ".join(html.escape(str(getattr(r, f"suggested_{lvl}"))) for lvl in levels)
         rows.append(f"<tr><td>{img}</td><td>{html.escape(str(r.id))}</td><td>{html.escape(str(r.title))}</td><td>{cur}</td>"
                     f"<td><b>{sug}</b></td><td>{r.label_quality:.3f}</td>"
-                    f"<td>{html.escape(r.suspect_levels)}</td></tr>")
+                    f"<td>{html.escape(r.reason)}</td></tr>")
     n = int(table["suspect"].sum())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Catalog audit</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:middle}}img{{height:80px}}</style></head><body>
 <h1>Catalog audit: {n} suspected mislabels of {len(table)} products</h1>
-<p>Most suspicious first (label quality = the experts' out-of-fold probability of the current label,
-lowest level). Showing {min(n, top)}; every product is in audit.csv.</p>
+<p>Most suspicious first (label quality = the witnesses' pooled out-of-fold probability of the current label
+relative to its class's mean, at its least trusted level). Showing {min(n, top)}; every product is in audit.csv.</p>
 <table><thead><tr><th>image</th><th>id</th><th>title</th><th>current category</th><th>suggested</th>
-<th>label quality</th><th>suspect at</th></tr></thead><tbody>
+<th>label quality</th><th>why</th></tr></thead><tbody>
 {chr(10).join(rows)}
 </tbody></table></body></html>
 """
