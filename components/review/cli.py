@@ -101,7 +101,7 @@ def wait_for_run(home: Path, poll_seconds: float = 10.0) -> Path:
         time.sleep(poll_seconds)
 
 
-def create(params: Params, store: Store):
+def create(params: Params, store: Store, secret: bytes | None = None):
     from components.review.app import create_app
     from components.review.catalog_index import CatalogIndex
 
@@ -118,7 +118,7 @@ def create(params: Params, store: Store):
         added, _ = store.enqueue(items)
         return added, unknown
 
-    return create_app(store, levels, taxonomy, secret_key=secret_key(params),
+    return create_app(store, levels, taxonomy, secret_key=secret or secret_key(params),
                       session_minutes=params.review.session_minutes, index=CatalogIndex(products, levels, root),
                       upload=upload, secure_cookie=os.environ.get("DEEPFUSION_REVIEW_SECURE_COOKIE") == "1")
 
@@ -180,12 +180,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: --host {args.host} serves the review app to the network without TLS; add --public "
                       "when a TLS proxy stands in front", file=sys.stderr)
                 return 2
+            secret = secret_key(params)  # the home's key (or env): sessions outlive the run shown
             if args.home is not None:
                 workspace = wait_for_run(args.home)
                 os.chdir(workspace)
                 params = load_params()
                 print(f"review station: the catalog of {workspace}", flush=True)
-            app = create(params, store)
+            app = create(params, store, secret)
             print(f"review station: http://{args.host}:{args.port}/", flush=True)
             from components.review.app import serve
 
