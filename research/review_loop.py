@@ -64,17 +64,43 @@ def scratch(workspace: Path, tmp: Path) -> None:
                                                                                       index=False)
 
 
-def retrain_and_score(params, products: pd.DataFrame) -> dict:
-    """Write the products, retrain the TF-IDF expert and the stack, score both on the test split."""
-    from components.pipeline import evaluate, stack, train_baseline
-    from components.pipeline.evaluate import article_view, load_stack, variant_predictions
+def train_tfidf(params, products: pd.DataFrame, keep: Path) -> float:
+    """Retrain the TF-IDF expert on these labels (it reads only ingest and features: no neural expert needed),
+    kept in `keep` for the stack later; returns its seconds."""
+    from components.pipeline import train_baseline
 
     products.to_parquet(Path(params.paths.ingest) / "products.parquet", index=False)
     t0 = time.perf_counter()
     train_baseline.run(params, "tfidf")
+    shutil.move(Path(params.paths.train_baseline) / "tfidf", keep)
+    return time.perf_counter() - t0
+
+
+def stack_and_score(params, products: pd.DataFrame, tfidf: Path) -> dict:
+    """With that TF-IDF expert in place, retrain the stack and score both on the test split."""
+    from components.pipeline import evaluate, stack
+    from components.pipeline.evaluate import article_view, load_stack, variant_predictions
+
+    products.to_parquet(Path(params.paths.ingest) / "products.parquet", index=False)
+    target = Path(params.paths.train_baseline) / "tfidf"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(tfidf, target)
+    t0 = time.perf_counter()
     stack.run(params)
     seconds = time.perf_counter() - t0
-    return {**score(params, evaluate, load_stack, variant_predictions, article_view), "retrain_seconds": seconds}
+    return {**score(params, evaluate, load_stack, variant_predictions, article_view), "stack_seconds": seconds}
+
+
+def wait_for_experts(workspace: Path, params) -> None:
+    """The neural experts and the stack of WORKSPACE (a run may still be training them: phase 1 does not
+    need them, so the benchmark can start beside the run)."""
+    needed = [workspace / params.paths.stack / "combiner.json", workspace / params.paths.train_fusion]
+    told = False
+    while not all(p.exists() for p in needed):
+        if not told:
+            print(f"waiting for {', '.join(str(p) for p in needed if not p.exists())}", flush=True)
+            told = True
+        time.sleep(30)
 
 
 def score(params, evaluate, load_stack, variant_predictions, article_view) -> dict:
@@ -176,28 +202,18 @@ def main() -> None:
               f"TF-IDF acc {r['tfidf']['accuracy']:.4f} macro-F1 {r['tfidf']['macro_f1']:.4f} "
               f"(retrain {r.get('retrain_seconds', 0):.0f} s){extra}", flush=True)
 
-    # The workspace's own TF-IDF expert and stack: trained by the pipeline on the clean catalog.
-    for d in ("tfidf",):
-        shutil.copytree(workspace / params.paths.train_baseline / d, tmp / params.paths.train_baseline / d)
-    shutil.rmtree(tmp / params.paths.stack)
-    shutil.copytree(workspace / params.paths.stack, tmp / params.paths.stack)
-    clean.to_parquet(Path(params.paths.ingest) / "products.parquet", index=False)
-    from components.pipeline import evaluate
-    from components.pipeline.evaluate import article_view, load_stack, variant_predictions
-
-    report("clean", score(params, evaluate, load_stack, variant_predictions, article_view))
-
-    noisy = plant_in_train(clean, args.seed)
-    planted = int((noisy["noise"] != "").sum())
-    base = noisy.drop(columns="noise")
-    report("noisy", retrain_and_score(params, base), f"; {planted} train labels flipped")
-
     from components.atomic_io import read_json
     from components.pipeline.audit import audit_products
+    from components.pipeline.ingest import apply_corrections
     from components.review import queues
     from components.review.cli import export
     from components.review.store import open_store
 
+    # Phase 1 (ingest and features only): plant, audit, review, export, and one TF-IDF expert per condition.
+    noisy = plant_in_train(clean, args.seed)
+    planted = int((noisy["noise"] != "").sum())
+    base = noisy.drop(columns="noise")
+    conditions = {"noisy": (base, {})}
     enc = load_encoders(params.paths.features)
     images = np.load(Path(params.paths.ingest) / "images.npy", mmap_mode="r")
     t0 = time.perf_counter()
@@ -206,9 +222,10 @@ def main() -> None:
     ids = base["id"].astype(str).to_numpy()
     oof = {"ids": ids, **{f"pooled_{lvl}": res.pooled[i] for i, lvl in enumerate(enc.levels)}}
     sus = res.table[res.table["suspect"]]
-    sus_flips = int(noisy.set_index("id").loc[sus["id"], "noise"].ne("").sum())
-    print(f"audit of the noisy catalog: {len(sus)} suspects ({sus_flips} of them planted flips, of {planted}) "
-          f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    sus_flips = int(noisy.set_index(noisy["id"].astype(str)).loc[sus["id"].astype(str), "noise"].ne("").sum())
+    print(f"{planted} train labels flipped; audit of the noisy catalog: {len(sus)} suspects ({sus_flips} of them "
+          f"planted flips) in {time.perf_counter() - t0:.0f} s", flush=True)
+    base.to_parquet(Path(params.paths.ingest) / "products.parquet", index=False)  # the catalog the station shows
     store = open_store(params)
     store.add_user("scripted", PASSWORD, "reviewer")
     items = queues.audit_items(params, res.table, oof, read_json(Path(params.paths.features) / "encoders.json"),
@@ -223,16 +240,38 @@ def main() -> None:
         reviewed = n
         seconds = time.perf_counter() - t0
         table = export(params, store, Path(params.paths.corrections))
-        from components.pipeline.ingest import apply_corrections
-
         corrected, rep = apply_corrections(base, read_corrections(params.paths.corrections, params.catalog),
                                            tuple(levels))
-        r = retrain_and_score(params, corrected)
-        report(f"after {n} reviews", r, f"; {tally['real_flips']}/{n} reviewed were planted flips, "
-               f"{rep['corrected_products']} products corrected ({int((table['level'] != '').sum())} levels), "
-               f"{rep['confirmed_products']} confirmed; reviewing took {seconds:.1f} s over HTTP")
-        rows[-1].update({"reviews": n, **tally, "corrected_products": rep["corrected_products"]})
+        conditions[f"after {n} reviews"] = (corrected, {
+            "reviews": n, **tally, "corrected_products": rep["corrected_products"],
+            "corrected_levels": int((table["level"] != "").sum()), "confirmed_products": rep["confirmed_products"],
+            "review_seconds_over_http": round(seconds, 2)})
     station.server.shutdown()
+    tfidf_seconds = {}
+    for name, (frame, _) in conditions.items():
+        tfidf_seconds[name] = train_tfidf(params, frame, tmp / "tfidf" / name.replace(" ", "_"))
+        print(f"TF-IDF expert for {name}: {tfidf_seconds[name]:.0f} s", flush=True)
+
+    # Phase 2 (the trained experts): the clean stack as the run made it, then one stack per condition.
+    wait_for_experts(workspace, params)
+    shutil.copytree(workspace / params.paths.train_baseline / "tfidf", tmp / "tfidf" / "clean")
+    shutil.rmtree(tmp / params.paths.stack)
+    shutil.copytree(workspace / params.paths.stack, tmp / params.paths.stack)
+    clean.to_parquet(Path(params.paths.ingest) / "products.parquet", index=False)
+    shutil.copytree(tmp / "tfidf" / "clean", Path(params.paths.train_baseline) / "tfidf")
+    from components.pipeline import evaluate
+    from components.pipeline.evaluate import article_view, load_stack, variant_predictions
+
+    report("clean", score(params, evaluate, load_stack, variant_predictions, article_view))
+    for name, (frame, extra) in conditions.items():
+        r = stack_and_score(params, frame, tmp / "tfidf" / name.replace(" ", "_"))
+        r["retrain_seconds"] = tfidf_seconds[name] + r.pop("stack_seconds")
+        note = "" if not extra else (f"; {extra['real_flips']}/{extra['reviews']} reviewed were planted flips, "
+                                     f"{extra['corrected_products']} products corrected ({extra['corrected_levels']} "
+                                     f"levels), {extra['confirmed_products']} confirmed; reviewing took "
+                                     f"{extra['review_seconds_over_http']:.1f} s over HTTP")
+        report(name, r, note)
+        rows[-1].update(extra)
     c, noisy_row = rows[0]["stacked"]["accuracy"], rows[1]["stacked"]["accuracy"]
     for r in rows[2:]:
         rec = (r["stacked"]["accuracy"] - noisy_row) / r["reviews"] * 100
