@@ -91,6 +91,18 @@ def stack_and_score(params, products: pd.DataFrame, tfidf: Path) -> dict:
     return {**score(params, evaluate, load_stack, variant_predictions, article_view), "stack_seconds": seconds}
 
 
+def tfidf_alone(params, products: pd.DataFrame, tfidf: Path) -> dict:
+    """The retrained TF-IDF expert by itself on the test split (what phase 1 can say before any stack)."""
+    from components.models.tfidf import load_tfidf
+    from components.pipeline.evaluate import article_view
+
+    enc = load_encoders(params.paths.features)
+    test = products[products["split"] == "test"].reset_index(drop=True)
+    y = encode_labels(test, enc)[:, FINEST]
+    probs = load_tfidf(tfidf / "model.npz").predict_proba(test, [len(v) for v in enc.labels.values()])
+    return article_view(y, probs[FINEST].argmax(1))
+
+
 def wait_for_experts(workspace: Path, params) -> None:
     """The neural experts and the stack of WORKSPACE (a run may still be training them: phase 1 does not
     need them, so the benchmark can start beside the run)."""
@@ -180,6 +192,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 200, 400])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, help="keep the scratch workspace here (default: a temporary folder)")
+    ap.add_argument("--tfidf-only", action="store_true",
+                    help="stop after phase 1: the TF-IDF experts alone (no trained neural experts needed)")
     args = ap.parse_args()
     import logging
 
@@ -248,13 +262,22 @@ def main() -> None:
             "review_seconds_over_http": round(seconds, 2)})
     station.server.shutdown()
     tfidf_seconds = {}
+    shutil.copytree(workspace / params.paths.train_baseline / "tfidf", tmp / "tfidf" / "clean")
+    alone = {"clean": tfidf_alone(params, clean, tmp / "tfidf" / "clean")}
     for name, (frame, _) in conditions.items():
         tfidf_seconds[name] = train_tfidf(params, frame, tmp / "tfidf" / name.replace(" ", "_"))
-        print(f"TF-IDF expert for {name}: {tfidf_seconds[name]:.0f} s", flush=True)
+        alone[name] = tfidf_alone(params, clean, tmp / "tfidf" / name.replace(" ", "_"))
+        print(f"TF-IDF expert for {name}: {tfidf_seconds[name]:.0f} s; alone on the test split: accuracy "
+              f"{alone[name]['accuracy']:.4f}, macro-F1 {alone[name]['macro_f1']:.4f}", flush=True)
+    print(f"clean TF-IDF expert (the workspace's) alone: accuracy {alone['clean']['accuracy']:.4f}, macro-F1 "
+          f"{alone['clean']['macro_f1']:.4f}", flush=True)
+    (tmp / "review_loop_tfidf.json").write_text(json.dumps(
+        {name: {**alone[name], **(conditions[name][1] if name in conditions else {})} for name in alone}, indent=1))
+    if args.tfidf_only:
+        return
 
     # Phase 2 (the trained experts): the clean stack as the run made it, then one stack per condition.
     wait_for_experts(workspace, params)
-    shutil.copytree(workspace / params.paths.train_baseline / "tfidf", tmp / "tfidf" / "clean")
     shutil.rmtree(tmp / params.paths.stack)
     shutil.copytree(workspace / params.paths.stack, tmp / params.paths.stack)
     clean.to_parquet(Path(params.paths.ingest) / "products.parquet", index=False)
