@@ -6,8 +6,9 @@ over title + metadata, a linear expert over metadata alone, and a linear probe o
 the photo (shape and colour, `images.shape_colour_descriptor`). Their probabilities are pooled as a weighted
 product (a witness that is sure the label is wrong pulls the product down even when the others agree: a photo
 swapped in from another class). One score ranks the products: the pooled probability of the current label
-relative to its class's mean, at its least trusted level. Confident learning (cleanlab) estimates how many labels are wrong; that many of the
-lowest-scored products are the suspects, so no product less trusted than a suspect is left out.
+relative to its class's mean, at its least trusted level. Confident learning (cleanlab) estimates how many
+labels are wrong; that many of the lowest-scored products are the suspects, so no product less trusted than a
+suspect is left out.
 """
 from __future__ import annotations
 
