@@ -78,8 +78,7 @@ def train_tfidf(params, products: pd.DataFrame, keep: Path) -> float:
 
 def stack_and_score(params, products: pd.DataFrame, tfidf: Path) -> dict:
     """With that TF-IDF expert in place, retrain the stack and score both on the test split."""
-    from components.pipeline import evaluate, stack
-    from components.pipeline.evaluate import article_view, load_stack, variant_predictions
+    from components.pipeline import stack
 
     products.to_parquet(Path(params.paths.ingest) / "products.parquet", index=False)
     target = Path(params.paths.train_baseline) / "tfidf"
@@ -88,7 +87,7 @@ def stack_and_score(params, products: pd.DataFrame, tfidf: Path) -> dict:
     t0 = time.perf_counter()
     stack.run(params)
     seconds = time.perf_counter() - t0
-    return {**score(params, evaluate, load_stack, variant_predictions, article_view), "stack_seconds": seconds}
+    return {**score(params), "stack_seconds": seconds}
 
 
 def tfidf_alone(params, products: pd.DataFrame, tfidf: Path) -> dict:
@@ -115,7 +114,10 @@ def wait_for_experts(workspace: Path, params) -> None:
         time.sleep(30)
 
 
-def score(params, evaluate, load_stack, variant_predictions, article_view) -> dict:
+def score(params) -> dict:
+    """The stack (as the evaluate stage loads it) and the TF-IDF expert on the test split, articleType."""
+    from components.pipeline.evaluate import EXPERT_ROWS, article_view, load_stack, variant_predictions
+
     experts, cat, spec = load_stack(params)
     df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
     idx = np.flatnonzero(df["split"].to_numpy() == "test")
@@ -123,7 +125,7 @@ def score(params, evaluate, load_stack, variant_predictions, article_view) -> di
     y = encode_labels(frame, experts.encoders)[:, FINEST]
     probs, decisions, _ = variant_predictions(experts, cat, spec, frame, images, "full", params.stack.cut_title_words,
                                               ablations=False)
-    tfidf_row = evaluate.EXPERT_ROWS["tfidf"]
+    tfidf_row = EXPERT_ROWS["tfidf"]
     return {"stacked": article_view(y, decisions["stacked"][:, FINEST]),
             "tfidf": article_view(y, probs[tfidf_row][FINEST].argmax(1))}
 
@@ -282,10 +284,7 @@ def main() -> None:
     shutil.copytree(workspace / params.paths.stack, tmp / params.paths.stack)
     clean.to_parquet(Path(params.paths.ingest) / "products.parquet", index=False)
     shutil.copytree(tmp / "tfidf" / "clean", Path(params.paths.train_baseline) / "tfidf")
-    from components.pipeline import evaluate
-    from components.pipeline.evaluate import article_view, load_stack, variant_predictions
-
-    report("clean", score(params, evaluate, load_stack, variant_predictions, article_view))
+    report("clean", score(params))
     for name, (frame, extra) in conditions.items():
         r = stack_and_score(params, frame, tmp / "tfidf" / name.replace(" ", "_"))
         r["retrain_seconds"] = tfidf_seconds[name] + r.pop("stack_seconds")
