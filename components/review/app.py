@@ -8,6 +8,8 @@ is served from this package; the Content-Security-Policy forbids anything else.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import io
 import threading
@@ -34,7 +36,7 @@ from flask_wtf.csrf import CSRFError, CSRFProtect
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from components.images import ImageError, ImagePathError, read_image_file
-from components.review.catalog_index import CatalogIndex
+from components.review.catalog_index import CatalogIndex, SearchUnavailable
 from components.review.store import ACTIONS, QUEUES, ReviewError, StaleItem, Store
 
 HERE = Path(__file__).resolve().parent
@@ -234,6 +236,40 @@ def create_app(store: Store, levels: list[str], taxonomy: list[list[str]], *, se
                                                            + (" ..." if len(unknown) > 20 else "") if unknown else ""))
         return redirect(url_for("home"))
 
+    @app.get("/search")
+    @login_required
+    def search_page():
+        return _search(request.args, None)
+
+    @app.post("/search")
+    @login_required
+    def search_photo():
+        photo = request.files.get("photo")
+        data = photo.read() if photo is not None and photo.filename else None
+        return _search(request.form, data)
+
+    def _search(form, photo: bytes | None):
+        """The search page: the form, and hits when a query came (words, a photo, or `like` a product)."""
+        text, like = form.get("q", "").strip()[:200], form.get("like", "").strip()[:100]
+        k = max(1, min(_int(form.get("k"), 24), 100))
+        filters = {key[2:]: [v.strip() for raw in form.getlist(key) for v in raw.split(",") if v.strip()]
+                   for key in form if key.startswith("f.")}
+        filters = {c: v for c, v in filters.items() if v}
+        hits, facets, error, status = None, {}, "", 200
+        try:
+            if index is None:
+                raise SearchUnavailable("this station has no catalog index")
+            facets = index.facets()
+            if text or photo or like:
+                hits = index.search(text, photo, like, filters, k)
+        except SearchUnavailable as exc:
+            error, status = f"Search is unavailable: {exc}", 503
+        except ValueError as exc:  # nothing to search for, an unreadable photo, an unknown filter value
+            error, status = str(exc), 400
+        return render_template("search.html", q=text, like=like, k=k, filters=filters, facets=facets, hits=hits,
+                               photo=photo is not None, error=error, levels=levels, user=g.user,
+                               role=g.role), status
+
     @app.get("/trail")
     @admin_required
     def trail_page():
@@ -332,6 +368,33 @@ def create_app(store: Store, levels: list[str], taxonomy: list[list[str]], *, se
         except ReviewError as exc:
             return _json(404 if "no such item" in str(exc) else 400, str(exc))
 
+    @app.post("/api/search")
+    @csrf.exempt
+    def api_search():
+        """{text?, photo_base64?, like?, filters?: {column: [values]}, k?} -> {hits: [...]}."""
+        api_user()
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            return _json(400, "send a JSON object: {text, photo_base64, like, filters, k} (any of the first three)")
+        filters = body.get("filters") or {}
+        if not (isinstance(filters, dict) and all(isinstance(v, list) for v in filters.values())):
+            return _json(400, "filters: an object of column -> list of values")
+        try:
+            photo = base64.b64decode(body["photo_base64"], validate=True) if body.get("photo_base64") else None
+        except (binascii.Error, TypeError):
+            return _json(400, "photo_base64: not base64")
+        if index is None:
+            return _json(503, "this station has no catalog index")
+        try:
+            hits = index.search(str(body.get("text") or "")[:200], photo, str(body.get("like") or "")[:100],
+                                {str(c): [str(v) for v in vs] for c, vs in filters.items()},
+                                max(1, min(_int(body.get("k"), 10), 100)))
+        except SearchUnavailable as exc:
+            return _json(503, f"search is unavailable: {exc}")
+        except ValueError as exc:
+            return _json(400, str(exc))
+        return jsonify({"hits": hits})
+
     @app.post("/api/undo")
     @csrf.exempt
     def api_undo():
@@ -382,6 +445,13 @@ class LoginThrottle:
     def succeeded(self, name: str) -> None:
         with self.lock:
             self.failures.pop(("name", name), None)
+
+
+def _int(value, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
 
 
 def _clock() -> float:

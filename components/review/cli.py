@@ -118,8 +118,16 @@ def create(params: Params, store: Store, secret: bytes | None = None):
         added, _ = store.enqueue(items)
         return added, unknown
 
+    def open_search():
+        """The served model (the pipeline's stack) and its search index (`deepfusion search --build`)."""
+        from components.serving.predict import default_model
+        from components.serving.search import open_searcher
+
+        return open_searcher(default_model(), search_dir=params.paths.search)
+
     return create_app(store, levels, taxonomy, secret_key=secret or secret_key(params),
-                      session_minutes=params.review.session_minutes, index=CatalogIndex(products, levels, root),
+                      session_minutes=params.review.session_minutes,
+                      index=CatalogIndex(products, levels, root, open_search),
                       upload=upload, secure_cookie=os.environ.get("DEEPFUSION_REVIEW_SECURE_COOKIE") == "1")
 
 

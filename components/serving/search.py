@@ -1,125 +1,339 @@
 """Product search in the shared image/text embedding space.
 
-    python -m components.search --build [CATALOG_DIR]          # index the catalog (default: paths.raw)
-    python -m components.search --text "red running shoes" [-k 10]
-    python -m components.search --image path/to/photo.jpg [-k 10]
+    deepfusion search --build [CATALOG_DIR]                  index a catalog for the current model (default: paths.raw)
+    deepfusion search --text "red running shoes" [-k 10]     products whose picture or title match the words
+    deepfusion search --image photo.jpg [--text "in red"]    a photo, optionally steered by words
+    deepfusion search --like 15970                           products like a catalog product
+    ... --where articleType="Casual Shoes" --where baseColour=Red,Blue   filters (repeatable; values: any of)
 
-The index is brute force over L2-normalised vectors (exact, a few ms per query at 40k products).
-A product is scored by the best of its image and title embeddings, so products without an image are
-still found by text.
+One index per model version: the file is named after the fusion network's weights (`model_key`), so a retrained
+model never answers from vectors another model made, and a model's index is built once. A product is scored by the
+best of its photo and title vectors, so products without a photo are still found. Filters run on the catalog's label
+levels and categorical columns (the catalog schema's), the model's predicted path standing in for unlabelled rows.
+The vectors sit behind a small backend interface (`VectorBackend`): exact inner products here, which answer a
+44k-product query in a few ms on one core (`scripts/bench_search.py` measures where an approximate index pays).
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import io
+import json
 import logging
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
 from components.atomic_io import atomic_write_bytes
-from components.catalog import TITLE, CatalogError
+from components.catalog import TITLE, CatalogError, read_catalog
 from components.checkpoint import CheckpointError
-from components.config import ConfigError
+from components.config import CatalogSchema, ConfigError
 from components.serving.categorizer import Categorizer, load_images
-from components.serving.predict import categorize, default_model, load_categorizer
+from components.serving.predict import catalog_schema, categorize, default_model, load_categorizer
 
 log = logging.getLogger(__name__)
 
+FORMAT = "deepfusion-search-index/2"
+
+
+class SearchIndexError(ValueError):
+    """The index is missing, unreadable, or was built by another model."""
+
+
+# --- the vector backend: the one place an approximate engine would plug in ------------------------------------
+
+
+class VectorBackend(Protocol):
+    """Nearest rows of one vector matrix by inner product, among the allowed rows."""
+
+    def __init__(self, vectors: np.ndarray) -> None: ...
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(row numbers, scores) of the k best rows, best first; rows of NaN vectors (no photo) never match."""
+        ...
+
+
+class ExactBackend:
+    """Brute force over the rows that have a vector: exact, no build step, O(N·D) per query."""
+
+    def __init__(self, vectors: np.ndarray) -> None:
+        valid = ~np.isnan(vectors).any(axis=1) if len(vectors) else np.zeros(0, bool)
+        self.rows = np.flatnonzero(valid)
+        self.matrix = np.ascontiguousarray(vectors[valid], dtype=np.float32)
+
+    def search(self, query: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.matrix @ query.astype(np.float32)
+        if allowed is not None:
+            scores = np.where(allowed[self.rows], scores, -np.inf)
+        k = min(k, int(np.isfinite(scores).sum()))
+        if k <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return self.rows[best], scores[best]
+
+
+BACKENDS: dict[str, type] = {"exact": ExactBackend}
+
+
+# --- the index ---------------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Index:
-    ids: np.ndarray  # (N,)
-    image: np.ndarray  # (N, D), NaN rows for products without image
-    text: np.ndarray  # (N, D)
+    ids: np.ndarray  # (N,) product ids (int64 or str)
+    image: np.ndarray  # (N, D) float32 unit vectors, NaN rows for products without a photo
+    text: np.ndarray  # (N, D) float32 unit vectors of the titles
+    facets: pd.DataFrame  # (N, columns) str: what filters can ask for ("" = unknown)
+    model_key: str  # the model whose vectors these are (`model_key`)
+    backend: str = "exact"
 
     def save(self, path: Path) -> None:
+        manifest = {"format": FORMAT, "model_key": self.model_key, "backend": self.backend,
+                    "products": int(len(self.ids)), "facets": list(self.facets.columns)}
         buf = io.BytesIO()
-        np.savez(buf, ids=self.ids, image=self.image, text=self.text)
+        np.savez(buf, ids=self.ids, image=self.image, text=self.text, manifest=np.array(json.dumps(manifest)),
+                 **{f"facet_{i}": self.facets[c].to_numpy(dtype=str) for i, c in enumerate(self.facets.columns)})
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: Path) -> Index:
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no index; build it with `python -m components.search --build`")
-        z = np.load(path)
-        return cls(z["ids"], z["image"], z["text"])
+            raise SearchIndexError(f"{path}: no search index for this model; build it with `deepfusion search --build`")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                manifest = json.loads(str(z["manifest"]))
+                if manifest.get("format") != FORMAT:
+                    raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT}")
+                facets = pd.DataFrame({c: z[f"facet_{i}"] for i, c in enumerate(manifest["facets"])})
+                return cls(z["ids"], z["image"], z["text"], facets, manifest["model_key"], manifest["backend"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise SearchIndexError(f"{path}: not a readable search index ({exc}); rebuild it with "
+                              "`deepfusion search --build`") from exc
 
 
-def build_index(folder: Path, cat: Categorizer) -> Index:
-    pred, emb = categorize(folder, cat, embeddings=True)
-    return Index(emb["ids"], emb["image"].astype(np.float32), emb["text"].astype(np.float32))
+def model_key(cat: Categorizer) -> str:
+    """Names the embedding space: the md5 of the fusion network's checkpoint file, and whether its image tower
+    runs in int8 (the stack's serving form: its photo vectors differ slightly from the fp32 ones)."""
+    md5 = cat.meta.get("weights_md5", "")
+    if not md5:
+        raise CheckpointError("the model does not say which weights it holds (no weights_md5): reload it from its "
+                              "checkpoint")
+    int8 = "fusion" in getattr(getattr(cat, "experts", None), "int8", ())
+    return md5[:16] + ("-int8" if int8 else "")
 
 
-def top_k(index: Index, query: np.ndarray, k: int) -> pd.DataFrame:
-    """Best products for a unit query vector: score = max(cosine to image, cosine to title)."""
-    s_img = np.nan_to_num(index.image @ query, nan=-1.0)
-    s_txt = index.text @ query
-    scores = np.maximum(s_img, s_txt)
-    k = min(k, len(scores))
-    best = np.argpartition(-scores, k - 1)[:k]
-    best = best[np.argsort(-scores[best], kind="stable")]
-    return pd.DataFrame({"id": index.ids[best], "score": scores[best].round(4)})
+def index_path(folder: str | Path, cat: Categorizer) -> Path:
+    """Where the index of `cat`'s embedding space lives under params paths.search."""
+    return Path(folder) / f"{model_key(cat)}.npz"
 
 
-def embed_text(cat: Categorizer, text: str) -> np.ndarray:
-    frame = pd.DataFrame({"id": [0], TITLE: [text]})
-    h, w = cat.image_size
-    _, emb = cat.predict(frame, load_images([None], h, w), embeddings=True)
-    return emb["text"][0]
+def facet_frame(frame: pd.DataFrame, pred: pd.DataFrame, schema: CatalogSchema, levels: tuple[str, ...]
+                ) -> pd.DataFrame:
+    """The filterable columns of the predicted rows: each label level (the catalog's label, else the model's
+    prediction) and each categorical column the schema declares."""
+    src = frame.set_index(frame["id"].astype(str))
+    ids = pred["id"].astype(str)
+    out = {}
+    for lvl in levels:
+        given = src[lvl].reindex(ids).fillna("").astype(str).to_numpy() if lvl in src else np.full(len(ids), "")
+        out[lvl] = np.where(given != "", given, pred[lvl].fillna("").astype(str).to_numpy())
+    for col in schema.categorical:
+        if col in src:
+            out[col] = src[col].reindex(ids).fillna("").astype(str).to_numpy()
+    return pd.DataFrame(out)
 
 
-def embed_image(cat: Categorizer, path: Path) -> np.ndarray:
-    frame = pd.DataFrame({"id": [0], TITLE: [""]})
-    h, w = cat.image_size
-    images = load_images([path.read_bytes() if path.is_file() else None], h, w)  # the user's own file
-    if images.status[0] != "ok":
-        raise ValueError(f"{path}: {images.status[0]}")
-    _, emb = cat.predict(frame, images, embeddings=True)
-    return emb["image"][0]
+def build_index(folder: Path, cat: Categorizer, schema: CatalogSchema | None = None, backend: str = "exact") -> Index:
+    schema = schema or catalog_schema(cat)
+    read = read_catalog(folder, schema, require_labels=False)
+    pred, emb = categorize(folder, cat, embeddings=True, read=read)
+    pred = pred[~pred["status"].str.startswith("rejected")].reset_index(drop=True)
+    return Index(emb["ids"], emb["image"].astype(np.float32), emb["text"].astype(np.float32),
+                 facet_frame(read.frame, pred, schema, cat.levels), model_key(cat), backend)
+
+
+# --- queries -----------------------------------------------------------------------------------------------------
+
+
+def parse_where(items: list[str]) -> dict[str, list[str]]:
+    """["articleType=Casual Shoes", "baseColour=Red,Blue"] -> {column: [values]} (repeated columns add up)."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        col, sep, values = item.partition("=")
+        if not sep or not col.strip() or not values.strip():
+            raise ValueError(f"--where {item!r}: expected COLUMN=VALUE[,VALUE...]")
+        out.setdefault(col.strip(), []).extend(v.strip() for v in values.split(",") if v.strip())
+    return out
+
+
+def filter_mask(facets: pd.DataFrame, filters: dict[str, list[str]]) -> np.ndarray | None:
+    """Rows matching every filter (a value of any listed ones; case-insensitive), None for no filter. An unknown
+    column or value is an error that says what exists, so a typo never silently finds nothing."""
+    mask = None
+    for col, wanted in filters.items():
+        if not wanted:
+            continue
+        if col not in facets.columns:
+            raise ValueError(f"filter {col!r}: not a filterable column; use one of {', '.join(facets.columns)}")
+        values = facets[col].to_numpy(dtype=str)
+        known = {v.lower(): v for v in np.unique(values) if v}
+        for w in wanted:
+            if w.lower() not in known:
+                close = difflib.get_close_matches(w, list(known.values()), n=3, cutoff=0.6)
+                raise ValueError(f"filter {col}={w!r}: no product has it" +
+                                 (f"; did you mean {', '.join(close)}?" if close else ""))
+        m = np.isin(np.char.lower(values), [w.lower() for w in wanted])
+        mask = m if mask is None else mask & m
+    return mask
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    n = float(np.linalg.norm(v))
+    return (v / n).astype(np.float32) if n > 0 else v.astype(np.float32)
+
+
+class VectorSearch:
+    """An index with its engines: ranks products for a query vector, with filters."""
+
+    def __init__(self, index: Index) -> None:
+        if index.backend not in BACKENDS:
+            raise SearchIndexError(f"index backend {index.backend!r} is not installed here; one of {list(BACKENDS)}")
+        self.index = index
+        self.engines = {m: BACKENDS[index.backend](getattr(index, m)) for m in ("image", "text")}
+        self.row = {str(i): n for n, i in enumerate(index.ids)}
+
+    def like(self, product_id: str) -> np.ndarray:
+        """A catalog product as a query: its photo and title vectors together."""
+        if str(product_id) not in self.row:
+            raise ValueError(f"product {product_id}: not in the search index")
+        n = self.row[str(product_id)]
+        vecs = [v for v in (self.index.image[n], self.index.text[n]) if not np.isnan(v).any()]
+        return unit(np.sum(vecs, axis=0))
+
+    def search(self, query: np.ndarray, k: int = 10, filters: dict[str, list[str]] | None = None,
+               exclude: tuple[str, ...] = ()) -> pd.DataFrame:
+        """The k best products (id, score, facets), score = max(cosine to the photo, cosine to the title). The
+        best k by that maximum are among the best k of either list, so merging the two lists is exact."""
+        allowed = filter_mask(self.index.facets, filters or {})
+        want = k + len(exclude)
+        found: dict[int, float] = {}
+        for engine in self.engines.values():
+            rows, scores = engine.search(query, want, allowed)
+            for r, s in zip(rows.tolist(), scores.tolist(), strict=True):
+                found[r] = max(s, found.get(r, -np.inf))
+        skip = {self.row[e] for e in exclude if e in self.row}
+        ranked = sorted(((s, r) for r, s in found.items() if r not in skip), key=lambda t: (-t[0], t[1]))[:k]
+        rows = np.array([r for _, r in ranked], dtype=np.int64)
+        out = pd.DataFrame({"id": self.index.ids[rows], "score": np.round([s for s, _ in ranked], 4)})
+        return pd.concat([out, self.index.facets.iloc[rows].reset_index(drop=True)], axis=1)
+
+
+class Searcher(VectorSearch):
+    """A model and its index: turns text, a photo, or a catalog product into ranked products."""
+
+    def __init__(self, cat: Categorizer, index: Index) -> None:
+        if index.model_key != model_key(cat):
+            raise SearchIndexError(f"the index was built by model {index.model_key}, this model is "
+                                   f"{model_key(cat)}: rebuild it with `deepfusion search --build`")
+        super().__init__(index)
+        self.cat = cat
+
+    # The vectors come from the fusion network alone (Categorizer.predict, also for a stack): a query needs no
+    # expert votes, and running them would cost most of its latency.
+
+    def embed_text(self, text: str) -> np.ndarray:
+        h, w = self.cat.image_size
+        _, emb = Categorizer.predict(self.cat, pd.DataFrame({"id": [0], TITLE: [text]}), load_images([None], h, w),
+                                  embeddings=True)
+        return emb["text"][0]
+
+    def embed_photo(self, data: bytes) -> np.ndarray:
+        h, w = self.cat.image_size
+        images = load_images([data], h, w)  # bytes only: a query never reads a path on this machine
+        if images.status[0] != "ok":
+            raise ValueError(f"the photo cannot be used: {images.status[0]}")
+        _, emb = Categorizer.predict(self.cat, pd.DataFrame({"id": [0], TITLE: [""]}), images, embeddings=True)
+        return emb["image"][0]
+
+    def query(self, text: str = "", photo: bytes | None = None, photo_weight: float = 0.5) -> np.ndarray:
+        """One unit query vector: the text's, the photo's, or their weighted sum (a photo plus "in red")."""
+        parts = []
+        if photo:
+            parts.append(photo_weight * unit(self.embed_photo(photo)))
+        if text.strip():
+            parts.append((1 - photo_weight if photo else 1.0) * unit(self.embed_text(text.strip())))
+        if not parts:
+            raise ValueError("nothing to search for: give words, a photo, or both")
+        return unit(np.sum(parts, axis=0))
+
+
+def open_searcher(model: str, index: Path | None = None, search_dir: str | Path | None = None) -> Searcher:
+    """The model and its index (`index`, else the model's own file under `search_dir`)."""
+    cat = load_categorizer(model)
+    return Searcher(cat, Index.load(index or index_path(search_dir, cat)))
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     ap = argparse.ArgumentParser(prog="deepfusion search", description=__doc__.split("\n")[0])
-    g = ap.add_mutually_exclusive_group(required=True)
-    g.add_argument("--build", nargs="?", const="", metavar="CATALOG_DIR",
-                   help="index a catalog folder's images and titles (default: params paths.raw)")
-    g.add_argument("--text", help="find the products whose pictures match this text")
-    g.add_argument("--image", type=Path, help="find the products whose titles match this picture")
+    ap.add_argument("--build", nargs="?", const="", metavar="CATALOG_DIR",
+                    help="index a catalog folder's photos and titles (default: params paths.raw)")
+    ap.add_argument("--text", default="", help="words: find products whose photo or title match them")
+    ap.add_argument("--image", type=Path, help="a photo: find products that look like it (with --text: steered)")
+    ap.add_argument("--like", metavar="ID", help="find products like this catalog product")
+    ap.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE[,VALUE]",
+                    help="keep products whose COLUMN is one of the values (a label level or categorical column)")
+    ap.add_argument("--photo-weight", type=float, default=0.5, help="photo vs words when both are given (0.5)")
     ap.add_argument("-k", type=int, default=10, help="how many products to list (default 10)")
-    ap.add_argument("--index", type=Path, help="index file (default: params.paths.search/index.npz)")
-    ap.add_argument("--model", help="checkpoint path or models:/NAME@ALIAS (default: the pipeline's fusion model)")
+    ap.add_argument("--json", action="store_true", help="print the hits as JSON lines")
+    ap.add_argument("--index", type=Path, help="index file (default: params paths.search/<model key>.npz)")
+    ap.add_argument("--backend", choices=sorted(BACKENDS), default="exact", help="vector engine of a new index")
+    ap.add_argument("--model", help="checkpoint, stack, or models:/NAME@ALIAS (default: the pipeline's stack)")
     args = ap.parse_args(argv)
+    if args.build is None and not (args.text or args.image or args.like):
+        ap.error("give --build, or something to search for: --text, --image or --like")
     try:
+        filters = parse_where(args.where)
+        search_dir = None
         if args.index is None or args.build == "":
             from components.config import load_params  # raises ConfigError outside the project root
 
             paths = load_params().paths
-            args.index = args.index or Path(paths.search) / "index.npz"
+            search_dir = paths.search
             args.build = args.build if args.build != "" else paths.raw
         cat = load_categorizer(args.model or default_model())
+        path = args.index or index_path(search_dir, cat)
         if args.build:
             t0 = time.perf_counter()
-            index = build_index(Path(args.build), cat)
-            index.save(args.index)
-            print(f"indexed {len(index.ids)} products in {time.perf_counter() - t0:.1f} s -> {args.index}")
+            index = build_index(Path(args.build), cat, backend=args.backend)
+            index.save(path)
+            print(f"indexed {len(index.ids)} products in {time.perf_counter() - t0:.1f} s -> {path}")
             return 0
-        index = Index.load(args.index)
+        searcher = Searcher(cat, Index.load(path))
         t0 = time.perf_counter()
-        query = embed_text(cat, args.text) if args.text is not None else embed_image(cat, args.image)
-        hits = top_k(index, query, args.k)
+        if args.like:
+            query = searcher.like(args.like)
+            query = unit(query + searcher.query(args.text)) if args.text else query
+        else:
+            photo = args.image.read_bytes() if args.image else None  # the user's own file, named on the command
+            query = searcher.query(args.text, photo, args.photo_weight)
+        hits = searcher.search(query, args.k, filters, exclude=(args.like,) if args.like else ())
         ms = (time.perf_counter() - t0) * 1000
     except (CatalogError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(hits.to_string(index=False))
-    print(f"({ms:.1f} ms, {len(index.ids)} products)", file=sys.stderr)
+    if args.json:
+        for rec in hits.to_dict(orient="records"):
+            print(json.dumps({k: (v.item() if hasattr(v, "item") else v) for k, v in rec.items()}))
+    else:
+        print(hits.to_string(index=False) if len(hits) else "(no product matches)")
+    print(f"({ms:.1f} ms, {len(searcher.index.ids)} products)", file=sys.stderr)
     return 0
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import time
@@ -162,24 +163,57 @@ def test_search_finds_the_product_by_its_own_title_and_image(trained, tmp_path):
     params, data, _ = trained
     cat = Categorizer.from_checkpoint(ckpt(params))
     index = search.build_index(data, cat)
-    titles = pd.read_csv(data / "products.csv")  # ids
-    pid = int(titles["id"].iloc[20])
-    title = next(ln.split(",", 9)[9] for ln in (data / "styles.csv").read_text().splitlines()
-                 if ln.startswith(f"{pid},"))
-    hits = search.top_k(index, search.embed_text(cat, title), 5)
-    assert int(hits["id"].iloc[0]) == pid
-    hits = search.top_k(index, search.embed_image(cat, data / "images" / f"{pid}.jpg"), 5)
-    assert pid in hits["id"].tolist()
+    assert list(index.facets.columns[:3]) == ["masterCategory", "subCategory", "articleType"]
+    assert "baseColour" in index.facets.columns  # the schema's categorical columns filter too
+    s = search.Searcher(cat, index)
+    rows = {ln.split(",", 1)[0]: ln.split(",", 9) for ln in (data / "styles.csv").read_text().splitlines()[1:]}
+    pid = str(index.ids[20])
+    title, kind = rows[pid][9], rows[pid][4]
+    hits = s.search(s.query(title), 5)
+    assert str(hits["id"].iloc[0]) == pid
+    photo = (data / "images" / f"{pid}.jpg").read_bytes()
+    assert pid in s.search(s.query(photo=photo), 5)["id"].astype(str).tolist()
+    # A photo steered by words and a filter: every hit passes the filter, the photo's product among them.
+    both = s.search(s.query(title.split()[-1], photo), 5, {"articleType": [kind]})
+    assert (both["articleType"] == kind).all() and pid in both["id"].astype(str).tolist()
+    like = s.search(s.like(pid), 5, exclude=(pid,))
+    assert pid not in like["id"].astype(str).tolist() and (like["articleType"] == kind).mean() >= 0.6
+    with pytest.raises(ValueError, match="cannot be used"):
+        s.query(photo=b"not a jpeg")
+    with pytest.raises(ValueError, match="nothing to search for"):
+        s.query("  ")
+
+
+def test_an_index_answers_only_the_model_that_built_it(trained, tmp_path):
+    params, data, _ = trained
+    cat = Categorizer.from_checkpoint(ckpt(params))
+    index = search.build_index(data, cat)
+    other = tmp_path / "other.pt"
+    blob = torch.load(ckpt(params), weights_only=True)
+    blob["meta"]["note"] = "retrained"  # another file: another model version
+    torch.save(blob, other)
+    with pytest.raises(search.SearchIndexError, match="rebuild it"):
+        search.Searcher(Categorizer.from_checkpoint(other), index)
+    assert search.index_path(tmp_path, cat) != search.index_path(tmp_path, Categorizer.from_checkpoint(other))
 
 
 def test_search_cli_round_trip(trained, tmp_path, capsys):
     params, data, _ = trained
     idx = tmp_path / "index.npz"
-    assert search.main(["--build", str(data), "--index", str(idx), "--model", str(ckpt(params))]) == 0
-    assert search.main(["--text", "Nike Men Black Watches", "--index", str(idx), "--model",
-                        str(ckpt(params)), "-k", "3"]) == 0
+    model = str(ckpt(params))
+    assert search.main(["--build", str(data), "--index", str(idx), "--model", model]) == 0
+    assert search.main(["--text", "Nike Men Black Watches", "--index", str(idx), "--model", model, "-k", "3"]) == 0
     out = capsys.readouterr().out
     assert "score" in out and len(out.strip().splitlines()) == 5  # build line, header, 3 hits
+    assert search.main(["--text", "Black", "--where", "articleType=Watches", "--json", "--index", str(idx),
+                        "--model", model, "-k", "4"]) == 0
+    hits = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(hits) == 4 and all(h["articleType"] == "Watches" for h in hits)
+    assert search.main(["--like", str(hits[0]["id"]), "--index", str(idx), "--model", model, "--json"]) == 0
+    assert str(hits[0]["id"]) not in capsys.readouterr().out
+    assert search.main(["--text", "x", "--where", "articleType=Watchs", "--index", str(idx), "--model", model]) == 2
+    assert "did you mean Watches" in capsys.readouterr().err
+    assert search.main(["--image", str(tmp_path / "missing.jpg"), "--index", str(idx), "--model", model]) == 2
 
 
 def test_pyfunc_input_accepts_base64_images(trained):
