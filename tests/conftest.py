@@ -158,18 +158,20 @@ def dag_workspace(ws: Path) -> Path:
 
 def train_tiny_stack(tmp: Path):
     """A small stacked categorizer (TF-IDF + fusion network + combiner) on a synthetic catalog, ~30 s on CPU:
-    (params, catalog folder, fusion metrics)."""
+    (params, catalog folder, fusion metrics); `tmp` is its workspace (params.yaml written there)."""
     from components.pipeline import evaluate, features, ingest, stack, train_baseline, train_fusion, validate
 
     data = make_catalog(tmp / "data", n=180, seed=1)
-    params = params_from_dict(tiny_raw(tmp, data, {
+    raw = tiny_raw(tmp, data, {
         "train_fusion": {"init_image_from_baseline": False, "finetune_image": "all",
                          # The synthetic shots name their class by colour and shape alone, so with the default
                          # 0.15 the tiny model leans on the image and its title path stays seed-dependent
                          # (imageless masterCategory 0.75-1.0 over seeds); 0.4 makes it learn both.
                          "train": {"epochs": 20, "patience": 20, "lr": 3.0e-3, "batch_size": 32,
                                    "modality_dropout": 0.4}},
-        "registry": {"floors": {"masterCategory": 0.3, "subCategory": 0.3, "articleType": 0.3}}}))
+        "registry": {"floors": {"masterCategory": 0.3, "subCategory": 0.3, "articleType": 0.3}}})
+    (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))  # for commands run in `tmp`
+    params = params_from_dict(raw)
     ingest.run(params)
     validate.run(params)
     features.run(params)

@@ -228,3 +228,46 @@ def test_pyfunc_input_accepts_base64_images(trained):
     assert out.loc[0, "status"] == "ok" and out.loc[0, "articleType"] in {"Tshirts", "Shirts", "Jeans",
                                                                           "Casual Shoes", "Sports Shoes",
                                                                           "Watches", "Other"}
+
+
+def test_the_review_station_searches_with_the_model_by_words_photo_filters_and_like(trained, tmp_path):
+    """The station's search page and API over the real model and its index (the thumbnails come from the
+    catalog index; the photo is posted, never read from a path)."""
+    import re
+
+    from components.review.app import create_app
+    from components.review.catalog_index import CatalogIndex
+    from components.review.store import Store
+
+    params, data, _ = trained
+    cat = Categorizer.from_checkpoint(ckpt(params))
+    idx = tmp_path / "index.npz"
+    search.build_index(data, cat).save(idx)
+    products = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
+    levels = list(params.catalog.levels)
+    store = Store(f"sqlite:///{tmp_path / 'review.db'}")
+    store.add_user("ben", "a long enough password", "reviewer")
+    app = create_app(store, levels, [], secret_key=b"k" * 32,
+                     index=CatalogIndex(products, levels, Path(params.paths.raw),
+                                        lambda: search.open_searcher(str(ckpt(params)), idx)))
+    client = app.test_client()
+    token = client.post("/api/token", json={"user": "ben", "password": "a long enough password"}).get_json()["token"]
+    auth = {"Authorization": f"Bearer {token}"}
+    watches = client.post("/api/search", headers=auth, json={"text": "Black Watches", "k": 5,
+                                                              "filters": {"articleType": ["Watches"]}}).get_json()
+    assert len(watches["hits"]) == 5 and all(h["facets"]["articleType"] == "Watches" for h in watches["hits"])
+    photo = base64.b64encode((data / "images" / "1020.jpg").read_bytes()).decode()
+    by_photo = client.post("/api/search", headers=auth, json={"photo_base64": photo, "k": 5}).get_json()["hits"]
+    assert "1020" in [h["product_id"] for h in by_photo]
+    like = client.post("/api/search", headers=auth, json={"like": "1020", "k": 5}).get_json()["hits"]
+    assert "1020" not in [h["product_id"] for h in like]
+    bad = client.post("/api/search", headers=auth, json={"text": "x", "filters": {"articleType": ["Watchs"]}})
+    assert bad.status_code == 400 and "did you mean Watches" in bad.get_json()["error"]
+    # The page: log in, words + a filter, thumbnails that load.
+    page = client.get("/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    client.post("/login", data={"user": "ben", "password": "a long enough password", "csrf_token": csrf})
+    html = client.get("/search?q=Black+Watches&f.articleType=Watches").get_data(as_text=True)
+    shown = re.findall(r'src="/example/(\d+)"', html)
+    assert len(shown) >= 3 and client.get(f"/example/{shown[0]}").mimetype == "image/jpeg"
+    assert 'href="/search?like=' in html

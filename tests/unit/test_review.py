@@ -285,6 +285,25 @@ def test_the_api_decides_with_a_bearer_token_and_answers_conflicts(store, tmp_pa
     assert api(client, "get", "/api/items/999", token).status_code == 404
 
 
+def test_search_needs_a_login_and_says_what_is_missing_without_an_index(store, tmp_path):
+    """This station has no model: the search page and API say so instead of failing (the model-backed search is
+    tests/model/test_predict_search.py and the browser test)."""
+    client = make_app(store, tmp_path).test_client()
+    assert client.get("/search?q=red").status_code == 302  # pages need a login
+    assert client.post("/api/search", json={"text": "red"}).status_code == 401
+    log_in(client)
+    page = client.get("/search?q=red")
+    assert page.status_code == 503 and "Search is unavailable: search is not set up" in page.get_data(as_text=True)
+    assert client.post("/search", data={"q": "red"}).status_code == 400  # the photo form needs its CSRF token
+    token = client.post("/api/token", json={"user": "ben", "password": PASSWORD}).get_json()["token"]
+    assert api(client, "post", "/api/search", token, json=["red"]).status_code == 400
+    assert "photo_base64" in api(client, "post", "/api/search", token,
+                                 json={"photo_base64": "%%%"}).get_json()["error"]
+    assert "filters" in api(client, "post", "/api/search", token,
+                            json={"text": "red", "filters": {"leaf": "Tshirts"}}).get_json()["error"]
+    assert api(client, "post", "/api/search", token, json={"text": "red"}).status_code == 503
+
+
 # --- queues and the export -----------------------------------------------------------------------------------
 
 def test_top_paths_rank_only_paths_of_the_taxonomy():
