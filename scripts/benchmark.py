@@ -4,6 +4,8 @@
     .venv/bin/python scripts/benchmark.py train [--repeats 3] [--models image fusion]  # products/s + peak RSS
     .venv/bin/python scripts/benchmark.py predict   # the predict CLI's path: stacked categorizer vs fusion alone
     .venv/bin/python scripts/benchmark.py review    # review station: view/decision latency, 10,000 items, 4 reviewers
+    .venv/bin/python scripts/benchmark.py search    # query latency on one core: 44k to 1M products, filters,
+                                                    # the previous scan as baseline; real queries if an index exists
 
 Each measurement runs in a child process so peak RSS is its own.
 """
@@ -23,9 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def child(code: str) -> dict:
+def child(code: str, env: dict | None = None) -> dict:
     """Run `code` in a fresh interpreter (cwd = repo root); it prints one JSON line."""
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, **(env or {})})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -336,9 +339,82 @@ def item_page(base: str) -> bytes:
     return opener.open(f"{base}/login", data=form).read()
 
 
+ONE_CORE = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def bench_search(sizes: tuple[int, ...] = (44_000, 200_000, 1_000_000), queries: int = 200) -> None:
+    """Query latency of the exact index on one core (BLAS and torch on one thread), against the scan the search
+    had before (both score vectors in full, then the top k) measured in the same process; then end-to-end
+    queries (embedding + search) through the project's model and index when `deepfusion search --build` ran."""
+    print(f"machine: {cpu_model()}; one thread")
+    for n in sizes:
+        r = child(f"""
+import json, time, numpy as np, pandas as pd
+from components.serving.search import Index, VectorSearch
+rng = np.random.default_rng(0)
+def unit(x): return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+n, d = {n}, 256
+image, text = unit(rng.normal(size=(n, d))), unit(rng.normal(size=(n, d)))
+image[rng.random(n) < 0.01] = np.nan
+facets = pd.DataFrame({{"articleType": rng.integers(0, 140, n).astype(str),
+                       "baseColour": rng.integers(0, 46, n).astype(str)}})
+vs = VectorSearch(Index(np.arange(n), image, text, facets, "x"))
+qs = unit(rng.normal(size=({queries}, d)))
+def old(q, k=10):  # the search before the index interface: both scans in full, NaN photos as -1
+    s = np.maximum(np.nan_to_num(image @ q, nan=-1.0), text @ q)
+    b = np.argpartition(-s, k - 1)[:k]
+    return b[np.argsort(-s[b])]
+def lat(f):
+    f(qs[0]); out = []
+    for q in qs:
+        t = time.perf_counter(); f(q); out.append((time.perf_counter() - t) * 1000)
+    return float(np.percentile(out, 50)), float(np.percentile(out, 99))
+res = {{"old": lat(old), "new": lat(lambda q: vs.search(q, 10)),
+        "filtered": lat(lambda q: vs.search(q, 10, {{"articleType": ["7"]}})),
+        "mib": (image.nbytes + text.nbytes) / 2**20}}
+print(json.dumps(res))""", ONE_CORE)
+        (o50, o99), (n50, n99), (f50, f99) = r["old"], r["new"], r["filtered"]
+        print(f"{n:>9,} products ({r['mib']:.0f} MiB of vectors): p50 {n50:.1f} / p99 {n99:.1f} ms; with a filter "
+              f"{f50:.1f} / {f99:.1f} ms; previous scan {o50:.1f} / {o99:.1f} ms (p50 ratio new/previous "
+              f"{n50 / o50:.2f})")
+    real = child(f"""
+import json, time, numpy as np, pandas as pd
+import torch; torch.set_num_threads(1)
+from pathlib import Path
+from components.config import load_params
+from components.serving.predict import default_model
+from components.serving.search import open_searcher
+p = load_params()
+try:
+    s = open_searcher(default_model(), search_dir=p.paths.search)
+except (OSError, ValueError) as exc:
+    print(json.dumps({{"skipped": str(exc)}})); raise SystemExit
+prod = pd.read_parquet(Path(p.paths.ingest) / "products.parquet")
+rows = prod.sample({queries}, random_state=0)
+def lat(items, q):
+    q(items[0]); out = []
+    for it in items:
+        t = time.perf_counter(); s.search(q(it), 10); out.append((time.perf_counter() - t) * 1000)
+    return float(np.percentile(out, 50)), float(np.percentile(out, 99))
+titles = [str(t) for t in rows[p.catalog.title]]
+imgs = np.load(Path(p.paths.ingest) / "images.npy", mmap_mode="r")
+from PIL import Image
+import io
+def jpeg(i):
+    b = io.BytesIO(); Image.fromarray(np.asarray(imgs[i])).save(b, format="JPEG"); return b.getvalue()
+photos = [jpeg(i) for i in np.flatnonzero(prod["has_image"].to_numpy())[:{queries // 2}]]
+print(json.dumps({{"n": len(s.index.ids), "text": lat(titles, lambda t: s.query(t)),
+                   "photo": lat(photos, lambda b: s.query(photo=b))}}))""", ONE_CORE)
+    if "skipped" in real:
+        print(f"real queries skipped: {real['skipped']}")
+        return
+    print(f"real index, {real['n']:,} products, query = embedding + search: words p50 {real['text'][0]:.1f} ms / "
+          f"p99 {real['text'][1]:.1f} ms; photo p50 {real['photo'][0]:.1f} ms / p99 {real['photo'][1]:.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("ingest", "train", "predict", "review"))
+    ap.add_argument("what", choices=("ingest", "train", "predict", "review", "search"))
     ap.add_argument("--repeats", type=int, default=3, help="train: fp32/bf16 pairs per model (median reported)")
     ap.add_argument("--models", nargs="+", default=["image", "text", "metadata", "fusion"],
                     choices=("image", "text", "metadata", "fusion"), help="train: which models")
@@ -346,7 +422,7 @@ def main() -> None:
     if args.what == "train":
         bench_train(repeats=args.repeats, models=tuple(args.models))
     else:
-        {"ingest": bench_ingest, "predict": bench_predict, "review": bench_review}[args.what]()
+        {"ingest": bench_ingest, "predict": bench_predict, "review": bench_review, "search": bench_search}[args.what]()
 
 
 if __name__ == "__main__":

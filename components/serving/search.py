@@ -172,25 +172,44 @@ def parse_where(items: list[str]) -> dict[str, list[str]]:
     return out
 
 
+class Facets:
+    """The filterable columns, coded once (lower-cased values -> small integers): a filter is then an integer
+    comparison per row, not a string one (the difference between ~2 and ~20 ms a query at 44k products)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.columns = list(frame.columns)
+        self.codes: dict[str, np.ndarray] = {}
+        self.known: dict[str, dict[str, tuple[int, str]]] = {}  # column -> lower value -> (code, as written)
+        for col in self.columns:
+            values = frame[col].to_numpy(dtype=str)
+            codes, uniques = pd.factorize(np.char.lower(values))
+            self.codes[col] = codes
+            first = values[np.unique(codes, return_index=True)[1]]  # each value as its first row writes it
+            self.known[col] = {u: (c, str(first[c])) for c, u in enumerate(uniques) if u}
+
+    def mask(self, filters: dict[str, list[str]]) -> np.ndarray | None:
+        """Rows matching every filter (a value of any listed ones; case-insensitive), None for no filter. An
+        unknown column or value is an error that says what exists, so a typo never silently finds nothing."""
+        mask = None
+        for col, wanted in filters.items():
+            if not wanted:
+                continue
+            if col not in self.known:
+                raise ValueError(f"filter {col!r}: not a filterable column; use one of {', '.join(self.columns)}")
+            known = self.known[col]
+            for w in wanted:
+                if w.lower() not in known:
+                    close = difflib.get_close_matches(w, [v for _, v in known.values()], n=3, cutoff=0.6)
+                    raise ValueError(f"filter {col}={w!r}: no product has it" +
+                                     (f"; did you mean {', '.join(close)}?" if close else ""))
+            m = np.isin(self.codes[col], [known[w.lower()][0] for w in wanted])
+            mask = m if mask is None else mask & m
+        return mask
+
+
 def filter_mask(facets: pd.DataFrame, filters: dict[str, list[str]]) -> np.ndarray | None:
-    """Rows matching every filter (a value of any listed ones; case-insensitive), None for no filter. An unknown
-    column or value is an error that says what exists, so a typo never silently finds nothing."""
-    mask = None
-    for col, wanted in filters.items():
-        if not wanted:
-            continue
-        if col not in facets.columns:
-            raise ValueError(f"filter {col!r}: not a filterable column; use one of {', '.join(facets.columns)}")
-        values = facets[col].to_numpy(dtype=str)
-        known = {v.lower(): v for v in np.unique(values) if v}
-        for w in wanted:
-            if w.lower() not in known:
-                close = difflib.get_close_matches(w, list(known.values()), n=3, cutoff=0.6)
-                raise ValueError(f"filter {col}={w!r}: no product has it" +
-                                 (f"; did you mean {', '.join(close)}?" if close else ""))
-        m = np.isin(np.char.lower(values), [w.lower() for w in wanted])
-        mask = m if mask is None else mask & m
-    return mask
+    """`Facets(facets).mask(filters)`, for a one-off."""
+    return Facets(facets).mask(filters)
 
 
 def unit(v: np.ndarray) -> np.ndarray:
@@ -207,6 +226,7 @@ class VectorSearch:
         self.index = index
         self.engines = {m: BACKENDS[index.backend](getattr(index, m)) for m in ("image", "text")}
         self.row = {str(i): n for n, i in enumerate(index.ids)}
+        self.facets = Facets(index.facets)
 
     def like(self, product_id: str) -> np.ndarray:
         """A catalog product as a query: its photo and title vectors together."""
@@ -220,7 +240,7 @@ class VectorSearch:
                exclude: tuple[str, ...] = ()) -> pd.DataFrame:
         """The k best products (id, score, facets), score = max(cosine to the photo, cosine to the title). The
         best k by that maximum are among the best k of either list, so merging the two lists is exact."""
-        allowed = filter_mask(self.index.facets, filters or {})
+        allowed = self.facets.mask(filters or {})
         want = k + len(exclude)
         found: dict[int, float] = {}
         for engine in self.engines.values():
