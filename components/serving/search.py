@@ -150,9 +150,13 @@ def facet_frame(frame: pd.DataFrame, pred: pd.DataFrame, schema: CatalogSchema, 
 
 
 def build_index(folder: Path, cat: Categorizer, schema: CatalogSchema | None = None, backend: str = "exact") -> Index:
+    """Every product of a catalog folder as photo and title vectors, with its facets. The vectors come from the
+    fusion network alone (a stack's experts add nothing to them and would cost most of the build); so does the
+    path that stands in for a missing label."""
     schema = schema or catalog_schema(cat)
     read = read_catalog(folder, schema, require_labels=False)
-    pred, emb = categorize(folder, cat, embeddings=True, read=read)
+    fusion = Categorizer(cat.model, cat.encoders, cat.meta, cat.device, cat.image_size)
+    pred, emb = categorize(folder, fusion, embeddings=True, read=read)
     pred = pred[~pred["status"].str.startswith("rejected")].reset_index(drop=True)
     return Index(emb["ids"], emb["image"].astype(np.float32), emb["text"].astype(np.float32),
                  facet_frame(read.frame, pred, schema, cat.levels), model_key(cat), backend)
