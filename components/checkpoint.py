@@ -1,7 +1,6 @@
 """Self-describing checkpoints: model config, encoders (label maps, vocabularies) and weights in one file."""
 from __future__ import annotations
 
-import hashlib
 import pickle
 from pathlib import Path
 from typing import Any
@@ -33,14 +32,6 @@ def save_checkpoint(path: str | Path, model: FusionModel, encoders: Encoders, me
     tmp.replace(path)
 
 
-def file_md5(path: str | Path) -> str:
-    h = hashlib.md5()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_blob(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """The raw checkpoint dict, loaded without unpickling code (tensors, numbers, strings, lists, dicts)."""
     path = Path(path)
@@ -58,8 +49,7 @@ def read_blob(path: str | Path, device: str | torch.device = "cpu") -> dict[str,
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[FusionModel, Encoders, dict[str, Any]]:
-    """Rebuild the model through the same factory, with random init (weights come from the file). The meta gains
-    `weights_md5`, the file's md5: what the model is, for those keyed on it (the search index)."""
+    """Rebuild the model through the same factory, with random init (weights come from the file)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; run `dvc repro` or pass --model")
@@ -74,4 +64,4 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     model = build_model(ModelConfig.from_dict(blob["model_config"]), pretrained_path="")
     model.load_state_dict(blob["state_dict"])
     model.to(device).eval()
-    return model, Encoders.from_dict(blob["encoders"]), {**blob["meta"], "weights_md5": file_md5(path)}
+    return model, Encoders.from_dict(blob["encoders"]), blob["meta"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import hashlib
 import io
 import json
 import logging
@@ -28,6 +29,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import torch
 
 from components.atomic_io import atomic_write_bytes
 from components.catalog import TITLE, CatalogError, read_catalog
@@ -118,14 +120,18 @@ class Index:
 
 
 def model_key(cat: Categorizer) -> str:
-    """Names the embedding space: the md5 of the fusion network's checkpoint file, and whether its image tower
-    runs in int8 (the stack's serving form: its photo vectors differ slightly from the fp32 ones)."""
-    md5 = cat.meta.get("weights_md5", "")
-    if not md5:
-        raise CheckpointError("the model does not say which weights it holds (no weights_md5): reload it from its "
-                              "checkpoint")
+    """Names the embedding space: a hash of the fusion network's weights as loaded (whatever the source: a
+    checkpoint, a stack, a registered model), and whether its image tower runs in int8 (the stack's serving
+    form: its photo vectors differ slightly from the fp32 ones)."""
+    h = hashlib.sha256()
+    for name, value in sorted(cat.model.state_dict().items()):
+        if not isinstance(value, torch.Tensor):
+            continue  # an int8 layer's packed parameters: its float neighbours change with every retrain anyway
+        t = (value.int_repr() if value.is_quantized else value).detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     int8 = "fusion" in getattr(getattr(cat, "experts", None), "int8", ())
-    return md5[:16] + ("-int8" if int8 else "")
+    return h.hexdigest()[:16] + ("-int8" if int8 else "")
 
 
 def index_path(folder: str | Path, cat: Categorizer) -> Path:

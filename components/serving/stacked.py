@@ -10,6 +10,7 @@ retrained expert cannot be paired with a combiner fitted to its predecessor.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,7 +21,7 @@ import torch
 
 from components.atomic_io import read_json
 from components.catalog import ATTRIBUTES, VARIANT_DEGRADES, degrade_frame, present, title_words
-from components.checkpoint import CheckpointError, file_md5, load_checkpoint
+from components.checkpoint import CheckpointError, load_checkpoint
 from components.data import Arrays
 from components.encoders import Encoders
 from components.experts import BY_NAME, NAMES, applies
@@ -37,6 +38,14 @@ EXPERTS = NAMES  # every expert the stack may pool, in their order (components.e
 COMBINER_FILE = "combiner.json"
 CALIBRATION_FILE = "calibration.npy"  # the int8 image towers' calibration images, beside the combiner
 FORMAT = "deepfusion-stack/1"
+
+
+def file_md5(path: Path) -> str:
+    h = hashlib.md5()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def metadata_fields(enc: Encoders) -> list[str]:
