@@ -35,6 +35,8 @@ from components.atomic_io import atomic_write_bytes
 from components.catalog import TITLE, CatalogError, read_catalog
 from components.checkpoint import CheckpointError
 from components.config import CatalogSchema, ConfigError
+from components.data import iterate
+from components.models.runtime import autocast, trim_padding
 from components.serving.categorizer import Categorizer, load_images
 from components.serving.predict import catalog_schema, categorize, default_model, load_categorizer
 
@@ -274,22 +276,27 @@ class Searcher(VectorSearch):
         super().__init__(index)
         self.cat = cat
 
-    # The vectors come from the fusion network alone (Categorizer.predict, also for a stack): a query needs no
-    # expert votes, and running them would cost most of its latency.
+    # A query vector comes from its modality's tower alone: the towers do not read each other (fusion comes
+    # after them), so the rest of the network would change nothing; for words it would cost most of the query
+    # (the photo tower on a blank image). tests/model checks these equal the vectors the index holds.
+
+    def _tower(self, modality: str, frame: pd.DataFrame, images) -> np.ndarray:
+        batch = trim_padding(next(iterate(self.cat.arrays(frame, images), 1, self.cat.device)))
+        tower = self.cat.model.towers[modality]
+        with torch.no_grad(), autocast(self.cat.device):
+            v = tower(batch["tokens"], batch["subwords"]) if modality == "text" else tower(batch["image"], None)
+        return torch.nn.functional.normalize(v.float(), dim=-1)[0].cpu().numpy()
 
     def embed_text(self, text: str) -> np.ndarray:
         h, w = self.cat.image_size
-        _, emb = Categorizer.predict(self.cat, pd.DataFrame({"id": [0], TITLE: [text]}), load_images([None], h, w),
-                                  embeddings=True)
-        return emb["text"][0]
+        return self._tower("text", pd.DataFrame({"id": [0], TITLE: [text]}), load_images([None], h, w))
 
     def embed_photo(self, data: bytes) -> np.ndarray:
         h, w = self.cat.image_size
         images = load_images([data], h, w)  # bytes only: a query never reads a path on this machine
         if images.status[0] != "ok":
             raise ValueError(f"the photo cannot be used: {images.status[0]}")
-        _, emb = Categorizer.predict(self.cat, pd.DataFrame({"id": [0], TITLE: [""]}), images, embeddings=True)
-        return emb["image"][0]
+        return self._tower("image", pd.DataFrame({"id": [0], TITLE: [""]}), images)
 
     def query(self, text: str = "", photo: bytes | None = None, photo_weight: float = 0.5) -> np.ndarray:
         """One unit query vector: the text's, the photo's, or their weighted sum (a photo plus "in red")."""

@@ -173,6 +173,9 @@ def test_search_finds_the_product_by_its_own_title_and_image(trained, tmp_path):
     assert str(hits["id"].iloc[0]) == pid
     photo = (data / "images" / f"{pid}.jpg").read_bytes()
     assert pid in s.search(s.query(photo=photo), 5)["id"].astype(str).tolist()
+    # A query runs one tower; its vector is the one the whole network gave the index for the same input.
+    np.testing.assert_allclose(s.embed_text(title), index.text[20], atol=1e-4)
+    np.testing.assert_allclose(s.embed_photo(photo), index.image[20], atol=1e-4)
     # A photo steered by words is their unit vectors' sum; with a filter every hit passes it. (Which product
     # ranks first is not asserted: the synthetic shots of one class differ only by jitter.)
     q = s.query(kind, photo)
