@@ -35,6 +35,7 @@ class CatalogIndex:
         self._by_path = {tuple(k if isinstance(k, tuple) else (k,)): v
                          for k, v in self.frame.groupby(self.levels, sort=False).groups.items()}
         self._open, self._searcher, self._lock = open_searcher, None, threading.Lock()
+        self._facets: dict[str, list[str]] | None = None
 
     def _row(self, r: pd.Series) -> dict:
         return {"product_id": str(r[ID]), "title": str(r.get(TITLE, "")), "image": str(r.get(IMAGE, "") or ""),
@@ -63,8 +64,10 @@ class CatalogIndex:
 
     def facets(self) -> dict[str, list[str]]:
         """Filterable columns and their values (for the page's pickers)."""
-        f = self.searcher().index.facets
-        return {c: sorted(v for v in f[c].unique() if v) for c in f.columns}
+        if self._facets is None:  # the same for every page view of this index
+            f = self.searcher().index.facets
+            self._facets = {c: sorted(v for v in f[c].unique() if v) for c in f.columns}
+        return self._facets
 
     def search(self, text: str = "", photo: bytes | None = None, like: str = "",
                filters: dict[str, list[str]] | None = None, k: int = 24) -> list[dict]:
@@ -72,13 +75,7 @@ class CatalogIndex:
         each: product_id, title, score, its facets, and whether the page can show its photo. ValueError for a
         query that cannot run (nothing given, an unreadable photo, an unknown filter)."""
         s = self.searcher()
-        from components.serving.search import unit  # the search module, only once search is in use
-
-        if like:
-            query = s.like(like)
-            query = unit(query + s.query(text)) if text.strip() else query
-        else:
-            query = s.query(text, photo)
+        query = s.query(text, photo, like=like)
         hits = s.search(query, k, filters or {}, exclude=(like,) if like else ())
         out = []
         for rec in hits.to_dict(orient="records"):

@@ -298,8 +298,13 @@ class Searcher(VectorSearch):
             raise ValueError(f"the photo cannot be used: {images.status[0]}")
         return self._tower("image", pd.DataFrame({"id": [0], TITLE: [""]}), images)
 
-    def query(self, text: str = "", photo: bytes | None = None, photo_weight: float = 0.5) -> np.ndarray:
-        """One unit query vector: the text's, the photo's, or their weighted sum (a photo plus "in red")."""
+    def query(self, text: str = "", photo: bytes | None = None, photo_weight: float = 0.5, like: str = ""
+              ) -> np.ndarray:
+        """One unit query vector: the text's, the photo's, or their weighted sum (a photo plus "in red"); with
+        `like`, a catalog product's vector, steered by the text when there is one."""
+        if like:
+            base = self.like(like)
+            return unit(base + unit(self.embed_text(text.strip()))) if text.strip() else base
         parts = []
         if photo:
             parts.append(photo_weight * unit(self.embed_photo(photo)))
@@ -354,12 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         searcher = Searcher(cat, Index.load(path))
         t0 = time.perf_counter()
-        if args.like:
-            query = searcher.like(args.like)
-            query = unit(query + searcher.query(args.text)) if args.text else query
-        else:
-            photo = args.image.read_bytes() if args.image else None  # the user's own file, named on the command
-            query = searcher.query(args.text, photo, args.photo_weight)
+        photo = args.image.read_bytes() if args.image and not args.like else None  # the user's own file
+        query = searcher.query(args.text, photo, args.photo_weight, like=args.like or "")
         hits = searcher.search(query, args.k, filters, exclude=(args.like,) if args.like else ())
         ms = (time.perf_counter() - t0) * 1000
     except (CatalogError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as exc:
