@@ -26,6 +26,7 @@ class Paths:
     features: str
     train_baseline: str
     train_fusion: str
+    train_retrieval: str  # the retrieval adapter search reads (train_retrieval stage)
     evaluate: str
     audit: str
     stack: str
@@ -266,6 +267,20 @@ class TrainFusionParams:
 
 
 @dataclass(frozen=True)
+class TrainRetrievalParams:
+    hidden: int  # width of each modality's residual MLP
+    dropout: float
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    patience: int  # epochs without a better validation R@10 before stopping
+    memory: int  # remembered (photo, title) vectors of past batches used as extra negatives; 0 = in-batch only
+    class_block: int  # rows per same-class block in a batch (hard negatives); 1 = plain shuffle
+    device: str
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     bootstrap: int
     retrieval_k: tuple[int, ...]
@@ -357,6 +372,7 @@ class Params:
     model: ModelParams
     train_baseline: TrainBaselineParams
     train_fusion: TrainFusionParams
+    train_retrieval: TrainRetrievalParams
     evaluate: EvaluateParams
     audit: AuditParams
     stack: StackParams

@@ -102,20 +102,23 @@ def comparison_table(results: dict) -> str:
     lines += _views(results.get("slices", {}), f"Slices of the full test input ({finest} accuracy / macro-F1 "
                     "in %; n = products in the slice)", with_n=True)
     fusion = results.get("fusion", {})
-    if "retrieval" in fusion:
-        r = fusion["retrieval"]
-        lines += ["", f"Cross-modal retrieval on {r['queries']} test products (identical title or image counts "
-                  f"as a match): title→image R@1 {pct(r['text_to_image_recall_at_1'])}, "
-                  f"R@10 {pct(r['text_to_image_recall_at_10'])}, MRR {r['text_to_image_mrr']:.3f}; "
-                  f"image→title R@1 {pct(r['image_to_text_recall_at_1'])}, "
-                  f"R@10 {pct(r['image_to_text_recall_at_10'])}, MRR {r['image_to_text_mrr']:.3f}."]
-    for gallery, g in fusion.get("retrieval_kagl", {}).items():
-        t, i = g["text_to_image"], g["image_to_text"]
-        lines += ["", f"KAGL protocol (Marqo's: seeded test titles, a hit = an image of a product with the identical "
-                  f"title), {gallery} gallery ({g['gallery_images']} images, {g['gallery_titles']} titles): "
-                  f"title→image hit@1 {pct(t['hit_at_1'])}, hit@10 {pct(t['hit_at_10'])}, recall@10 "
-                  f"{pct(t['recall_at_10'])}, MRR {t['mrr']:.3f} ({t['queries']} queries); image→title hit@10 "
-                  f"{pct(i['hit_at_10'])}, recall@10 {pct(i['recall_at_10'])}, MRR {i['mrr']:.3f}."]
+    for suffix, space in (("", "the fusion network's space"), ("_adapted", "the retrieval adapter's space (what "
+                                                                    "search serves)")):
+        if f"retrieval{suffix}" in fusion:
+            r = fusion[f"retrieval{suffix}"]
+            lines += ["", f"Cross-modal retrieval in {space} on {r['queries']} test products (identical title or "
+                      f"image counts as a match): title→image R@1 {pct(r['text_to_image_recall_at_1'])}, "
+                      f"R@10 {pct(r['text_to_image_recall_at_10'])}, MRR {r['text_to_image_mrr']:.3f}; "
+                      f"image→title R@1 {pct(r['image_to_text_recall_at_1'])}, "
+                      f"R@10 {pct(r['image_to_text_recall_at_10'])}, MRR {r['image_to_text_mrr']:.3f}."]
+        for gallery, g in fusion.get(f"retrieval_kagl{suffix}", {}).items():
+            t, i = g["text_to_image"], g["image_to_text"]
+            lines += ["", f"KAGL protocol in {space} (Marqo's: seeded test titles, a hit = an image of a product "
+                      f"with the identical title), {gallery} gallery ({g['gallery_images']} images, "
+                      f"{g['gallery_titles']} titles): title→image hit@1 {pct(t['hit_at_1'])}, hit@10 "
+                      f"{pct(t['hit_at_10'])}, recall@10 {pct(t['recall_at_10'])}, MRR {t['mrr']:.3f} "
+                      f"({t['queries']} queries); image→title hit@10 {pct(i['hit_at_10'])}, recall@10 "
+                      f"{pct(i['recall_at_10'])}, MRR {i['mrr']:.3f}."]
     lines += [] if not published else [
               "", "DeepFusion's published figures are not comparable one-to-one: they come from the full "
               "public catalog (44.4k rows, 54 classes with >= 100 items) with a stratified *random* split that "

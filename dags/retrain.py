@@ -21,7 +21,8 @@ from components.experts import EXPERTS
 
 # dvc.yaml stage order (tests/dags checks it): the experts' stages come from the expert registry. GPU_STAGES (the
 # experts with an image tower: convolutions are what a GPU speeds up) go to the GPU queue and pool.
-STAGES = ["ingest", "validate", "features", "audit", *(e.stage for e in EXPERTS), "stack", "evaluate"]
+STAGES = ["ingest", "validate", "features", "audit", *(e.stage for e in EXPERTS), "train_retrieval", "stack",
+          "evaluate"]
 GPU_STAGES = {e.stage for e in EXPERTS if "image" in e.reads and not e.linear}
 JOIN = "none_failed_min_one_success"
 

@@ -52,6 +52,7 @@ TINY_OVERRIDES = {
     "train_baseline": {"tfidf": {"max_features": 5000}, "train": {"epochs": 2, "batch_size": 32,
                                                                    "patience": 2}},
     "train_fusion": {"train": {"epochs": 2, "batch_size": 32, "patience": 2}},
+    "train_retrieval": {"hidden": 32, "epochs": 4, "batch_size": 32, "memory": 64, "class_block": 4},
     "evaluate": {"bootstrap": 20},
     "stack": {"folds": 3, "balance_grid": [0.25]},
     "drift": {"null_batches": 100},
@@ -120,7 +121,8 @@ def catalog(tmp_path: Path) -> Path:
 def tiny_raw(tmp: Path, raw_dir: Path, extra: dict | None = None) -> dict:
     raw = deep_merge(load_raw(ROOT / "params.yaml"), TINY_OVERRIDES)
     paths = {k: str(tmp / "artifacts" / k) for k in ("ingest", "validate", "features", "train_baseline", "train_fusion",
-                                                     "evaluate", "audit", "stack", "search", "categorize")}
+                                                     "train_retrieval", "evaluate", "audit", "stack", "search",
+                                                     "categorize")}
     raw = deep_merge(raw, {"paths": {**paths, "raw": str(raw_dir), "mlflow_db": str(tmp / "mlflow.db"),
                                      "drift_cache": str(tmp / "artifacts" / "drift_null"),
                                      "monitoring": str(tmp / "artifacts" / "monitoring"),
@@ -159,7 +161,16 @@ def dag_workspace(ws: Path) -> Path:
 def train_tiny_stack(tmp: Path):
     """A small stacked categorizer (TF-IDF + fusion network + combiner) on a synthetic catalog, ~30 s on CPU:
     (params, catalog folder, fusion metrics); `tmp` is its workspace (params.yaml written there)."""
-    from components.pipeline import evaluate, features, ingest, stack, train_baseline, train_fusion, validate
+    from components.pipeline import (
+        evaluate,
+        features,
+        ingest,
+        stack,
+        train_baseline,
+        train_fusion,
+        train_retrieval,
+        validate,
+    )
 
     data = make_catalog(tmp / "data", n=180, seed=1)
     raw = tiny_raw(tmp, data, {
@@ -177,6 +188,7 @@ def train_tiny_stack(tmp: Path):
     features.run(params)
     train_baseline.run(params, "tfidf")
     metrics = train_fusion.run(params)
+    train_retrieval.run(params)
     stack.run(params)
     evaluate.run(params)
     return params, data, metrics

@@ -26,6 +26,7 @@ from components.checkpoint import read_blob
 from components.config import Params, load_params, params_to_dict
 from components.experts import EXPERTS
 from components.lifecycle.provenance import data_md5, files_md5, git_commit, run_overrides_tag
+from components.models.retrieval import adapter_file
 from components.serving.mlflow_model import example_frame, log_categorizer
 from components.serving.stacked import COMBINER_FILE
 
@@ -122,7 +123,8 @@ def publish_result(params: Params, r: Result) -> str:
             df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
             with tempfile.TemporaryDirectory(prefix="deepfusion-publish-") as tmp:
                 example = example_frame(df[df.split == "val"], Path(params.paths.raw), params.catalog)
-                uri = log_categorizer(r.model, example, params.catalog, Path(tmp))
+                uri = log_categorizer(r.model, example, params.catalog, Path(tmp),
+                                      adapter_file(params.paths.train_retrieval))
             run.log_model_metrics(uri, test)
             mlflow_store.set_run_tag(MODEL_URI, uri)
         run_id = run.run_id

@@ -18,11 +18,12 @@ from components import metrics as M
 from components.atomic_io import atomic_dir, read_json, write_json
 from components.catalog import FINEST, INPUT_VARIANTS, TITLE, title_words
 from components.config import EvaluateParams, Params, load_params
-from components.data import Arrays, cached_products, load_arrays
+from components.data import cached_products, load_arrays
 from components.encoders import Encoders, encode_labels
 from components.experts import EXPERTS
 from components.experts import files as expert_files
 from components.models.combiner import Combiner
+from components.models.retrieval import AdapterError, adapter_file, load_adapter, space_fingerprint
 from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
 from components.report import comparison_table
 from components.serving.stacked import COMBINER_FILE, Experts, StackedCategorizer
@@ -75,14 +76,22 @@ def article_view(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {"n": len(y), "accuracy": res["accuracy"], "macro_f1": res["macro_f1"]}
 
 
-def retrieval_view(model, test: Arrays, frame: pd.DataFrame, ks: tuple[int, ...], device) -> dict:
-    """Title -> image and image -> title on test products that have an image."""
-    keep = np.flatnonzero(test.has_image)
-    sub = test.subset(keep)
-    emb = predict_arrays(model, sub, PREDICT_BATCH, device, embeddings=True)["embeddings"]
-    rel = M.relevance(frame["title_norm"].to_numpy()[keep], frame["image_md5"].to_numpy()[keep])
-    t2i = M.retrieval(emb["text"], emb["image"], rel, ks)
-    i2t = M.retrieval(emb["image"], emb["text"], rel, ks)
+def catalog_vectors(model, params: Params, device) -> tuple[np.ndarray, np.ndarray]:
+    """Every catalog row's photo and title unit vectors (rows of products.parquet), in one pass."""
+    arrays, _ = load_arrays(params.paths.ingest, params.paths.features)
+    emb = predict_arrays(model, arrays.subset(np.arange(len(arrays))), PREDICT_BATCH, device, embeddings=True)
+    return tuple(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+                 for e in (emb["embeddings"]["image"], emb["embeddings"]["text"]))
+
+
+def retrieval_view(image: np.ndarray, text: np.ndarray, df: pd.DataFrame, has_image: np.ndarray,
+                   ks: tuple[int, ...]) -> dict:
+    """Title -> image and image -> title among the test products that have an image (identical title or image
+    bytes count as relevant)."""
+    keep = np.flatnonzero((df["split"].to_numpy() == "test") & has_image)
+    rel = M.relevance(df["title_norm"].to_numpy()[keep], df["image_md5"].to_numpy()[keep])
+    t2i = M.retrieval(text[keep], image[keep], rel, ks)
+    i2t = M.retrieval(image[keep], text[keep], rel, ks)
     return {"queries": len(keep), **{f"text_to_image_{k}": v for k, v in t2i.items()},
             **{f"image_to_text_{k}": v for k, v in i2t.items()}}
 
@@ -91,15 +100,11 @@ KAGL_QUERIES = 2000  # Marqo's KAGL benchmark: 2,000 product titles as queries
 KAGL_K = (1, 10)
 
 
-def kagl_view(model, params: Params, device, seed: int) -> dict:
+def kagl_view(image: np.ndarray, text: np.ndarray, df: pd.DataFrame, seed: int) -> dict:
     """The public title-retrieval protocol on this catalog (Marqo's KAGL): seeded test-split titles as queries,
     a hit when an image of a product with the identical (lower-cased) title comes back; image -> title likewise
     from seeded test-split photos. Two galleries: `unseen` (the val and test products: none trained on, the
     gate) and `whole` (the catalog, ~80 % of it trained on: memorised duplicate titles inflate it; context)."""
-    df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet", columns=[TITLE, "split", "has_image"])
-    arrays, _ = load_arrays(params.paths.ingest, params.paths.features)
-    emb = predict_arrays(model, arrays.subset(np.arange(len(df))), PREDICT_BATCH, device, embeddings=True)["embeddings"]
-    text, image = (e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12) for e in (emb["text"], emb["image"]))
     keys = df[TITLE].fillna("").astype(str).str.lower().str.strip().to_numpy()
     split, photo = df["split"].to_numpy(), df["has_image"].to_numpy(bool)
     rng = np.random.default_rng(seed)
@@ -116,6 +121,28 @@ def kagl_view(model, params: Params, device, seed: int) -> dict:
                                                       KAGL_K),
                      "image_to_text": M.key_retrieval(image[i_queries], text[titles], keys[i_queries], keys[titles],
                                                       KAGL_K)}
+    return out
+
+
+def retrieval_views(model, params: Params, device) -> dict:
+    """Both retrieval protocols in the fusion network's space and, when train_retrieval has run, in the retrieval
+    adapter's (the space search serves). Keys: retrieval, retrieval_kagl, and the same with `_adapted`."""
+    df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet",
+                         columns=[TITLE, "split", "has_image", "title_norm", "image_md5"])
+    has_image = np.load(Path(params.paths.features) / "features.npz")["has_image"].astype(bool)
+    spaces = {"": catalog_vectors(model, params, device)}
+    path = adapter_file(params.paths.train_retrieval)
+    if path.is_file():
+        adapter = load_adapter(path)
+        if adapter.fingerprint != space_fingerprint(model):
+            raise AdapterError(f"{path}: trained on another fusion network; rerun `dvc repro train_retrieval`")
+        spaces["_adapted"] = tuple(adapter.transform(m, v) for m, v in zip(("image", "text"), spaces[""]))
+    else:
+        log.warning("evaluate: %s not found; retrieval is reported in the fusion space only", path)
+    out = {}
+    for suffix, (image, text) in spaces.items():
+        out[f"retrieval{suffix}"] = retrieval_view(image, text, df, has_image, params.evaluate.retrieval_k)
+        out[f"retrieval_kagl{suffix}"] = kagl_view(image, text, df, params.seed)
     return out
 
 
@@ -219,8 +246,7 @@ def run(params: Params) -> dict:
     served = "stacked" if stack is not None else "fusion"
     for name in {"fusion", "tfidf", served} & set(probs):
         results[name]["business"] = business_view(probs[name], y, enc, p, decisions.get(name))
-    results["fusion"]["retrieval"] = retrieval_view(fusion, test, frame, p.retrieval_k, device)
-    results["fusion"]["retrieval_kagl"] = kagl_view(fusion, params, device, params.seed)
+    results["fusion"].update(retrieval_views(fusion, params, device))
 
     def article_pred(name: str, pr: dict, dec: dict) -> np.ndarray:
         return dec[name][:, FINEST] if name in dec else pr[name][FINEST].argmax(1)
