@@ -268,8 +268,6 @@ class TrainFusionParams:
 
 @dataclass(frozen=True)
 class TrainRetrievalParams:
-    hidden: int  # width of each modality's residual MLP
-    dropout: float
     epochs: int
     batch_size: int
     lr: float

@@ -102,8 +102,8 @@ def comparison_table(results: dict) -> str:
     lines += _views(results.get("slices", {}), f"Slices of the full test input ({finest} accuracy / macro-F1 "
                     "in %; n = products in the slice)", with_n=True)
     fusion = results.get("fusion", {})
-    for suffix, space in (("", "the fusion network's space"), ("_adapted", "the retrieval adapter's space (what "
-                                                                    "search serves)")):
+    for suffix, space in (("", "the fusion network's space"), ("_tuned", "the retrieval towers' space (what "
+                                                                  "search serves)")):
         if f"retrieval{suffix}" in fusion:
             r = fusion[f"retrieval{suffix}"]
             lines += ["", f"Cross-modal retrieval in {space} on {r['queries']} test products (identical title or "

@@ -383,12 +383,12 @@ import torch; torch.set_num_threads(1)
 from pathlib import Path
 from components.config import load_params
 from components.serving.predict import default_model
-from components.models.retrieval import adapter_file
+from components.models.retrieval import towers_file
 from components.serving.search import open_searcher
 p = load_params()
 source = "the project's model and index"
 try:
-    s = open_searcher(default_model(), search_dir=p.paths.search, adapter=adapter_file(p.paths.train_retrieval))
+    s = open_searcher(default_model(), search_dir=p.paths.search, towers=towers_file(p.paths.train_retrieval))
 except (OSError, ValueError) as exc:
     # No trained model or index here: the query path on a full-size network with untrained weights (latency
     # does not depend on them) over random vectors of the catalog's size.

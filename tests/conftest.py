@@ -52,7 +52,7 @@ TINY_OVERRIDES = {
     "train_baseline": {"tfidf": {"max_features": 5000}, "train": {"epochs": 2, "batch_size": 32,
                                                                    "patience": 2}},
     "train_fusion": {"train": {"epochs": 2, "batch_size": 32, "patience": 2}},
-    "train_retrieval": {"hidden": 32, "epochs": 4, "batch_size": 32, "memory": 64, "class_block": 4},
+    "train_retrieval": {"epochs": 3, "batch_size": 32, "memory": 64},
     "evaluate": {"bootstrap": 20},
     "stack": {"folds": 3, "balance_grid": [0.25]},
     "drift": {"null_batches": 100},

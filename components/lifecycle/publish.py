@@ -26,7 +26,7 @@ from components.checkpoint import read_blob
 from components.config import Params, load_params, params_to_dict
 from components.experts import EXPERTS
 from components.lifecycle.provenance import data_md5, files_md5, git_commit, run_overrides_tag
-from components.models.retrieval import adapter_file
+from components.models.retrieval import towers_file
 from components.serving.mlflow_model import example_frame, log_categorizer
 from components.serving.stacked import COMBINER_FILE
 
@@ -124,7 +124,7 @@ def publish_result(params: Params, r: Result) -> str:
             with tempfile.TemporaryDirectory(prefix="deepfusion-publish-") as tmp:
                 example = example_frame(df[df.split == "val"], Path(params.paths.raw), params.catalog)
                 uri = log_categorizer(r.model, example, params.catalog, Path(tmp),
-                                      adapter_file(params.paths.train_retrieval))
+                                      towers_file(params.paths.train_retrieval))
             run.log_model_metrics(uri, test)
             mlflow_store.set_run_tag(MODEL_URI, uri)
         run_id = run.run_id

@@ -36,7 +36,7 @@ from components.lifecycle.provenance import data_md5, git_commit, run_overrides_
 from components.lifecycle.publish import PublishError, served, served_model_uri
 from components.metrics import classification
 from components.mlflow_store import MAX_TAG_CHARS, RegistryError
-from components.models.retrieval import adapter_file
+from components.models.retrieval import towers_file
 from components.serving.mlflow_model import ARTIFACT_MD5_TAG, artifact_md5, load_categorizer_uri, serving_columns
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def register(params: Params) -> str:
         # What a worker checks every downloaded artifact against before it loads the model.
         ARTIFACT_MD5_TAG: json.dumps(artifact_md5(model, params.catalog,
                                                   serving_columns(params.catalog, params.paths.ingest),
-                                                  adapter_file(params.paths.train_retrieval)),
+                                                  towers_file(params.paths.train_retrieval)),
                                      sort_keys=True),
         # The categorize DAG's review cut-off travels with the version it belongs to.
         "auto_accept_threshold": f"{auto_accept_threshold(evaluation):.6f}",

@@ -1,19 +1,19 @@
-"""The retrieval adapter: the fusion network's photo and title vectors mapped into a space where a listing's
-photo finds its own title and back.
+"""Retrieval towers: the fusion network's photo and title towers, fine-tuned so that a listing's photo finds its
+own title and back; search embeds with them, categorizing never reads them.
 
 The fusion network's shared space is shaped mostly by class-level losses, which pull every product of a class
-together: right for categorizing, wrong for telling one listing from its neighbours. The adapter is one residual
-MLP per modality on those frozen vectors, trained by an instance-level InfoNCE (learned temperature, negatives
-from a memory of recent batches and from same-class blocks in every batch). Its last layer starts at zero, so an
-untrained adapter is the identity and search answers exactly as the fusion space does. Categorizing never reads
-it: the served stack's predictions cannot change.
+together: right for categorizing, wrong for telling one listing from its neighbours. A small adapter on its frozen
+vectors cannot undo that (measured: docs/experiments.md), because the photo vector has already lost what tells two
+shirts of a class apart. So the retrieval towers start as copies of the fusion towers and learn by an
+instance-level InfoNCE (learned temperature, negatives from a memory of recent batches and optionally from
+same-class blocks): the photo tower's last stage and projection (its earlier stages stay the fusion network's, so
+their outputs are computed once per image) and the whole title tower. At the start they are the fusion space.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
-import math
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +22,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.atomic_io import atomic_write_bytes
+from components.models.fusion import FusionModel, ModelConfig, build_model
 
-FORMAT = "deepfusion-retrieval-adapter/1"
-ADAPTER_FILE = "adapter.pt"
+FORMAT = "deepfusion-retrieval-towers/1"
+TOWERS_FILE = "towers.pt"
 MODALITIES = ("image", "text")
 # The parts of a fusion network that fix its shared space and that no serving form rewrites: BatchNorm folding
 # and int8 touch the image trunk only, so a checkpoint, a stack and a registered model of one training run agree.
 FINGERPRINT_PREFIXES = ("towers.text.", "fuse.", "heads.")
 
 
-class AdapterError(ValueError):
-    """The adapter file is unreadable, of another format, or was trained on another fusion network."""
+class RetrievalError(ValueError):
+    """The towers file is unreadable, of another format, or was trained on another fusion network."""
 
 
 def space_fingerprint(model: nn.Module) -> str:
-    """Names the fusion network an adapter was trained on (16 hex characters)."""
+    """Names the fusion network retrieval towers were trained from (16 hex characters)."""
     h = hashlib.sha256()
     for name, value in sorted(model.state_dict().items()):
         if not name.startswith(FINGERPRINT_PREFIXES) or not isinstance(value, torch.Tensor):
@@ -46,55 +47,53 @@ def space_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class AdapterConfig:
-    dim: int  # the fusion network's embed_dim
-    hidden: int
-    dropout: float
+class RetrievalTowers(nn.Module):
+    """Copies of a fusion network's image and text towers (and its temperature) with their own weights."""
 
-
-class Residual(nn.Module):
-    """v -> normalize(v + MLP(v)), the MLP's output layer zero at the start (the identity)."""
-
-    def __init__(self, cfg: AdapterConfig) -> None:
+    def __init__(self, fusion: FusionModel, fingerprint: str = "") -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.hidden), nn.GELU(), nn.Dropout(cfg.dropout),
-                                 nn.Linear(cfg.hidden, cfg.dim))
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        missing = set(MODALITIES) - set(fusion.towers)
+        if missing:
+            raise RetrievalError(f"retrieval needs a fusion network with image and text towers; missing {missing}")
+        self.cfg = fusion.cfg
+        self.fingerprint = fingerprint  # the fusion network it started from
+        self.towers = nn.ModuleDict({m: copy.deepcopy(fusion.towers[m]) for m in MODALITIES})
+        self.logit_scale = nn.Parameter(fusion.logit_scale.detach().clone())
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return F.normalize(v + self.mlp(v), dim=-1)
+    def prepare_training(self) -> None:
+        """Freeze the photo tower before its last stage (weights and BatchNorm statistics)."""
+        self.towers["image"].freeze_backbone(keep_last_stage=True)
 
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen part of the photo tower (compute once per image, feed to `embed_image`)."""
+        return self.towers["image"].trunk(images)
 
-class RetrievalAdapter(nn.Module):
-    def __init__(self, cfg: AdapterConfig, fingerprint: str = "") -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.fingerprint = fingerprint  # the fusion network whose vectors it reads
-        self.maps = nn.ModuleDict({m: Residual(cfg) for m in MODALITIES})
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's starting temperature
+    def embed_image(self, images: torch.Tensor | None, trunk: torch.Tensor | None = None) -> torch.Tensor:
+        return F.normalize(self.towers["image"](images, trunk).float(), dim=-1)
 
-    def forward(self, modality: str, v: torch.Tensor) -> torch.Tensor:
-        return self.maps[modality](v)
+    def embed_text(self, tokens: torch.Tensor, subwords: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.towers["text"](tokens, subwords).float(), dim=-1)
 
-    @torch.no_grad()
-    def transform(self, modality: str, vectors: np.ndarray, batch: int = 8192) -> np.ndarray:
-        """Unit vectors of the adapted space for (N, dim) fusion-space vectors (float32)."""
-        was = self.training
+    def prepare_for_inference(self) -> RetrievalTowers:
         self.eval()
-        out = [self(modality, torch.from_numpy(np.ascontiguousarray(vectors[i:i + batch], np.float32))).numpy()
-               for i in range(0, len(vectors), batch)]
-        self.train(was)
-        return np.concatenate(out) if out else np.zeros((0, self.cfg.dim), np.float32)
+        self.towers["image"].fold_batchnorm()
+        return self
+
+    def with_towers_of(self, fusion: FusionModel) -> FusionModel:
+        """`fusion` seen through these towers: a shallow copy whose image and text towers are these (the metadata
+        tower, fusion and heads shared), so whatever embeds with a fusion network embeds in the retrieval space."""
+        swapped = copy.copy(fusion)
+        swapped._modules = dict(fusion._modules)  # a module's children live here; the original keeps its own
+        swapped.towers = nn.ModuleDict({**fusion.towers, **self.towers})
+        return swapped
 
     def key(self) -> str:
-        """Names the adapted space (the fusion network it reads plus its own weights): part of a search index's
-        model key."""
+        """Names the retrieval space (8 hex characters): part of a search index's model key."""
         h = hashlib.sha256(self.fingerprint.encode())
         for name, value in sorted(self.state_dict().items()):
-            h.update(name.encode())
-            h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                h.update(name.encode())
+                h.update(value.detach().float().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:8]
 
 
@@ -102,9 +101,9 @@ class RetrievalAdapter(nn.Module):
 
 
 class Memory:
-    """Cross-batch memory (XBM, Wang et al. 2020): the adapted vectors of the last `size` training rows, used as
-    extra negatives. A small MLP drifts slowly, so stale vectors are still good negatives, and the effective batch
-    grows from the batch to batch + memory at the cost of one matrix product."""
+    """Cross-batch memory (XBM, Wang et al. 2020): the vectors of the last `size` training rows, used as extra
+    negatives. The towers drift slowly, so recent vectors are still good negatives, and the effective batch grows
+    from the batch to batch + memory at the cost of one matrix product."""
 
     def __init__(self, size: int, dim: int) -> None:
         self.size = size
@@ -115,9 +114,10 @@ class Memory:
     def push(self, image: torch.Tensor, text: torch.Tensor, group: torch.Tensor) -> None:
         if not self.size:
             return
-        self.image = torch.cat([image.detach(), self.image])[: self.size]
-        self.text = torch.cat([text.detach(), self.text])[: self.size]
-        self.group = torch.cat([group, self.group])[: self.size]
+        dev = image.device
+        self.image = torch.cat([image.detach(), self.image.to(dev)])[: self.size]
+        self.text = torch.cat([text.detach(), self.text.to(dev)])[: self.size]
+        self.group = torch.cat([group.to(dev), self.group.to(dev)])[: self.size]
 
 
 def info_nce(image: torch.Tensor, text: torch.Tensor, group: torch.Tensor, logit_scale: torch.Tensor,
@@ -161,26 +161,27 @@ def class_block_order(labels: np.ndarray, block: int, rng: np.random.Generator) 
 # --- the file ----------------------------------------------------------------------------------------------------
 
 
-def adapter_file(train_retrieval_dir: str | Path) -> Path:
-    """Where the train_retrieval stage writes the adapter (params.paths.train_retrieval)."""
-    return Path(train_retrieval_dir) / ADAPTER_FILE
+def towers_file(train_retrieval_dir: str | Path) -> Path:
+    """Where the train_retrieval stage writes the towers (params.paths.train_retrieval)."""
+    return Path(train_retrieval_dir) / TOWERS_FILE
 
 
-def save_adapter(adapter: RetrievalAdapter, path: Path, metrics: dict) -> None:
-    """A self-describing checkpoint: format, config, the fusion network it reads, weights, what it scored."""
+def save_towers(towers: RetrievalTowers, path: Path, metrics: dict) -> None:
+    """A self-describing checkpoint: format, the architecture, the fusion network it fits, weights, scores."""
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, "config": asdict(adapter.cfg), "fingerprint": adapter.fingerprint,
-                "state_dict": adapter.state_dict(), "metrics": metrics}, buf)
+    torch.save({"format": FORMAT, "model_config": towers.cfg.to_dict(), "fingerprint": towers.fingerprint,
+                "state_dict": towers.state_dict(), "metrics": metrics}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def load_adapter(path: str | Path) -> RetrievalAdapter:
+def load_towers(path: str | Path) -> RetrievalTowers:
+    """Towers ready to embed (BatchNorm folded)."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)  # data only: no code runs on load
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same error for the caller
-        raise AdapterError(f"{path}: not a readable retrieval adapter ({exc})") from exc
+        raise RetrievalError(f"{path}: not a readable retrieval towers file ({exc})") from exc
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise AdapterError(f"{path}: not a retrieval adapter of format {FORMAT}; rerun `dvc repro train_retrieval`")
-    adapter = RetrievalAdapter(AdapterConfig(**blob["config"]), blob["fingerprint"])
-    adapter.load_state_dict(blob["state_dict"])
-    return adapter.eval()
+        raise RetrievalError(f"{path}: not a {FORMAT} file; rerun `dvc repro train_retrieval`")
+    towers = RetrievalTowers(build_model(ModelConfig.from_dict(blob["model_config"])), blob["fingerprint"])
+    towers.load_state_dict(blob["state_dict"])
+    return towers.prepare_for_inference()

@@ -23,7 +23,7 @@ from components.encoders import Encoders, encode_labels
 from components.experts import EXPERTS
 from components.experts import files as expert_files
 from components.models.combiner import Combiner
-from components.models.retrieval import AdapterError, adapter_file, load_adapter, space_fingerprint
+from components.models.retrieval import RetrievalError, load_towers, space_fingerprint, towers_file
 from components.models.runtime import PREDICT_BATCH, predict_arrays, select_device
 from components.report import comparison_table
 from components.serving.stacked import COMBINER_FILE, Experts, StackedCategorizer
@@ -126,17 +126,17 @@ def kagl_view(image: np.ndarray, text: np.ndarray, df: pd.DataFrame, seed: int) 
 
 def retrieval_views(model, params: Params, device) -> dict:
     """Both retrieval protocols in the fusion network's space and, when train_retrieval has run, in the retrieval
-    adapter's (the space search serves). Keys: retrieval, retrieval_kagl, and the same with `_adapted`."""
+    towers' (the space search serves). Keys: retrieval, retrieval_kagl, and the same with `_tuned`."""
     df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet",
                          columns=[TITLE, "split", "has_image", "title_norm", "image_md5"])
     has_image = np.load(Path(params.paths.features) / "features.npz")["has_image"].astype(bool)
     spaces = {"": catalog_vectors(model, params, device)}
-    path = adapter_file(params.paths.train_retrieval)
+    path = towers_file(params.paths.train_retrieval)
     if path.is_file():
-        adapter = load_adapter(path)
-        if adapter.fingerprint != space_fingerprint(model):
-            raise AdapterError(f"{path}: trained on another fusion network; rerun `dvc repro train_retrieval`")
-        spaces["_adapted"] = tuple(adapter.transform(m, v) for m, v in zip(("image", "text"), spaces[""]))
+        towers = load_towers(path)
+        if towers.fingerprint != space_fingerprint(model):
+            raise RetrievalError(f"{path}: trained on another fusion network; rerun `dvc repro train_retrieval`")
+        spaces["_tuned"] = catalog_vectors(towers.to(device).with_towers_of(model), params, device)
     else:
         log.warning("evaluate: %s not found; retrieval is reported in the fusion space only", path)
     out = {}

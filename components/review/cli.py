@@ -120,12 +120,12 @@ def create(params: Params, store: Store, secret: bytes | None = None):
 
     def open_search():
         """The served model (the pipeline's stack) and its search index (`deepfusion search --build`)."""
-        from components.models.retrieval import adapter_file
+        from components.models.retrieval import towers_file
         from components.serving.predict import default_model
         from components.serving.search import open_searcher
 
         return open_searcher(default_model(), search_dir=params.paths.search,
-                             adapter=adapter_file(params.paths.train_retrieval))
+                             towers=towers_file(params.paths.train_retrieval))
 
     return create_app(store, levels, taxonomy, secret_key=secret or secret_key(params),
                       session_minutes=params.review.session_minutes,

@@ -37,7 +37,7 @@ from components.catalog import IMAGE, renames, to_internal
 from components.checkpoint import CheckpointError
 from components.config import CatalogSchema, Params, catalog_from_dict
 from components.models.combiner import Combiner
-from components.models.retrieval import load_adapter, space_fingerprint
+from components.models.retrieval import load_towers, space_fingerprint
 from components.serving.categorizer import Categorizer, load_images
 from components.serving.stacked import StackedCategorizer, file_md5, is_stack, served_experts, stack_file
 
@@ -50,7 +50,7 @@ INPUT_COLUMNS = ["id", "productDisplayName", "gender", "baseColour", "season", "
                  "articleAttributes", "image"]
 NUMERIC_COLUMNS = ("year", "price", "discountedPrice")  # float: they may be missing (NaN)
 CATALOG_ARTIFACT = "catalog"  # the catalog schema and input columns the model was logged with (catalog.json)
-ADAPTER_ARTIFACT = "retrieval_adapter"  # search's retrieval adapter (train_retrieval), when the pipeline has one
+TOWERS_ARTIFACT = "retrieval_towers"  # search's retrieval towers (train_retrieval), when the pipeline has one
 ENTRY = Path(__file__).with_name("mlflow_entry.py")
 ARTIFACT_MD5_TAG = "artifact_md5"  # version tag: {artifact name: md5} of the files logged with the model
 
@@ -105,7 +105,7 @@ class CategorizerModel(mlflow.pyfunc.PythonModel):
         the catalog schema it reads (files["catalog"]) when it was logged with one."""
         files = dict(files or {})
         spec = files.pop(CATALOG_ARTIFACT, None)
-        adapter = files.pop(ADAPTER_ARTIFACT, None)
+        towers = files.pop(TOWERS_ARTIFACT, None)
         if spec is not None:
             self.use_schema(**read_json(spec))
         if is_stack(model):
@@ -113,13 +113,13 @@ class CategorizerModel(mlflow.pyfunc.PythonModel):
         else:
             self.categorizer = Categorizer.from_checkpoint(model, device="auto")
         self.categorizer.schema = self.schema
-        if adapter is not None:
-            fitted = load_adapter(adapter)
+        if towers is not None:
+            fitted = load_towers(towers)
             if fitted.fingerprint != space_fingerprint(self.categorizer.model):
-                raise CheckpointError(f"{adapter}: the retrieval adapter was trained on another fusion network than "
+                raise CheckpointError(f"{towers}: the retrieval towers were trained on another fusion network than "
                                       f"{model}'s; rerun `dvc repro train_retrieval` before publishing")
-            # Search's, not the categorizer's: predictions never read it (components.serving.search.find_adapter).
-            self.categorizer.retrieval_adapter = fitted
+            # Search's, not the categorizer's: predictions never read it (components.serving.search.find_towers).
+            self.categorizer.retrieval_towers = fitted
 
     def use_schema(self, catalog: dict, columns: list[str]) -> None:
         self.schema = catalog_from_dict(catalog)
@@ -142,11 +142,11 @@ class CategorizerModel(mlflow.pyfunc.PythonModel):
         return pred
 
 
-def model_artifacts(model: str | Path, adapter: str | Path | None = None) -> dict[str, str]:
+def model_artifacts(model: str | Path, towers: str | Path | None = None) -> dict[str, str]:
     """What the logged model carries: a stack's combiner.json, the expert files serving needs (the
     combiner's and the fusion network) and its int8 calibration images if it has them, or one checkpoint; and
-    the retrieval adapter search uses, when `adapter` names an existing file."""
-    extra = {ADAPTER_ARTIFACT: str(adapter)} if adapter is not None and Path(adapter).is_file() else {}
+    the retrieval towers search uses, when `towers` names an existing file."""
+    extra = {TOWERS_ARTIFACT: str(towers)} if towers is not None and Path(towers).is_file() else {}
     if not is_stack(model):
         return {"checkpoint": str(model), **extra}
     spec = read_json(stack_file(model))
@@ -157,7 +157,7 @@ def model_artifacts(model: str | Path, adapter: str | Path | None = None) -> dic
 
 
 def log_categorizer(model: str | Path, example: pd.DataFrame, schema: CatalogSchema, workdir: Path,
-                    adapter: str | Path | None = None) -> str:
+                    towers: str | Path | None = None) -> str:
     """Log a stack or a checkpoint as a pyfunc model (from code) in the active run, with the catalog schema it
     reads (catalog.json, written in `workdir`); its URI. The example is in the export's column names (see
     example_frame); the output signature comes from a real prediction of it.
@@ -167,10 +167,10 @@ def log_categorizer(model: str | Path, example: pd.DataFrame, schema: CatalogSch
     spec = Path(workdir) / "catalog.json"
     spec.write_bytes(catalog_spec(schema, list(example.columns)))
     loaded = CategorizerModel()
-    artifacts = {**model_artifacts(model, adapter), CATALOG_ARTIFACT: str(spec)}
-    # The adapter is loaded too: one trained on another fusion network is refused before anything is logged.
+    artifacts = {**model_artifacts(model, towers), CATALOG_ARTIFACT: str(spec)}
+    # The towers is loaded too: one trained on another fusion network is refused before anything is logged.
     loaded.load_from(Path(model), {k: Path(v) for k, v in artifacts.items() if k in (CATALOG_ARTIFACT,
-                                                                                     ADAPTER_ARTIFACT)})
+                                                                                     TOWERS_ARTIFACT)})
     out = loaded.predict(None, example)
     info = mlflow.pyfunc.log_model(
         name="model", python_model=str(ENTRY), artifacts=artifacts,
@@ -202,10 +202,10 @@ def example_frame(frame: pd.DataFrame, image_root: Path, schema: CatalogSchema, 
     return ex.reset_index(drop=True)
 
 
-def artifact_md5(model: str | Path, schema: CatalogSchema, columns: list[str], adapter: str | Path | None = None
+def artifact_md5(model: str | Path, schema: CatalogSchema, columns: list[str], towers: str | Path | None = None
                  ) -> dict[str, str]:
     """md5 of every file `log_categorizer` logs with the model: recorded as a version tag at registration."""
-    return {**{k: file_md5(Path(v)) for k, v in model_artifacts(model, adapter).items()},
+    return {**{k: file_md5(Path(v)) for k, v in model_artifacts(model, towers).items()},
             CATALOG_ARTIFACT: hashlib.md5(catalog_spec(schema, columns)).hexdigest()}
 
 

@@ -36,7 +36,7 @@ from components.catalog import TITLE, CatalogError, read_catalog
 from components.checkpoint import CheckpointError
 from components.config import CatalogSchema, ConfigError
 from components.data import iterate
-from components.models.retrieval import AdapterError, RetrievalAdapter, adapter_file, load_adapter, space_fingerprint
+from components.models.retrieval import RetrievalError, RetrievalTowers, load_towers, space_fingerprint, towers_file
 from components.models.runtime import autocast, trim_padding
 from components.serving.categorizer import Categorizer, load_images
 from components.serving.predict import catalog_schema, categorize, default_model, load_categorizer
@@ -122,10 +122,10 @@ class Index:
                               "`deepfusion search --build`") from exc
 
 
-def model_key(cat: Categorizer, adapter: RetrievalAdapter | None = None) -> str:
+def model_key(cat: Categorizer, towers: RetrievalTowers | None = None) -> str:
     """Names the embedding space: a hash of the fusion network's weights as loaded (whatever the source: a
     checkpoint, a stack, a registered model), whether its image tower runs in int8 (the stack's serving
-    form: its photo vectors differ slightly from the fp32 ones), and the retrieval adapter on top, if any."""
+    form: its photo vectors differ slightly from the fp32 ones), and the retrieval towers on top, if any."""
     h = hashlib.sha256()
     for name, value in sorted(cat.model.state_dict().items()):
         if not isinstance(value, torch.Tensor):
@@ -134,30 +134,30 @@ def model_key(cat: Categorizer, adapter: RetrievalAdapter | None = None) -> str:
         h.update(name.encode())
         h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     int8 = "fusion" in getattr(getattr(cat, "experts", None), "int8", ())
-    return h.hexdigest()[:16] + ("-int8" if int8 else "") + (f"-r{adapter.key()}" if adapter else "")
+    return h.hexdigest()[:16] + ("-int8" if int8 else "") + (f"-r{towers.key()}" if towers else "")
 
 
-def index_path(folder: str | Path, cat: Categorizer, adapter: RetrievalAdapter | None = None) -> Path:
-    """Where the index of `cat`'s embedding space (with `adapter`) lives under params paths.search."""
-    return Path(folder) / f"{model_key(cat, adapter)}.npz"
+def index_path(folder: str | Path, cat: Categorizer, towers: RetrievalTowers | None = None) -> Path:
+    """Where the index of `cat`'s embedding space (with `towers`) lives under params paths.search."""
+    return Path(folder) / f"{model_key(cat, towers)}.npz"
 
 
-def find_adapter(cat: Categorizer, path: str | Path | None) -> RetrievalAdapter | None:
-    """The retrieval adapter at `path` when it was trained on this model's fusion network; otherwise None, and
-    search answers in the fusion space itself (e.g. a registered model older than the pipeline's adapter). A
+def find_towers(cat: Categorizer, path: str | Path | None) -> RetrievalTowers | None:
+    """The retrieval towers at `path` when they were trained on this model's fusion network; otherwise None, and
+    search answers in the fusion space itself (e.g. a registered model older than the pipeline's towers). A
     registered model carries its own (checked when it loaded), which wins."""
-    carried = getattr(cat, "retrieval_adapter", None)
+    carried = getattr(cat, "retrieval_towers", None)
     if carried is not None:
-        return carried
+        return carried.to(cat.device)
     if path is None or not Path(path).is_file():
-        log.info("search: no retrieval adapter at %s; searching the fusion network's own space", path)
+        log.info("search: no retrieval towers at %s; searching the fusion network's own space", path)
         return None
-    adapter = load_adapter(path)
-    if adapter.fingerprint != space_fingerprint(cat.model):
+    towers = load_towers(path)
+    if towers.fingerprint != space_fingerprint(cat.model):
         log.warning("search: %s was trained on another fusion network (rerun `dvc repro train_retrieval` for this "
                     "one); searching the fusion network's own space", path)
         return None
-    return adapter
+    return towers.to(cat.device)
 
 
 def facet_frame(frame: pd.DataFrame, pred: pd.DataFrame, schema: CatalogSchema, levels: tuple[str, ...]
@@ -177,20 +177,21 @@ def facet_frame(frame: pd.DataFrame, pred: pd.DataFrame, schema: CatalogSchema, 
 
 
 def build_index(folder: Path, cat: Categorizer, schema: CatalogSchema | None = None, backend: str = "exact",
-                adapter: RetrievalAdapter | None = None) -> Index:
+                towers: RetrievalTowers | None = None) -> Index:
     """Every product of a catalog folder as photo and title vectors, with its facets. The vectors come from the
-    fusion network alone (a stack's experts add nothing to them and would cost most of the build), through the
-    retrieval adapter when there is one; the path that stands in for a missing label is the fusion network's."""
+    fusion network alone (a stack's experts add nothing to them and would cost most of the build), seen through
+    the retrieval towers when there are some (a second pass); the path that stands in for a missing label is the
+    fusion network's."""
     schema = schema or catalog_schema(cat)
     read = read_catalog(folder, schema, require_labels=False)
     fusion = Categorizer(cat.model, cat.encoders, cat.meta, cat.device, cat.image_size)
-    pred, emb = categorize(folder, fusion, embeddings=True, read=read)
+    pred, emb = categorize(folder, fusion, embeddings=towers is None, read=read)
+    if towers is not None:
+        space = Categorizer(towers.with_towers_of(cat.model), cat.encoders, cat.meta, cat.device, cat.image_size)
+        _, emb = categorize(folder, space, embeddings=True, read=read)
     pred = pred[~pred["status"].str.startswith("rejected")].reset_index(drop=True)
-    image, text = emb["image"].astype(np.float32), emb["text"].astype(np.float32)
-    if adapter is not None:
-        image, text = adapter.transform("image", image), adapter.transform("text", text)
-    return Index(emb["ids"], image, text, facet_frame(read.frame, pred, schema, cat.levels),
-                 model_key(cat, adapter), backend)
+    return Index(emb["ids"], emb["image"].astype(np.float32), emb["text"].astype(np.float32),
+                 facet_frame(read.frame, pred, schema, cat.levels), model_key(cat, towers), backend)
 
 
 # --- queries -----------------------------------------------------------------------------------------------------
@@ -292,12 +293,13 @@ class VectorSearch:
 class Searcher(VectorSearch):
     """A model and its index: turns text, a photo, or a catalog product into ranked products."""
 
-    def __init__(self, cat: Categorizer, index: Index, adapter: RetrievalAdapter | None = None) -> None:
-        if index.model_key != model_key(cat, adapter):
+    def __init__(self, cat: Categorizer, index: Index, towers: RetrievalTowers | None = None) -> None:
+        if index.model_key != model_key(cat, towers):
             raise SearchIndexError(f"the index was built by model {index.model_key}, this model is "
-                                   f"{model_key(cat, adapter)}: rebuild it with `deepfusion search --build`")
+                                   f"{model_key(cat, towers)}: rebuild it with `deepfusion search --build`")
         super().__init__(index)
-        self.cat, self.adapter = cat, adapter
+        self.cat, self.towers = cat, towers
+        self.space = towers.with_towers_of(cat.model) if towers is not None else cat.model
 
     # A query vector comes from its modality's tower alone: the towers do not read each other (fusion comes
     # after them), so the rest of the network would change nothing; for words it would cost most of the query
@@ -305,11 +307,10 @@ class Searcher(VectorSearch):
 
     def _tower(self, modality: str, frame: pd.DataFrame, images) -> np.ndarray:
         batch = trim_padding(next(iterate(self.cat.arrays(frame, images), 1, self.cat.device)))
-        tower = self.cat.model.towers[modality]
+        tower = self.space.towers[modality]
         with torch.no_grad(), autocast(self.cat.device):
             v = tower(batch["tokens"], batch["subwords"]) if modality == "text" else tower(batch["image"], None)
-        v = torch.nn.functional.normalize(v.float(), dim=-1)[:1].cpu().numpy()
-        return (self.adapter.transform(modality, v) if self.adapter is not None else v)[0]
+        return torch.nn.functional.normalize(v.float(), dim=-1)[0].cpu().numpy()
 
     def embed_text(self, text: str) -> np.ndarray:
         h, w = self.cat.image_size
@@ -340,11 +341,11 @@ class Searcher(VectorSearch):
 
 
 def open_searcher(model: str, index: Path | None = None, search_dir: str | Path | None = None,
-                  adapter: str | Path | None = None) -> Searcher:
-    """The model, its retrieval adapter (`find_adapter`) and its index (`index`, else the model's own file under
+                  towers: str | Path | None = None) -> Searcher:
+    """The model, its retrieval towers (`find_towers`) and its index (`index`, else the model's own file under
     `search_dir`)."""
     cat = load_categorizer(model)
-    fitted = find_adapter(cat, adapter)
+    fitted = find_towers(cat, towers)
     return Searcher(cat, Index.load(index or index_path(search_dir, cat, fitted)), fitted)
 
 
@@ -364,15 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--index", type=Path, help="index file (default: params paths.search/<model key>.npz)")
     ap.add_argument("--backend", choices=sorted(BACKENDS), default="exact", help="vector engine of a new index")
     ap.add_argument("--model", help="checkpoint, stack, or models:/NAME@ALIAS (default: the pipeline's stack)")
-    ap.add_argument("--adapter", type=Path, help="retrieval adapter (default: params paths.train_retrieval/"
-                    "adapter.pt, used when trained on this model's fusion network)")
+    ap.add_argument("--towers", type=Path, help="retrieval towers (default: params paths.train_retrieval/"
+                    "towers.pt, used when trained on this model's fusion network)")
     args = ap.parse_args(argv)
     if args.build is None and not (args.text or args.image or args.like):
         ap.error("give --build, or something to search for: --text, --image or --like")
     try:
         filters = parse_where(args.where)
-        search_dir, adapter_path = None, args.adapter
-        if args.index is None or args.build == "" or adapter_path is None:
+        search_dir, towers_path = None, args.towers
+        if args.index is None or args.build == "" or towers_path is None:
             from components.config import load_params  # raises ConfigError outside the project root
 
             try:
@@ -380,27 +381,27 @@ def main(argv: list[str] | None = None) -> int:
             except ConfigError:
                 if args.index is None or args.build == "":
                     raise
-                paths = None  # an index and a model given outside a project: no default adapter either
+                paths = None  # an index and a model given outside a project: no default towers either
             if paths is not None:
                 search_dir = paths.search
                 args.build = args.build if args.build != "" else paths.raw
-                adapter_path = adapter_path or adapter_file(paths.train_retrieval)
+                towers_path = towers_path or towers_file(paths.train_retrieval)
         cat = load_categorizer(args.model or default_model())
-        adapter = find_adapter(cat, adapter_path)
-        path = args.index or index_path(search_dir, cat, adapter)
+        towers = find_towers(cat, towers_path)
+        path = args.index or index_path(search_dir, cat, towers)
         if args.build:
             t0 = time.perf_counter()
-            index = build_index(Path(args.build), cat, backend=args.backend, adapter=adapter)
+            index = build_index(Path(args.build), cat, backend=args.backend, towers=towers)
             index.save(path)
             print(f"indexed {len(index.ids)} products in {time.perf_counter() - t0:.1f} s -> {path}")
             return 0
-        searcher = Searcher(cat, Index.load(path), adapter)
+        searcher = Searcher(cat, Index.load(path), towers)
         t0 = time.perf_counter()
         photo = args.image.read_bytes() if args.image and not args.like else None  # the user's own file
         query = searcher.query(args.text, photo, args.photo_weight, like=args.like or "")
         hits = searcher.search(query, args.k, filters, exclude=(args.like,) if args.like else ())
         ms = (time.perf_counter() - t0) * 1000
-    except (AdapterError, CatalogError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as exc:
+    except (RetrievalError, CatalogError, CheckpointError, ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -281,24 +281,24 @@ def test_the_review_station_searches_with_the_model_by_words_photo_filters_and_l
     assert 'href="/search?like=' in html
 
 
-def test_search_through_the_retrieval_adapter(trained, tmp_path):
-    """The pipeline's adapter (train_retrieval) fits this model's fusion network whatever form it is loaded in;
-    an index built through it answers only through it, a query's vector is the one the index holds, and an
-    adapter of another network is not used. evaluate reports both spaces."""
-    from components.models.retrieval import adapter_file
+def test_search_through_the_retrieval_towers(trained, tmp_path):
+    """The pipeline's retrieval towers (train_retrieval) fit this model's fusion network whatever form it is
+    loaded in; an index built through them answers only through them, a query's vector is the one the index holds,
+    and towers of another network are not used. evaluate reports both spaces."""
+    from components.models.retrieval import towers_file
     from components.serving.stacked import StackedCategorizer
 
     params, data, _ = trained
-    path = adapter_file(params.paths.train_retrieval)
+    path = towers_file(params.paths.train_retrieval)
     trained_on = json.loads((Path(params.paths.train_retrieval) / "metrics.json").read_text())
-    assert trained_on["val"]["adapter"]["score"] >= trained_on["val"]["fusion_space"]["score"]
+    assert trained_on["val"]["retrieval"]["score"] >= trained_on["val"]["fusion_space"]["score"]
     cat = Categorizer.from_checkpoint(ckpt(params))
-    adapter = search.find_adapter(cat, path)
-    assert adapter is not None  # BatchNorm folded at load: the fingerprint does not read the image trunk
-    assert search.find_adapter(StackedCategorizer.load(Path(params.paths.stack) / "combiner.json"), path) is not None
-    index = search.build_index(data, cat, adapter=adapter)
-    assert index.model_key == search.model_key(cat, adapter) != search.model_key(cat)
-    s = search.Searcher(cat, index, adapter)
+    towers = search.find_towers(cat, path)
+    assert towers is not None  # BatchNorm folded at load: the fingerprint does not read the image trunk
+    assert search.find_towers(StackedCategorizer.load(Path(params.paths.stack) / "combiner.json"), path) is not None
+    index = search.build_index(data, cat, towers=towers)
+    assert index.model_key == search.model_key(cat, towers) != search.model_key(cat)
+    s = search.Searcher(cat, index, towers)
     rows = {ln.split(",", 1)[0]: ln.split(",", 9) for ln in (data / "styles.csv").read_text().splitlines()[1:]}
     pid = str(index.ids[20])
     np.testing.assert_allclose(s.embed_text(rows[pid][9]), index.text[20], atol=1e-4)
@@ -306,13 +306,13 @@ def test_search_through_the_retrieval_adapter(trained, tmp_path):
     np.testing.assert_allclose(s.embed_photo(photo), index.image[20], atol=1e-4)
     assert str(s.search(s.query(rows[pid][9]), 5)["id"].iloc[0]) == pid
     with pytest.raises(search.SearchIndexError, match="rebuild it"):
-        search.Searcher(cat, index)  # the fusion space's searcher cannot read the adapted index
+        search.Searcher(cat, index)  # the fusion space's searcher cannot read the retrieval index
     blob = torch.load(ckpt(params), weights_only=True)
     name = next(k for k in blob["state_dict"] if k.startswith("towers.text."))
     blob["state_dict"][name] = blob["state_dict"][name] + 1e-3
     torch.save(blob, tmp_path / "other.pt")
-    assert search.find_adapter(Categorizer.from_checkpoint(tmp_path / "other.pt"), path) is None
-    assert search.find_adapter(cat, tmp_path / "absent.pt") is None
+    assert search.find_towers(Categorizer.from_checkpoint(tmp_path / "other.pt"), path) is None
+    assert search.find_towers(cat, tmp_path / "absent.pt") is None
     fusion = json.loads((Path(params.paths.evaluate) / "metrics.json").read_text())["fusion"]
-    assert {"retrieval", "retrieval_adapted", "retrieval_kagl", "retrieval_kagl_adapted"} <= set(fusion)
-    assert fusion["retrieval_adapted"]["queries"] == fusion["retrieval"]["queries"] > 0
+    assert {"retrieval", "retrieval_tuned", "retrieval_kagl", "retrieval_kagl_tuned"} <= set(fusion)
+    assert fusion["retrieval_tuned"]["queries"] == fusion["retrieval"]["queries"] > 0

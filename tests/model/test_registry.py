@@ -167,12 +167,12 @@ def test_load_by_alias_and_predict(reg, trained, tmp_path):
     stack = StackedCategorizer.load(Path(reg.paths.stack) / "combiner.json")
     local, _ = predict.categorize(data, stack, progress=False)
     pd.testing.assert_frame_equal(pred, local)  # the registered model is the pipeline's stack
-    # It carries search's retrieval adapter (checked against its fusion network when it loaded).
-    from components.models.retrieval import adapter_file, load_adapter
-    from components.serving.search import find_adapter
+    # It carries search's retrieval towers (checked against its fusion network when it loaded).
+    from components.models.retrieval import load_towers, towers_file
+    from components.serving.search import find_towers
 
-    carried = find_adapter(cat, None)
-    assert carried is not None and carried.key() == load_adapter(adapter_file(reg.paths.train_retrieval)).key()
+    carried = find_towers(cat, None)
+    assert carried is not None and carried.key() == load_towers(towers_file(reg.paths.train_retrieval)).key()
 
 
 def stored_model_dir(params, version: str) -> Path:

@@ -1,5 +1,6 @@
-"""The retrieval adapter: identity at the start, the InfoNCE with memory, same-class batches, training that finds
-a listing's other half, the self-describing file and the fingerprint of the space it reads."""
+"""Retrieval towers: the fusion towers at the start, the InfoNCE with memory, same-class batches, training that
+pairs each listing's photo with its title while the trunk and the fusion network stay as they were, the
+self-describing file and the fingerprint of the fusion network it fits."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,30 +9,98 @@ import torch
 from torch import nn
 
 from components.config import TrainRetrievalParams
+from components.data import Arrays
 from components.metrics import relevance
+from components.models.fusion import ModelConfig, build_model
 from components.models.retrieval import (
-    AdapterConfig,
-    AdapterError,
     Memory,
-    RetrievalAdapter,
+    RetrievalError,
+    RetrievalTowers,
     class_block_order,
     info_nce,
-    load_adapter,
-    save_adapter,
+    load_towers,
+    save_towers,
     space_fingerprint,
 )
-from components.pipeline.train_retrieval import train_adapter
+from components.models.runtime import predict_arrays
+from components.pipeline.train_retrieval import train_towers
 
 
 def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def test_untrained_adapter_is_the_identity(rng):
-    v = unit(rng.normal(size=(50, 16)))
-    adapter = RetrievalAdapter(AdapterConfig(16, 32, 0.1))
+def tiny_fusion():
+    cfg = ModelConfig(backbone="resnet18", embed_dim=16, text_dim=8, text_channels=8, text_kernels=(1, 2), meta_dim=4,
+                      dropout=0.0, wide=False, low_res_stem=False, backbone_channels=(8, 8, 16, 16), stem_width=0,
+                      modalities=("image", "text", "metadata"), vocab_size=60, subword_buckets=64,
+                      attr_vocab_size=10, cardinalities=(4, 5), n_numeric=2, n_classes=(2, 3, 4), text_pretrained="")
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def listings(n: int, seed: int = 0) -> Arrays:
+    """n listings, each its own photo (a random colour field) and its own title words."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(0, 255, (n, 1, 1, 3))
+    images = np.clip(colours + rng.integers(-10, 10, (n, 80, 64, 3)), 0, 255).astype(np.uint8)
+    return Arrays(tokens=rng.integers(1, 60, (n, 5)), subwords=rng.integers(1, 64, (n, 10)),
+                  attrs=rng.integers(0, 10, (n, 4)), cat=rng.integers(0, 4, (n, 2)),
+                  num=rng.normal(size=(n, 2)).astype(np.float32), images=images, has_image=np.ones(n, bool),
+                  labels=np.tile(rng.integers(0, 4, (n, 1)), (1, 3)), group=np.arange(n))
+
+
+def test_towers_start_as_the_fusion_networks_own_space():
+    fusion, a = tiny_fusion(), listings(12)
+    towers = RetrievalTowers(fusion, space_fingerprint(fusion)).eval()
+    cpu = torch.device("cpu")
+    own = predict_arrays(fusion, a, 8, cpu, embeddings=True, cpu_precision="fp32")["embeddings"]
+    seen = predict_arrays(towers.with_towers_of(fusion), a, 8, cpu, embeddings=True, cpu_precision="fp32")
     for m in ("image", "text"):
-        np.testing.assert_allclose(adapter.transform(m, v), v, atol=1e-6)
+        np.testing.assert_allclose(seen["embeddings"][m], own[m], atol=1e-5)
+    assert fusion.towers["image"] is not towers.towers["image"]  # copies: the fusion network keeps its own
+
+
+def test_training_pairs_listings_and_leaves_the_trunk_and_the_fusion_network_alone():
+    fusion, a = tiny_fusion(), listings(64)
+    before = {k: v.clone() for k, v in fusion.state_dict().items()}
+    p = TrainRetrievalParams(epochs=25, batch_size=32, lr=3e-3, weight_decay=0.0,
+                             patience=25, memory=64, class_block=1, device="cpu")
+    towers, result = train_towers(fusion, a, a, relevance(np.arange(64).astype(str), np.full(64, "")), p, 0,
+                                  torch.device("cpu"))
+    start, kept = result["val"]["fusion_space"], result["val"]["retrieval"]
+    assert kept["score"] >= max(h["score"] for h in result["history"])  # the best epoch is the one kept
+    assert kept["score"] > start["score"] + 0.2, (start, kept)
+    for k, v in fusion.state_dict().items():
+        assert torch.equal(v, before[k]), k  # categorizing cannot change
+    mine = towers.state_dict()
+    assert torch.equal(mine["towers.image.backbone.layer1.0.conv1.weight"],
+                       before["towers.image.backbone.layer1.0.conv1.weight"])  # the trunk is the fusion network's
+    assert not torch.equal(mine["towers.image.backbone.layer4.0.conv1.weight"],
+                           before["towers.image.backbone.layer4.0.conv1.weight"])
+    assert towers.fingerprint == space_fingerprint(fusion)
+
+
+def test_towers_file_round_trip_and_refusals(tmp_path):
+    fusion, a = tiny_fusion(), listings(6)
+    towers = RetrievalTowers(fusion, "abc")
+    with torch.no_grad():
+        towers.towers["text"].proj[-1].weight.normal_()
+    path = tmp_path / "towers.pt"
+    save_towers(towers, path, {"best_epoch": 3})
+    back = load_towers(path)  # BatchNorm folded: the same vectors up to rounding
+    cpu = torch.device("cpu")
+    want = predict_arrays(towers.eval().with_towers_of(fusion), a, 8, cpu, embeddings=True, cpu_precision="fp32")
+    got = predict_arrays(back.with_towers_of(fusion), a, 8, cpu, embeddings=True, cpu_precision="fp32")
+    for m in ("image", "text"):
+        np.testing.assert_allclose(got["embeddings"][m], want["embeddings"][m], atol=1e-4)
+    assert back.fingerprint == "abc"
+    (tmp_path / "junk.pt").write_bytes(b"not torch")
+    with pytest.raises(RetrievalError, match="junk.pt"):
+        load_towers(tmp_path / "junk.pt")
+    torch.save({"format": "something-else"}, tmp_path / "other.pt")
+    with pytest.raises(RetrievalError, match="other.pt.*train_retrieval"):
+        load_towers(tmp_path / "other.pt")
 
 
 def test_info_nce_prefers_aligned_pairs_and_ignores_remembered_copies_of_the_batch(rng):
@@ -75,51 +144,6 @@ def test_class_blocks_are_a_permutation_of_same_class_runs():
         pos, blocks = pos + run, blocks + 1
     assert blocks <= sum(-(-c // 4) for c in (9, 4, 13, 1, 7)) + 5  # blocks of one class may sit side by side
     assert sorted(class_block_order(labels, 1, np.random.default_rng(0))) == list(range(len(labels)))
-
-
-def paired(rng: np.random.Generator, n: int, a: np.ndarray, b: np.ndarray, centres: np.ndarray):
-    """Photo and title vectors of n listings: a listing is its class centre plus its own detail, seen through a
-    different linear map per modality (so the raw spaces only agree on the class, not on the listing)."""
-    cls = rng.integers(0, len(centres), n)
-    latent = centres[cls] + 0.6 * rng.normal(size=(n, centres.shape[1]))
-    image = unit(latent @ a + 0.05 * rng.normal(size=(n, a.shape[1])))
-    text = unit(latent @ b + 0.05 * rng.normal(size=(n, b.shape[1])))
-    return image, text, cls
-
-
-def test_training_finds_each_listings_other_half_and_never_keeps_a_worse_epoch(rng):
-    d = 16
-    a = np.eye(d) + 0.3 * rng.normal(size=(d, d))
-    b = np.eye(d) + 0.3 * rng.normal(size=(d, d))
-    centres = 2.0 * rng.normal(size=(6, d))
-    img, txt, cls = paired(rng, 800, a, b, centres)
-    v_img, v_txt, v_cls = paired(rng, 200, a, b, centres)
-    val = (v_img, v_txt, relevance(np.arange(200).astype(str), np.full(200, "")))
-    p = TrainRetrievalParams(hidden=64, dropout=0.0, epochs=30, batch_size=64, lr=3e-3, weight_decay=0.0,
-                             patience=30, memory=256, class_block=8, device="cpu")
-    adapter, result = train_adapter(img, txt, np.arange(800), cls, val, p, seed=0, fingerprint="f" * 16)
-    before, after = result["val"]["fusion_space"], result["val"]["adapter"]
-    assert after["score"] >= max(h["score"] for h in result["history"])  # the best epoch is the one kept
-    assert after["score"] > before["score"] + 0.1, (before, after)
-    assert adapter.fingerprint == "f" * 16
-
-
-def test_adapter_file_round_trip_and_refusals(tmp_path, rng):
-    adapter = RetrievalAdapter(AdapterConfig(8, 16, 0.0), "abc")
-    with torch.no_grad():
-        adapter.maps["text"].mlp[-1].weight.normal_()
-    path = tmp_path / "adapter.pt"
-    save_adapter(adapter, path, {"best_epoch": 3})
-    back = load_adapter(path)
-    v = unit(rng.normal(size=(5, 8)))
-    np.testing.assert_allclose(back.transform("text", v), adapter.transform("text", v), atol=1e-6)
-    assert back.fingerprint == "abc" and back.key() == adapter.key()
-    (tmp_path / "junk.pt").write_bytes(b"not torch")
-    with pytest.raises(AdapterError, match="junk.pt"):
-        load_adapter(tmp_path / "junk.pt")
-    torch.save({"format": "something-else"}, tmp_path / "other.pt")
-    with pytest.raises(AdapterError, match="other.pt.*train_retrieval"):
-        load_adapter(tmp_path / "other.pt")
 
 
 def test_fingerprint_ignores_the_image_trunk_but_not_the_text_tower():
