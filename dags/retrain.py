@@ -2,6 +2,8 @@
 its inputs and pushing its outputs -> publish -> register -> promotion gate."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, chain, dag, task
@@ -79,9 +81,12 @@ def run_workspace(lock_from: str):
 @dag(
     dag_id="retrain",
     # No start_date: with one in the past, Airflow schedules the latest missed Sunday as soon as the DAG
-    # appears (catchup=False still runs one), i.e. an hour of training from starting a UI. Without it,
-    # run_immediately=False makes the first scheduled run the next Sunday 03:00.
-    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC", run_immediately=False),
+    # appears (catchup=False still runs one), i.e. an hour of training from starting a UI. Without it, the first
+    # run is the next Sunday 03:00 only if run_immediately is a zero timedelta: `False` is treated like the
+    # default (Airflow 3.1's _calc_first_run still runs the past Sunday when it is under a tenth of the week old,
+    # i.e. on Sundays until 19:48 UTC).
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 0", timezone="UTC",
+                                                                run_immediately=timedelta(0)),
                                  assets=RETRAIN_REQUEST),
     catchup=False, max_active_runs=1,  # one `dvc repro` per workspace
     default_args=DEFAULT_ARGS, tags=["deepfusion", "training"],

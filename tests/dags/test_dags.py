@@ -35,16 +35,25 @@ def test_dags_import_and_exist(bag):
         assert all(t.execution_timeout is not None for t in dag.tasks)
 
 
-def test_retrain_does_not_run_at_first_start(bag):
+@pytest.mark.parametrize("now", ["2026-12-06T03:09:00", "2026-12-06T19:00:00", "2026-12-09T12:00:00",
+                                 "2026-12-05T23:59:00"])
+def test_retrain_does_not_run_at_first_start(bag, monkeypatch, now):
+    """Whenever the DAG first appears (a Sunday minutes after 03:00 included: Airflow's run_immediately=False
+    still ran that one), its first scheduled run is the next Sunday 03:00, never one that already passed."""
+    import airflow.timetables.trigger as trigger
     import pendulum
     from airflow.serialization.encoders import coerce_to_core_timetable
     from airflow.timetables.base import TimeRestriction
 
+    clock = pendulum.parse(now, tz="UTC")
+    monkeypatch.setattr(trigger, "utcnow", lambda: clock)
     dag = bag.dags["retrain"]
     assert dag.start_date is None
     first = coerce_to_core_timetable(dag.timetable).next_dagrun_info(last_automated_data_interval=None,
                                            restriction=TimeRestriction(earliest=None, latest=None, catchup=False))
-    assert first.run_after > pendulum.now("UTC")  # the next Sunday, not the one that just passed
+    assert first.run_after > clock and first.run_after.day_of_week == pendulum.SUNDAY
+    assert (first.run_after.hour, first.run_after.minute) == (3, 0)
+    assert first.run_after - clock <= pendulum.duration(days=7)
     assert dag.get_task("train_fusion").execution_timeout > dag.get_task("ingest").execution_timeout
 
 
