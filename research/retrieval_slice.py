@@ -1,10 +1,11 @@
 """Where title -> photo search fails: look-alike listings, colour words, brands (printed, never asserted).
 
-    .venv/bin/python research/retrieval_slice.py WORKSPACE [--queries 2000] [--seed 0] [--out slice.json]
+    .venv/bin/python research/retrieval_slice.py WORKSPACE [--queries 2000] [--seed 0] [--out F] [--fusion-space]
 
-WORKSPACE: a finished run (its fusion network and ingest outputs are read). Queries are seeded test-split
-products with a title and a photo; the gallery is every val and test photo (none trained on), as the `unseen`
-gallery of evaluate's KAGL protocol. A query hits when its own product's photo is in the top 10.
+WORKSPACE: a finished run (its fusion network, its retrieval towers unless --fusion-space, and ingest outputs).
+Queries are seeded test-split products with a title and a photo; the gallery is every val and test photo (none
+trained on), as the `unseen` gallery of evaluate's KAGL protocol. A query hits when its own product's photo is in
+the top 10.
 1. Look-alike listings: queries whose exact title another gallery product shares, and queries with a "twin"
    (another gallery product of the same articleType, colour and brand), against the rest; for those, also
    "a twin or itself in the top 10".
@@ -32,7 +33,9 @@ from components.catalog import TITLE  # noqa: E402
 from components.checkpoint import fusion_checkpoint  # noqa: E402
 from components.config import load_params  # noqa: E402
 from components.data import cached_products  # noqa: E402
+from components.models.retrieval import towers_file  # noqa: E402
 from components.serving.categorizer import Categorizer, load_images  # noqa: E402
+from components.serving.search import find_towers  # noqa: E402
 
 K = 10
 
@@ -60,11 +63,16 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--fusion-space", action="store_true", help="the fusion network's space, not the retrieval towers'")
     args = ap.parse_args()
     out_file = args.out.resolve() if args.out else None
     os.chdir(args.workspace)
     params = load_params()
     cat = Categorizer.from_checkpoint(fusion_checkpoint(params.paths.train_fusion))
+    towers = None if args.fusion_space else find_towers(cat, towers_file(params.paths.train_retrieval))
+    if towers is not None:  # the space search serves
+        cat = Categorizer(towers.with_towers_of(cat.model), cat.encoders, cat.meta, cat.device, cat.image_size)
+    print(f"space: {'retrieval towers' if towers is not None else 'fusion network'}")
     df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
     split, photo = df["split"].to_numpy(), df["has_image"].to_numpy(bool)
     gallery_rows = np.flatnonzero(np.isin(split, ["val", "test"]) & photo)
