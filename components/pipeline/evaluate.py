@@ -18,7 +18,7 @@ from components import metrics as M
 from components.atomic_io import atomic_dir, read_json, write_json
 from components.catalog import FINEST, INPUT_VARIANTS, TITLE, title_words
 from components.config import EvaluateParams, Params, load_params
-from components.data import cached_products, load_arrays
+from components.data import Arrays, cached_products, load_arrays
 from components.encoders import Encoders, encode_labels
 from components.experts import EXPERTS
 from components.experts import files as expert_files
@@ -76,10 +76,9 @@ def article_view(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {"n": len(y), "accuracy": res["accuracy"], "macro_f1": res["macro_f1"]}
 
 
-def catalog_vectors(model, params: Params, device) -> tuple[np.ndarray, np.ndarray]:
+def catalog_vectors(model, arrays: Arrays, device) -> tuple[np.ndarray, np.ndarray]:
     """Every catalog row's photo and title unit vectors (rows of products.parquet), in one pass."""
-    arrays, _ = load_arrays(params.paths.ingest, params.paths.features)
-    emb = predict_arrays(model, arrays.subset(np.arange(len(arrays))), PREDICT_BATCH, device, embeddings=True)
+    emb = predict_arrays(model, arrays, PREDICT_BATCH, device, embeddings=True)
     return tuple(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
                  for e in (emb["embeddings"]["image"], emb["embeddings"]["text"]))
 
@@ -124,19 +123,20 @@ def kagl_view(image: np.ndarray, text: np.ndarray, df: pd.DataFrame, seed: int) 
     return out
 
 
-def retrieval_views(model, params: Params, device) -> dict:
+def retrieval_views(model, df: pd.DataFrame, params: Params, device) -> dict:
     """Both retrieval protocols in the fusion network's space and, when train_retrieval has run, in the retrieval
-    towers' (the space search serves). Keys: retrieval, retrieval_kagl, and the same with `_tuned`."""
-    df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet",
-                         columns=[TITLE, "split", "has_image", "title_norm", "image_md5"])
-    has_image = np.load(Path(params.paths.features) / "features.npz")["has_image"].astype(bool)
-    spaces = {"": catalog_vectors(model, params, device)}
+    towers' (the space search serves). `df`: products.parquet. Keys: retrieval, retrieval_kagl, and the same with
+    `_tuned`."""
+    arrays, _ = load_arrays(params.paths.ingest, params.paths.features)
+    arrays = arrays.subset(np.arange(len(arrays)))  # images read from disk once for both spaces
+    has_image = arrays.has_image.astype(bool)
+    spaces = {"": catalog_vectors(model, arrays, device)}
     path = towers_file(params.paths.train_retrieval)
     if path.is_file():
         towers = load_towers(path)
         if towers.fingerprint != space_fingerprint(model):
             raise RetrievalError(f"{path}: trained on another fusion network; rerun `dvc repro train_retrieval`")
-        spaces["_tuned"] = catalog_vectors(towers.to(device).with_towers_of(model), params, device)
+        spaces["_tuned"] = catalog_vectors(towers.to(device).with_towers_of(model), arrays, device)
     else:
         log.warning("evaluate: %s not found; retrieval is reported in the fusion space only", path)
     out = {}
@@ -246,7 +246,7 @@ def run(params: Params) -> dict:
     served = "stacked" if stack is not None else "fusion"
     for name in {"fusion", "tfidf", served} & set(probs):
         results[name]["business"] = business_view(probs[name], y, enc, p, decisions.get(name))
-    results["fusion"].update(retrieval_views(fusion, params, device))
+    results["fusion"].update(retrieval_views(fusion, df, params, device))
 
     def article_pred(name: str, pr: dict, dec: dict) -> np.ndarray:
         return dec[name][:, FINEST] if name in dec else pr[name][FINEST].argmax(1)
