@@ -1,5 +1,5 @@
-"""retrain: configure the run's workspace -> DVC stages in dvc.yaml order (training on GPU workers), each pulling
-its inputs and pushing its outputs -> publish -> register -> promotion gate."""
+"""retrain: configure the run's workspace -> DVC stages as dvc.yaml's graph allows (independent ones in parallel,
+training on GPU workers), each pulling its inputs and pushing its outputs -> publish -> register -> promotion gate."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -20,11 +20,13 @@ from common.settings import (
     home,
 )
 from components.experts import EXPERTS
+from components.orchestration import stage_graph
 
-# dvc.yaml stage order (tests/dags checks it): the experts' stages come from the expert registry. GPU_STAGES (the
-# experts with an image tower: convolutions are what a GPU speeds up) go to the GPU queue and pool.
-STAGES = ["ingest", "validate", "features", "audit", *(e.stage for e in EXPERTS), "train_retrieval", "stack",
-          "evaluate"]
+# The stages and what each needs, from the project's dvc.yaml (tests/dags checks it against DVC's own graph).
+# GPU_STAGES (the experts with an image tower: convolutions are what a GPU speeds up) go to the GPU queue and pool.
+UPSTREAM = stage_graph.read(home())
+STAGES = list(UPSTREAM)
+FINAL = stage_graph.sinks(UPSTREAM)
 GPU_STAGES = {e.stage for e in EXPERTS if "image" in e.reads and not e.linear}
 JOIN = "none_failed_min_one_success"
 
@@ -34,11 +36,12 @@ def in_home(command: str) -> str:
     return f"set -e; cd {SH_HOME}; export PATH={SH_BIN}:$PATH DVC_NO_ANALYTICS=1; {command}"
 
 
-# Every stage task works in the run's own workspace (orchestration.run_workspace: tracked params.yaml and
-# dvc.lock are never edited by a run), rebuilt from RUN_SPEC and the run's dvc.lock so far (RUN_LOCK, the previous
-# stage's XCom), so consecutive stages may run on machines that share no disk. The catalog comes from the
-# project's default remote; a stage pulls its inputs from and pushes its outputs to the remote `artifacts` when one is
-# configured, else takes them from the shared DVC cache. The last line it prints (its XCom) is the updated lock.
+# Every stage task works in its own folder of the run's workspace (orchestration.run_workspace: tracked params.yaml
+# and dvc.lock are never edited by a run), rebuilt from RUN_SPEC and the run's dvc.lock so far (RUN_LOCK: the
+# XComs of the stages it needs, merged), so any stage may run on a machine that shares no disk with the others.
+# The catalog comes from the project's default remote; a stage pulls its inputs from and pushes its outputs to the
+# remote `artifacts` when one is configured, else takes them from the DVC cache. The last line it prints (its XCom)
+# is its updated lock.
 DATA = "if [ -f data.dvc ] && dvc remote list | grep -q .; then dvc pull -q data.dvc; fi; "
 ARTIFACTS = "dvc remote list | grep -q '^artifacts[[:space:]]'"
 
@@ -58,11 +61,15 @@ def task_id(stage: str) -> str:
     return stage.replace("@", "_")
 
 
-def previous_lock(stage: str) -> str:
-    return "{{ ti.xcom_pull(task_ids='" + task_id(stage) + "') or '' }}"
+def locks_of(stages: list[str] | tuple[str, ...]) -> str:
+    """Jinja for the locks the tasks of `stages` printed, space-separated (run_workspace merges them)."""
+    if not stages:
+        return ""
+    ids = ", ".join(f"'{task_id(s)}'" for s in stages)
+    return "{{ (ti.xcom_pull(task_ids=[" + ids + "]) or []) | select | join(' ') }}"
 
 
-def run_workspace(lock_from: str):
+def run_workspace(lock_from: list[str]):
     """The run's workspace, outputs in place, for the Python steps after the stages; when `configure` did not run
     (register_only, promote_only), the current pipeline result: the latest finished run's, else the project's."""
     from airflow.sdk import get_current_context
@@ -75,7 +82,8 @@ def run_workspace(lock_from: str):
         from components.orchestration.run_workspace import current
 
         return current(home())
-    return checked_out(home(), spec["run_id"], spec["overrides"], ti.xcom_pull(task_ids=lock_from) or None)
+    locks = ti.xcom_pull(task_ids=[task_id(s) for s in lock_from]) or []
+    return checked_out(home(), spec["run_id"], spec["overrides"], [lock for lock in locks if lock])
 
 
 @dag(
@@ -120,16 +128,15 @@ def retrain():
 
     force = "{{ '-f ' if params.force else '' }}"
     spec = "{{ ti.xcom_pull(task_ids='configure') | tojson }}"
-    stages = [
+    stages = {
         # retries=1: a stage is deterministic, but its worker may be lost mid-run (DVC resumes from the cache).
-        BashOperator(task_id=task_id(s), bash_command=stage_command(s, force), retries=1, append_env=True,
-                     env={"RUN_SPEC": spec, "RUN_LOCK": previous_lock(STAGES[i - 1]) if i else ""},
-                     execution_timeout=TIMEOUT["training" if s in GPU_STAGES or "train" in s else "stage"],
-                     **({"queue": GPU_QUEUE, "pool": GPU_POOL, "executor_config": gpu_executor_config()}
-                        if s in GPU_STAGES else {}))
-        for i, s in enumerate(STAGES)
-    ]
-    last = task_id(STAGES[-1])
+        s: BashOperator(task_id=task_id(s), bash_command=stage_command(s, force), retries=1, append_env=True,
+                        env={"RUN_SPEC": spec, "RUN_LOCK": locks_of(UPSTREAM[s]), "RUN_STAGE": s},
+                        execution_timeout=TIMEOUT["training" if s in GPU_STAGES or "train" in s else "stage"],
+                        **({"queue": GPU_QUEUE, "pool": GPU_POOL, "executor_config": gpu_executor_config()}
+                           if s in GPU_STAGES else {}))
+        for s in STAGES
+    }
 
     @task(execution_timeout=TIMEOUT["registry"])
     def publish() -> dict:
@@ -140,7 +147,7 @@ def retrain():
         from components.lifecycle import publish as ops_publish
         from components.orchestration.run_workspace import mark_latest
 
-        ws = run_workspace(last)
+        ws = run_workspace(FINAL)
         with contextlib.chdir(ws):
             published = ops_publish.publish(load_params())
         mark_latest(home(), ws)  # drift, categorize and register_only now use this run's result
@@ -153,7 +160,7 @@ def retrain():
         from components.config import load_params
         from components.lifecycle import registry
 
-        with contextlib.chdir(run_workspace(last)):
+        with contextlib.chdir(run_workspace(FINAL)):
             return registry.register(load_params())
 
     @task(trigger_rule=JOIN, execution_timeout=TIMEOUT["registry"])
@@ -167,7 +174,7 @@ def retrain():
 
         if params["mode"] == "register_only":
             raise AirflowSkipException("register_only: the promotion gate is not run")
-        with contextlib.chdir(run_workspace(last)):
+        with contextlib.chdir(run_workspace(FINAL)):
             return registry.promote(load_params()).promote
 
     @task.short_circuit(execution_timeout=TIMEOUT["quick"])
@@ -181,7 +188,13 @@ def retrain():
     # Empty hops keep the branch from skipping register/promote directly in the full run.
     to_register, to_promote = EmptyOperator(task_id="to_register"), EmptyOperator(task_id="to_promote")
     branch, cfg, pub, reg, gate = choose(), configure(), publish(), register(), promote()
-    chain(branch, cfg, *stages, pub, reg, gate)
+    chain(branch, cfg)
+    for s, ups in UPSTREAM.items():
+        for up in ups or [None]:
+            (stages[up] if up else cfg) >> stages[s]
+    for s in FINAL:
+        stages[s] >> pub
+    chain(pub, reg, gate)
     branch >> to_register >> reg
     branch >> to_promote >> gate
     promoted(gate) >> announce_champion()

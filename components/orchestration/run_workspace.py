@@ -3,12 +3,19 @@
 A retrain run's params (the form's choices, the GPU profile) are overrides of the tracked `params.yaml`. Each task
 of the run materialises the same workspace under `<home>/runs/<run id>/`: the pipeline definition and code copied
 from the project, `params.yaml` with the run's overrides merged in, the catalog `data/` linked read-only, and the
-project's DVC cache and remotes (URLs made absolute). Outputs and `dvc.lock` stay in the run folder; unchanged
-stages are checked out from the shared cache instead of rerunning. The run's `dvc.lock` travels from task to
-task as an XCom (`lock` prints it), so a task on another machine rebuilds the workspace and pulls the outputs it
-needs from the `artifacts` remote: the workers need not share a disk.
+project's DVC cache and remotes (URLs made absolute). Unchanged stages are checked out from the cache instead of
+rerunning. The run's `dvc.lock` travels from task to task as an XCom (`lock` prints it), so a task on another
+machine rebuilds the workspace and pulls the outputs it needs from the `artifacts` remote: the workers need not
+share a disk.
 
-    python -m components.orchestration.run_workspace materialize   # env RUN_SPEC (json), RUN_LOCK (base64, optional)
+Stages that do not depend on each other run at the same time (stage_graph), possibly on one machine: each stage
+task works in a folder of its own, `runs/<run>@<stage>/` (two `dvc repro` in one folder would fight over its lock
+and its dvc.lock), and starts from the merge of its upstream stages' locks (`merge_locks`: each stage's entry
+comes from the task that ran it; entries two locks both carry must agree). Publish and register work in
+`runs/<run>/` with the merge of the final stages' locks.
+
+    python -m components.orchestration.run_workspace materialize   # env RUN_SPEC (json), RUN_LOCK (base64 locks,
+                                                                   # space-separated, optional), RUN_STAGE (optional)
     python -m components.orchestration.run_workspace lock          # the current folder's dvc.lock, base64 on one line
 """
 from __future__ import annotations
@@ -32,6 +39,7 @@ from components.config import ConfigError, deep_merge, load_raw, params_from_dic
 from components.lifecycle.provenance import RUN_FILE, data_md5
 
 RUNS = "runs"  # under the project home; listed in .dvcignore, .gitignore and .dockerignore
+STAGE_SEP = "@"  # runs/<run>@<stage>: a stage task's own folder
 KEEP_RUNS = 3  # run workspaces kept besides the current one (outputs stay in the DVC cache anyway)
 LATEST = "latest"  # runs/latest -> the workspace of the last run whose stages all finished (set by publish)
 COPIED = ("dvc.yaml", "dvc.lock", ".dvcignore")  # not data.dvc: data/ is linked from the project
@@ -43,7 +51,7 @@ class WorkspaceError(RuntimeError):
     """The run's workspace cannot be made (missing project files, bad spec)."""
 
 
-def run_folder(home: Path, run_id: str) -> Path:
+def run_folder(home: Path, run_id: str, stage: str | None = None) -> Path:
     """The run's folder under runs/: a portable name from any run id. Airflow run ids carry ':' and '+'
     ("manual__2026-11-30T19:00:00+00:00"), and one triggered through the API can be anything ("..", "a/b", a
     thousand characters): only letters, digits, '_' and '-' are kept (no dot, so never "." or ".."), cut to 80,
@@ -51,7 +59,38 @@ def run_folder(home: Path, run_id: str) -> Path:
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", run_id)[:80]
     if safe != run_id or not safe:
         safe = f"{safe}-{hashlib.sha1(run_id.encode()).hexdigest()[:10]}"
+    if stage is not None:  # '@' never occurs in a run's own folder name: no stage folder is another run's
+        safe += STAGE_SEP + re.sub(r"[^A-Za-z0-9_-]", "_", stage)
     return Path(home) / RUNS / safe
+
+
+def merge_locks(locks: list[bytes]) -> bytes:
+    """One dvc.lock from those of parallel branches of a run: the union of their stage entries. The branches start
+    from one upstream lock, so a stage in two of them has one entry; two different ones mean the run's tasks
+    disagree on a result (a stage ran twice), and nothing is made of them."""
+    if len(locks) == 1:
+        return locks[0]
+    schema, stages, origin = None, {}, {}
+    for i, raw in enumerate(locks):
+        data = yaml.safe_load(raw) or {}
+        if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
+            raise WorkspaceError(f"lock {i + 1} of {len(locks)} is not a dvc.lock (no `stages` mapping)")
+        schema = schema or data.get("schema")
+        for name, entry in (data.get("stages") or {}).items():
+            if name in stages and stages[name] != entry:
+                raise WorkspaceError(f"stage {name}: locks {origin[name] + 1} and {i + 1} of the run's parallel "
+                                     "branches record different results; rerun the retrain (a task ran it twice)")
+            stages.setdefault(name, entry)
+            origin.setdefault(name, i)
+    return yaml.safe_dump({"schema": schema or "2.0", "stages": stages}, sort_keys=False).encode()
+
+
+def decode_locks(locks: str | list[str] | None) -> bytes | None:
+    """The run's lock so far from its upstream tasks' XComs (base64, space-separated or a list; empty ones skipped)."""
+    parts = locks.split() if isinstance(locks, str) else [p for p in (locks or []) if p]
+    if not parts:
+        return None
+    return merge_locks([base64.b64decode(p) for p in parts])
 
 
 def dvc_config(home: Path) -> str:
@@ -120,15 +159,18 @@ def _create(home: Path, ws: Path, overrides: dict) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def materialize(home: Path, run_id: str, overrides: dict, lock: str | None = None) -> Path:
-    """The run's workspace (made once per machine), with `lock` (the run's dvc.lock so far) written in."""
+def materialize(home: Path, run_id: str, overrides: dict, lock: str | list[str] | None = None,
+                stage: str | None = None) -> Path:
+    """The run's workspace (made once per machine; a stage task's own with `stage`), with `lock` (the run's
+    dvc.lock so far: the XComs of the upstream tasks, merged) written in."""
     home = Path(home).resolve()
-    ws = run_folder(home, run_id)
+    ws = run_folder(home, run_id, stage)
     if not (ws / ".dvc").is_dir():
         ws.parent.mkdir(parents=True, exist_ok=True)
         _create(home, ws, overrides)
-    if lock:
-        atomic_write_bytes(ws / "dvc.lock", base64.b64decode(lock))
+    merged = decode_locks(lock)
+    if merged:
+        atomic_write_bytes(ws / "dvc.lock", merged)
     return ws
 
 
@@ -136,7 +178,7 @@ def has_remote(ws: Path, name: str) -> bool:
     return f"['remote \"{name}\"']" in (Path(ws) / ".dvc" / "config").read_text()
 
 
-def checked_out(home: Path, run_id: str, overrides: dict, lock: str | None) -> Path:
+def checked_out(home: Path, run_id: str, overrides: dict, lock: str | list[str] | None) -> Path:
     """The run's workspace with every output of its dvc.lock in place: pulled from the `artifacts` remote when
     one is configured, else checked out of the (shared) cache. For the steps after the stages (publish, register)."""
     ws = materialize(home, run_id, overrides, lock)
@@ -169,12 +211,18 @@ def prune(home: Path, keep: int = KEEP_RUNS, current: str | None = None) -> list
     root = Path(home) / RUNS
     if not root.is_dir():
         return []
-    spared = {run_folder(home, current) if current else None, (root / LATEST).resolve()}
-    runs = sorted((p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p not in spared),
-                  key=lambda p: p.stat().st_mtime, reverse=True)
-    for old in runs[keep:]:
+    # A run is its folder and its stage tasks' folders (runs/<run>@<stage>): kept or removed together.
+    spared = {run_folder(home, current).name if current else None, (root / LATEST).resolve().name}
+    folders: dict[str, list[Path]] = {}
+    for p in root.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            folders.setdefault(p.name.split(STAGE_SEP)[0], []).append(p)
+    runs = sorted((name for name in folders if name not in spared),
+                  key=lambda name: max(p.stat().st_mtime for p in folders[name]), reverse=True)
+    removed = [p for name in runs[keep:] for p in sorted(folders[name])]
+    for old in removed:
         shutil.rmtree(old, ignore_errors=True)
-    return runs[keep:]
+    return removed
 
 
 def encoded_lock(ws: Path) -> str:
@@ -197,7 +245,8 @@ def main() -> None:
         if cmd == "materialize":
             spec = spec_from_env()
             home = Path(os.environ.get("DEEPFUSION_HOME", Path.cwd()))
-            print(materialize(home, spec["run_id"], spec["overrides"], os.environ.get("RUN_LOCK") or None))
+            print(materialize(home, spec["run_id"], spec["overrides"], os.environ.get("RUN_LOCK") or None,
+                              os.environ.get("RUN_STAGE") or None))
         elif cmd == "lock":
             print(encoded_lock(Path.cwd()))
         else:

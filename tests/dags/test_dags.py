@@ -57,20 +57,30 @@ def test_retrain_does_not_run_at_first_start(bag, monkeypatch, now):
     assert dag.get_task("train_fusion").execution_timeout > dag.get_task("ingest").execution_timeout
 
 
-def test_retrain_follows_dvc_yaml_order_and_routes_training_to_gpu(bag):
+def test_retrain_runs_independent_stages_in_parallel_and_routes_training_to_gpu(bag):
+    from components.orchestration import stage_graph
+
     dag = bag.dags["retrain"]
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     expected = []
     for name, stage in stages.items():
         items = stage.get("matrix", {}).get("model")
         expected += [f"{name}_{i}" for i in items] if items else [name]
-    chain_ids, t = [], dag.get_task("ingest")
-    while t.task_id != "publish":
-        chain_ids.append(t.task_id)
-        (t,) = [dag.get_task(i) for i in t.downstream_task_ids]
-    assert chain_ids == expected
-    for tid in ("train_baseline_image", "train_fusion"):
-        task = dag.get_task(tid)
+    graph = stage_graph.read(ROOT)  # checked against DVC's own graph in tests/unit/test_stage_graph.py
+    tid = {s: s.replace("@", "_") for s in graph}
+    assert sorted(tid.values()) == sorted(expected)
+    for s, ups in graph.items():
+        assert dag.get_task(tid[s]).upstream_task_ids == ({tid[u] for u in ups} or {"configure"}), s
+    # The four baselines wait for the audit only, side by side; the publish step waits for the last stage.
+    for m in ("tfidf", "image", "text", "metadata"):
+        assert dag.get_task(f"train_baseline_{m}").upstream_task_ids == {"audit"}
+    assert dag.get_task("publish").upstream_task_ids == {"evaluate"}
+    # A stage task starts from the merged locks of the stages it needs, in its own folder of the run.
+    env = dag.get_task("train_fusion").env
+    assert "'train_baseline_image'" in env["RUN_LOCK"] and env["RUN_STAGE"] == "train_fusion"
+    assert "'audit'" in dag.get_task("train_baseline_text").env["RUN_LOCK"]
+    for t in ("train_baseline_image", "train_fusion"):
+        task = dag.get_task(t)
         assert task.queue == "gpu" and task.pool == "gpu_pool"
     assert dag.get_task("train_baseline_tfidf").queue != "gpu"
 

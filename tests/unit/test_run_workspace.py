@@ -129,3 +129,47 @@ def test_any_run_id_maps_to_its_own_folder_under_runs(tmp_path, run_id):
 def test_distinct_run_ids_never_share_a_folder(tmp_path):
     ids = ["a:b", "a+b", "a_b", "x" * 200 + "1", "x" * 200 + "2"]
     assert len({run_workspace.run_folder(tmp_path, i) for i in ids}) == len(ids)
+
+
+def lock_b64(stages: dict) -> str:
+    import yaml
+
+    return base64.b64encode(yaml.safe_dump({"schema": "2.0", "stages": stages}).encode()).decode()
+
+
+def test_parallel_stages_get_their_own_folders_and_their_locks_merge(project):
+    import yaml
+
+    up = {"audit": {"cmd": "a", "outs": [{"path": "x", "md5": "1"}]}}
+    left = lock_b64({**up, "train_baseline@tfidf": {"cmd": "t", "outs": [{"path": "t", "md5": "2"}]}})
+    right = lock_b64({**up, "train_baseline@image": {"cmd": "i", "outs": [{"path": "i", "md5": "3"}]}})
+    a = run_workspace.materialize(project, "r1", {}, lock_b64(up), stage="train_baseline@tfidf")
+    b = run_workspace.materialize(project, "r1", {}, lock_b64(up), stage="train_baseline@image")
+    assert a != b and a.name == "r1@train_baseline_tfidf" and b.name == "r1@train_baseline_image"
+    ws = run_workspace.materialize(project, "r1", {}, f"{left} {right}")  # the next task: both upstream locks
+    merged = yaml.safe_load((ws / "dvc.lock").read_text())["stages"]
+    assert set(merged) == {"audit", "train_baseline@tfidf", "train_baseline@image"}
+    assert merged["train_baseline@image"]["outs"][0]["md5"] == "3"
+    # Two branches that disagree on a stage's result: nothing is written.
+    clash = lock_b64({"audit": {"cmd": "a", "outs": [{"path": "x", "md5": "9"}]}})
+    with pytest.raises(run_workspace.WorkspaceError, match="stage audit: locks 1 and 2"):
+        run_workspace.materialize(project, "r1", {}, [left, clash])
+    assert set(yaml.safe_load((ws / "dvc.lock").read_text())["stages"]) == set(merged)
+    # Through the command line, as the DAG's stage task calls it.
+    env = {**os.environ, "DEEPFUSION_HOME": str(project), "RUN_SPEC": json.dumps({"run_id": "r1", "overrides": {}}),
+           "RUN_LOCK": f"{left} {right}", "RUN_STAGE": "train_fusion"}
+    r = subprocess.run([sys.executable, "-m", "components.orchestration.run_workspace", "materialize"], env=env,
+                       capture_output=True, text=True, check=True)
+    assert Path(r.stdout.strip()).name == "r1@train_fusion"
+    assert "train_baseline@image" in (Path(r.stdout.strip()) / "dvc.lock").read_text()
+
+
+def test_prune_keeps_or_removes_a_run_with_its_stage_folders(project):
+    for i in range(4):
+        for stage in (None, "audit", "train_fusion"):
+            ws = run_workspace.materialize(project, f"r{i}", {}, stage=stage)
+            os.utime(ws, (1000 + i, 1000 + i))
+    removed = run_workspace.prune(project, keep=1, current="r0")
+    kept = sorted(p.name for p in (project / "runs").iterdir())
+    assert kept == ["r0", "r0@audit", "r0@train_fusion", "r3", "r3@audit", "r3@train_fusion"]
+    assert len(removed) == 6
