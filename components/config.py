@@ -350,6 +350,7 @@ class RegistryParams:
 class LandingParams:
     max_batch_mb: int  # an uploaded batch's files together (CSVs and images); checked before anything is read
     max_batch_rows: int  # styles.csv rows of one batch; counted before parsing
+    shard_rows: int  # categorize: a batch with more products is scored in shards of this many, on any worker
 
 
 @dataclass(frozen=True)

@@ -139,14 +139,26 @@ def registry_errors(params: Params, action: str) -> Iterator[None]:
                             "check MLFLOW_TRACKING_URI and that the server is up") from exc
 
 
+RECIPE_TAG = "recipe_md5"  # provenance.recipe_md5 of the pipeline result a version comes from
+
+
 def register_model(params: Params, model_uri: str, run_id: str, tags: dict[str, str]) -> str:
-    """A version of params.registry.model_name for this run's model; the existing one if it was registered."""
+    """A version of params.registry.model_name for this run's model; the existing one if it was registered, or
+    if a version carries the same non-empty RECIPE_TAG (the same data, params and code: an equivalent model)."""
     c = client(params)
     name = params.registry.model_name
     try:
         for mv in c.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
             log.info("%s: run %s is already version %s", name, run_id, mv.version)
             return str(mv.version)
+        recipe = tags.get(RECIPE_TAG)
+        # Filtered here, not in the search string: tag filters differ between the file, SQL and REST stores.
+        same = [mv for mv in c.search_model_versions(f"name='{name}'") if recipe and mv.tags.get(RECIPE_TAG) == recipe]
+        if same:
+            first = min(same, key=lambda mv: int(mv.version))
+            log.info("%s: version %s has the same recipe (data, params, code) as run %s: not registered again",
+                     name, first.version, run_id)
+            return str(first.version)
     except mlflow.exceptions.MlflowException as exc:
         # Only "no such model yet" means nothing is registered; anything else (a server error) must not lead
         # to registering the same run a second time: it fails the task, which retries.

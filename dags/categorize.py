@@ -1,4 +1,8 @@
-"""categorize: batch categorization of new catalog batches with the champion -> predictions + review queue."""
+"""categorize: batch categorization of new catalog batches with the champion -> predictions + review queue.
+
+The champion's version is resolved once per run. Each batch is planned into shards (one, unless it holds more than
+`landing.shard_rows` products), every shard is a mapped task any worker may take, and one merge task per batch puts
+its shards together atomically (components.orchestration.landing)."""
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
@@ -25,13 +29,29 @@ def categorize():
 
         return serving_model(home())
 
+    @task(execution_timeout=TIMEOUT["io"])
+    def plan(names: list[str], model_uri: str) -> list[dict]:
+        from components.orchestration.landing import shard_plan
+
+        return shard_plan(home(), landing(), names, model_uri)
+
     @task(execution_timeout=TIMEOUT["batch"])
-    def categorize_batch(batch: str, model_uri: str) -> dict:
-        from components.orchestration.landing import categorize_batch as run
+    def score_shard(spec: dict, model_uri: str) -> dict:
+        from components.orchestration.landing import score_shard as run
 
-        return run(home(), landing(), batch, model_uri)
+        return run(home(), landing(), spec, model_uri)
 
-    categorize_batch.partial(model_uri=model()).expand(batch=batches())
+    # all_done: a batch's merge runs whatever became of the shards (none for a batch already categorized, a
+    # failed one of another batch) and checks its own parts itself.
+    @task(execution_timeout=TIMEOUT["io"], trigger_rule="all_done")
+    def merge_batch(batch: str, model_uri: str) -> dict:
+        from components.orchestration.landing import merge_shards
+
+        return merge_shards(home(), landing(), batch, model_uri)
+
+    names, uri = batches(), model()
+    scored = score_shard.partial(model_uri=uri).expand(spec=plan(names, uri))
+    scored >> merge_batch.partial(model_uri=uri).expand(batch=names)
 
 
 categorize()

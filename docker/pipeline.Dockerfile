@@ -35,7 +35,13 @@ RUN --mount=type=secret,id=ca,required=false \
  && pip install -r requirements/lock.txt
 COPY --chown=deepfusion:deepfusion . .
 # Build deps (setuptools) come from the lock: no second trip to the index, which would need the CA again.
-RUN pip install --no-deps --no-build-isolation -e . && pip check
+RUN pip install --no-deps --no-build-isolation -e . && pip check \
+ && mkdir -p /mlartifacts /opt/deepfusion/runs /opt/deepfusion/.dvc/cache /opt/deepfusion/artifacts \
+             /opt/deepfusion/landing \
+ && chown deepfusion:deepfusion /mlartifacts /opt/deepfusion/runs /opt/deepfusion/.dvc/cache \
+             /opt/deepfusion/artifacts /opt/deepfusion/landing
+# ^ the mount points of compose's named volumes: a new volume takes the ownership of the folder it is mounted
+# on, so the services (uid 50000) can write their run workspaces, DVC cache, outputs and MLflow artifacts.
 
 USER 50000
 ENTRYPOINT ["/opt/deepfusion/docker/entrypoint.sh"]

@@ -3,6 +3,9 @@
 #   bash scripts/images.sh build                # deepfusion:latest from docker/pipeline.Dockerfile
 #   bash scripts/images.sh smoke MODEL CATALOG  # airflow version + predict CATALOG with MODEL (a pipeline's
 #                                               # artifacts/stack), inside the image
+#   bash scripts/images.sh services             # deepfusion/postgres:15, deepfusion/redis:7, deepfusion/artifact-store
+#                                               # from docker/services.Dockerfile (Debian's packages): the stand-ins
+#                                               # compose uses where postgres:16 / redis:7.4 cannot be pulled
 # One image serves every role: the Airflow services, both Celery workers and the MLflow server. The GPU worker needs
 # no CUDA base image: the locked torch wheels carry the CUDA runtime, the NVIDIA container toolkit brings the driver.
 # Environment: IMAGE (default deepfusion:latest); BASE_IMAGE (default python:3.11-slim-bookworm; when Docker Hub is
@@ -88,6 +91,25 @@ build() {
   fi
 }
 
+services() {
+  engine
+  # Debian 12 slim when it can be pulled, else the pipeline image's base (the official Python image, or the
+  # local debootstrap stand-in): all three are Debian 12 with apt, which is all the services need.
+  local base=${BASE_IMAGE:-debian:bookworm-slim}
+  if ! "$DOCKER" image inspect "$base" >/dev/null 2>&1 && ! timeout 60 "$DOCKER" pull -q "$base" >/dev/null 2>&1; then
+    base=$(base_image)
+  fi
+  local target tag
+  for target in postgres redis artifact-store; do
+    case $target in postgres) tag=deepfusion/postgres:15 ;; redis) tag=deepfusion/redis:7 ;;
+                    artifact-store) tag=deepfusion/artifact-store:1 ;; esac
+    echo "[images] building $tag on $base"
+    "$DOCKER" build -q -f docker/services.Dockerfile --target "$target" --build-arg "BASE_IMAGE=$base" -t "$tag" . \
+      >/dev/null
+  done
+  echo "[images] built deepfusion/postgres:15, deepfusion/redis:7, deepfusion/artifact-store:1"
+}
+
 smoke() {
   local model=$1 catalog=$2 out
   engine
@@ -105,6 +127,7 @@ smoke() {
 
 case "${1:-}" in
   build) build ;;
+  services) services ;;
   smoke) [ $# -eq 3 ] || { echo "usage: $0 smoke MODEL CATALOG" >&2; exit 2; }; smoke "$(realpath "$2")" "$(realpath "$3")" ;;
-  *) echo "usage: $0 build | smoke MODEL CATALOG" >&2; exit 2 ;;
+  *) echo "usage: $0 build | services | smoke MODEL CATALOG" >&2; exit 2 ;;
 esac

@@ -51,3 +51,48 @@ def files_md5(*paths: str | Path) -> str:
                 for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
                     h.update(block)
     return h.hexdigest()
+
+
+def recipe_md5(of: list[str | Path], lock: str | Path = "dvc.lock") -> str:
+    """What the pipeline result holding the files `of` was made from, and nothing it made: per stage of `lock`,
+    its command, its params and the md5 of every dep no stage produces (the catalog, the corrections, the code).
+    Two runs of one recipe make the same model up to the float summation order of their CPUs (docs: the
+    experiments log's determinism entry): the registry keeps one version for them. '' unless every file of `of`
+    is an output of `lock` with the bytes it recorded (a model copied or edited outside the pipeline has no
+    recipe), or when there is no lock."""
+    p = Path(lock)
+    if not p.is_file():
+        return ""
+    stages = (yaml.safe_load(p.read_text()) or {}).get("stages") or {}
+    base = p.resolve().parent
+    outs = {(base / o["path"]).resolve(): o.get("md5", "") for st in stages.values() for o in st.get("outs", [])}
+
+    def recorded(f: Path) -> bool:
+        f = (base / f).resolve()
+        if f in outs:
+            return f.is_file() and outs[f] == hashlib.md5(f.read_bytes()).hexdigest()
+        return any(o in f.parents for o in outs)  # inside an output folder (its .dir hash covers it)
+
+    if not of or not all(recorded(Path(f)) for f in of):
+        return ""
+
+    def produced(dep: str) -> bool:
+        d = (base / dep).resolve()
+        return any(d == o or o in d.parents or d in o.parents for o in outs)
+
+    recipe = {name: {"cmd": st.get("cmd"), "params": st.get("params", {}),
+                     "deps": {d["path"]: d.get("md5") for d in st.get("deps", []) if not produced(d["path"])}}
+              for name, st in stages.items()}
+    return hashlib.md5(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def locked_outputs(paths: list[str | Path], lock: str | Path = "dvc.lock") -> dict[str, str]:
+    """{path: md5} of these pipeline outputs as `lock` recorded them (files only; a path it lacks is left out):
+    what a worker that shares no disk with the run pulls from the DVC remote `artifacts` to get them."""
+    p = Path(lock)
+    if not p.is_file():
+        return {}
+    stages = (yaml.safe_load(p.read_text()) or {}).get("stages") or {}
+    recorded = {str(Path(o["path"])): o.get("md5", "") for st in stages.values() for o in st.get("outs", [])}
+    return {str(path): recorded[str(Path(path))] for path in paths
+            if recorded.get(str(Path(path)), "") and not recorded[str(Path(path))].endswith(".dir")}

@@ -32,16 +32,18 @@ from components.checkpoint import CheckpointError
 from components.config import Params, RegistryParams, load_params, params_to_dict
 from components.data import cached_products
 from components.images import ImageBatch
-from components.lifecycle.provenance import data_md5, git_commit, run_overrides_tag
+from components.lifecycle.provenance import data_md5, git_commit, locked_outputs, recipe_md5, run_overrides_tag
 from components.lifecycle.publish import PublishError, served, served_model_uri
 from components.metrics import classification
-from components.mlflow_store import MAX_TAG_CHARS, RegistryError
+from components.mlflow_store import MAX_TAG_CHARS, RECIPE_TAG, RegistryError
 from components.models.retrieval import towers_file
 from components.serving.mlflow_model import ARTIFACT_MD5_TAG, artifact_md5, load_categorizer_uri, serving_columns
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+REFERENCE_TAG = "reference_data"  # {ingest output path: DVC md5} of the data the version was trained on
+REFERENCE_FILES = ("products.parquet", "images.npy")  # what drift compares a batch with
 
 
 @dataclass
@@ -189,6 +191,7 @@ def register(params: Params) -> str:
     test = evaluation[evaluation.get("served_model", "fusion")]
     tags = {
         "data_md5": data_md5(), "git_commit": git_commit(), "validation_passed": str(validation["success"]),
+        RECIPE_TAG: recipe_md5([model]),
         **{f"test_{lvl}_macro_f1": f"{test[lvl]['macro_f1']:.4f}" for lvl in params.catalog.levels},
         **{f"test_{lvl}_accuracy": f"{test[lvl]['accuracy']:.4f}" for lvl in params.catalog.levels},
         "served_model": evaluation.get("served_model", "fusion"),
@@ -197,6 +200,10 @@ def register(params: Params) -> str:
                                                   serving_columns(params.catalog, params.paths.ingest),
                                                   towers_file(params.paths.train_retrieval)),
                                      sort_keys=True),
+        # Its training data as the run's DVC lock recorded it: a drift report on a worker that shares no disk
+        # with that run pulls it from the DVC remote by these md5s.
+        REFERENCE_TAG: json.dumps(locked_outputs([Path(params.paths.ingest) / f for f in REFERENCE_FILES]),
+                                  sort_keys=True),
         # The categorize DAG's review cut-off travels with the version it belongs to.
         "auto_accept_threshold": f"{auto_accept_threshold(evaluation):.6f}",
         "run_overrides": run_overrides_tag()[:MAX_TAG_CHARS],
@@ -205,7 +212,8 @@ def register(params: Params) -> str:
     }
     with store.registry_errors(params, "register"):
         # Publishing is idempotent (keyed by the outputs' md5) and so is registering a run's model: a retried
-        # task or a second `register` of the same checkpoint returns the version it already made.
+        # task or a second `register` of the same checkpoint returns the version it already made, and so does a
+        # rerun of the same recipe (data, params, code) whose floats came out differently (another CPU's order).
         run_id, uri = served_model_uri(params)
         version = store.register_model(params, uri, run_id, tags)
         c = store.client(params)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.atomic_io import atomic_dir, csv_bytes, read_json, write_json
+from components.atomic_io import atomic_dir, atomic_write_bytes, csv_bytes, read_json, write_json
 from components.config import Params, load_params
 from components.lifecycle.provenance import files_md5
 from components.orchestration import batch_state
@@ -180,16 +180,35 @@ def drift_batch(home: Path, batch: str, content_md5: str, model: str) -> dict:
         return {"batch": batch, "drift_detected": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
 
 
+def reference_data(home: Path, params: Params, model: str) -> Path:
+    """The folder of the training data a batch is compared with: the current pipeline result's on this machine
+    (the latest retrain run's workspace, else the project's), else, on a worker that shares no disk with the run
+    that trained `model`, that version's own data pulled from the DVC remote `artifacts` by the md5s the registry
+    recorded (REFERENCE_TAG)."""
+    from components import mlflow_store
+    from components.lifecycle.registry import REFERENCE_FILES, REFERENCE_TAG
+    from components.orchestration.run_workspace import current, fetch_outputs
+
+    local = current(home) / params.paths.ingest
+    if all((local / f).is_file() for f in REFERENCE_FILES):
+        return local
+    outs = json.loads(mlflow_store.registered_tags(params, model).get(REFERENCE_TAG) or "{}") \
+        if model.startswith("models:/") else {}
+    if sorted(Path(p).name for p in outs) != sorted(REFERENCE_FILES):
+        raise FileNotFoundError(f"{local}: no training data to compare the batch with on this worker, and {model} "
+                                f"does not record where its own is ({REFERENCE_TAG}); register it again from its run "
+                                "(retrain with mode register_only) or run the drift report where it was trained")
+    return fetch_outputs(home, outs)
+
+
 def _drift_batch(home: Path, batch: str, content_md5: str, model: str) -> dict:
     from components import mlflow_store
     from components.monitoring import drift, workspace
-    from components.orchestration.run_workspace import current
 
     batch_path = Path(batch)
     with contextlib.chdir(home):
         params = load_params()
-        # The reference is the training data of the current pipeline result (the latest retrain run's workspace).
-        ingest = current(home) / params.paths.ingest
+        ingest = reference_data(home, params, model)
         params = dataclasses.replace(params, paths=dataclasses.replace(params.paths, ingest=str(ingest)))
         out = Path(params.paths.drift) / batch_path.name
         summary = drift.run(params, batch_path, out, model)
@@ -223,13 +242,19 @@ def review_queue(pred: pd.DataFrame, labels: pd.DataFrame, threshold: float, fin
     return df[df["review_reason"] != ""].reset_index(drop=True)
 
 
+def _already_done(landing: Path, batch_path: Path, content_md5: str, model: str, out: Path) -> bool:
+    done = batch_state.read_state(landing, batch_path.name)
+    return bool(done and done.state == "categorized" and done.content_md5 == content_md5 and done.model == model
+                and (out / "model.json").is_file())
+
+
 def categorize_batch(home: Path, landing: Path, name: str, model: str) -> dict:
     """Predictions for a landing batch (by name) plus the review queue (uncertain predictions and, for a
     labelled batch, the products the model confidently files elsewhere), in one folder swapped in whole,
     with the model that made them. Then, and only then, the batch is `categorized` and moves to _done/.
-    Content already categorized by this model is not scored twice (an event announced twice)."""
+    Content already categorized by this model is not scored twice (an event announced twice).
+    One process; the categorize DAG splits a large batch into shards instead (shard_plan, score_shard, merge_shards)."""
     from components.catalog import check_upload, read_catalog
-    from components.monitoring import workspace
     from components.serving.predict import categorize, load_categorizer
 
     batch_path = resolve_batch(landing, name)
@@ -237,21 +262,135 @@ def categorize_batch(home: Path, landing: Path, name: str, model: str) -> dict:
     with contextlib.chdir(home):
         params = load_params()
         out = Path(params.paths.categorize) / batch_path.name
-        done = batch_state.read_state(landing, batch_path.name)
-        if (done and done.state == "categorized" and done.content_md5 == content_md5 and done.model == model
-                and (out / "model.json").is_file()):
+        if _already_done(landing, batch_path, content_md5, model, out):
             log.info("landing: %s was already categorized by %s: nothing to do", name, model)
             _archive_if_new(landing, batch_path)
             return {"batch": str(batch_path), "already_categorized": True, "output": str(Path(home) / out)}
         check_upload(batch_path, params.landing.max_batch_mb * 2**20, params.landing.max_batch_rows,
                      params.catalog.files[0])
-        threshold = review_threshold(params, model)
         read = read_catalog(batch_path, params.catalog, require_labels=False)  # once: predictions and labels
-        categorizer = load_categorizer(model)
-        pred, _ = categorize(batch_path, categorizer, progress=False, read=read)
-        finest = categorizer.levels[-1]
-        labels = read.frame.reindex(columns=["id", finest])
-        review = review_queue(pred, labels, threshold, finest)
+        pred, _ = categorize(batch_path, load_categorizer(model), progress=False, read=read)
+    return _finish(home, landing, batch_path, content_md5, model, pred, read.frame)
+
+
+# ---- a large batch in shards: any worker scores one; the landing area (the one area every worker shares) holds
+# the parts until the batch's merge puts them together ----
+
+SHARDS = "_shards"  # <landing>/_shards/<batch>/<content md5>/part-<k>-of-<n>.parquet
+
+
+def _shard_dir(landing: Path, name: str, content_md5: str) -> Path:
+    return Path(landing) / SHARDS / name / content_md5
+
+
+def _part(k: int, n: int) -> str:
+    return f"part-{k:05d}-of-{n:05d}.parquet"
+
+
+def shard_plan(home: Path, landing: Path, names: list[str], model: str) -> list[dict]:
+    """The shards to score, over every batch of the run: [{"batch", "content_md5", "shard", "of"}], a batch of
+    more than `landing.shard_rows` accepted products in ceil(rows / shard_rows) shards, any other in one. A batch
+    already categorized by this model gets none (its merge only archives it); a batch over the upload limits or
+    unreadable gets none either, and its merge fails with the reason (the other batches go on)."""
+    from components.catalog import CatalogError, check_upload, read_catalog
+
+    plan = []
+    with contextlib.chdir(home):
+        params = load_params()
+        for name in names:
+            try:  # one bad batch holds back no other: its merge raises the same error for it
+                batch_path = resolve_batch(landing, name)
+                content_md5 = files_md5(batch_path)
+                if _already_done(landing, batch_path, content_md5, model, Path(params.paths.categorize) / name):
+                    continue
+                check_upload(batch_path, params.landing.max_batch_mb * 2**20, params.landing.max_batch_rows,
+                             params.catalog.files[0])
+                rows = len(read_catalog(batch_path, params.catalog, require_labels=False).frame)
+            except CatalogError as exc:
+                log.error("landing: %s is not scored: %s", name, exc)
+                continue
+            n = max(1, -(-rows // params.landing.shard_rows))
+            plan += [{"batch": name, "content_md5": content_md5, "shard": k, "of": n} for k in range(n)]
+            log.info("landing: %s, %d product(s): %d shard(s)", name, rows, n)
+    return plan
+
+
+def score_shard(home: Path, landing: Path, spec: dict, model: str) -> dict:
+    """Score one shard (the k-th of n equal runs of the batch's accepted rows) and write it, atomically, into the
+    batch's shard folder. The batch
+    changed since the plan: nothing is written, its merge leaves it for the next run."""
+    from components.catalog import CatalogRead, read_catalog
+    from components.serving.predict import categorize, load_categorizer
+
+    name, k, n = spec["batch"], int(spec["shard"]), int(spec["of"])
+    batch_path = resolve_batch(landing, name)
+    if files_md5(batch_path) != spec["content_md5"]:
+        log.warning("landing: %s changed since the run planned its shards: not scored", name)
+        return {"batch": name, "shard": k, "changed": True}
+    target = _shard_dir(landing, name, spec["content_md5"]) / _part(k, n)
+    if target.is_file():  # a retry after the part was written: the same model, the same rows
+        return {"batch": name, "shard": k, "rows": len(pd.read_parquet(target, columns=["id"]))}
+    with contextlib.chdir(home):
+        params = load_params()
+        read = read_catalog(batch_path, params.catalog, require_labels=False)
+        rows = np.array_split(np.arange(len(read.frame)), n)[k]
+        # No rejected rows in a part (their ids may be text beside numeric ids): the merge adds them, once.
+        part = CatalogRead(frame=read.frame.iloc[rows].reset_index(drop=True), main_file=read.main_file)
+        pred, _ = categorize(batch_path, load_categorizer(model), progress=False, read=part)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, pred.to_parquet(index=False))
+    return {"batch": name, "shard": k, "rows": len(pred)}
+
+
+def merge_shards(home: Path, landing: Path, name: str, model: str) -> dict:
+    """Put a batch's scored shards together, in order, and finish it as categorize_batch does (predictions and
+    review queue swapped in whole, state, archive); then its shard folder goes. A missing part fails the merge
+    with what to do, and the batch stays where it is: nothing half-merged is ever written."""
+    batch_path = resolve_batch(landing, name)
+    content_md5 = files_md5(batch_path)
+    with contextlib.chdir(home):
+        params = load_params()
+        out = Path(params.paths.categorize) / batch_path.name
+        if _already_done(landing, batch_path, content_md5, model, out):
+            _archive_if_new(landing, batch_path)
+            return {"batch": str(batch_path), "already_categorized": True, "output": str(Path(home) / out)}
+        from components.catalog import check_upload
+
+        check_upload(batch_path, params.landing.max_batch_mb * 2**20, params.landing.max_batch_rows,
+                     params.catalog.files[0])  # a batch the plan refused: its own error, not "shards missing"
+    folder = _shard_dir(landing, name, content_md5)
+    parts = sorted(folder.glob("part-*-of-*.parquet")) if folder.is_dir() else []
+    n = int(parts[0].stem.rsplit("-", 1)[1]) if parts else 0
+    if not parts or [p.name for p in parts] != [_part(k, n) for k in range(n)]:
+        have = ", ".join(p.name for p in parts) or "none"
+        raise RuntimeError(f"{name}: its shards are not all scored (have: {have}); the batch stays in the landing "
+                           "area: trigger categorize for it again (a batch changed during the run is scored then)")
+    from components.catalog import read_catalog
+    from components.serving.predict import with_rejected
+
+    with contextlib.chdir(home):
+        read = read_catalog(batch_path, params.catalog, require_labels=False)
+    pred = with_rejected(pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True), read)
+    result = _finish(home, landing, batch_path, content_md5, model, pred, read.frame)
+    shutil.rmtree(folder, ignore_errors=True)
+    with contextlib.suppress(OSError):  # the batch's folder under _shards/, once no content of it is left
+        folder.parent.rmdir()
+    return {**result, "shards": n}
+
+
+def _finish(home: Path, landing: Path, batch_path: Path, content_md5: str, model: str, pred: pd.DataFrame,
+            frame: pd.DataFrame) -> dict:
+    """Predictions -> review queue, output folder, state `categorized`, archive, dashboard, review station."""
+    from components.monitoring import workspace
+
+    with contextlib.chdir(home):
+        params = load_params()
+        out = Path(params.paths.categorize) / batch_path.name
+        threshold = review_threshold(params, model)
+        # The levels are the model's: its predictions carry one <level>_confidence column per level.
+        levels = [c.removesuffix("_confidence") for c in pred.columns if c.endswith("_confidence")]
+        finest = levels[-1]
+        review = review_queue(pred, frame.reindex(columns=["id", finest]), threshold, finest)
         with atomic_dir(out) as tmp:
             (tmp / "predictions.csv").write_bytes(csv_bytes(pred))
             (tmp / "review_queue.csv").write_bytes(csv_bytes(review))
@@ -266,8 +405,7 @@ def categorize_batch(home: Path, landing: Path, name: str, model: str) -> dict:
     with contextlib.chdir(home):
         _on_dashboard(params, workspace.CATEGORIZE_TAG, batch_path.name, workspace.categorize_values(result),
                       result["output"])
-        _to_review(params, review, read.frame, list(categorizer.levels), batch_path.name, Path(batch),
-                   result["output"])
+        _to_review(params, review, frame, levels, batch_path.name, Path(batch), result["output"])
     return result
 
 

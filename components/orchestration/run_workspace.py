@@ -188,6 +188,42 @@ def checked_out(home: Path, run_id: str, overrides: dict, lock: str | list[str] 
     return ws
 
 
+REFERENCE = ".reference"  # runs/.reference/<digest>/: outputs fetched by md5 (a registered model's training data)
+
+
+def fetch_outputs(home: Path, outs: dict[str, str]) -> Path:
+    """A folder holding the files `outs` ({path: md5}, as a dvc.lock recorded them), pulled from the DVC remote
+    `artifacts` (checked out of the local cache when it has them): how a worker that shares no disk with the run
+    that made them gets them. Made once per set of files; an interrupted pull leaves no folder behind."""
+    home = Path(home).resolve()
+    key = hashlib.sha1(json.dumps(outs, sort_keys=True).encode()).hexdigest()[:16]
+    folder = home / RUNS / REFERENCE / key
+    if folder.is_dir():
+        return folder
+    tmp = folder.with_name(f"{key}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / ".dvc").mkdir(parents=True)
+    (tmp / ".dvc" / "config").write_text(dvc_config(home), encoding="utf-8")
+    for path, md5 in outs.items():
+        name = Path(path).name
+        out = {"md5": md5, "path": name, "hash": "md5"}  # `hash: md5`: DVC 3's hashing, as dvc.lock records it
+        (tmp / f"{name}.dvc").write_text(yaml.safe_dump({"outs": [out]}), encoding="utf-8")
+    dvc = str(Path(sys.executable).parent / "dvc")
+    cmd = [dvc, "pull", "-r", "artifacts"] if has_remote(tmp, "artifacts") else [dvc, "checkout"]
+    try:
+        subprocess.run(cmd, cwd=tmp, check=True, timeout=3600, capture_output=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WorkspaceError(f"could not fetch {', '.join(outs)} from the DVC remote `artifacts` "
+                             f"({(exc.stderr or exc.stdout or '').strip()[-500:]}); is the artifact store up, and did "
+                             "the run that made them push them?") from exc
+    try:
+        tmp.rename(folder)
+    except OSError:  # another task fetched the same files first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def mark_latest(home: Path, ws: Path) -> None:
     """Point runs/latest at `ws` (atomically: a reader sees the old or the new result, never none)."""
     link = Path(home) / RUNS / LATEST

@@ -131,6 +131,20 @@ def catalog_schema(cat: Categorizer) -> CatalogSchema:
     return getattr(cat, "schema", None) or load_params().catalog
 
 
+def prediction_columns(levels) -> list[str]:
+    return ["id", *[c for lvl in levels for c in (lvl, f"{lvl}_confidence")], "status"]
+
+
+def with_rejected(pred: pd.DataFrame, read: CatalogRead) -> pd.DataFrame:
+    """The predictions plus one row per product the reader rejected, its reason as the status: one row per input
+    row. (The categorize DAG scores a large batch in shards and adds these once, when it merges them.)"""
+    cols = list(pred.columns)
+    rejected = pd.DataFrame([{"id": p["id"], "status": f"rejected: {p['reason']} (row {p['row']})"}
+                             for p in read.problems if p["file"] == read.main_file and not p.get("kept")],
+                            columns=["id", "status"])
+    return pd.concat([pred, rejected], ignore_index=True)[cols]
+
+
 def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progress: bool = True,
                read: CatalogRead | None = None, workers: int = 0, processes: bool = False,
                schema: CatalogSchema | None = None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
@@ -160,12 +174,8 @@ def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progres
                     embs[k].append(emb.get(k, np.full((len(chunk), cat.model.cfg.embed_dim), np.nan, np.float32)))
             bar.update(len(chunk))
     bar.close()
-    cols = ["id", *[c for lvl in cat.levels for c in (lvl, f"{lvl}_confidence")], "status"]
-    pred = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
-    rejected = pd.DataFrame([{"id": p["id"], "status": f"rejected: {p['reason']} (row {p['row']})"}
-                             for p in read.problems if p["file"] == read.main_file and not p.get("kept")],
-                            columns=["id", "status"])
-    out = pd.concat([pred, rejected], ignore_index=True)[cols]
+    cols = prediction_columns(cat.levels)
+    out = with_rejected(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols), read)
     arrays = {}
     if embeddings:
         arrays = {"ids": ids_array(pred["id"]),

@@ -81,6 +81,59 @@ def test_content_changed_during_a_run_is_never_recorded_as_processed(trained, ho
     assert [b["content_md5"] for b in landing.pending_batches(area)] == [files_md5(batch)] != [item["content_md5"]]
 
 
+def test_a_batch_in_shards_scores_as_one_process_does_and_is_merged_once(trained, home, tmp_path):
+    """Issue 44: shards scored in any order (one twice, as a retried task), merged atomically; until every part is
+    there the merge refuses and the batch stays; the result equals one process's, row for row."""
+    import pandas as pd
+
+    params, _, _ = trained
+    model = str(fusion_checkpoint(params.paths.train_fusion))
+    raw = load_raw(home / "params.yaml")
+    (home / "params.yaml").write_text(yaml.safe_dump(deep_merge(raw, {"landing": {"shard_rows": 15}})))
+    area = tmp_path / "landing"
+    upload(area, "whole", seed=6)
+    batch = upload(area, "sharded", seed=6)  # the same 40 products
+    (batch / "styles.csv").write_text((batch / "styles.csv").read_text() + "not,a,valid,row\n")  # one rejected
+    (area / "whole" / "styles.csv").write_text((batch / "styles.csv").read_text())
+    one = landing.categorize_batch(home, area, "whole", model)
+
+    plan = landing.shard_plan(home, area, ["sharded", "no-such-batch"], model)  # a bad name holds back nothing
+    assert [(p["batch"], p["shard"], p["of"]) for p in plan] == [("sharded", k, 3) for k in range(3)]
+    for spec in (plan[2], plan[0]):
+        assert landing.score_shard(home, area, spec, model)["rows"] > 0
+    with pytest.raises(RuntimeError, match="shards are not all scored"):
+        landing.merge_shards(home, area, "sharded", model)
+    assert batch.is_dir() and not (tmp_path / "out" / "sharded").exists()  # nothing half-merged
+    for spec in (plan[1], plan[1]):  # the second time: a retry finds its part written
+        landing.score_shard(home, area, spec, model)
+    merged = landing.merge_shards(home, area, "sharded", model)
+    assert merged["shards"] == 3 and merged["products"] == one["products"] == 41
+    a = pd.read_csv(tmp_path / "out" / "whole" / "predictions.csv")
+    b = pd.read_csv(tmp_path / "out" / "sharded" / "predictions.csv")
+    pd.testing.assert_frame_equal(a, b)
+    assert (b["status"].str.startswith("rejected")).sum() == 1  # one status per input row, the rejected one too
+    assert (tmp_path / "out" / "sharded" / "review_queue.csv").read_bytes() == (
+        tmp_path / "out" / "whole" / "review_queue.csv").read_bytes()
+    assert batch_state.read_state(area, "sharded").state == "categorized" and not batch.exists()
+    assert not (area / landing.SHARDS / "sharded").exists()
+    assert landing.merge_shards(home, area, "sharded", model)["already_categorized"] is True
+    assert landing.shard_plan(home, area, ["sharded"], model) == []  # done: nothing to score again
+
+
+def test_a_batch_changed_after_the_plan_is_not_scored(trained, home, tmp_path):
+    params, _, _ = trained
+    model = str(fusion_checkpoint(params.paths.train_fusion))
+    area = tmp_path / "landing"
+    batch = upload(area, "2017-03", seed=7)
+    [spec] = landing.shard_plan(home, area, ["2017-03"], model)
+    styles = batch / "styles.csv"
+    styles.write_text(styles.read_text().replace("Summer", "Winter"))
+    assert landing.score_shard(home, area, spec, model) == {"batch": "2017-03", "shard": 0, "changed": True}
+    with pytest.raises(RuntimeError, match="trigger categorize for it again"):
+        landing.merge_shards(home, area, "2017-03", model)
+    assert batch.is_dir() and batch_state.read_state(area, "2017-03") is None
+
+
 def test_the_state_file_allows_only_the_batch_life(tmp_path):
     area = tmp_path / "landing"
     batch_state.advance(area, "b", "validated", "m1")

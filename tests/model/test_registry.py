@@ -121,6 +121,37 @@ def test_register_promote_refuse_rollback(reg, capsys, tmp_path):
     assert "@champion" in capsys.readouterr().out
 
 
+def test_a_rerun_of_the_same_recipe_is_the_version_it_already_made(reg, tmp_path, monkeypatch):
+    """Issue 44: a forced retrain of the same data, params and code whose floats came out otherwise (another
+    worker's summation order) is not a new version; other code is."""
+    import yaml
+
+    from components.lifecycle.publish import served
+
+    own = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, model_name="recipe"))
+
+    def pipeline_result(params, code_md5: str):
+        model = served(params).model
+        stage = {"cmd": "python -m components.pipeline.stack", "params": {"params.yaml": {"seed": 1}},
+                 "deps": [{"path": "components/pipeline/stack.py", "md5": code_md5},
+                          {"path": str(model.parent / "input.npz"), "md5": "made-by-the-run"}],
+                 "outs": [{"path": str(model), "md5": file_md5(model)}, {"path": str(model.parent / "input.npz"),
+                                                                        "md5": "made-by-the-run"}]}
+        (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"stack": stage}}))
+        return params
+
+    monkeypatch.chdir(tmp_path)
+    v1 = registry.register(pipeline_result(own, "code-1"))
+    assert store.version_tags(store.client(own), "recipe", v1)[store.RECIPE_TAG]
+    rerun = with_other_checkpoint(own, tmp_path, seed=2)  # other bytes, one recipe
+    assert registry.register(pipeline_result(rerun, "code-1")) == v1
+    changed = with_other_checkpoint(own, tmp_path, seed=3)
+    v3 = registry.register(pipeline_result(changed, "code-2"))  # other code: a model of its own
+    assert v3 != v1
+    (tmp_path / "dvc.lock").unlink()  # no pipeline behind it: no recipe, never matched
+    assert registry.register(with_other_checkpoint(own, tmp_path, seed=4)) not in (v1, v3)
+
+
 def test_champion_in_an_older_checkpoint_format_is_judged_by_its_recorded_scores(reg, tmp_path):
     from urllib.parse import urlparse
 

@@ -173,3 +173,32 @@ def test_prune_keeps_or_removes_a_run_with_its_stage_folders(project):
     kept = sorted(p.name for p in (project / "runs").iterdir())
     assert kept == ["r0", "r0@audit", "r0@train_fusion", "r3", "r3@audit", "r3@train_fusion"]
     assert len(removed) == 6
+
+
+def test_a_worker_without_the_runs_disk_fetches_outputs_by_their_md5(project, tmp_path):
+    """Issue 44: drift on a worker that shares no disk with the run that trained the model pulls that run's
+    training data from the `artifacts` remote by the md5s its dvc.lock recorded (the registry keeps them)."""
+    import yaml
+
+    from components.lifecycle.provenance import locked_outputs
+
+    run = tmp_path / "run"  # where the run made and pushed its outputs (another machine)
+    (run / "artifacts" / "ingest").mkdir(parents=True)
+    (run / "artifacts" / "ingest" / "products.parquet").write_bytes(b"the training table")
+    subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=run, check=True)
+    subprocess.run([DVC, "remote", "add", "-q", "artifacts", str(tmp_path / "remote")], cwd=run, check=True)
+    subprocess.run([DVC, "add", "-q", "artifacts/ingest/products.parquet"], cwd=run, check=True)
+    subprocess.run([DVC, "push", "-q", "-r", "artifacts"], cwd=run, check=True)
+    md5 = yaml.safe_load((run / "artifacts/ingest/products.parquet.dvc").read_text())["outs"][0]["md5"]
+    lock = {"schema": "2.0", "stages": {"ingest": {"cmd": "x", "outs": [
+        {"path": "artifacts/ingest/products.parquet", "md5": md5}, {"path": "artifacts/ingest/x", "md5": "a.dir"}]}}}
+    (run / "dvc.lock").write_text(yaml.safe_dump(lock))
+    outs = locked_outputs(["artifacts/ingest/products.parquet", "artifacts/ingest/x", "nope"], run / "dvc.lock")
+    assert outs == {"artifacts/ingest/products.parquet": md5}  # files only, known paths only
+
+    folder = run_workspace.fetch_outputs(project, outs)  # `project` shares the remote, not the disk
+    assert (folder / "products.parquet").read_bytes() == b"the training table"
+    assert run_workspace.fetch_outputs(project, outs) == folder  # once per set of files
+    with pytest.raises(run_workspace.WorkspaceError, match="(?s)could not fetch .*missing.*artifact store"):
+        run_workspace.fetch_outputs(project, {"artifacts/ingest/images.npy": "0" * 32})
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # nothing half-fetched is left
