@@ -96,8 +96,6 @@ class Deployment:
 def call(method: str, url: str, body: dict | None = None, auth: str | None = None) -> dict:
     headers = {"Content-Type": "application/json", **({"Authorization": auth} if auth else {})}
     data = json.dumps(body).encode() if body is not None else None
-    headers = {"Content-Type": "application/json", **({"Authorization": auth} if auth else {})}
-    data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, method=method, data=data, headers=headers)
     with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read() or b"{}")
