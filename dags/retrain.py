@@ -38,10 +38,10 @@ def in_home(command: str) -> str:
 
 # Every stage task works in its own folder of the run's workspace (orchestration.run_workspace: tracked params.yaml
 # and dvc.lock are never edited by a run), rebuilt from RUN_SPEC and the run's dvc.lock so far (RUN_LOCK: the
-# XComs of the stages it needs, merged), so any stage may run on a machine that shares no disk with the others.
+# XComs of every stage before it, merged), so any stage may run on a machine that shares no disk with the others.
 # The catalog comes from the project's default remote; a stage pulls its inputs from and pushes its outputs to the
 # remote `artifacts` when one is configured, else takes them from the DVC cache. The last line it prints (its XCom)
-# is its updated lock.
+# is its own stage's entry of the lock.
 DATA = "if [ -f data.dvc ] && dvc remote list | grep -q .; then dvc pull -q data.dvc; fi; "
 ARTIFACTS = "dvc remote list | grep -q '^artifacts[[:space:]]'"
 
@@ -69,7 +69,7 @@ def locks_of(stages: list[str] | tuple[str, ...]) -> str:
     return "{{ (ti.xcom_pull(task_ids=[" + ids + "]) or []) | select | join(' ') }}"
 
 
-def run_workspace(lock_from: list[str]):
+def run_workspace(stages: list[str]):
     """The run's workspace, outputs in place, for the Python steps after the stages; when `configure` did not run
     (register_only, promote_only), the current pipeline result: the latest finished run's, else the project's."""
     from airflow.sdk import get_current_context
@@ -82,7 +82,7 @@ def run_workspace(lock_from: list[str]):
         from components.orchestration.run_workspace import current
 
         return current(home())
-    locks = ti.xcom_pull(task_ids=[task_id(s) for s in lock_from]) or []
+    locks = ti.xcom_pull(task_ids=[task_id(s) for s in stages]) or []  # each stage's own entry
     return checked_out(home(), spec["run_id"], spec["overrides"], [lock for lock in locks if lock])
 
 
@@ -131,7 +131,8 @@ def retrain():
     stages = {
         # retries=1: a stage is deterministic, but its worker may be lost mid-run (DVC resumes from the cache).
         s: BashOperator(task_id=task_id(s), bash_command=stage_command(s, force), retries=1, append_env=True,
-                        env={"RUN_SPEC": spec, "RUN_LOCK": locks_of(UPSTREAM[s]), "RUN_STAGE": s},
+                        env={"RUN_SPEC": spec, "RUN_LOCK": locks_of(stage_graph.ancestors(UPSTREAM, s)),
+                             "RUN_STAGE": s},
                         execution_timeout=TIMEOUT["training" if s in GPU_STAGES or "train" in s else "stage"],
                         **({"queue": GPU_QUEUE, "pool": GPU_POOL, "executor_config": gpu_executor_config()}
                            if s in GPU_STAGES else {}))
@@ -147,7 +148,7 @@ def retrain():
         from components.lifecycle import publish as ops_publish
         from components.orchestration.run_workspace import mark_latest
 
-        ws = run_workspace(FINAL)
+        ws = run_workspace(STAGES)
         with contextlib.chdir(ws):
             published = ops_publish.publish(load_params())
         mark_latest(home(), ws)  # drift, categorize and register_only now use this run's result
@@ -160,7 +161,7 @@ def retrain():
         from components.config import load_params
         from components.lifecycle import registry
 
-        with contextlib.chdir(run_workspace(FINAL)):
+        with contextlib.chdir(run_workspace(STAGES)):
             return registry.register(load_params())
 
     @task(trigger_rule=JOIN, execution_timeout=TIMEOUT["registry"])
@@ -174,7 +175,7 @@ def retrain():
 
         if params["mode"] == "register_only":
             raise AirflowSkipException("register_only: the promotion gate is not run")
-        with contextlib.chdir(run_workspace(FINAL)):
+        with contextlib.chdir(run_workspace(STAGES)):
             return registry.promote(load_params()).promote
 
     @task.short_circuit(execution_timeout=TIMEOUT["quick"])

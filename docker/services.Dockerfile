@@ -10,7 +10,7 @@ FROM ${BASE_IMAGE} AS postgres
 # superuser on an empty PGDATA, /docker-entrypoint-initdb.d/*.sh|*.sql run once, then the server listens on
 # every interface of the container (compose publishes nothing for it) with scram-sha-256 passwords.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends postgresql-15 postgresql-client-15 \
+ && apt-get install -y --no-install-recommends postgresql-15=15.* postgresql-client-15=15.* \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /var/lib/postgresql/data /var/run/postgresql /docker-entrypoint-initdb.d \
  && chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql
@@ -22,7 +22,7 @@ CMD ["postgres"]
 
 FROM ${BASE_IMAGE} AS redis
 RUN apt-get update \
- && apt-get install -y --no-install-recommends redis-server redis-tools \
+ && apt-get install -y --no-install-recommends redis-server=5:7.0.* redis-tools=5:7.0.* \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /data && chown redis:redis /data
 WORKDIR /data
@@ -33,7 +33,7 @@ FROM ${BASE_IMAGE} AS artifact-store
 # The DVC remote `artifacts` reached over the network: nginx's WebDAV (PUT, DELETE, MKCOL) behind basic auth, for
 # DVC's http remote (`method PUT`). Stage outputs travel between workers that share no disk through it.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nginx openssl curl \
+ && apt-get install -y --no-install-recommends nginx=1.22.* openssl=3.0.* curl=7.88.* \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir -p /srv/artifacts && chown www-data:www-data /srv/artifacts
 COPY docker/services/artifact-store.conf /etc/nginx/artifact-store.conf

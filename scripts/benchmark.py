@@ -6,6 +6,9 @@
     .venv/bin/python scripts/benchmark.py review    # review station: view/decision latency, 10,000 items, 4 reviewers
     .venv/bin/python scripts/benchmark.py search    # query latency on one core: 44k to 1M products, filters,
                                                     # the previous scan as baseline; real queries if an index exists
+    .venv/bin/python scripts/benchmark.py shards [--workspace DIR] [--products 4000] [--shards 4]
+                                                    # categorize DAG: one process vs plan + shards + merge, each
+                                                    # shard a fresh process as a mapped task is; per-shard overhead
 
 Each measurement runs in a child process so peak RSS is its own.
 """
@@ -424,15 +427,84 @@ print(json.dumps({{"n": len(s.index.ids), "source": source, "text": lat(titles, 
           f"p99 {real['text'][1]:.1f} ms; photo p50 {real['photo'][0]:.1f} ms / p99 {real['photo'][1]:.1f} ms")
 
 
+def bench_shards(workspace: Path, n: int, shards: int) -> None:
+    """The categorize DAG's sharded path against one process on the same core (one thread each): a batch of `n`
+    real catalog products scored by categorize_batch, then by shard_plan + `shards` score_shard + merge_shards,
+    each step a fresh interpreter (as each mapped task is one). The difference over the shard count is the cost
+    of a shard (interpreter, imports, model load, reading the batch again); the merge's own cost is printed apart.
+    `workspace`: a pipeline result (its params.yaml and artifacts/stack), default this project."""
+    import shutil
+
+    import pandas as pd
+    import yaml
+
+    from components.config import load_raw
+
+    workspace = workspace.resolve()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        home = tmp / "home"
+        home.mkdir()
+        for name in ("artifacts", "data", "components"):
+            if (workspace / name).exists():
+                (home / name).symlink_to(workspace / name)
+        raw = load_raw(workspace / "params.yaml")
+        rows = -(-n // shards)
+        raw["landing"]["shard_rows"] = rows
+        raw["paths"]["categorize"] = str(tmp / "out")
+        raw["paths"]["monitoring"] = str(tmp / "monitoring")
+        raw["paths"]["review"] = str(tmp / "review")
+        (home / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+        source = Path(raw["paths"]["raw"])
+        source = source if source.is_absolute() else workspace / source
+        styles = pd.read_csv(source / "styles.csv", dtype=str, keep_default_na=False, on_bad_lines="skip")
+        styles = styles[[(source / "images" / f"{i}.jpg").is_file() for i in styles["id"]]].head(n)
+        for batch in ("one", "sharded"):
+            folder = tmp / "landing" / batch
+            (folder / "images").mkdir(parents=True)
+            styles.to_csv(folder / "styles.csv", index=False)
+            for pid in styles["id"]:
+                shutil.copy(source / "images" / f"{pid}.jpg", folder / "images" / f"{pid}.jpg")
+        model = str(workspace / raw["paths"]["stack"] / "combiner.json")
+        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        step = """
+import json, time
+from pathlib import Path
+from components.orchestration import landing
+t = time.perf_counter()
+out = landing.{call}
+print(json.dumps({{"seconds": time.perf_counter() - t, "out": out}}, default=str))"""
+        args = f"Path({str(home)!r}), Path({str(tmp / 'landing')!r})"
+        one = child(step.format(call=f"categorize_batch({args}, 'one', {model!r})"), env)
+        plan = child(step.format(call=f"shard_plan({args}, ['sharded'], {model!r})"), env)
+        parts = [child(step.format(call=f"score_shard({args}, {spec!r}, {model!r})"), env) for spec in plan["out"]]
+        merge = child(step.format(call=f"merge_shards({args}, 'sharded', {model!r})"), env)
+    total = plan["seconds"] + sum(p["seconds"] for p in parts) + merge["seconds"]
+    per_shard = (total - one["seconds"]) / len(parts)
+    rate = one["out"]["products"] / one["seconds"]
+    each = ", ".join(f"{p['seconds']:.1f}" for p in parts)
+    print(f"categorize {one['out']['products']} products, CPU {cpu_model()}, one thread: one process "
+          f"{one['seconds']:.1f} s ({rate:.0f} products/s, inside the task: interpreter start and imports not "
+          f"counted); plan {plan['seconds']:.1f} s + {len(parts)} shards {sum(p['seconds'] for p in parts):.1f} s "
+          f"(each {each} s) + merge {merge['seconds']:.1f} s = "
+          f"{total:.1f} s, {total / one['seconds']:.2f}x the one process; cost of a shard "
+          f"{per_shard:.1f} s (model load and batch read again)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("ingest", "train", "predict", "review", "search"))
+    ap.add_argument("what", choices=("ingest", "train", "predict", "review", "search", "shards"))
+    ap.add_argument("--workspace", type=Path, default=ROOT, help="shards: a pipeline result (params + artifacts)")
+    ap.add_argument("--products", type=int, default=4000, help="shards: products in the batch")
+    ap.add_argument("--shards", type=int, default=4, help="shards: shards the batch is cut into")
     ap.add_argument("--repeats", type=int, default=3, help="train: fp32/bf16 pairs per model (median reported)")
     ap.add_argument("--models", nargs="+", default=["image", "text", "metadata", "fusion"],
                     choices=("image", "text", "metadata", "fusion"), help="train: which models")
     args = ap.parse_args()
     if args.what == "train":
         bench_train(repeats=args.repeats, models=tuple(args.models))
+    elif args.what == "shards":
+        bench_shards(args.workspace, args.products, args.shards)
     else:
         {"ingest": bench_ingest, "predict": bench_predict, "review": bench_review, "search": bench_search}[args.what]()
 

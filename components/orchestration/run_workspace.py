@@ -10,13 +10,14 @@ share a disk.
 
 Stages that do not depend on each other run at the same time (stage_graph), possibly on one machine: each stage
 task works in a folder of its own, `runs/<run>@<stage>/` (two `dvc repro` in one folder would fight over its lock
-and its dvc.lock), and starts from the merge of its upstream stages' locks (`merge_locks`: each stage's entry
-comes from the task that ran it; entries two locks both carry must agree). Publish and register work in
-`runs/<run>/` with the merge of the final stages' locks.
+and its dvc.lock). A stage task hands on only its own stage's entry, and each task starts from the merge of the
+entries of every stage before it (`merge_locks`: each entry comes from the task that ran it; entries two locks both
+carry must agree). Publish and register work in `runs/<run>/` with the entries of every stage.
 
     python -m components.orchestration.run_workspace materialize   # env RUN_SPEC (json), RUN_LOCK (base64 locks,
                                                                    # space-separated, optional), RUN_STAGE (optional)
-    python -m components.orchestration.run_workspace lock          # the current folder's dvc.lock, base64 on one line
+    python -m components.orchestration.run_workspace lock          # the current folder's dvc.lock (RUN_STAGE set:
+                                                                   # that stage's entry), base64 on one line
 """
 from __future__ import annotations
 
@@ -261,9 +262,22 @@ def prune(home: Path, keep: int = KEEP_RUNS, current: str | None = None) -> list
     return removed
 
 
-def encoded_lock(ws: Path) -> str:
+def encoded_lock(ws: Path, stage: str | None = None) -> str:
+    """The folder's dvc.lock, base64 on one line; with `stage`, only that stage's entry (what a stage task hands
+    on: the next task merges the entries of every stage before it, so no XCom or environment variable grows with
+    the number of stages upstream: a whole lock per upstream task overflowed the kernel's 128 KiB limit on one
+    environment string for the stack stage)."""
     path = Path(ws) / "dvc.lock"
-    return base64.b64encode(path.read_bytes()).decode() if path.is_file() else ""
+    if not path.is_file():
+        return ""
+    raw = path.read_bytes()
+    if stage is not None:
+        data = yaml.safe_load(raw) or {}
+        entry = (data.get("stages") or {}).get(stage)
+        if entry is None:
+            raise WorkspaceError(f"{path}: no entry for stage {stage} (did `dvc repro -s {stage}` run here?)")
+        raw = yaml.safe_dump({"schema": data.get("schema", "2.0"), "stages": {stage: entry}}, sort_keys=False).encode()
+    return base64.b64encode(raw).decode()
 
 
 def spec_from_env() -> dict:
@@ -284,7 +298,7 @@ def main() -> None:
             print(materialize(home, spec["run_id"], spec["overrides"], os.environ.get("RUN_LOCK") or None,
                               os.environ.get("RUN_STAGE") or None))
         elif cmd == "lock":
-            print(encoded_lock(Path.cwd()))
+            print(encoded_lock(Path.cwd(), os.environ.get("RUN_STAGE") or None))
         else:
             raise SystemExit("usage: python -m components.orchestration.run_workspace materialize|lock")
     except (WorkspaceError, ConfigError) as exc:

@@ -100,3 +100,14 @@ def sinks(graph: dict[str, tuple[str, ...]]) -> list[str]:
     """Stages no other stage needs: the run is finished when they are."""
     needed = {n for ups in graph.values() for n in ups}
     return [s for s in graph if s not in needed]
+
+
+def ancestors(graph: dict[str, tuple[str, ...]], stage: str) -> list[str]:
+    """Every stage `stage` needs, directly or not, in the graph's (dvc.yaml) order."""
+    seen, todo = set(), list(graph[stage])
+    while todo:
+        s = todo.pop()
+        if s not in seen:
+            seen.add(s)
+            todo += graph[s]
+    return [s for s in graph if s in seen]

@@ -76,8 +76,9 @@ def test_retrain_runs_independent_stages_in_parallel_and_routes_training_to_gpu(
         assert dag.get_task(f"train_baseline_{m}").upstream_task_ids == {"audit"}
     assert dag.get_task("publish").upstream_task_ids == {"evaluate"}
     # A stage task starts from the merged locks of the stages it needs, in its own folder of the run.
-    env = dag.get_task("train_fusion").env
-    assert "'train_baseline_image'" in env["RUN_LOCK"] and env["RUN_STAGE"] == "train_fusion"
+    env = dag.get_task("train_fusion").env  # every stage before it: each task hands on its own entry only
+    assert "'train_baseline_image'" in env["RUN_LOCK"] and "'ingest'" in env["RUN_LOCK"]
+    assert "'train_baseline_text'" not in env["RUN_LOCK"] and env["RUN_STAGE"] == "train_fusion"
     assert "'audit'" in dag.get_task("train_baseline_text").env["RUN_LOCK"]
     for t in ("train_baseline_image", "train_fusion"):
         task = dag.get_task(t)

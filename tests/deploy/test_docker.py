@@ -25,23 +25,31 @@ def test_compose_file_matches_the_compose_schema():
 
 def test_dockerfiles_pass_hadolint():
     r = run(str(BIN / "hadolint"), "--failure-threshold", "warning",
-            str(DOCKER / "pipeline.Dockerfile"))
+            str(DOCKER / "pipeline.Dockerfile"), str(DOCKER / "services.Dockerfile"))
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_compose_wiring():
     c = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     s = c["services"]
-    assert {"postgres", "redis", "mlflow", "airflow-api-server", "airflow-scheduler", "airflow-dag-processor",
-            "airflow-triggerer", "worker-cpu", "worker-gpu", "review"} <= set(s)
+    workers = ("worker-cpu-1", "worker-cpu-2", "worker-gpu")
+    assert {"postgres", "redis", "artifact-store", "mlflow", "airflow-api-server", "airflow-scheduler",
+            "airflow-dag-processor", "airflow-triggerer", *workers, "review"} <= set(s)
+    assert "name" not in c  # docker-compose 1.29 refuses a top-level name
     gpu = s["worker-gpu"]
     assert "--queues" in gpu["command"] and gpu["command"][gpu["command"].index("--queues") + 1] == "gpu"
-    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "deploy" not in gpu  # the base file runs anywhere; the GPU is the override's
+    override = yaml.safe_load((DOCKER / "compose.gpu.yaml").read_text())["services"]["worker-gpu"]
+    assert override["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     for name, svc in s.items():
         if not name.endswith("-init"):  # one-shot setup containers
             assert "healthcheck" in svc, name
     assert s["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
     assert "gpu_pool" in " ".join(s["airflow-init"]["command"])
+    # No volume for work shared between workers: only the landing area, where uploads arrive.
+    volumes = {w: {v.split(":")[0] for v in s[w]["volumes"]} for w in workers}
+    assert set.intersection(*volumes.values()) == {"landing"}
+    assert all(s[w]["environment"]["DEEPFUSION_ARTIFACTS_URL"].startswith("http://artifact-store:") for w in workers)
     # Secrets only through env files; none committed.
     assert not (DOCKER / ".env").exists() and ".env" in (ROOT / ".gitignore").read_text()
 
@@ -66,7 +74,9 @@ def test_compose_refuses_missing_secrets_and_the_context_leaves_local_state_out(
 
     text = (DOCKER / "compose.yaml").read_text()
     interpolated = re.findall(r"(?<!\$)\$\{([A-Z_]+)([^}]*)\}", text)
-    assert interpolated and all(rest.startswith(":?") for _, rest in interpolated), interpolated
+    # Every value must be set; only the image names have defaults (the upstream images, or the stand-ins).
+    assert interpolated and all(rest.startswith(":?") or (name.endswith("_IMAGE") and rest.startswith(":-"))
+                                for name, rest in interpolated), interpolated
     example = dict(ln.split("=", 1) for ln in (DOCKER / "env.example").read_text().splitlines()
                    if ln and not ln.startswith("#"))
     secrets = [k for k in example if any(w in k for w in ("PASSWORD", "SECRET", "KEY"))]
@@ -112,7 +122,7 @@ def test_compose_gives_each_service_its_own_database_role_and_airflow_roles():
     # The review station: its own role; its admin's password only in its one-shot init, its DB only where used.
     review_db = {name for name, svc in s.items() for k, v in (svc.get("environment") or {}).items()
                  if "REVIEW_DB_PASSWORD" in f"{k}={v}"}
-    assert review_db == {"postgres", "worker-cpu", "review-init", "review"}, review_db
+    assert review_db == {"postgres", "worker-cpu-1", "worker-cpu-2", "review-init", "review"}, review_db
     assert {n for n, svc in s.items() if "REVIEW_ADMIN_PASSWORD" in str(svc.get("environment"))} == {"review-init"}
     assert "://review_svc:${REVIEW_DB_PASSWORD:?" in s["review"]["environment"]["DEEPFUSION_REVIEW_DB"]
     assert set(s["review"]["environment"]) == {"DEEPFUSION_REVIEW_DB", "DEEPFUSION_REVIEW_SECRET", "DEEPFUSION_HOME"}

@@ -162,6 +162,14 @@ def test_parallel_stages_get_their_own_folders_and_their_locks_merge(project):
                        capture_output=True, text=True, check=True)
     assert Path(r.stdout.strip()).name == "r1@train_fusion"
     assert "train_baseline@image" in (Path(r.stdout.strip()) / "dvc.lock").read_text()
+    # What a stage task hands on: its own stage's entry only (a whole lock per upstream task once overflowed the
+    # kernel's limit on one environment string).
+    r = subprocess.run([sys.executable, "-m", "components.orchestration.run_workspace", "lock"], cwd=ws,
+                       env={**env, "RUN_STAGE": "train_baseline@image"}, capture_output=True, text=True, check=True)
+    own = yaml.safe_load(base64.b64decode(r.stdout.strip()))["stages"]
+    assert own == {"train_baseline@image": merged["train_baseline@image"]}
+    with pytest.raises(run_workspace.WorkspaceError, match="no entry for stage train_fusion"):
+        run_workspace.encoded_lock(ws, "train_fusion")
 
 
 def test_prune_keeps_or_removes_a_run_with_its_stage_folders(project):

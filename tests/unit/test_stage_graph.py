@@ -22,6 +22,9 @@ def test_the_project_graph_is_dvcs_graph_reduced():
     assert graph["train_fusion"] == ("train_baseline@image",)
     assert all(graph[f"train_baseline@{m}"] == ("audit",) for m in ("tfidf", "image", "text", "metadata"))
     assert stage_graph.sinks(graph) == ["evaluate"]
+    assert stage_graph.ancestors(graph, "train_fusion") == ["ingest", "validate", "features", "audit",
+                                                            "train_baseline@image"]
+    assert set(stage_graph.ancestors(graph, "evaluate")) == set(graph) - {"evaluate"}
 
 
 def test_matrix_interpolation_nested_paths_and_reduction():
