@@ -44,14 +44,14 @@ def categorize():
     # all_done: a batch's merge runs whatever became of the shards (none for a batch already categorized, a
     # failed one of another batch) and checks its own parts itself.
     @task(execution_timeout=TIMEOUT["io"], trigger_rule="all_done")
-    def merge_batch(batch: str, model_uri: str) -> dict:
+    def merge_batch(batch: str, model_uri: str, scored: list[dict]) -> dict:
         from components.orchestration.landing import merge_shards
 
-        return merge_shards(home(), landing(), batch, model_uri)
+        return merge_shards(home(), landing(), batch, model_uri, [s for s in scored or [] if s])
 
     names, uri = batches(), model()
     scored = score_shard.partial(model_uri=uri).expand(spec=plan(names, uri))
-    scored >> merge_batch.partial(model_uri=uri).expand(batch=names)
+    merge_batch.partial(model_uri=uri, scored=scored).expand(batch=names)
 
 
 categorize()

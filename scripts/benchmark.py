@@ -478,7 +478,8 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "out": out}}, default=str
         one = child(step.format(call=f"categorize_batch({args}, 'one', {model!r})"), env)
         plan = child(step.format(call=f"shard_plan({args}, ['sharded'], {model!r})"), env)
         parts = [child(step.format(call=f"score_shard({args}, {spec!r}, {model!r})"), env) for spec in plan["out"]]
-        merge = child(step.format(call=f"merge_shards({args}, 'sharded', {model!r})"), env)
+        scored = [p["out"] for p in parts]
+        merge = child(step.format(call=f"merge_shards({args}, 'sharded', {model!r}, {scored!r})"), env)
     total = plan["seconds"] + sum(p["seconds"] for p in parts) + merge["seconds"]
     per_shard = (total - one["seconds"]) / len(parts)
     rate = one["out"]["products"] / one["seconds"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
+import io
 import json
 import logging
 import re
@@ -327,9 +329,9 @@ def score_shard(home: Path, landing: Path, spec: dict, model: str) -> dict:
     if files_md5(batch_path) != spec["content_md5"]:
         log.warning("landing: %s changed since the run planned its shards: not scored", name)
         return {"batch": name, "shard": k, "changed": True}
+    # Scored even when a part is there already (a retry): the landing area is writable by uploaders, so a file
+    # found there is never taken for ours.
     target = _shard_dir(landing, name, spec["content_md5"]) / _part(k, n)
-    if target.is_file():  # a retry after the part was written: the same model, the same rows
-        return {"batch": name, "shard": k, "rows": len(pd.read_parquet(target, columns=["id"]))}
     with contextlib.chdir(home):
         params = load_params()
         read = read_catalog(batch_path, params.catalog, require_labels=False)
@@ -338,14 +340,18 @@ def score_shard(home: Path, landing: Path, spec: dict, model: str) -> dict:
         part = CatalogRead(frame=read.frame.iloc[rows].reset_index(drop=True), main_file=read.main_file)
         pred, _ = categorize(batch_path, load_categorizer(model), progress=False, read=part)
     target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(target, pred.to_parquet(index=False))
-    return {"batch": name, "shard": k, "rows": len(pred)}
+    data = pred.to_parquet(index=False)
+    atomic_write_bytes(target, data)
+    # The merge checks the part against this digest (the task's XCom, which no uploader can write).
+    return {"batch": name, "shard": k, "rows": len(pred), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def merge_shards(home: Path, landing: Path, name: str, model: str) -> dict:
+def merge_shards(home: Path, landing: Path, name: str, model: str, scored: list[dict]) -> dict:
     """Put a batch's scored shards together, in order, and finish it as categorize_batch does (predictions and
-    review queue swapped in whole, state, archive); then its shard folder goes. A missing part fails the merge
-    with what to do, and the batch stays where it is: nothing half-merged is ever written."""
+    review queue swapped in whole, state, archive); then its shard folder goes. `scored`: what the shard tasks
+    returned (any batch's); a part whose bytes are not what its task wrote (the landing area is writable by
+    uploaders) fails the merge like a missing one, with what to do, and the batch stays where it is: nothing
+    half-merged is ever written."""
     batch_path = resolve_batch(landing, name)
     content_md5 = files_md5(batch_path)
     with contextlib.chdir(home):
@@ -370,7 +376,14 @@ def merge_shards(home: Path, landing: Path, name: str, model: str) -> dict:
 
     with contextlib.chdir(home):
         read = read_catalog(batch_path, params.catalog, require_labels=False)
-    pred = with_rejected(pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True), read)
+    digests = {int(r["shard"]): r.get("sha256") for r in scored if r.get("batch") == name}
+    blobs = [p.read_bytes() for p in parts]
+    forged = [p.name for k, (p, b) in enumerate(zip(parts, blobs)) if hashlib.sha256(b).hexdigest() != digests.get(k)]
+    if forged:
+        raise RuntimeError(f"{name}: {', '.join(forged)} in {folder} not as its shard task wrote it (changed in the "
+                           "landing area, or from another run); the batch stays in the landing area: trigger "
+                           "categorize for it again")
+    pred = with_rejected(pd.concat([pd.read_parquet(io.BytesIO(b)) for b in blobs], ignore_index=True), read)
     result = _finish(home, landing, batch_path, content_md5, model, pred, read.frame)
     shutil.rmtree(folder, ignore_errors=True)
     with contextlib.suppress(OSError):  # the batch's folder under _shards/, once no content of it is left

@@ -99,14 +99,21 @@ def test_a_batch_in_shards_scores_as_one_process_does_and_is_merged_once(trained
 
     plan = landing.shard_plan(home, area, ["sharded", "no-such-batch"], model)  # a bad name holds back nothing
     assert [(p["batch"], p["shard"], p["of"]) for p in plan] == [("sharded", k, 3) for k in range(3)]
-    for spec in (plan[2], plan[0]):
-        assert landing.score_shard(home, area, spec, model)["rows"] > 0
+    scored = [landing.score_shard(home, area, spec, model) for spec in (plan[2], plan[0])]
+    assert all(s["rows"] > 0 for s in scored)
     with pytest.raises(RuntimeError, match="shards are not all scored"):
-        landing.merge_shards(home, area, "sharded", model)
+        landing.merge_shards(home, area, "sharded", model, scored)
     assert batch.is_dir() and not (tmp_path / "out" / "sharded").exists()  # nothing half-merged
-    for spec in (plan[1], plan[1]):  # the second time: a retry finds its part written
-        landing.score_shard(home, area, spec, model)
-    merged = landing.merge_shards(home, area, "sharded", model)
+    # An uploader (who can write in the landing area) swaps a part for one of their own making: refused.
+    part = next((area / landing.SHARDS / "sharded").rglob("part-00000-*"))
+    genuine = part.read_bytes()
+    forged = pd.read_parquet(part).assign(articleType="Forged")
+    part.write_bytes(forged.to_parquet(index=False))
+    scored += [landing.score_shard(home, area, spec, model) for spec in (plan[1], plan[1])]  # a retry: scored again
+    with pytest.raises(RuntimeError, match="part-00000-of-00003.parquet .* not as its shard task wrote it"):
+        landing.merge_shards(home, area, "sharded", model, scored)
+    part.write_bytes(genuine)
+    merged = landing.merge_shards(home, area, "sharded", model, scored)
     assert merged["shards"] == 3 and merged["products"] == one["products"] == 41
     a = pd.read_csv(tmp_path / "out" / "whole" / "predictions.csv")
     b = pd.read_csv(tmp_path / "out" / "sharded" / "predictions.csv")
@@ -116,7 +123,7 @@ def test_a_batch_in_shards_scores_as_one_process_does_and_is_merged_once(trained
         tmp_path / "out" / "whole" / "review_queue.csv").read_bytes()
     assert batch_state.read_state(area, "sharded").state == "categorized" and not batch.exists()
     assert not (area / landing.SHARDS / "sharded").exists()
-    assert landing.merge_shards(home, area, "sharded", model)["already_categorized"] is True
+    assert landing.merge_shards(home, area, "sharded", model, [])["already_categorized"] is True
     assert landing.shard_plan(home, area, ["sharded"], model) == []  # done: nothing to score again
 
 
@@ -130,7 +137,7 @@ def test_a_batch_changed_after_the_plan_is_not_scored(trained, home, tmp_path):
     styles.write_text(styles.read_text().replace("Summer", "Winter"))
     assert landing.score_shard(home, area, spec, model) == {"batch": "2017-03", "shard": 0, "changed": True}
     with pytest.raises(RuntimeError, match="trigger categorize for it again"):
-        landing.merge_shards(home, area, "2017-03", model)
+        landing.merge_shards(home, area, "2017-03", model, [])
     assert batch.is_dir() and batch_state.read_state(area, "2017-03") is None
 
 
