@@ -107,11 +107,12 @@ def dvc_config(home: Path) -> str:
     # The project's cache, wherever the user put it (`dvc cache dir`, e.g. a shared disk; relative paths are
     # relative to .dvc/), so the run's outputs land where the next run and `dvc repro` by hand find them.
     # Link type: the user's, else hard links (checking a 1 GB output out of the cache then costs nothing;
-    # DVC protects cache files).
+    # DVC protects cache files), else copies where the cache is on another filesystem (compose: a volume of its
+    # own). Never symbolic links: MLflow refuses to log a model file that resolves outside its folder.
     cache = dict(src.get("cache", {}))
     cache_dir = os.path.expanduser(cache.get("dir", "cache"))
     cache["dir"] = str((dvc / cache_dir).resolve())  # an absolute dir stays as it is
-    cache.setdefault("type", "hardlink,symlink")
+    cache.setdefault("type", "reflink,hardlink,copy")
     out["cache"] = cache
     for section, values in src.items():
         if section.startswith("remote "):

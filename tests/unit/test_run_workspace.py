@@ -55,6 +55,10 @@ def test_overrides_live_in_the_run_workspace_only(project, monkeypatch):
     cfg = (ws / ".dvc" / "config").read_text()
     assert str((project.parent / "remote").resolve()) in cfg and str((project / ".dvc" / "cache").resolve()) in cfg
     assert run_workspace.has_remote(ws, "artifacts")
+    # Never symlinks out of the cache (compose keeps the cache on its own volume; MLflow refuses a model file
+    # that resolves outside its folder).
+    r = subprocess.run([DVC, "config", "cache.type"], cwd=ws, capture_output=True, text=True, check=True)
+    assert "symlink" not in r.stdout and "hardlink" in r.stdout and "copy" in r.stdout
     r = subprocess.run([DVC, "remote", "list"], cwd=ws, capture_output=True, text=True, check=True)
     assert "artifacts" in r.stdout
 
