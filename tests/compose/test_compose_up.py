@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -62,6 +61,14 @@ class Deployment:
 
     def exec(self, service: str, *cmd: str, check: bool = True, user: str | None = None) -> subprocess.CompletedProcess:
         return sh("docker", "exec", *(["-u", user] if user else []), self.container(service), *cmd, check=check)
+
+    def upload(self, service: str, folder: Path) -> None:
+        """Copy `folder` into the landing area as the service user would own it (a tar stream unpacked by uid
+        50000 in the container: `docker cp -a` wants the uid in the host's passwd)."""
+        pack = subprocess.Popen(["tar", "-C", str(folder.parent), "-c", folder.name], stdout=subprocess.PIPE)
+        sh("docker", "exec", "-i", "-u", "50000", self.container(service), "tar", "-x", "-C",
+           "/opt/deepfusion/landing", stdin=pack.stdout)
+        assert pack.wait() == 0
 
     def health(self) -> dict[str, str]:
         out = {}
@@ -243,7 +250,7 @@ def test_a_retrain_through_the_api_crosses_worker_containers(deployment):
     serial = sum((b - a).total_seconds() for a, b in stages.values())
     wall = (max(b for _, b in stages.values()) - min(a for a, _ in stages.values())).total_seconds()
     print(f"compose: tiny retrain through the API in {d.retrain_seconds:.0f} s over "
-          f"{len(set(hosts.values()))} worker containers (one core, one thread each); its {len(stages)} stages: "
+          f"{len({hosts[k] for k in stages})} worker containers (one core, one thread each); its {len(stages)} stages: "
           f"{serial:.0f} s of task time one after another, {wall:.0f} s as the graph ran them "
           f"({serial / wall:.2f}x)")
 
@@ -251,14 +258,11 @@ def test_a_retrain_through_the_api_crosses_worker_containers(deployment):
 def test_an_upload_is_categorized_on_workers_that_never_saw_the_run(deployment, tmp_path):
     d = deployment
     batch = make_catalog(tmp_path / "2016-05", n=60, seed=31, start_id=70_000)
-    sh("chown", "-R", "50000:50000", str(batch))
-    target = f"{d.container('worker-cpu-2')}:/opt/deepfusion/landing/2016-05"
-    sh("docker", "cp", "-a", str(batch), target)  # the upload service: files first...
-    ready = tmp_path / "_READY"
-    ready.write_text("")
-    os.chown(ready, 50000, 50000)
     t0 = time.time()
-    sh("docker", "cp", "-a", str(ready), f"{target}/_READY")  # ...the marker last
+    d.upload("worker-cpu-2", batch)  # the upload service: files first, the marker last
+    (tmp_path / "marker" / "2016-05").mkdir(parents=True)
+    (tmp_path / "marker" / "2016-05" / "_READY").write_text("")
+    d.upload("worker-cpu-2", tmp_path / "marker" / "2016-05")
     deadline = time.time() + 1200
     runs: list[dict] = []
     while time.time() < deadline:  # landing watcher -> catalog_drift -> asset event -> categorize
