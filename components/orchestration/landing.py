@@ -319,8 +319,7 @@ def shard_plan(home: Path, landing: Path, names: list[str], model: str) -> list[
 
 def score_shard(home: Path, landing: Path, spec: dict, model: str) -> dict:
     """Score one shard (the k-th of n equal runs of the batch's accepted rows) and write it, atomically, into the
-    batch's shard folder. The batch
-    changed since the plan: nothing is written, its merge leaves it for the next run."""
+    batch's shard folder. A batch changed since the plan: nothing is written, its merge leaves it for the next run."""
     from components.catalog import CatalogRead, read_catalog
     from components.serving.predict import categorize, load_categorizer
 
