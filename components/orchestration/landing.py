@@ -218,10 +218,12 @@ def _drift_batch(home: Path, batch: str, content_md5: str, model: str) -> dict:
                                 {"drift_detected": float(summary["drift_detected"]),
                                  "drifted_signals": float(len(summary["drifted"])),
                                  **{f"signal_{s['signal']}": s["value"] for s in summary["signals"]}})
-        batch_state.advance(batch_path.parent, batch_path.name, "reported", content_md5,
-                            drift_detected=bool(summary["drift_detected"]), report=str(Path(home) / out))
+        # The dashboard point first (its failure is only logged): once a batch reads `reported`, it is on the
+        # dashboard (the platform test saw the state before the point once).
         _on_dashboard(params, workspace.DRIFT_TAG, batch_path.name, workspace.drift_values(summary),
                       str(Path(home) / out))
+        batch_state.advance(batch_path.parent, batch_path.name, "reported", content_md5,
+                            drift_detected=bool(summary["drift_detected"]), report=str(Path(home) / out))
     return {"batch": batch, "drift_detected": summary["drift_detected"], "reasons": summary["reasons"]}
 
 
