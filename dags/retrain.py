@@ -46,14 +46,24 @@ DATA = "if [ -f data.dvc ] && dvc remote list | grep -q .; then dvc pull -q data
 ARTIFACTS = "dvc remote list | grep -q '^artifacts[[:space:]]'"
 
 
+def unreachable(stage: str, what: str) -> str:
+    # `-q` hides DVC's own error too: the log must still say what failed and what to do.
+    return (f"{{ echo \"retrain: {what} the DVC remote 'artifacts' failed for stage {stage}: the artifact store is "
+            "down or unreachable from this worker (dvc remote list, the store's health check), or this worker's disk "
+            "is full (df -h). The task retries once by itself; after that, fix the cause and clear the task.\" >&2; "
+            "exit 1; }")
+
+
 def stage_command(stage: str, force: str) -> str:
     return in_home(
         (DATA if stage == "ingest" else "")
         + 'cd "$(python -m components.orchestration.run_workspace materialize)"; '
-        + f"if {ARTIFACTS}; then dvc pull -q -r artifacts --allow-missing --with-deps {stage}; "
+        + f"if {ARTIFACTS}; then dvc pull -q -r artifacts --allow-missing --with-deps {stage} "
+        + f"|| {unreachable(stage, 'pulling the inputs from')}; "
         + f"else dvc checkout -q --allow-missing --with-deps {stage}; fi; "
         + f"dvc repro {force}-s {stage}; "
-        + f"if {ARTIFACTS}; then dvc push -q -r artifacts {stage}; fi; "
+        + f"if {ARTIFACTS}; then dvc push -q -r artifacts {stage} "
+        + f"|| {unreachable(stage, 'pushing the outputs to')}; fi; "
         + "python -m components.orchestration.run_workspace lock")
 
 

@@ -22,6 +22,7 @@ carry must agree). Publish and register work in `runs/<run>/` with the entries o
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -304,6 +305,13 @@ def main() -> None:
             raise SystemExit("usage: python -m components.orchestration.run_workspace materialize|lock")
     except (WorkspaceError, ConfigError) as exc:
         raise SystemExit(f"run workspace: {exc}") from exc
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        # The task's log must say where and what to do, not end in a traceback of pathlib.
+        raise SystemExit(f"run workspace: no space left on this worker's disk ({exc.filename or Path.cwd()}): free "
+                         "space there (`dvc gc` in the project, old folders under runs/), then clear the failed task "
+                         "(it retries once by itself, possibly on another worker)") from exc
 
 
 if __name__ == "__main__":

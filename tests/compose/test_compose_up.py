@@ -10,180 +10,39 @@ The tiny workspace is an image layer over deepfusion:latest (synthetic catalog, 
 has the same project and none shares a disk with another for work."""
 from __future__ import annotations
 
-import base64
 import json
-import secrets
 import shutil
-import subprocess
 import tempfile
 import time
-import urllib.request
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.conftest import ROOT, dag_workspace, make_catalog
+from tests.compose.deployment import WORKERS, Deployment, build_images, down, prepare, sh, up
+from tests.conftest import ROOT, make_catalog
 
 pytestmark = [pytest.mark.compose, pytest.mark.slow]
 
 PROJECT = "dfcompose"
-TINY_IMAGE = "deepfusion-tiny:compose-test"
-WORKERS = ("worker-cpu-1", "worker-cpu-2", "worker-gpu")
-PORTS = {"airflow": 8080, "mlflow": 5000, "review": 8010}
-
-
-def compose_cmd() -> list[str]:
-    if shutil.which("docker-compose"):
-        return ["docker-compose"]
-    return ["docker", "compose"]
-
-
-def sh(*cmd: str, timeout: int = 600, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    assert not check or r.returncode == 0, f"{' '.join(cmd)}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-    return r
-
-
-class Deployment:
-    def __init__(self, env_file: Path) -> None:
-        self.env_file = env_file
-        self.secrets = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
-
-    def compose(self, *args: str, timeout: int = 900, check: bool = True) -> subprocess.CompletedProcess:
-        files = ["-f", str(ROOT / "docker" / "compose.yaml"), "-f", str(self.env_file.parent / "limits.yaml")]
-        return sh(*compose_cmd(), "-p", PROJECT, *files, "--env-file", str(self.env_file), *args, timeout=timeout,
-                  check=check)
-
-    def container(self, service: str) -> str:
-        return self.compose("ps", "-q", service).stdout.strip()
-
-    def exec(self, service: str, *cmd: str, check: bool = True, user: str | None = None) -> subprocess.CompletedProcess:
-        return sh("docker", "exec", *(["-u", user] if user else []), self.container(service), *cmd, check=check)
-
-    def upload(self, service: str, folder: Path) -> None:
-        """Copy `folder` into the landing area as the service user would own it (a tar stream unpacked by uid
-        50000 in the container: `docker cp -a` wants the uid in the host's passwd)."""
-        pack = subprocess.Popen(["tar", "-C", str(folder.parent), "-c", folder.name], stdout=subprocess.PIPE)
-        sh("docker", "exec", "-i", "-u", "50000", self.container(service), "tar", "-x", "-C",
-           "/opt/deepfusion/landing", stdin=pack.stdout)
-        assert pack.wait() == 0
-
-    def health(self) -> dict[str, str]:
-        out = {}
-        for cid in self.compose("ps", "-q").stdout.split():
-            info = json.loads(sh("docker", "inspect", cid).stdout)[0]
-            name = info["Config"]["Labels"]["com.docker.compose.service"]
-            state = info["State"]
-            out[name] = state.get("Health", {}).get("Status") or state["Status"]
-        return out
-
-    def token(self) -> str:
-        body = {"username": "admin", "password": self.secrets["AIRFLOW_ADMIN_PASSWORD"]}
-        return call("POST", f"http://127.0.0.1:{PORTS['airflow']}/auth/token", body)["access_token"]
-
-    def api(self, method: str, path: str, body: dict | None = None) -> dict:
-        if not hasattr(self, "_token"):
-            self._token = self.token()
-        return call(method, f"http://127.0.0.1:{PORTS['airflow']}/api/v2{path}", body, f"Bearer {self._token}")
-
-    def wait_run(self, dag_id: str, run_id: str, minutes: float) -> dict:
-        deadline = time.time() + minutes * 60
-        while time.time() < deadline:
-            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
-            if run["state"] in ("success", "failed"):
-                return run
-            time.sleep(5)
-        raise AssertionError(f"{dag_id} {run_id} still {run['state']} after {minutes} min")
-
-    def failure(self, dag_id: str, run_id: str, tasks: dict[str, dict]) -> str:
-        """The failed tasks' states and the end of the first failed one's log, for the assertion message."""
-        failed = {k: t["state"] for k, t in tasks.items() if t["state"] not in ("success", "skipped")}
-        out = [json.dumps(failed)]
-        for name, t in tasks.items():
-            if t["state"] == "failed":
-                log = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{t['task_id']}/logs/"
-                                      f"{max(t['try_number'], 1)}?full_content=true")
-                out.append(f"--- {name}: {json.dumps(log.get('content', log))[-4000:]}")
-                break
-        return "\n".join(out)
-
-    def tasks(self, dag_id: str, run_id: str) -> dict[str, dict]:
-        tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=200")["task_instances"]
-        return {t["task_id"] + (f"[{t['map_index']}]" if t["map_index"] >= 0 else ""): t for t in tis}
-
-
-def call(method: str, url: str, body: dict | None = None, auth: str | None = None) -> dict:
-    headers = {"Content-Type": "application/json", **({"Authorization": auth} if auth else {})}
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, method=method, data=data, headers=headers)
-    with urllib.request.urlopen(req, timeout=60) as resp:
-        return json.loads(resp.read() or b"{}")
-
-
-def env_file(folder: Path) -> Path:
-    from cryptography.fernet import Fernet
-
-    values = {k: "" for k in (ROOT / "docker" / "env.example").read_text().split() if "=" in k}
-    values = {k.split("=")[0]: secrets.token_hex(16) for k in values}
-    values.update({"POSTGRES_USER": "deepfusion", "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
-                   # the stand-ins of the upstream images (no registry here) and the tiny workspace's image
-                   "POSTGRES_IMAGE": "deepfusion/postgres:15", "REDIS_IMAGE": "deepfusion/redis:7",
-                   "DEEPFUSION_IMAGE": TINY_IMAGE})
-    path = folder / "compose.env"
-    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
-    path.chmod(0o600)
-    # Each worker on one core and one thread, so the parallel stages' wall time measures parallelism, not two
-    # workers oversubscribing the same cores.
-    one = {"cpus": 1.0, "environment": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
-    (folder / "limits.yaml").write_text(yaml.safe_dump({"services": {w: one for w in WORKERS}}))
-    return path
-
-
-def tiny_image(folder: Path) -> None:
-    """deepfusion:latest with a synthetic catalog and the tiny params of the DAG tests (no data.dvc: the catalog
-    comes with the image, as every container has it)."""
-    ws = dag_workspace(folder / "ws")
-    ctx = folder / "ctx"
-    ctx.mkdir()
-    shutil.copytree(ws / "data", ctx / "data")
-    shutil.copy(ws / "params.yaml", ctx / "params.yaml")
-    (ctx / "Dockerfile").write_text(
-        "FROM deepfusion:latest\n"
-        "COPY --chown=50000:50000 data /opt/deepfusion/data\n"
-        "COPY --chown=50000:50000 params.yaml /opt/deepfusion/params.yaml\n"
-        "USER root\nRUN rm -f /opt/deepfusion/data.dvc\nUSER 50000\n")
-    sh("docker", "build", "-q", "-t", TINY_IMAGE, str(ctx), timeout=1200)
+# Each worker on one core and one thread, so the parallel stages' wall time measures parallelism, not two
+# workers oversubscribing the same cores.
+ONE_CORE = {"cpus": 1.0, "environment": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}}
 
 
 @pytest.fixture(scope="module")
 def deployment():
     t0 = time.time()
-    for what in ("build", "services"):
-        r = sh("bash", str(ROOT / "scripts" / "images.sh"), what, timeout=3600)
-        print(r.stdout.strip().splitlines()[-1])
     folder = Path(tempfile.mkdtemp(prefix="deepfusion-compose-"))
-    tiny_image(folder)
-    d = Deployment(env_file(folder))
-    d.compose("down", "-v", "--remove-orphans", check=False)  # a previous run killed halfway
+    build_images(folder)
+    prepare(folder, {"limits.yaml": {"services": {w: ONE_CORE for w in WORKERS}}})
+    d = Deployment(folder, PROJECT)
     built = time.time()
-    d.compose("up", "-d", timeout=1800)
-    deadline = time.time() + 900
-    while time.time() < deadline:  # health checks gate the start order; the station waits for the first run
-        states = {k: v for k, v in d.health().items() if k != "review"}
-        if all(v in ("healthy", "exited") for v in states.values()) and len(states) >= 12:
-            break
-        time.sleep(10)
-    assert all(v in ("healthy", "exited") for v in states.values()), states
+    up(d)
     d.times = {"images": built - t0, "up": time.time() - built}
-    d.api("PATCH", "/dags/retrain", {"is_paused": False})
-    d.api("PATCH", "/dags/catalog_drift", {"is_paused": False})
-    d.api("PATCH", "/dags/categorize", {"is_paused": False})
     yield d
     t1 = time.time()
-    d.compose("down", "-v", "--remove-orphans", timeout=600)
-    left = sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}").stdout.split()
+    left = down(d)
     print(f"compose: images {d.times['images']:.0f} s, up {d.times['up']:.0f} s, down {time.time() - t1:.0f} s")
     assert left == [], f"containers left running: {left}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -225,7 +84,7 @@ def test_a_retrain_through_the_api_crosses_worker_containers(deployment):
     assert run["state"] == "success", d.failure("retrain", run_id, tasks)
     d.retrain_seconds = time.time() - t0
     hosts = {k: t["hostname"] for k, t in tasks.items()}
-    gpu_host = json.loads(sh("docker", "inspect", d.container("worker-gpu")).stdout)[0]["Config"]["Hostname"]
+    gpu_host = d.hostname("worker-gpu")
     assert hosts["train_fusion"] == hosts["train_baseline_image"] == gpu_host  # routed by queue
     assert hosts["audit"] != gpu_host and hosts["train_retrieval"] != gpu_host
     # ...so consecutive stages ran in containers that share no disk: their outputs came through the store.
@@ -236,9 +95,7 @@ def test_a_retrain_through_the_api_crosses_worker_containers(deployment):
             for k, t in tasks.items() if k.startswith("train_baseline_")}
     assert any(a[0] < b[1] and b[0] < a[1] and hosts[x] != hosts[y]
                for x, a in span.items() for y, b in span.items() if x < y), span
-    mlflow = f"http://127.0.0.1:{PORTS['mlflow']}/api/2.0/mlflow/registered-models/alias?name=deepfusion&alias=champion"
-    auth = base64.b64encode(f"admin:{d.secrets['MLFLOW_TRACKING_PASSWORD']}".encode()).decode()
-    version = call("GET", mlflow, auth=f"Basic {auth}")["model_version"]
+    version = d.mlflow("registered-models/alias?name=deepfusion&alias=champion")["model_version"]
     assert version["tags"] and json.loads({t["key"]: t["value"] for t in version["tags"]}["reference_data"])
     # Sequential vs parallel in the same run: the stages one after another would take at least the sum of their
     # task times; the graph took the span from the first stage's start to the last one's end.

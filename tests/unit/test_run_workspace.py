@@ -214,3 +214,21 @@ def test_a_worker_without_the_runs_disk_fetches_outputs_by_their_md5(project, tm
     with pytest.raises(run_workspace.WorkspaceError, match="(?s)could not fetch .*missing.*artifact store"):
         run_workspace.fetch_outputs(project, {"artifacts/ingest/images.npy": "0" * 32})
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # nothing half-fetched is left
+
+
+def test_a_full_disk_says_where_and_what_to_do(project, monkeypatch):
+    """The fault drill found a stage task on a full worker ending in pathlib's traceback; the task's log now says
+    which disk and what to do (the drill fills a real one: scripts/drills.py)."""
+    import errno
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(project / "runs" / "r1@audit"))
+
+    monkeypatch.setattr(run_workspace, "materialize", full)
+    monkeypatch.setenv("RUN_SPEC", json.dumps({"run_id": "r1", "overrides": {}}))
+    monkeypatch.setenv("DEEPFUSION_HOME", str(project))
+    monkeypatch.setattr(sys, "argv", ["run_workspace", "materialize"])
+    with pytest.raises(SystemExit) as exc:
+        run_workspace.main()
+    assert "no space left on this worker's disk" in str(exc.value) and "r1@audit" in str(exc.value)
+    assert "clear the failed task" in str(exc.value)
