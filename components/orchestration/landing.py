@@ -405,11 +405,19 @@ def _finish(home: Path, landing: Path, batch_path: Path, content_md5: str, model
         levels = [c.removesuffix("_confidence") for c in pred.columns if c.endswith("_confidence")]
         finest = levels[-1]
         review = review_queue(pred, frame.reindex(columns=["id", finest]), threshold, finest)
-        with atomic_dir(out) as tmp:
-            (tmp / "predictions.csv").write_bytes(csv_bytes(pred))
-            (tmp / "review_queue.csv").write_bytes(csv_bytes(review))
-            (tmp / "model.json").write_text(json.dumps({"model": model, "auto_accept_threshold": threshold,
-                                                        "content_md5": content_md5}) + "\n")
+        try:
+            with atomic_dir(out) as tmp:
+                (tmp / "predictions.csv").write_bytes(csv_bytes(pred))
+                (tmp / "review_queue.csv").write_bytes(csv_bytes(review))
+                (tmp / "model.json").write_text(json.dumps({"model": model, "auto_accept_threshold": threshold,
+                                                            "content_md5": content_md5}) + "\n")
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            # Still an OSError (the task retries, perhaps on another worker), now saying where and what to do.
+            raise OSError(exc.errno, f"no space left on this worker's disk for {Path(home) / out}: free space there; "
+                          "the task retries, and a batch still not categorized is announced again by every "
+                          "catalog_drift run until its predictions exist") from exc
     batch_state.advance(landing, batch_path.name, "categorized", content_md5, predictions=str(Path(home) / out),
                         model=model)
     batch = str(_archive_if_new(landing, batch_path))

@@ -154,3 +154,28 @@ def test_the_state_file_allows_only_the_batch_life(tmp_path):
         batch_state.advance(area, "b", "ready", "m1")
     fresh = batch_state.advance(area, "b", "validated", "m2")  # other content: its life starts again
     assert [h["state"] for h in fresh.history] == ["validated"] and fresh.report == ""
+
+
+def test_a_full_disk_keeps_the_batch_and_says_what_to_do(trained, home, tmp_path, monkeypatch):
+    """The fault drill filled a worker's disks: the merge failed with a bare OSError. It still fails as an OSError
+    (the task retries, maybe on another worker), now naming the folder and what to do, and nothing is half-written."""
+    import errno
+
+    params, _, _ = trained
+    model = str(fusion_checkpoint(params.paths.train_fusion))
+    area = tmp_path / "landing"
+    batch = upload(area, "2017-02", seed=6)
+    [item] = landing.pending_batches(area)
+    landing.check_batch(home, **item)
+    batch_state.advance(area, "2017-02", "reported", item["content_md5"], drift_detected=False, report="r")
+
+    def full(frame):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(landing, "csv_bytes", full)
+    with pytest.raises(OSError) as exc:
+        landing.categorize_batch(home, area, "2017-02", model)
+    assert exc.value.errno == errno.ENOSPC and "free space there" in str(exc.value) and "2017-02" in str(exc.value)
+    assert batch.is_dir() and batch_state.status(area, "2017-02", item["content_md5"]) == "reported"
+    assert landing.awaiting_categorize(area) == ["2017-02"]
+    assert not (tmp_path / "out" / "2017-02").exists()
