@@ -2,8 +2,10 @@
 # The production platform on one machine, each service a real process started from the project venv:
 # PostgreSQL (Airflow metadata + MLflow backend), Redis (Celery broker), the MLflow server (basic-auth app,
 # explicit --allowed-hosts, artifacts proxied), Airflow 3 api-server (FAB auth manager: users and roles),
-# scheduler, dag-processor, triggerer and two Celery workers (queue `default`, queue `gpu`), and the review
-# station (`deepfusion review serve`: gunicorn, its own PostgreSQL database and role).
+# scheduler, dag-processor, triggerer and two Celery workers (queue `default`, queue `gpu`), the review
+# station (`deepfusion review serve`: gunicorn, its own PostgreSQL database and role), and the artifact store
+# (nginx WebDAV behind basic auth: the DVC remote `artifacts` every stage pulls from and pushes to, over HTTP as in
+# docker/compose.yaml, so the workers need no shared folder for stage outputs).
 #   bash scripts/platform.sh up       # installs postgresql/redis-server if missing; idempotent
 #   bash scripts/platform.sh status
 #   bash scripts/platform.sh down     # stops only what `up` started (pid files)
@@ -26,6 +28,7 @@ redis_port=${PLATFORM_REDIS_PORT:-56379}
 mlflow_port=${PLATFORM_MLFLOW_PORT:-5050}
 api_port=${PLATFORM_AIRFLOW_PORT:-8088}
 review_port=${PLATFORM_REVIEW_PORT:-8010}
+artifacts_port=${PLATFORM_ARTIFACTS_PORT:-8081}
 venv=${DEEPFUSION_VENV:-$root/.venv}
 svc_user=${PLATFORM_USER:-deepfusion}
 as_svc=()
@@ -37,14 +40,22 @@ install_services() {
   local missing=()
   [ -n "$pgbin" ] && [ -x "$pgbin/initdb" ] || missing+=(postgresql)
   command -v redis-server >/dev/null || missing+=(redis-server)
+  command -v nginx >/dev/null || missing+=(nginx)
   if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >"$dir/logs/apt.log" 2>&1
+    # Packages only: their own system services (postgresql, redis, nginx on port 80) are not started by the
+    # install (policy-rc.d); the platform runs its own instances on loopback ports as the service user.
+    local policy=/usr/sbin/policy-rc.d added=0
+    if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' >$policy && chmod 755 $policy && added=1; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >"$dir/logs/apt.log" 2>&1 \
+      || { apt-get update -q >>"$dir/logs/apt.log" 2>&1 &&
+           DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >>"$dir/logs/apt.log" 2>&1; }
+    [ $added = 0 ] || rm -f $policy
     pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
   fi
 }
 
-SERVER_KEYS='PLATFORM_PG_PASSWORD|PLATFORM_REDIS_PASSWORD|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__CORE__FERNET_KEY|AIRFLOW__API__SECRET_KEY|PLATFORM_MLFLOW_SECRET_KEY|PLATFORM_PG_AIRFLOW_PASSWORD|PLATFORM_PG_MLFLOW_PASSWORD|PLATFORM_PG_REVIEW_PASSWORD|PLATFORM_REVIEW_SECRET'
+SERVER_KEYS='PLATFORM_ARTIFACTS_PASSWORD|PLATFORM_PG_PASSWORD|PLATFORM_REDIS_PASSWORD|AIRFLOW__API_AUTH__JWT_SECRET|AIRFLOW__CORE__FERNET_KEY|AIRFLOW__API__SECRET_KEY|PLATFORM_MLFLOW_SECRET_KEY|PLATFORM_PG_AIRFLOW_PASSWORD|PLATFORM_PG_MLFLOW_PASSWORD|PLATFORM_PG_REVIEW_PASSWORD|PLATFORM_REVIEW_SECRET'
 
 service_user() {
   # Root starts the services but never runs them: setpriv switches to the service user and execs (no extra
@@ -143,6 +154,8 @@ EOF
     printf 'export REVIEW_URL=http://127.0.0.1:%s\nexport REVIEW_USERNAME=admin\nexport REVIEW_PASSWORD=%s\n' \
       "$review_port" "$(openssl rand -hex 16)" >>"$dir/env"
   fi
+  grep -q '^export PLATFORM_ARTIFACTS_PASSWORD=' "$dir/server.env" ||  # the workers' login to the artifact store
+    printf 'export PLATFORM_ARTIFACTS_PASSWORD=%s\n' "$(openssl rand -hex 16)" >>"$dir/server.env"
   grep -q '^export PLATFORM_REVIEW_SECRET=' "$dir/server.env" ||  # signs the review station's sessions and tokens
     printf 'export PLATFORM_REVIEW_SECRET=%s\n' "$(openssl rand -hex 32)" >>"$dir/server.env"
   # One database role per service (added to a platform set up before the roles existed).
@@ -268,6 +281,34 @@ mlflow_up() {
   wait_for mlflow 120 curl -fsS "http://127.0.0.1:$mlflow_port/health"
 }
 
+artifacts_up() {
+  # nginx's WebDAV module behind basic auth (the same server as docker/services.Dockerfile's artifact-store), on
+  # loopback, data in $dir/artifacts, every path it writes under $dir (it runs as the service user).
+  local store=$dir/artifacts tmp=$dir/nginx
+  mkdir -p "$store/dvc" "$tmp"
+  (umask 077
+   printf 'dvc:%s\n' "$(printf '%s' "$PLATFORM_ARTIFACTS_PASSWORD" | openssl passwd -6 -stdin)" >"$tmp/htpasswd"
+   sed -e "s#/tmp/#$tmp/#g" -e "s#/srv/artifacts#$store#" -e "s#listen 8081;#listen 127.0.0.1:$artifacts_port;#" \
+     "$root/docker/services/artifact-store.conf" >"$tmp/nginx.conf")
+  [ ${#as_svc[@]} -eq 0 ] || chown -R "$svc_user:$svc_user" "$store" "$tmp"
+  start artifacts nginx -e stderr -c "$tmp/nginx.conf" -g 'daemon off;'
+  wait_for artifacts 20 curl -fsS "http://127.0.0.1:$artifacts_port/health"
+  # The workspace's DVC remote `artifacts` points at it, password included, in .dvc/config.local (mode 0600, the
+  # service user's; run workspaces copy it): written with printf, never on a command line. A config.local that
+  # this script did not write is left alone (the stages then use the remote it names).
+  local home=${DEEPFUSION_HOME:-$root} mark="# written by scripts/platform.sh"
+  local conf=$home/.dvc/config.local
+  if [ -d "$home/.dvc" ] && { [ ! -e "$conf" ] || head -1 "$conf" | grep -qxF "$mark"; }; then
+    (umask 077
+     printf "%s\n['remote \"artifacts\"']\n    url = http://127.0.0.1:%s/dvc\n    method = PUT\n    auth = basic\n    user = dvc\n    password = %s\n" \
+       "$mark" "$artifacts_port" "$PLATFORM_ARTIFACTS_PASSWORD" >"$conf.tmp")
+    [ ${#as_svc[@]} -eq 0 ] || chown "$svc_user:$svc_user" "$conf.tmp"
+    mv "$conf.tmp" "$conf"
+  elif [ -d "$home/.dvc" ]; then
+    log "$conf exists and was not written by this script: the stages use the remote it names, not the store"
+  fi
+}
+
 review_db() {  # the review station's database, as its own role
   echo "postgresql+psycopg2://review_svc:$PLATFORM_PG_REVIEW_PASSWORD@127.0.0.1:$pg_port/review"
 }
@@ -366,14 +407,16 @@ case "${1:-}" in
     # The categorize worker queues uncertain products in the review station's database (kept by that worker only).
     export DEEPFUSION_REVIEW_DB; DEEPFUSION_REVIEW_DB=$(review_db)
     redis_up
+    artifacts_up
     mlflow_up
     airflow_up
     review_up
     log "up in $(( $(date +%s) - t0 )) s: MLflow http://127.0.0.1:$mlflow_port, Airflow http://127.0.0.1:$api_port," \
-        "review station http://127.0.0.1:$review_port (after the first retrain) (source $dir/env)"
+        "review station http://127.0.0.1:$review_port (after the first retrain), artifact store" \
+        "http://127.0.0.1:$artifacts_port/dvc (source $dir/env)"
     ;;
   down)
-    for p in review "${AIRFLOW_PROCS[@]}" mlflow redis; do stop "$p"; done
+    for p in review "${AIRFLOW_PROCS[@]}" mlflow artifacts redis; do stop "$p"; done
     if [ -f "$dir/pg/PG_VERSION" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg" status >/dev/null 2>&1; then
       runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg" -m fast -w stop >/dev/null && log "postgres stopped"
     fi
@@ -387,13 +430,14 @@ case "${1:-}" in
   status)
     [ -f "$dir/server.env" ] || { echo "not set up ($dir/server.env missing)"; exit 1; }
     rc=0
-    for p in redis mlflow "${AIRFLOW_PROCS[@]}" review; do
+    for p in redis artifacts mlflow "${AIRFLOW_PROCS[@]}" review; do
       if alive "$p"; then echo "$p: running (pid $(cat "$dir/pids/$p.pid"))"; else echo "$p: DOWN"; rc=1; fi
     done
     if runuser -u postgres -- "$pgbin/pg_ctl" -D "$dir/pg" status >/dev/null 2>&1; then echo "postgres: running"
     else echo "postgres: DOWN"; rc=1; fi
     curl -fsS "http://127.0.0.1:$mlflow_port/health" >/dev/null && echo "mlflow /health: ok" || rc=1
     curl -fsS "http://127.0.0.1:$api_port/api/v2/version" >/dev/null && echo "airflow api: ok" || rc=1
+    curl -fsS "http://127.0.0.1:$artifacts_port/health" >/dev/null && echo "artifact store: ok" || rc=1
     curl -fsS "http://127.0.0.1:$review_port/login" >/dev/null && echo "review station: ok" ||
       echo "review station: waiting for the first run (see $dir/logs/review.log)"
     exit $rc

@@ -24,7 +24,7 @@ BIN = Path(sys.executable).parent
 pytestmark = [pytest.mark.platform, pytest.mark.slow]
 
 PORTS = {"PLATFORM_PG_PORT": "55442", "PLATFORM_REDIS_PORT": "56389", "PLATFORM_MLFLOW_PORT": "5061",
-         "PLATFORM_AIRFLOW_PORT": "8099", "PLATFORM_REVIEW_PORT": "8021"}
+         "PLATFORM_AIRFLOW_PORT": "8099", "PLATFORM_REVIEW_PORT": "8021", "PLATFORM_ARTIFACTS_PORT": "8092"}
 
 
 def read_env(path: Path) -> dict[str, str]:
@@ -120,7 +120,8 @@ def platform(tmp_path_factory):
     home = Path(tempfile.mkdtemp(prefix="deepfusion-platformws-"))
     home.chmod(0o755)
     dag_workspace(home)
-    # As in the project's .dvc/config: stage outputs travel between workers through the `artifacts` remote.
+    # As in the project's .dvc/config: stage outputs travel between workers through the `artifacts` remote (a
+    # folder there; `platform.sh up` points it at its artifact store over HTTP in .dvc/config.local).
     subprocess.run([str(BIN / "dvc"), "remote", "add", "-q", "artifacts", "artifacts-remote"], cwd=home,
                    check=True)
     # PostgreSQL runs as the `postgres` user, which cannot enter pytest's private temp folders.
@@ -149,6 +150,16 @@ def test_services_are_real_and_guarded(platform):
         except urllib.error.HTTPError as exc:
             code = exc.code
         assert code == expected, (headers, code)
+    # The artifact store takes no read or write without the workers' password.
+    store = f"http://127.0.0.1:{PORTS['PLATFORM_ARTIFACTS_PORT']}/dvc/intruder"
+    for method in ("GET", "PUT"):
+        try:
+            urllib.request.urlopen(urllib.request.Request(store, method=method, data=b"x" if method == "PUT" else None),
+                                   timeout=30)
+            code = 200
+        except urllib.error.HTTPError as exc:
+            code = exc.code
+        assert code == 401, (method, code)
     dags = {d["dag_id"]: d for d in platform.api("GET", "/dags")["dags"]}
     assert set(dags) == {"retrain", "catalog_drift", "categorize"}
     runs = platform.api("GET", "/dags/retrain/dagRuns")["dag_runs"]
@@ -163,7 +174,7 @@ def test_no_secret_in_logs_argv_or_the_client_file(platform):
     assert set(server) == {"PLATFORM_PG_PASSWORD", "PLATFORM_REDIS_PASSWORD", "AIRFLOW__API_AUTH__JWT_SECRET",
                            "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API__SECRET_KEY", "PLATFORM_MLFLOW_SECRET_KEY",
                            "PLATFORM_PG_AIRFLOW_PASSWORD", "PLATFORM_PG_MLFLOW_PASSWORD", "PLATFORM_PG_REVIEW_PASSWORD",
-                           "PLATFORM_REVIEW_SECRET"}
+                           "PLATFORM_REVIEW_SECRET", "PLATFORM_ARTIFACTS_PASSWORD"}
     passwords = {"AIRFLOW_PASSWORD", "AIRFLOW_VIEWER_PASSWORD", "MLFLOW_TRACKING_PASSWORD", "REVIEW_PASSWORD"}
     assert not set(server) & set(client) and passwords <= set(client)
     secrets = [*server.values(), *(client[k] for k in passwords)]
@@ -199,7 +210,7 @@ def test_every_service_runs_unprivileged(platform):
                 continue
     pids = {f.stem: int(f.read_text()) for f in (platform.folder / "pids").glob("*.pid")}
     assert set(pids) >= {"redis", "mlflow", "airflow-api-server", "airflow-scheduler", "worker-default", "worker-gpu",
-                         "review"}
+                         "review", "artifacts"}
     for name, pid in pids.items():
         members = groups.get(pid, [])
         assert members, f"{name}: no process in its group"
@@ -226,7 +237,8 @@ def test_each_service_gets_only_its_own_secrets(platform):
                # categorize queues uncertain products in the review station's database
                "worker-default": airflow | {"MLFLOW_TRACKING_PASSWORD", "PLATFORM_PG_REVIEW_PASSWORD"},
                "worker-gpu": airflow | {"MLFLOW_TRACKING_PASSWORD"},
-               "review": {"PLATFORM_PG_REVIEW_PASSWORD", "PLATFORM_REVIEW_SECRET"}}
+               "review": {"PLATFORM_PG_REVIEW_PASSWORD", "PLATFORM_REVIEW_SECRET"},
+               "artifacts": set()}  # its password is hashed into a file it reads
     for name, own in allowed.items():
         pid = int((platform.folder / "pids" / f"{name}.pid").read_text())
         environ = (Path("/proc") / str(pid) / "environ").read_bytes().decode(errors="replace")
@@ -300,9 +312,11 @@ def test_retrain_through_celery_registers_on_the_mlflow_server(platform):
     assert json.loads(versions[0].tags["run_overrides"])["train_fusion"]["train"]["epochs"] == 3
     assert (platform.home / "params.yaml").read_bytes() == tracked
     assert not (platform.home / "dvc.lock").exists()
-    # Every stage pushed what it made to the `artifacts` remote (the workers need not share a disk).
-    pushed = [f for f in (platform.home / "artifacts-remote").rglob("*") if f.is_file()]
+    # Every stage pushed what it made to the `artifacts` remote, the platform's store over HTTP (the workers need
+    # not share a disk), and nothing went to the folder the repo's config names.
+    pushed = [f for f in (platform.folder / "artifacts" / "dvc").rglob("*") if f.is_file()]
     assert len(pushed) >= 20, pushed
+    assert not (platform.home / "artifacts-remote").exists()
     print(f"platform up in {platform.started_in:.0f} s; "
           f"tiny retrain through Celery in {platform.retrain_seconds:.0f} s")
 
