@@ -345,6 +345,9 @@ airflow_env() {
   local cores; cores=$(nproc)
   export AIRFLOW__CORE__PARALLELISM=$((cores * 2)) AIRFLOW__CELERY__WORKER_CONCURRENCY=1
   export AIRFLOW__OPERATORS__DEFAULT_QUEUE=default
+  # A task may wait this long for a free worker; Airflow 3.3 also makes it the lifetime of the task's Execution API
+  # token (at the default 600 s, a task queued behind a backlog dies at start with "Invalid auth token").
+  export AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT=${AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT:-7200}
   export PYTHONPATH="$root/dags${PYTHONPATH:+:$PYTHONPATH}"
   export DEEPFUSION_HOME=${DEEPFUSION_HOME:-$root} DEEPFUSION_BIN=$venv/bin PATH="$venv/bin:$PATH"
   export DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true GX_ANALYTICS_ENABLED=False DO_NOT_TRACK=1
