@@ -136,6 +136,20 @@ def free(d: Deployment, service: str = FULL_WORKER) -> None:
         d.exec(service, "rm", "-f", f"{m}/.drill-fill", user="50000")
 
 
+def restarts(d: Deployment) -> dict[str, int]:
+    """Docker's restart count per service: a service that died of a fault and came back by its restart policy."""
+    out = {}
+    for cid in d.compose("ps", "-q").stdout.split():
+        info = json.loads(sh("docker", "inspect", cid).stdout)[0]
+        out[info["Config"]["Labels"]["com.docker.compose.service"]] = info["RestartCount"]
+    return out
+
+
+def restarted(d: Deployment, before: dict[str, int]) -> str:
+    came_back = sorted(s for s, n in restarts(d).items() if n > before.get(s, 0))
+    return f"; restarted by their policy: {', '.join(came_back)}" if came_back else ""
+
+
 # ---- observing the runs --------------------------------------------------------------------------------------------
 
 def worker_of(d: Deployment, hostname: str) -> str:
@@ -231,9 +245,10 @@ def drill_retrain(d: Deployment) -> list[Row]:
             row.happened = "not reached: the run ended before the task ran"
             rows.append(row)
             continue
-        t0 = time.time()
+        t0, before = time.time(), restarts(d)
         row.details["fault"] = how(d, worker_of(d, ti["hostname"]))
         end = wait_task(d, "retrain", run_id, task, ("success", "failed", "upstream_failed"), minutes=60)
+        row.details["fault"] += restarted(d, before)
         end = end or d.tasks("retrain", run_id)[task]
         row.recovery_s = round(time.time() - t0)
         row.details["task"] = {"state": end["state"], "tries": end["try_number"], "hosts": end["hostname"]}
@@ -402,7 +417,7 @@ def drill_categorize(d: Deployment, only: str = "") -> list[Row]:
         since = {r["dag_run_id"] for r in dag_runs(d, dag)}
         land(d, name, seed=k, start_id=80_000 + 1000 * k)
         found = running_task(d, dag, task, since, states, minutes=15)
-        t0 = time.time()
+        t0, before = time.time(), restarts(d)
         if found is None:
             row.happened = f"not reached: the task was never {' or '.join(states)} within 15 min"
         else:
@@ -410,6 +425,8 @@ def drill_categorize(d: Deployment, only: str = "") -> list[Row]:
             row.details["fault"] = how(d, worker_of(d, ti["hostname"]) if ti["hostname"] else "")
         waited = wait_batches(d, [name], minutes=30)
         row.recovery_s = round(time.time() - t0)
+        if found:
+            row.details["fault"] += restarted(d, before)
         wrong, detail = exactly_once(d, [name])
         state = batch_states(d, [name])[name]
         row.details["batch"] = state
