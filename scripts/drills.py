@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,7 +39,6 @@ WORK_MOUNTS = ("/opt/deepfusion/runs", "/opt/deepfusion/.dvc/cache", "/opt/deepf
 SMALL_DISKS = {"volumes": {v: {"driver_opts": {"type": "tmpfs", "device": "tmpfs",
                                                  "o": f"size={size},uid=50000,gid=50000"}}
                            for v, size in (("runs-cpu-2", "1g"), ("cache-cpu-2", "1g"), ("outputs-cpu-2", "512m"))}}
-LANDING = "/opt/deepfusion/landing"
 
 
 @dataclass
@@ -325,10 +323,7 @@ def land_many(d: Deployment, batches: list[tuple[str, int, int, int]]) -> None:
             (marks / name).mkdir(parents=True)
             (marks / name / "_READY").write_text("")
         for folder in (files, marks):
-            pack = subprocess.Popen(["tar", "-C", str(folder), "-c", "."], stdout=subprocess.PIPE)
-            sh("docker", "exec", "-i", "-u", "50000", d.container("worker-cpu-1"), "tar", "-x", "--no-overwrite-dir",
-               "-C", LANDING, stdin=pack.stdout)
-            assert pack.wait() == 0
+            d.upload("worker-cpu-1", folder, contents=True)
 
 
 BATCH_CHECK = r"""

@@ -141,6 +141,20 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+def wait_dag_run(api, dag_id: str, run_id: str, minutes: float) -> dict:
+    """Poll an Airflow REST API (`api(method, path)`) until the DAG run ends; its last state, or an assertion error.
+    Shared by the platform and compose tests (and the drills)."""
+    import time
+
+    deadline = time.time() + minutes * 60
+    while time.time() < deadline:
+        run = api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+        if run["state"] in ("success", "failed"):
+            return run
+        time.sleep(5)
+    raise AssertionError(f"{dag_id} {run_id} still {run['state']} after {minutes} min")
+
+
 def dag_workspace(ws: Path) -> Path:
     """A project workspace the DAGs can run in (DEEPFUSION_HOME): a synthetic catalog, tiny params, dvc.yaml,
     the components package linked, DVC initialised without git."""

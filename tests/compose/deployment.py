@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import ROOT, dag_workspace
+from tests.conftest import ROOT, dag_workspace, wait_dag_run
 
 TINY_IMAGE = "deepfusion-tiny:compose-test"
 WORKERS = ("worker-cpu-1", "worker-cpu-2", "worker-gpu")
@@ -63,11 +63,12 @@ class Deployment:
     def exec(self, service: str, *cmd: str, check: bool = True, user: str | None = None) -> subprocess.CompletedProcess:
         return sh("docker", "exec", *(["-u", user] if user else []), self.container(service), *cmd, check=check)
 
-    def upload(self, service: str, folder: Path) -> None:
-        """Copy `folder` into the landing area as the service user would own it (a tar stream unpacked by uid
-        50000 in the container: `docker cp -a` wants the uid in the host's passwd)."""
-        pack = subprocess.Popen(["tar", "-C", str(folder.parent), "-c", folder.name], stdout=subprocess.PIPE)
-        sh("docker", "exec", "-i", "-u", "50000", self.container(service), "tar", "-x", "-C",
+    def upload(self, service: str, folder: Path, contents: bool = False) -> None:
+        """Copy `folder` (with `contents`: what it holds) into the landing area as the service user would own it (a
+        tar stream unpacked by uid 50000 in the container: `docker cp -a` wants the uid in the host's passwd)."""
+        where, what = (folder, ".") if contents else (folder.parent, folder.name)
+        pack = subprocess.Popen(["tar", "-C", str(where), "-c", what], stdout=subprocess.PIPE)
+        sh("docker", "exec", "-i", "-u", "50000", self.container(service), "tar", "-x", "--no-overwrite-dir", "-C",
            "/opt/deepfusion/landing", stdin=pack.stdout)
         assert pack.wait() == 0
 
@@ -105,13 +106,7 @@ class Deployment:
         return call("GET", f"http://127.0.0.1:{PORTS['mlflow']}/api/2.0/mlflow/{path}", auth=f"Basic {auth}")
 
     def wait_run(self, dag_id: str, run_id: str, minutes: float) -> dict:
-        deadline = time.time() + minutes * 60
-        while time.time() < deadline:
-            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
-            if run["state"] in ("success", "failed"):
-                return run
-            time.sleep(5)
-        raise AssertionError(f"{dag_id} {run_id} still {run['state']} after {minutes} min")
+        return wait_dag_run(self.api, dag_id, run_id, minutes)
 
     def failure(self, dag_id: str, run_id: str, tasks: dict[str, dict]) -> str:
         """The failed tasks' states and the end of the first failed one's log, for the assertion message."""

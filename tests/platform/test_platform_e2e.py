@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, dag_workspace, make_catalog
+from tests.conftest import ROOT, dag_workspace, make_catalog, wait_dag_run
 
 BIN = Path(sys.executable).parent
 
@@ -80,13 +80,7 @@ class Stack:
         return self.api("POST", f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
 
     def wait(self, dag_id: str, run_id: str, minutes: float = 20) -> dict:
-        deadline = time.time() + minutes * 60
-        while time.time() < deadline:
-            run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
-            if run["state"] in ("success", "failed"):
-                return run
-            time.sleep(5)
-        raise AssertionError(f"{dag_id} {run_id} still {run['state']} after {minutes} min")
+        return wait_dag_run(self.api, dag_id, run_id, minutes)
 
     def tasks(self, dag_id: str, run_id: str) -> dict[str, dict]:
         tis = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances?limit=100")["task_instances"]
