@@ -288,6 +288,7 @@ artifacts_up() {
   mkdir -p "$store/dvc" "$tmp"
   (umask 077
    printf 'dvc:%s\n' "$(printf '%s' "$PLATFORM_ARTIFACTS_PASSWORD" | openssl passwd -6 -stdin)" >"$tmp/htpasswd"
+   cp "$tmp/htpasswd" "$tmp/htpasswd-write"  # one user here, the writer (the station reads runs/latest)
    sed -e "s#/tmp/#$tmp/#g" -e "s#/srv/artifacts#$store#" -e "s#listen 8081;#listen 127.0.0.1:$artifacts_port;#" \
      "$root/docker/services/artifact-store.conf" >"$tmp/nginx.conf")
   [ ${#as_svc[@]} -eq 0 ] || chown -R "$svc_user:$svc_user" "$store" "$tmp"

@@ -32,6 +32,7 @@ from components.checkpoint import CheckpointError
 from components.config import Params, RegistryParams, load_params, params_to_dict
 from components.data import cached_products
 from components.images import ImageBatch
+from components.lifecycle import champion_run
 from components.lifecycle.provenance import data_md5, git_commit, locked_outputs, recipe_md5, run_overrides_tag
 from components.lifecycle.publish import PublishError, served, served_model_uri
 from components.metrics import classification
@@ -216,6 +217,8 @@ def register(params: Params) -> str:
         # rerun of the same recipe (data, params, code) whose floats came out differently (another CPU's order).
         run_id, uri = served_model_uri(params)
         version = store.register_model(params, uri, run_id, tags)
+        # Before any alias names it: a service without a shared disk finds the version's result through it.
+        champion_run.record_version(Path.cwd(), params.registry.model_name, version)
         c = store.client(params)
         store.describe(c, params.registry.model_name, version, model_text(params.catalog.levels),
                        model_card(evaluation, tags, params.catalog.levels))
@@ -229,6 +232,17 @@ def register(params: Params) -> str:
 
 
 def promote(params: Params) -> Decision:
+    """The gate on @challenger; then the champion pointer is made to match @champion whatever the outcome (a
+    rerun after a failed write mends it)."""
+    decision = _judge(params)
+    name = params.registry.model_name
+    with store.registry_errors(params, "promote"):
+        champ = store.alias_version(store.client(params), name, CHAMPION)
+    champion_run.record_champion(Path.cwd(), name, champ)
+    return decision
+
+
+def _judge(params: Params) -> Decision:
     name = params.registry.model_name
     with promotion_lock(params), store.registry_errors(params, "promote"):
         c = store.client(params)
@@ -288,6 +302,7 @@ def rollback(params: Params) -> str:
         store.set_version_tags(c, name, champ, {"rolled_back": f"champion returned to v{prev}"})
         if store.alias_version(c, name, CHALLENGER) == champ:  # the gate refuses it anyway; do not leave it waiting
             store.delete_alias(c, name, CHALLENGER)
+    champion_run.record_champion(Path.cwd(), name, prev)
     print(f"@{CHAMPION}: v{champ} -> v{prev}")
     return prev
 

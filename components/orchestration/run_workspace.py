@@ -30,6 +30,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -178,7 +179,10 @@ def materialize(home: Path, run_id: str, overrides: dict, lock: str | list[str] 
 
 
 def has_remote(ws: Path, name: str) -> bool:
-    return f"['remote \"{name}\"']" in (Path(ws) / ".dvc" / "config").read_text()
+    """Whether the DVC config of `ws` (config.local included: the compose entrypoint writes the remote there)
+    names the remote."""
+    files = [Path(ws) / ".dvc" / f for f in ("config", "config.local")]
+    return any(f"['remote \"{name}\"']" in f.read_text() for f in files if f.is_file())
 
 
 def checked_out(home: Path, run_id: str, overrides: dict, lock: str | list[str] | None) -> Path:
@@ -225,6 +229,61 @@ def fetch_outputs(home: Path, outs: dict[str, str]) -> Path:
     except OSError:  # another task fetched the same files first
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+POINTERS = "pointers"  # <remote>/pointers/...: small named files beside the remote's content-addressed outputs
+
+
+def _remote_fs(project: Path, remote: str):
+    """(DVC filesystem, root path) of a remote of `project`'s DVC config (config.local included); None when the
+    project has no such remote (its services share its disk)."""
+    from dvc.config import Config
+    from dvc.config import ConfigError as DvcConfigError
+    from dvc.fs import get_cloud_fs
+
+    if not has_remote(project, remote):
+        return None
+    try:
+        config = Config(dvc_dir=str(Path(project) / ".dvc"))
+        cls, kwargs, root = get_cloud_fs(config, name=remote)
+    except DvcConfigError as exc:
+        raise WorkspaceError(f"{Path(project) / '.dvc'}: the DVC config of remote {remote!r} is unusable ({exc})") \
+            from exc
+    return cls(**kwargs), root
+
+
+def put_pointer(project: Path, name: str, data: bytes, remote: str = "artifacts") -> bool:
+    """Write `data` as `<remote>/pointers/<name>`, whole or not at all (a local rename, one HTTP PUT, one S3
+    object); False when `project` has no such remote."""
+    found = _remote_fs(project, remote)
+    if found is None:
+        return False
+    fs, root = found
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(tmp) / "pointer"
+        local.write_bytes(data)
+        try:
+            fs.put_file(str(local), fs.join(root, POINTERS, *name.split("/")))
+        except Exception as exc:  # noqa: BLE001 (aiohttp, botocore, OSError: whatever the remote's library raises)
+            raise WorkspaceError(f"could not write {POINTERS}/{name} to the DVC remote `{remote}` "
+                                 f"({type(exc).__name__}: {str(exc)[:300]}); is the store up and is this the "
+                                 "writers' password? Rerun the step when it is") from exc
+    return True
+
+
+def get_pointer(project: Path, name: str, remote: str = "artifacts") -> bytes | None:
+    """`<remote>/pointers/<name>`, or None when it does not exist (or `project` has no such remote)."""
+    found = _remote_fs(project, remote)
+    if found is None:
+        return None
+    fs, root = found
+    try:
+        return fs.cat_file(fs.join(root, POINTERS, *name.split("/")))
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 (as above)
+        raise WorkspaceError(f"could not read {POINTERS}/{name} from the DVC remote `{remote}` "
+                             f"({type(exc).__name__}: {str(exc)[:300]}); is the store up?") from exc
 
 
 def mark_latest(home: Path, ws: Path) -> None:

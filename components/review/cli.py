@@ -20,7 +20,9 @@ import io
 import logging
 import os
 import secrets
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +36,7 @@ from components.review.store import ReviewError, Store, open_store
 
 log = logging.getLogger(__name__)
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+CHAMPION_POLL_SECONDS = 60.0  # how soon a station without the workers' disk notices a new champion
 
 
 def secret_key(params: Params) -> bytes:
@@ -85,20 +88,64 @@ def export(params: Params, store: Store, output: Path) -> pd.DataFrame:
     return table
 
 
-def wait_for_run(home: Path, poll_seconds: float = 10.0) -> Path:
-    """The workspace whose products and taxonomy the station shows: the platform's last finished run
-    (HOME/runs/latest, resolved: a later run's pruning of old workspaces does not pull it away), else HOME
-    itself; waits while neither has one. A later run is shown after a restart of the service."""
+def _has_taxonomy(ws: Path) -> bool:
+    return (ws / "params.yaml").is_file() and (ws / load_params(ws).paths.features / "encoders.json").is_file()
+
+
+def wait_for_run(home: Path, poll_seconds: float = 10.0) -> tuple[Path, dict | None]:
+    """The workspace whose products and taxonomy the station shows, and the champion pointer it came from (None
+    for a local run). The platform's last finished run (HOME/runs/latest, resolved: a later run's pruning of old
+    workspaces does not pull it away), else HOME itself; else, on a host that shares no disk with the workers
+    (compose), the champion's run rebuilt from the DVC remote `artifacts` (components.lifecycle.champion_run).
+    Waits while none has one."""
+    from components.lifecycle import champion_run
+
     told = False
     while True:
         for ws in (home / "runs" / "latest", home):
-            if (ws / "params.yaml").is_file() and (ws / load_params(ws).paths.features / "encoders.json").is_file():
-                return ws.resolve()
+            if _has_taxonomy(ws):
+                return ws.resolve(), None
+        try:
+            pointer = champion_run.champion_pointer(home, load_params(home).registry.model_name)
+            if pointer is not None:
+                ws = champion_run.champion_workspace(home, pointer)
+                if _has_taxonomy(ws):
+                    return ws, pointer
+        except Exception as exc:  # noqa: BLE001 (the store may be down or the pull cut: said, then retried)
+            print(f"review station: the champion's run cannot be fetched yet ({type(exc).__name__}: {exc})",
+                  flush=True)
         if not told:
             print(f"review station: waiting for a run in {home} (no taxonomy yet: the first retrain makes it)",
                   flush=True)
             told = True
         time.sleep(poll_seconds)
+
+
+def follow_champion(home: Path, shown: dict, poll_seconds: float = CHAMPION_POLL_SECONDS) -> threading.Thread:
+    """Watch the champion pointer; when another version becomes champion, rebuild its workspace first, then stop
+    the server (SIGTERM: gunicorn finishes the requests in flight) so that the supervisor (compose's restart
+    policy) starts the station again on the new run. Reviewers' decisions live in the database: nothing is lost."""
+    from components.lifecycle import champion_run
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            try:
+                pointer = champion_run.champion_pointer(home, shown["model"])
+                if pointer is None or pointer["version"] == shown["version"]:
+                    continue
+                champion_run.champion_workspace(home, pointer)
+            except Exception as exc:  # noqa: BLE001 (retried at the next poll; the current run stays served)
+                log.warning("review station: checking the champion failed (%s); retrying", exc)
+                continue
+            print(f"review station: {shown['model']} v{pointer['version']} is the champion now (was "
+                  f"v{shown['version']}): restarting on its run", flush=True)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+    thread = threading.Thread(target=watch, name="follow-champion", daemon=True)
+    thread.start()
+    return thread
 
 
 def create(params: Params, store: Store, secret: bytes | None = None):
@@ -192,10 +239,13 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             secret = secret_key(params)  # the home's key (or env): sessions outlive the run shown
             if args.home is not None:
-                workspace = wait_for_run(args.home)
+                workspace, pointer = wait_for_run(args.home.resolve())
                 os.chdir(workspace)
                 params = load_params()
-                print(f"review station: the catalog of {workspace}", flush=True)
+                print(f"review station: the catalog of {workspace}"
+                      + (f" ({pointer['model']} v{pointer['version']}, the champion)" if pointer else ""), flush=True)
+                if pointer:
+                    follow_champion(args.home.resolve(), pointer)
             app = create(params, store, secret)
             print(f"review station: http://{args.host}:{args.port}/", flush=True)
             from components.review.app import serve

@@ -10,6 +10,7 @@ The tiny workspace is an image layer over deepfusion:latest (synthetic catalog, 
 has the same project and none shares a disk with another for work."""
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import tempfile
@@ -17,6 +18,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tests.compose.deployment import WORKERS, Deployment, build_images, down, prepare, sh, up
@@ -65,6 +67,16 @@ def test_hardening_holds_live(deployment):
     r = d.exec("worker-cpu-1", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT", "--data", "x",
                "http://artifact-store:8081/dvc/intruder", check=False)
     assert r.stdout == "401"
+    # The review station's read-only user reads the store and changes nothing in it.
+    reader = ["-u", f"reader:{d.secrets['ARTIFACTS_READ_PASSWORD']}", "-s", "-o", "/dev/null", "-w", "%{http_code}"]
+    for method in ("PUT", "DELETE", "MKCOL"):
+        r = d.exec("review", "curl", *reader, "-X", method, "--data", "x", "http://artifact-store:8081/dvc/intruder/",
+                   check=False)
+        assert r.stdout == "401", (method, r.stdout)
+    r = d.exec("review", "curl", *reader, "http://artifact-store:8081/dvc/nothing-here", check=False)
+    assert r.stdout == "404"  # authenticated, and nothing there
+    env = json.loads(sh("docker", "inspect", d.container("review")).stdout)[0]["Config"]["Env"]
+    assert d.secrets["ARTIFACTS_PASSWORD"] not in " ".join(env)  # never the writers' password
     # No volume for work is shared between the workers: only the landing area (where uploads arrive).
     mounts = {}
     for w in WORKERS:
@@ -138,3 +150,32 @@ def test_an_upload_is_categorized_on_workers_that_never_saw_the_run(deployment, 
                                           check=False).returncode == 0]
     assert len(found) == 1  # written on the worker that merged it, nowhere else
     print(f"compose: upload categorized {time.time() - t0:.0f} s after _READY")
+
+
+def test_the_review_station_shows_the_champion_without_the_workers_disks(deployment):
+    """The station has a volume of its own and the artifact store's read-only user: it rebuilt the champion's run
+    from the pointer `promote` left there, and shows the review queue categorize filled."""
+    d = deployment
+    deadline = time.time() + 600
+    log = ""
+    while time.time() < deadline:
+        log = d.compose("logs", "--no-color", "review", check=False).stdout
+        if "the champion)" in log and d.exec("review", "curl", "-fsS", "-o", "/dev/null", "http://localhost:8010/login",
+                                             check=False).returncode == 0:
+            break
+        time.sleep(5)
+    assert "(deepfusion v1, the champion)" in log, log[-3000:]
+    assert d.exec("review", "test", "-f", "/opt/deepfusion/runs/champion-deepfusion-v1/artifacts/features/"
+                  "encoders.json", check=False).returncode == 0
+    body = json.dumps({"user": "admin", "password": d.secrets["REVIEW_ADMIN_PASSWORD"]})
+    token = json.loads(d.exec("review", "curl", "-fsS", "-H", "Content-Type: application/json", "--data", body,
+                              "http://localhost:8010/api/token").stdout)["token"]
+    queues = json.loads(d.exec("review", "curl", "-fsS", "-H", f"Authorization: Bearer {token}",
+                               "http://localhost:8010/api/queues").stdout)
+    state = json.loads(d.exec("worker-cpu-1", "cat", "/opt/deepfusion/landing/_state/2016-05.json").stdout)
+    worker = next(w for w in WORKERS if d.exec(w, "test", "-f", f"{state['predictions']}/review_queue.csv",
+                                               check=False).returncode == 0)
+    rows = pd.read_csv(io.StringIO(d.exec(worker, "cat", f"{state['predictions']}/review_queue.csv").stdout))
+    categorize = next(q for q in queues if q["queue"] == "categorize")
+    assert categorize["open"] == len(rows), (queues, len(rows))
+    print(f"compose: review station serving the champion's run; categorize queue {categorize['open']} open")

@@ -125,7 +125,17 @@ def test_compose_gives_each_service_its_own_database_role_and_airflow_roles():
     assert review_db == {"postgres", "worker-cpu-1", "worker-cpu-2", "review-init", "review"}, review_db
     assert {n for n, svc in s.items() if "REVIEW_ADMIN_PASSWORD" in str(svc.get("environment"))} == {"review-init"}
     assert "://review_svc:${REVIEW_DB_PASSWORD:?" in s["review"]["environment"]["DEEPFUSION_REVIEW_DB"]
-    assert set(s["review"]["environment"]) == {"DEEPFUSION_REVIEW_DB", "DEEPFUSION_REVIEW_SECRET", "DEEPFUSION_HOME"}
+    assert set(s["review"]["environment"]) == {"DEEPFUSION_REVIEW_DB", "DEEPFUSION_REVIEW_SECRET", "DEEPFUSION_HOME",
+                                               "DEEPFUSION_ARTIFACTS_URL", "DEEPFUSION_ARTIFACTS_USER",
+                                               "DEEPFUSION_ARTIFACTS_PASSWORD"}
+    # The artifact store: the writers' password on the workers only, the station's read-only one on it only.
+    holders = {secret: {name for name, svc in s.items() if f"${{{secret}:?" in str(svc.get("environment"))}
+               for secret in ("ARTIFACTS_PASSWORD", "ARTIFACTS_READ_PASSWORD")}
+    assert holders == {"ARTIFACTS_PASSWORD": {"artifact-store", "worker-cpu-1", "worker-cpu-2", "worker-gpu"},
+                       "ARTIFACTS_READ_PASSWORD": {"artifact-store", "review"}}, holders
+    assert s["review"]["environment"]["DEEPFUSION_ARTIFACTS_USER"] == "reader"
+    conf = (DOCKER / "services" / "artifact-store.conf").read_text()
+    assert "limit_except GET HEAD {" in conf and "htpasswd-write" in conf.split("limit_except", 1)[1]
     roles = (DOCKER / "initdb" / "10-roles.sh").read_text()
     for role in ("airflow_svc", "mlflow_svc", "review_svc"):
         assert f"CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'" in roles

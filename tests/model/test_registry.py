@@ -24,6 +24,7 @@ from components.lifecycle.registry import Decision, decide
 from components.mlflow_store import RegistryError
 from components.serving.mlflow_model import load_categorizer_uri
 from components.serving.stacked import StackedCategorizer, file_md5
+from tests.conftest import ROOT
 
 P = RegistryParams(model_name="m", min_gain=0.01, max_level_regression=0.005,
                    floors={"masterCategory": 0.9, "subCategory": 0.8, "articleType": 0.7})
@@ -79,6 +80,26 @@ def with_other_checkpoint(params, tmp_path: Path, seed: int):
                                                                  stack=str(stack_dir)))
 
 
+@pytest.fixture(autouse=True)
+def project(tmp_path, monkeypatch) -> Path:
+    """Register, promote and rollback run in a pipeline result's folder (the DAG's run workspace): here one with a
+    DVC remote `artifacts` of its own, where the registry leaves the champion pointer (never the repo's remote)."""
+    (tmp_path / ".dvc").mkdir()
+    (tmp_path / ".dvc" / "config").write_text(f"['remote \"artifacts\"']\n    url = {tmp_path / 'remote'}\n")
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
+    for name in ("data.dvc", "params.yaml"):  # the catalog version the tags name; the project's params
+        shutil.copy(ROOT / name, tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def pointed(params) -> str | None:
+    """The version the champion pointer in the artifact store names (what the review station in compose shows)."""
+    from components.lifecycle import champion_run
+
+    return (champion_run.champion_pointer(Path.cwd(), params.registry.model_name) or {}).get("version")
+
+
 def aliases(params) -> dict[str, str | None]:
     c = store.client(params)
     return {a: store.alias_version(c, params.registry.model_name, a) for a in ("champion", "challenger")}
@@ -93,6 +114,7 @@ def test_register_promote_refuse_rollback(reg, capsys, tmp_path):
     assert aliases(reg) == {"champion": None, "challenger": v1}
     assert registry.promote(reg).promote  # first model meeting the floors
     assert aliases(reg) == {"champion": v1, "challenger": None}  # nothing left waiting to be judged
+    assert pointed(reg) == v1
     assert not registry.promote(reg).promote  # a rerun of the gate is a no-op
 
     assert registry.register(reg) == v1  # the same checkpoint again: the same version, not a duplicate
@@ -105,17 +127,19 @@ def test_register_promote_refuse_rollback(reg, capsys, tmp_path):
     assert aliases(reg) == {"champion": v1, "challenger": v2}
     assert store.version_tags(store.client(reg), reg.registry.model_name, v2)["promotion_decision"] == \
         "rejected"
+    assert pointed(reg) == v1
 
     eager = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, min_gain=-1.0))
     assert registry.promote(eager).promote
     assert aliases(reg)["champion"] == v2
-    assert aliases(reg) == {"champion": v2, "challenger": None}
+    assert aliases(reg) == {"champion": v2, "challenger": None} and pointed(reg) == v2
     assert registry.rollback(reg) == v1 and aliases(reg) == {"champion": v1, "challenger": None}
+    assert pointed(reg) == v1
     with pytest.raises(RegistryError, match="no previous champion"):
         registry.rollback(reg)
     assert registry.register(other) == v2 and aliases(reg)["challenger"] == v2  # the bad model, registered again
     d = registry.promote(eager)  # the gate refuses a rolled-back version whatever its scores
-    assert not d.promote and "was rolled back" in d.reason and aliases(reg)["champion"] == v1
+    assert not d.promote and "was rolled back" in d.reason and aliases(reg)["champion"] == v1 == pointed(reg)
     versions = registry.status(reg)
     assert [v["version"] for v in versions][:2] == [v1, v2]
     assert "@champion" in capsys.readouterr().out
@@ -140,7 +164,6 @@ def test_a_rerun_of_the_same_recipe_is_the_version_it_already_made(reg, tmp_path
         (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"stack": stage}}))
         return params
 
-    monkeypatch.chdir(tmp_path)
     v1 = registry.register(pipeline_result(own, "code-1"))
     assert store.version_tags(store.client(own), "recipe", v1)[store.RECIPE_TAG]
     rerun = with_other_checkpoint(own, tmp_path, seed=2)  # other bytes, one recipe

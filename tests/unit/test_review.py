@@ -349,6 +349,6 @@ def test_the_platform_s_station_waits_for_the_first_run_then_serves_runs_latest(
     timer = threading.Timer(0.3, first_run)
     timer.start()
     try:
-        assert wait_for_run(home, poll_seconds=0.05) == run.resolve()  # resolved: pruning cannot pull it away
+        assert wait_for_run(home, poll_seconds=0.05) == (run.resolve(), None)  # resolved: pruning cannot pull it away
     finally:
         timer.cancel()

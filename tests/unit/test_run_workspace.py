@@ -232,3 +232,55 @@ def test_a_full_disk_says_where_and_what_to_do(project, monkeypatch):
         run_workspace.main()
     assert "no space left on this worker's disk" in str(exc.value) and "r1@audit" in str(exc.value)
     assert "clear the failed task" in str(exc.value)
+
+
+def test_a_station_without_the_workers_disk_shows_the_champion_s_run(project, tmp_path, monkeypatch):
+    """Issue 44: the review station in compose shares no disk with the workers and reads only the DVC remote.
+    Register leaves a pointer per version (the run's lock and overrides), promote and rollback point `champion` at
+    one; the station rebuilds that run's outputs from the remote, and moves on when the champion changes."""
+    import signal
+
+    import yaml
+
+    from components.lifecycle import champion_run
+    from components.review import cli
+
+    run = tmp_path / "runs" / "run-7"  # the retrain's workspace on a worker (another machine)
+    (run / "artifacts" / "features").mkdir(parents=True)
+    subprocess.run([DVC, "init", "--no-scm", "-q"], cwd=run, check=True)
+    subprocess.run([DVC, "remote", "add", "-q", "artifacts", str(tmp_path / "remote")], cwd=run, check=True)
+    (run / "run.json").write_text(json.dumps({"overrides": {"seed": 7}}))
+    model = load_raw(project / "params.yaml")["registry"]["model_name"]
+
+    def trained(version: str, taxonomy: str) -> None:
+        (run / "artifacts" / "features" / "encoders.json").write_text(taxonomy)
+        subprocess.run([DVC, "add", "-q", "artifacts/features"], cwd=run, check=True)
+        subprocess.run([DVC, "push", "-q", "-r", "artifacts"], cwd=run, check=True)
+        md5 = yaml.safe_load((run / "artifacts/features.dvc").read_text())["outs"][0]["md5"]
+        (run / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"features": {
+            "cmd": "python -m components.pipeline.features", "outs": [
+                {"path": "artifacts/features", "hash": "md5", "md5": md5}]}}}))
+        assert champion_run.record_version(run, model, version)
+
+    assert not champion_run.record_version(tmp_path / "plain", model, "1")  # no remote: services share a disk
+    trained("1", '{"taxonomy": "v1"}')
+    assert champion_run.champion_pointer(project, model) is None  # registered, not champion yet
+    assert champion_run.record_champion(run, model, "1")
+    ws, pointer = cli.wait_for_run(project, poll_seconds=0.05)
+    assert pointer["version"] == "1" and ws.name == f"champion-{model}-v1" and ws.parent == project / "runs"
+    assert (ws / "artifacts/features/encoders.json").read_text() == '{"taxonomy": "v1"}'
+    assert yaml.safe_load((ws / "params.yaml").read_text())["seed"] == 7  # the run's own params
+    assert not champion_run.record_champion(run, model, "9")  # a version without a pointer: nothing moves
+    assert champion_run.champion_pointer(project, model)["version"] == "1"
+
+    stopped = []
+    monkeypatch.setattr(cli.os, "kill", lambda pid, sig: stopped.append((pid, sig)))
+    watcher = cli.follow_champion(project, pointer, poll_seconds=0.05)
+    trained("2", '{"taxonomy": "v2"}')
+    champion_run.record_champion(run, model, "2")
+    watcher.join(timeout=60)
+    assert stopped == [(os.getpid(), signal.SIGTERM)]  # after the new run was fetched: the restart is quick
+    assert (project / "runs" / f"champion-{model}-v2" / "artifacts/features/encoders.json").read_text() == \
+        '{"taxonomy": "v2"}'
+    assert not ws.exists()  # the old champion's rebuilt run is removed
+    assert cli.wait_for_run(project, poll_seconds=0.05)[1]["version"] == "2"

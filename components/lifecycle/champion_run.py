@@ -1,0 +1,90 @@
+"""Where the champion's pipeline result is, for a service that shares no disk with the run that made it.
+
+The review station in compose has a volume of its own and may read the DVC remote `artifacts`, nothing else (no
+registry, no worker's disk). So the registry leaves it a trail in that remote: `register` writes
+`pointers/<model>/v<N>.json` (the run's dvc.lock, its params overrides and its name: enough to rebuild the
+workspace), and `promote` and `rollback` copy the champion's to `pointers/<model>/champion.json`. A reader rebuilds
+the workspace from it (run_workspace.checked_out: the outputs by md5 from the remote). A project without the
+`artifacts` remote writes no trail: its services share its disk and read runs/latest."""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from components.lifecycle.provenance import RUN_FILE
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+PREFIX = "champion-"  # runs/champion-<model>-v<N>/: a workspace rebuilt from a pointer
+
+
+def _name(model: str, which: str) -> str:
+    return f"{model}/{which}.json"
+
+
+def version_pointer(workspace: Path, model: str, version: str) -> dict:
+    """What rebuilds the result that `version` was registered from: the workspace's dvc.lock and overrides."""
+    ws = Path(workspace)
+    lock = ws / "dvc.lock"
+    if not lock.is_file():
+        raise FileNotFoundError(f"{lock}: no DVC lock to record for {model} v{version}; run `dvc repro` first")
+    run = json.loads((ws / RUN_FILE).read_text(encoding="utf-8")) if (ws / RUN_FILE).is_file() else {}
+    return {"model": model, "version": str(version), "run": ws.resolve().name,
+            "overrides": run.get("overrides", {}), "lock": base64.b64encode(lock.read_bytes()).decode()}
+
+
+def record_version(workspace: Path, model: str, version: str) -> bool:
+    """At registration, from the run's workspace (cwd in the DAG). False without an `artifacts` remote."""
+    from components.orchestration.run_workspace import has_remote, put_pointer
+
+    if not has_remote(workspace, "artifacts"):
+        return False
+    if not (Path(workspace) / "dvc.lock").is_file():  # a model made outside the pipeline: nothing to rebuild
+        log.warning("%s v%s: no dvc.lock in %s, so no pointer: the review station cannot show its run", model,
+                    version, workspace)
+        return False
+    pointer = version_pointer(workspace, model, version)
+    return put_pointer(workspace, _name(model, f"v{version}"), json.dumps(pointer, sort_keys=True).encode())
+
+
+def record_champion(project: Path, model: str, version: str | None) -> bool:
+    """Make the champion pointer name `version` (promote, rollback; rerun by each promote, so a failed write is
+    mended by the next). A version registered before pointers existed has none: the old pointer stays, said in the
+    log. False without an `artifacts` remote or without that version's pointer."""
+    from components.orchestration.run_workspace import get_pointer, put_pointer
+
+    if version is None:
+        return False
+    data = get_pointer(project, _name(model, f"v{version}"))
+    if data is None:
+        if get_pointer(project, _name(model, CHAMPION)) is not None:
+            log.warning("%s v%s has no pointer in the artifact store (registered before them): the review station "
+                        "keeps showing the previous champion's run", model, version)
+        return False
+    if get_pointer(project, _name(model, CHAMPION)) != data:
+        return put_pointer(project, _name(model, CHAMPION), data)
+    return True
+
+
+def champion_pointer(home: Path, model: str) -> dict | None:
+    from components.orchestration.run_workspace import get_pointer
+
+    data = get_pointer(home, _name(model, CHAMPION))
+    return json.loads(data) if data else None
+
+
+def champion_workspace(home: Path, pointer: dict) -> Path:
+    """The champion's result rebuilt under HOME/runs/ (every output of its lock pulled from the remote), once per
+    version; older rebuilt champions are removed."""
+    from components.orchestration.run_workspace import RUNS, checked_out
+
+    run = f"{PREFIX}{pointer['model']}-v{pointer['version']}"
+    ws = checked_out(home, run, pointer["overrides"], pointer["lock"])
+    for old in (Path(home) / RUNS).glob(f"{PREFIX}{pointer['model']}-v*"):
+        if old.name != ws.name:
+            shutil.rmtree(old, ignore_errors=True)
+    return ws
