@@ -21,6 +21,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from components.config import ConfigError
 
@@ -39,6 +40,20 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "publish": ("components.lifecycle.publish", "log the pipeline's trained models and results to MLflow"),
     "report": ("components.results", "regenerate the results tables of README.md and docs/evaluation.md"),
 }
+
+
+def wiring(command: str) -> dict:
+    """What a command gets from the deployment layer above it (components.orchestration), which its own layer may
+    not import: the registry's trail in the artifact store, and the review station's way to the champion's run."""
+    if command == "registry":
+        from components.orchestration.champion_run import Trail
+
+        return {"trail": Trail(Path.cwd())}
+    if command == "review":
+        from components.orchestration.champion_run import StationChampion
+
+        return {"champion": StationChampion}
+    return {}
 
 
 def setup_logging(verbosity: int) -> None:
@@ -77,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[opts.command][0])
     sys.argv[0] = f"deepfusion {opts.command}"
     try:
-        return int(module.main(argv[at + 1 :]) or 0)
+        return int(module.main(argv[at + 1 :], **wiring(opts.command)) or 0)
     except ConfigError as exc:  # no params.yaml here, or a wrong key: the user's to fix, not a crash
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -170,9 +170,11 @@ def retrain():
 
         from components.config import load_params
         from components.lifecycle import registry
+        from components.orchestration.champion_run import Trail
 
-        with contextlib.chdir(run_workspace(STAGES)):
-            return registry.register(load_params())
+        ws = run_workspace(STAGES)
+        with contextlib.chdir(ws):
+            return registry.register(load_params(), Trail(ws))
 
     @task(trigger_rule=JOIN, execution_timeout=TIMEOUT["registry"])
     def promote(params: dict) -> bool:
@@ -182,11 +184,13 @@ def retrain():
 
         from components.config import load_params
         from components.lifecycle import registry
+        from components.orchestration.champion_run import Trail
 
         if params["mode"] == "register_only":
             raise AirflowSkipException("register_only: the promotion gate is not run")
-        with contextlib.chdir(run_workspace(STAGES)):
-            return registry.promote(load_params()).promote
+        ws = run_workspace(STAGES)
+        with contextlib.chdir(ws):
+            return registry.promote(load_params(), Trail(ws)).promote
 
     @task.short_circuit(execution_timeout=TIMEOUT["quick"])
     def promoted(decision: bool) -> bool:

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -32,7 +33,6 @@ from components.checkpoint import CheckpointError
 from components.config import Params, RegistryParams, load_params, params_to_dict
 from components.data import cached_products
 from components.images import ImageBatch
-from components.lifecycle import champion_run
 from components.lifecycle.provenance import data_md5, git_commit, locked_outputs, recipe_md5, run_overrides_tag
 from components.lifecycle.publish import PublishError, served, served_model_uri
 from components.metrics import classification
@@ -183,7 +183,16 @@ def model_card(evaluation: dict, tags: dict[str, str], levels: tuple[str, ...]) 
     ])
 
 
-def register(params: Params) -> str:
+class Trail(Protocol):
+    """Where the registry's changes are also recorded for services that cannot reach the registry (the review
+    station in compose: components.orchestration.champion_run.Trail)."""
+
+    def version(self, model: str, version: str) -> bool: ...
+
+    def champion(self, model: str, version: str | None) -> bool: ...
+
+
+def register(params: Params, trail: Trail | None = None) -> str:
     model = served(params).model
     if not model.is_file():
         raise RegistryError(f"{model} not found; run `dvc repro` first")
@@ -217,8 +226,8 @@ def register(params: Params) -> str:
         # rerun of the same recipe (data, params, code) whose floats came out differently (another CPU's order).
         run_id, uri = served_model_uri(params)
         version = store.register_model(params, uri, run_id, tags)
-        # Before any alias names it: a service without a shared disk finds the version's result through it.
-        champion_run.record_version(Path.cwd(), params.registry.model_name, version)
+        if trail is not None:  # before any alias names it: a service without the run's disk finds it so
+            trail.version(params.registry.model_name, version)
         c = store.client(params)
         store.describe(c, params.registry.model_name, version, model_text(params.catalog.levels),
                        model_card(evaluation, tags, params.catalog.levels))
@@ -231,14 +240,15 @@ def register(params: Params) -> str:
     return version
 
 
-def promote(params: Params) -> Decision:
-    """The gate on @challenger; then the champion pointer is made to match @champion whatever the outcome (a
-    rerun after a failed write mends it)."""
+def promote(params: Params, trail: Trail | None = None) -> Decision:
+    """The gate on @challenger; then the trail is made to name @champion whatever the outcome (a rerun after a
+    failed write mends it)."""
     decision = _judge(params)
-    name = params.registry.model_name
-    with store.registry_errors(params, "promote"):
-        champ = store.alias_version(store.client(params), name, CHAMPION)
-    champion_run.record_champion(Path.cwd(), name, champ)
+    if trail is not None:
+        name = params.registry.model_name
+        with store.registry_errors(params, "promote"):
+            champ = store.alias_version(store.client(params), name, CHAMPION)
+        trail.champion(name, champ)
     return decision
 
 
@@ -288,7 +298,7 @@ def _judge(params: Params) -> Decision:
     return decision
 
 
-def rollback(params: Params) -> str:
+def rollback(params: Params, trail: Trail | None = None) -> str:
     name = params.registry.model_name
     with promotion_lock(params), store.registry_errors(params, "rollback"):
         c = store.client(params)
@@ -302,7 +312,8 @@ def rollback(params: Params) -> str:
         store.set_version_tags(c, name, champ, {"rolled_back": f"champion returned to v{prev}"})
         if store.alias_version(c, name, CHALLENGER) == champ:  # the gate refuses it anyway; do not leave it waiting
             store.delete_alias(c, name, CHALLENGER)
-    champion_run.record_champion(Path.cwd(), name, prev)
+    if trail is not None:
+        trail.champion(name, prev)
     print(f"@{CHAMPION}: v{champ} -> v{prev}")
     return prev
 
@@ -329,7 +340,9 @@ HELP = {"register": "publish the pipeline's outputs to MLflow and register the s
         "status": "list the model's versions with aliases, scores and gate decisions"}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, trail: Trail | None = None) -> int:
+    """`deepfusion registry ...`; `trail`: what the deployment records beside the registry (the CLI passes the
+    artifact store's, components.cli)."""
     import argparse
 
     ap = argparse.ArgumentParser(prog="deepfusion registry", description=__doc__.split("\n")[0])
@@ -339,7 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)  # before the params: --help works anywhere
     logging.basicConfig(level=logging.WARNING)
     try:
-        COMMANDS[args.command](load_params())
+        params = load_params()
+        if args.command == "status":
+            status(params)
+        else:
+            COMMANDS[args.command](params, trail)
     except (RegistryError, PublishError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -24,7 +24,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import pandas as pd
 
@@ -92,25 +94,30 @@ def _has_taxonomy(ws: Path) -> bool:
     return (ws / "params.yaml").is_file() and (ws / load_params(ws).paths.features / "encoders.json").is_file()
 
 
-def wait_for_run(home: Path, poll_seconds: float = 10.0) -> tuple[Path, dict | None]:
+class ChampionSource(Protocol):
+    """The champion's run for a station that shares no disk with the workers
+    (components.orchestration.champion_run.StationChampion, wired in by components.cli)."""
+
+    def current(self) -> tuple[Path, dict] | None: ...
+
+    def newer(self, shown: dict) -> dict | None: ...
+
+
+def wait_for_run(home: Path, poll_seconds: float = 10.0, champion: ChampionSource | None = None
+                 ) -> tuple[Path, dict | None]:
     """The workspace whose products and taxonomy the station shows, and the champion pointer it came from (None
     for a local run). The platform's last finished run (HOME/runs/latest, resolved: a later run's pruning of old
     workspaces does not pull it away), else HOME itself; else, on a host that shares no disk with the workers
-    (compose), the champion's run rebuilt from the DVC remote `artifacts` (components.lifecycle.champion_run).
-    Waits while none has one."""
-    from components.lifecycle import champion_run
-
+    (compose), the champion's run rebuilt from the artifact store. Waits while none has one."""
     told = False
     while True:
         for ws in (home / "runs" / "latest", home):
             if _has_taxonomy(ws):
                 return ws.resolve(), None
         try:
-            pointer = champion_run.champion_pointer(home, load_params(home).registry.model_name)
-            if pointer is not None:
-                ws = champion_run.champion_workspace(home, pointer)
-                if _has_taxonomy(ws):
-                    return ws, pointer
+            found = champion.current() if champion is not None else None
+            if found is not None and _has_taxonomy(found[0]):
+                return found
         except Exception as exc:  # noqa: BLE001 (the store may be down or the pull cut: said, then retried)
             print(f"review station: the champion's run cannot be fetched yet ({type(exc).__name__}: {exc})",
                   flush=True)
@@ -121,22 +128,20 @@ def wait_for_run(home: Path, poll_seconds: float = 10.0) -> tuple[Path, dict | N
         time.sleep(poll_seconds)
 
 
-def follow_champion(home: Path, shown: dict, poll_seconds: float = CHAMPION_POLL_SECONDS) -> threading.Thread:
-    """Watch the champion pointer; when another version becomes champion, rebuild its workspace first, then stop
-    the server (SIGTERM: gunicorn finishes the requests in flight) so that the supervisor (compose's restart
-    policy) starts the station again on the new run. Reviewers' decisions live in the database: nothing is lost."""
-    from components.lifecycle import champion_run
-
+def follow_champion(champion: ChampionSource, shown: dict, poll_seconds: float = CHAMPION_POLL_SECONDS
+                    ) -> threading.Thread:
+    """Watch the champion; when another version becomes champion, rebuild its run first, then stop the server
+    (SIGTERM: gunicorn finishes the requests in flight) so that the supervisor (compose's restart policy) starts
+    the station again on the new run. Reviewers' decisions live in the database: nothing is lost."""
     def watch() -> None:
         while True:
             time.sleep(poll_seconds)
             try:
-                pointer = champion_run.champion_pointer(home, shown["model"])
-                if pointer is None or pointer["version"] == shown["version"]:
-                    continue
-                champion_run.champion_workspace(home, pointer)
+                pointer = champion.newer(shown)
             except Exception as exc:  # noqa: BLE001 (retried at the next poll; the current run stays served)
                 log.warning("review station: checking the champion failed (%s); retrying", exc)
+                continue
+            if pointer is None:
                 continue
             print(f"review station: {shown['model']} v{pointer['version']} is the champion now (was "
                   f"v{shown['version']}): restarting on its run", flush=True)
@@ -180,7 +185,8 @@ def create(params: Params, store: Store, secret: bytes | None = None):
                       upload=upload, secure_cookie=os.environ.get("DEEPFUSION_REVIEW_SECURE_COOKIE") == "1")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, champion: Callable[[Path, str], ChampionSource] | None = None) -> int:
+    """`champion(home, model)`: how `serve --home` reaches the champion's run without the workers' disk."""
     ap = argparse.ArgumentParser(prog="deepfusion review", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="action", required=True)
     u = sub.add_parser("user", help="add a user or reset one's password")
@@ -239,13 +245,15 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             secret = secret_key(params)  # the home's key (or env): sessions outlive the run shown
             if args.home is not None:
-                workspace, pointer = wait_for_run(args.home.resolve())
+                home = args.home.resolve()
+                source = champion(home, load_params(home).registry.model_name) if champion else None
+                workspace, pointer = wait_for_run(home, champion=source)
                 os.chdir(workspace)
                 params = load_params()
                 print(f"review station: the catalog of {workspace}"
                       + (f" ({pointer['model']} v{pointer['version']}, the champion)" if pointer else ""), flush=True)
-                if pointer:
-                    follow_champion(args.home.resolve(), pointer)
+                if pointer and source:
+                    follow_champion(source, pointer)
             app = create(params, store, secret)
             print(f"review station: http://{args.host}:{args.port}/", flush=True)
             from components.review.app import serve

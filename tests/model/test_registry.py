@@ -83,7 +83,7 @@ def with_other_checkpoint(params, tmp_path: Path, seed: int):
 @pytest.fixture(autouse=True)
 def project(tmp_path, monkeypatch) -> Path:
     """Register, promote and rollback run in a pipeline result's folder (the DAG's run workspace): here one with a
-    DVC remote `artifacts` of its own, where the registry leaves the champion pointer (never the repo's remote)."""
+    DVC remote `artifacts` of its own, where the trail's champion pointer goes (never the repo's remote)."""
     (tmp_path / ".dvc").mkdir()
     (tmp_path / ".dvc" / "config").write_text(f"['remote \"artifacts\"']\n    url = {tmp_path / 'remote'}\n")
     (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
@@ -95,7 +95,7 @@ def project(tmp_path, monkeypatch) -> Path:
 
 def pointed(params) -> str | None:
     """The version the champion pointer in the artifact store names (what the review station in compose shows)."""
-    from components.lifecycle import champion_run
+    from components.orchestration import champion_run
 
     return (champion_run.champion_pointer(Path.cwd(), params.registry.model_name) or {}).get("version")
 
@@ -105,24 +105,27 @@ def aliases(params) -> dict[str, str | None]:
     return {a: store.alias_version(c, params.registry.model_name, a) for a in ("champion", "challenger")}
 
 
-def test_register_promote_refuse_rollback(reg, capsys, tmp_path):
+def test_register_promote_refuse_rollback(reg, capsys, tmp_path, project):
+    from components.orchestration.champion_run import Trail
+
+    trail = Trail(project)  # what the retrain DAG and `deepfusion registry` hand the registry
     with pytest.raises(RegistryError, match="no @challenger"):
-        registry.promote(reg)
-    v1 = registry.register(reg)
+        registry.promote(reg, trail)
+    v1 = registry.register(reg, trail)
     tags = store.version_tags(store.client(reg), reg.registry.model_name, v1)
     assert tags["validation_passed"] == "True" and "test_articleType_macro_f1" in tags and "params" in tags
     assert aliases(reg) == {"champion": None, "challenger": v1}
-    assert registry.promote(reg).promote  # first model meeting the floors
+    assert registry.promote(reg, trail).promote  # first model meeting the floors
     assert aliases(reg) == {"champion": v1, "challenger": None}  # nothing left waiting to be judged
     assert pointed(reg) == v1
-    assert not registry.promote(reg).promote  # a rerun of the gate is a no-op
+    assert not registry.promote(reg, trail).promote  # a rerun of the gate is a no-op
 
-    assert registry.register(reg) == v1  # the same checkpoint again: the same version, not a duplicate
+    assert registry.register(reg, trail) == v1  # the same checkpoint again: the same version, not a duplicate
     assert aliases(reg) == {"champion": v1, "challenger": None}  # ...and not a challenger of itself
     other = with_other_checkpoint(reg, tmp_path, seed=1)
-    v2 = registry.register(other)  # another checkpoint with the same weights: re-scored equal, so no gain
+    v2 = registry.register(other, trail)  # another checkpoint with the same weights: re-scored equal, so no gain
     assert v2 != v1
-    d = registry.promote(reg)
+    d = registry.promote(reg, trail)
     assert not d.promote and "gain +0.0000" in d.reason
     assert aliases(reg) == {"champion": v1, "challenger": v2}
     assert store.version_tags(store.client(reg), reg.registry.model_name, v2)["promotion_decision"] == \
@@ -130,15 +133,15 @@ def test_register_promote_refuse_rollback(reg, capsys, tmp_path):
     assert pointed(reg) == v1
 
     eager = dataclasses.replace(reg, registry=dataclasses.replace(reg.registry, min_gain=-1.0))
-    assert registry.promote(eager).promote
+    assert registry.promote(eager, trail).promote
     assert aliases(reg)["champion"] == v2
     assert aliases(reg) == {"champion": v2, "challenger": None} and pointed(reg) == v2
-    assert registry.rollback(reg) == v1 and aliases(reg) == {"champion": v1, "challenger": None}
+    assert registry.rollback(reg, trail) == v1 and aliases(reg) == {"champion": v1, "challenger": None}
     assert pointed(reg) == v1
     with pytest.raises(RegistryError, match="no previous champion"):
-        registry.rollback(reg)
-    assert registry.register(other) == v2 and aliases(reg)["challenger"] == v2  # the bad model, registered again
-    d = registry.promote(eager)  # the gate refuses a rolled-back version whatever its scores
+        registry.rollback(reg, trail)
+    assert registry.register(other, trail) == v2 and aliases(reg)["challenger"] == v2  # the bad model, registered again
+    d = registry.promote(eager, trail)  # the gate refuses a rolled-back version whatever its scores
     assert not d.promote and "was rolled back" in d.reason and aliases(reg)["champion"] == v1 == pointed(reg)
     versions = registry.status(reg)
     assert [v["version"] for v in versions][:2] == [v1, v2]

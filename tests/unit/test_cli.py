@@ -52,3 +52,20 @@ def test_unknown_commands_and_verbosity(capsys):
     cli.setup_logging(1)
     assert logging.getLogger().level == logging.DEBUG and logging.getLogger("mlflow").level == logging.WARNING
     cli.setup_logging(0)
+
+
+def test_the_cli_wires_the_deployment_into_registry_and_review(tmp_path, monkeypatch):
+    """The registry and the review station sit below components.orchestration and may not import it: the CLI
+    hands them the artifact store's trail and the station's way to the champion's run, and each takes them."""
+    import importlib
+    import inspect
+
+    from components.orchestration.champion_run import StationChampion, Trail
+
+    monkeypatch.chdir(tmp_path)
+    trail = cli.wiring("registry")["trail"]
+    assert isinstance(trail, Trail) and trail.project == tmp_path  # the pipeline result the command runs in
+    assert cli.wiring("review") == {"champion": StationChampion}
+    for command, (module, _) in cli.COMMANDS.items():
+        main = importlib.import_module(module).main
+        assert set(cli.wiring(command)) <= set(inspect.signature(main).parameters), command

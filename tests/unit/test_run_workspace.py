@@ -242,7 +242,7 @@ def test_a_station_without_the_workers_disk_shows_the_champion_s_run(project, tm
 
     import yaml
 
-    from components.lifecycle import champion_run
+    from components.orchestration import champion_run
     from components.review import cli
 
     run = tmp_path / "runs" / "run-7"  # the retrain's workspace on a worker (another machine)
@@ -266,7 +266,8 @@ def test_a_station_without_the_workers_disk_shows_the_champion_s_run(project, tm
     trained("1", '{"taxonomy": "v1"}')
     assert champion_run.champion_pointer(project, model) is None  # registered, not champion yet
     assert champion_run.record_champion(run, model, "1")
-    ws, pointer = cli.wait_for_run(project, poll_seconds=0.05)
+    station = champion_run.StationChampion(project, model)  # what `deepfusion review serve --home` is handed
+    ws, pointer = cli.wait_for_run(project, poll_seconds=0.05, champion=station)
     assert pointer["version"] == "1" and ws.name == f"champion-{model}-v1" and ws.parent == project / "runs"
     assert (ws / "artifacts/features/encoders.json").read_text() == '{"taxonomy": "v1"}'
     assert yaml.safe_load((ws / "params.yaml").read_text())["seed"] == 7  # the run's own params
@@ -275,7 +276,7 @@ def test_a_station_without_the_workers_disk_shows_the_champion_s_run(project, tm
 
     stopped = []
     monkeypatch.setattr(cli.os, "kill", lambda pid, sig: stopped.append((pid, sig)))
-    watcher = cli.follow_champion(project, pointer, poll_seconds=0.05)
+    watcher = cli.follow_champion(station, pointer, poll_seconds=0.05)
     trained("2", '{"taxonomy": "v2"}')
     champion_run.record_champion(run, model, "2")
     watcher.join(timeout=60)
@@ -283,4 +284,4 @@ def test_a_station_without_the_workers_disk_shows_the_champion_s_run(project, tm
     assert (project / "runs" / f"champion-{model}-v2" / "artifacts/features/encoders.json").read_text() == \
         '{"taxonomy": "v2"}'
     assert not ws.exists()  # the old champion's rebuilt run is removed
-    assert cli.wait_for_run(project, poll_seconds=0.05)[1]["version"] == "2"
+    assert cli.wait_for_run(project, poll_seconds=0.05, champion=station)[1]["version"] == "2"
