@@ -243,18 +243,19 @@ def register(params: Params, trail: Trail | None = None) -> str:
 def promote(params: Params, trail: Trail | None = None) -> Decision:
     """The gate on @challenger; then the trail is made to name @champion whatever the outcome (a rerun after a
     failed write mends it)."""
-    decision = _judge(params)
-    if trail is not None:
-        name = params.registry.model_name
-        with store.registry_errors(params, "promote"):
-            champ = store.alias_version(store.client(params), name, CHAMPION)
-        trail.champion(name, champ)
+    name = params.registry.model_name
+    with promotion_lock(params):  # the trail too: two promotions on this host cannot cross their writes
+        decision = _judge(params)
+        if trail is not None:
+            with store.registry_errors(params, "promote"):
+                champ = store.alias_version(store.client(params), name, CHAMPION)
+            trail.champion(name, champ)
     return decision
 
 
 def _judge(params: Params) -> Decision:
     name = params.registry.model_name
-    with promotion_lock(params), store.registry_errors(params, "promote"):
+    with store.registry_errors(params, "promote"):
         c = store.client(params)
         chal = store.alias_version(c, name, CHALLENGER)
         champ = store.alias_version(c, name, CHAMPION)
@@ -312,8 +313,8 @@ def rollback(params: Params, trail: Trail | None = None) -> str:
         store.set_version_tags(c, name, champ, {"rolled_back": f"champion returned to v{prev}"})
         if store.alias_version(c, name, CHALLENGER) == champ:  # the gate refuses it anyway; do not leave it waiting
             store.delete_alias(c, name, CHALLENGER)
-    if trail is not None:
-        trail.champion(name, prev)
+        if trail is not None:
+            trail.champion(name, prev)
     print(f"@{CHAMPION}: v{champ} -> v{prev}")
     return prev
 

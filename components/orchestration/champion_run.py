@@ -37,26 +37,20 @@ def _name(model: str, which: str) -> str:
     return f"{model}/{which}.json"
 
 
-def version_pointer(workspace: Path, model: str, version: str) -> dict:
-    """What rebuilds the result that `version` was registered from: the workspace's dvc.lock and overrides."""
-    ws = Path(workspace)
-    lock = ws / "dvc.lock"
-    if not lock.is_file():
-        raise FileNotFoundError(f"{lock}: no DVC lock to record for {model} v{version}; run `dvc repro` first")
-    run = json.loads((ws / RUN_FILE).read_text(encoding="utf-8")) if (ws / RUN_FILE).is_file() else {}
-    return {"model": model, "version": str(version), "run": ws.resolve().name,
-            "overrides": run.get("overrides", {}), "lock": base64.b64encode(lock.read_bytes()).decode()}
-
-
 def record_version(workspace: Path, model: str, version: str) -> bool:
-    """At registration, from the run's workspace (cwd in the DAG). False without an `artifacts` remote."""
-    if not has_remote(workspace, "artifacts"):
+    """At registration, from the run's workspace: what rebuilds the result `version` was registered from (its
+    dvc.lock and params overrides). False without an `artifacts` remote, or without a lock (a model made outside
+    the pipeline: nothing to rebuild)."""
+    ws = Path(workspace)
+    if not has_remote(ws, "artifacts"):
         return False
-    if not (Path(workspace) / "dvc.lock").is_file():  # a model made outside the pipeline: nothing to rebuild
+    if not (ws / "dvc.lock").is_file():
         log.warning("%s v%s: no dvc.lock in %s, so no pointer: the review station cannot show its run", model,
-                    version, workspace)
+                    version, ws)
         return False
-    pointer = version_pointer(workspace, model, version)
+    run = json.loads((ws / RUN_FILE).read_text(encoding="utf-8")) if (ws / RUN_FILE).is_file() else {}
+    pointer = {"model": model, "version": str(version), "run": ws.resolve().name,
+               "overrides": run.get("overrides", {}), "lock": base64.b64encode((ws / "dvc.lock").read_bytes()).decode()}
     return put_pointer(workspace, _name(model, f"v{version}"), json.dumps(pointer, sort_keys=True).encode())
 
 
