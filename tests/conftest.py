@@ -31,6 +31,14 @@ def quiet_libraries():
                 mp.setenv(k, v)
         yield
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory):
+    """Registered models' artifacts are cached per machine (components.serving.mlflow_model): the tests' in a
+    folder of their own, never the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DEEPFUSION_MODEL_CACHE", str(tmp_path_factory.mktemp("model-cache")))
+        yield
+
 # (master, sub, article, colour of the synthetic product shot, shape)
 TAXONOMY = [
     ("Apparel", "Topwear", "Tshirts", (200, 30, 30), "square"),

@@ -21,7 +21,9 @@ import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -209,6 +211,62 @@ def artifact_md5(model: str | Path, schema: CatalogSchema, columns: list[str], t
             CATALOG_ARTIFACT: hashlib.md5(catalog_spec(schema, columns)).hexdigest()}
 
 
+log = logging.getLogger(__name__)
+
+MODEL_CACHE_ENV = "DEEPFUSION_MODEL_CACHE"  # a folder, or "off"; default ~/.cache/deepfusion/models
+CACHE_KEEP = 40  # artifact files kept, least recently used removed first (a stack has about ten)
+
+
+def model_cache() -> Path | None:
+    """This machine's cache of registered models' artifacts, by md5: a worker loads `@champion` for every task,
+    and downloading it through the MLflow server each time cost ~15 s of a ~50 s drift report (the load drill)."""
+    env = os.environ.get(MODEL_CACHE_ENV, "")
+    if env == "off":
+        return None
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deepfusion" / "models"
+
+
+def cached_artifact(cache: Path | None, md5: str, name: str) -> Path | None:
+    """The cached copy of the artifact whose registered md5 is `md5`, checked again (a damaged copy is removed
+    and downloaded anew); None when there is none."""
+    if cache is None:
+        return None
+    path = cache / md5 / name
+    if not path.is_file():
+        return None
+    if file_md5(path) != md5:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        return None
+    os.utime(path.parent)  # recently used: pruned last
+    return path
+
+
+def keep_artifact(cache: Path | None, md5: str, downloaded: Path) -> Path:
+    """Put a downloaded, checked artifact into the cache (atomically: another task may load the same model) and
+    prune the least recently used; on a cache that cannot be written the download itself is used."""
+    if cache is None:
+        return downloaded
+    target = cache / md5 / downloaded.name
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{md5}.", dir=cache))
+        shutil.copy2(downloaded, tmp / downloaded.name)
+        try:
+            tmp.rename(cache / md5)
+        except OSError:  # another task cached it first
+            shutil.rmtree(tmp, ignore_errors=True)
+        entries = sorted((p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                         key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in entries[CACHE_KEEP:]:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:  # a full or read-only disk: loading goes on from the download
+        log.warning("model cache %s not written (%s); loading from the download", cache, exc)
+        return downloaded
+    return target if target.is_file() else downloaded
+
+
 def load_categorizer_uri(model_uri: str, params: Params | None = None) -> Categorizer:
     """A registered categorizer (models:/NAME@ALIAS or models:/NAME/VERSION), run by the installed package:
     only its data artifacts are downloaded, each checked against the md5 recorded at registration."""
@@ -230,12 +288,15 @@ def load_categorizer_uri(model_uri: str, params: Params | None = None) -> Catego
             if set(stored) != set(expected):
                 raise CheckpointError(f"{model_uri}: the stored model holds artifacts {sorted(stored)}, the version "
                                       f"was registered with {sorted(expected)}; it was changed after registration")
-            files = {}
+            files, cache = {}, model_cache()
             for key, entry in stored.items():
-                local = mlflow_store.download_model_file(name, version, entry["path"], Path(tmp) / key)
-                if file_md5(local) != expected[key]:
-                    raise CheckpointError(f"{model_uri}: artifact {key!r} ({entry['path']}) does not match the md5 "
-                                          "recorded at registration; the stored model was changed afterwards")
+                local = cached_artifact(cache, expected[key], Path(entry["path"]).name)
+                if local is None:
+                    local = mlflow_store.download_model_file(name, version, entry["path"], Path(tmp) / key)
+                    if file_md5(local) != expected[key]:
+                        raise CheckpointError(f"{model_uri}: artifact {key!r} ({entry['path']}) does not match the "
+                                              "md5 recorded at registration; the stored model was changed afterwards")
+                    local = keep_artifact(cache, expected[key], local)
                 files[key] = local
             model = CategorizerModel()
             model.load_from(files.pop("combiner") if "combiner" in files else files["checkpoint"], files)

@@ -266,12 +266,46 @@ def test_a_registry_writer_cannot_run_code_on_the_workers(reg, trained, tmp_path
         spec = json.loads(combiner.read_text())
         spec["combiner"]["bias"] = [0.0 for _ in spec["combiner"]["bias"]]  # bad weights, not code
         combiner.write_text(json.dumps(spec))
+        os.environ["DEEPFUSION_MODEL_CACHE"] = str(tmp_path / "new-worker")  # one that has not cached it yet
         rc = predict.main([str(data), "--output", str(tmp_path / "q.csv"), "--model",
                            f"models:/{reg.registry.model_name}@champion"])
         assert rc == 2 and "does not match the md5 recorded at registration" in capsys.readouterr().err
         assert not (tmp_path / "q.csv").exists() and not marker.exists()
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI")
+
+
+def test_a_worker_caches_the_champion_by_md5(reg, tmp_path, monkeypatch):
+    """The load drill: every drift report and shard downloaded `@champion` through the MLflow server again (~15 s
+    of ~50 s). A worker keeps each artifact under its registered md5, checks it again at every use, and downloads
+    only the MLmodel file (which lists the artifacts) once it has them."""
+    from components.monitoring.drift import model_fingerprint
+
+    registry.register(reg)
+    registry.promote(reg)
+    fetched = []
+    real = store.download_model_file
+    monkeypatch.setattr(store, "download_model_file",
+                        lambda n, v, rel, dst: fetched.append(rel) or real(n, v, rel, dst))
+    monkeypatch.setenv("DEEPFUSION_MODEL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store.tracking_uri(reg))
+    uri = f"models:/{reg.registry.model_name}@champion"
+    first = load_categorizer_uri(uri, reg)
+    assert len(fetched) > 2 and fetched[0] == "MLmodel"
+    fetched.clear()
+    second = load_categorizer_uri(uri, reg)
+    assert fetched == ["MLmodel"]  # every artifact from the cache
+    assert model_fingerprint(first) == model_fingerprint(second)  # the same weights and combiner
+    damaged = next((tmp_path / "cache").rglob("combiner.json"))
+    damaged.write_text("{}")
+    fetched.clear()
+    third = load_categorizer_uri(uri, reg)
+    assert len(fetched) == 2 and fetched[1].endswith("combiner.json")  # only the damaged copy downloaded again
+    assert json.loads(damaged.read_text()) != {} and model_fingerprint(third) == model_fingerprint(first)
+    monkeypatch.setenv("DEEPFUSION_MODEL_CACHE", "off")
+    fetched.clear()
+    load_categorizer_uri(uri, reg)
+    assert len(fetched) > 2  # no cache: everything downloaded
 
 
 def test_lineage_dataset_model_metrics_and_model_card(reg):
