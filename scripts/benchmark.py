@@ -9,6 +9,9 @@
     .venv/bin/python scripts/benchmark.py shards [--workspace DIR] [--products 4000] [--shards 4]
                                                     # categorize DAG: one process vs plan + shards + merge, each
                                                     # shard a fresh process as a mapped task is; per-shard overhead
+    .venv/bin/python scripts/benchmark.py model-load [--model models:/deepfusion@champion] [--repeats 5]
+                                                    # a registered model loaded through MLFLOW_TRACKING_URI: with
+                                                    # the worker's md5 cache warm vs downloading every artifact
 
 Each measurement runs in a child process so peak RSS is its own.
 """
@@ -492,13 +495,37 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "out": out}}, default=str
           f"{per_shard:.1f} s (model load and batch read again)")
 
 
+def bench_model_load(model: str, repeats: int) -> None:
+    """What a worker's task pays to load the champion: every artifact downloaded through the tracking server (the
+    cache off: the baseline) vs the md5 cache warm (only the MLmodel file fetched). Each load a fresh process, as a
+    task is; the server from MLFLOW_TRACKING_URI (and its USERNAME/PASSWORD)."""
+    code = ("import json, time; t = time.perf_counter(); "
+            "from components.serving.mlflow_model import load_categorizer_uri; t1 = time.perf_counter(); "
+            f"load_categorizer_uri({model!r}); print(json.dumps({{'import_s': t1 - t, "
+            "'load_s': time.perf_counter() - t1}))")
+    with tempfile.TemporaryDirectory() as cache:
+        child(code, {"DEEPFUSION_MODEL_CACHE": cache})  # fills the cache
+        rows = {"downloaded (cache off)": [child(code, {"DEEPFUSION_MODEL_CACHE": "off"})["load_s"]
+                                           for _ in range(repeats)],
+                "cache warm": [child(code, {"DEEPFUSION_MODEL_CACHE": cache})["load_s"] for _ in range(repeats)]}
+        size = sum(f.stat().st_size for f in Path(cache).rglob("*") if f.is_file())
+    base = float(np.median(rows["downloaded (cache off)"]))
+    print(f"model load of {model} from {os.environ.get('MLFLOW_TRACKING_URI', '(default store)')} "
+          f"({size / 2**20:.1f} MiB of artifacts), {repeats} fresh processes each, {cpu_model()}:")
+    for name, times in rows.items():
+        med = float(np.median(times))
+        print(f"  {name:<24} median {med:6.2f} s  (min {min(times):.2f}, max {max(times):.2f})  {base / med:5.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("ingest", "train", "predict", "review", "search", "shards"))
+    ap.add_argument("what", choices=("ingest", "train", "predict", "review", "search", "shards", "model-load"))
+    ap.add_argument("--model", default="models:/deepfusion@champion", help="model-load: the registered model")
     ap.add_argument("--workspace", type=Path, default=ROOT, help="shards: a pipeline result (params + artifacts)")
     ap.add_argument("--products", type=int, default=4000, help="shards: products in the batch")
     ap.add_argument("--shards", type=int, default=4, help="shards: shards the batch is cut into")
-    ap.add_argument("--repeats", type=int, default=3, help="train: fp32/bf16 pairs per model (median reported)")
+    ap.add_argument("--repeats", type=int, default=3, help="train: fp32/bf16 pairs per model (median reported); "
+                    "model-load: loads per variant")
     ap.add_argument("--models", nargs="+", default=["image", "text", "metadata", "fusion"],
                     choices=("image", "text", "metadata", "fusion"), help="train: which models")
     args = ap.parse_args()
@@ -506,6 +533,8 @@ def main() -> None:
         bench_train(repeats=args.repeats, models=tuple(args.models))
     elif args.what == "shards":
         bench_shards(args.workspace, args.products, args.shards)
+    elif args.what == "model-load":
+        bench_model_load(args.model, args.repeats)
     else:
         {"ingest": bench_ingest, "predict": bench_predict, "review": bench_review, "search": bench_search}[args.what]()
 
