@@ -234,12 +234,16 @@ def cached_artifact(cache: Path | None, md5: str, name: str) -> Path | None:
     if cache is None:
         return None
     path = cache / md5 / name
-    if not path.is_file():
+    try:
+        if not path.is_file():
+            return None
+        if file_md5(path) != md5:
+            shutil.rmtree(path.parent, ignore_errors=True)
+            return None
+        os.utime(path.parent)  # recently used: pruned last
+    except OSError as exc:  # another user's cache, a disk gone read-only: download instead
+        log.warning("model cache %s not usable (%s); downloading", cache, exc)
         return None
-    if file_md5(path) != md5:
-        shutil.rmtree(path.parent, ignore_errors=True)
-        return None
-    os.utime(path.parent)  # recently used: pruned last
     return path
 
 

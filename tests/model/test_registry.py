@@ -308,6 +308,24 @@ def test_a_worker_caches_the_champion_by_md5(reg, tmp_path, monkeypatch):
     assert len(fetched) > 2  # no cache: everything downloaded
 
 
+def test_a_cache_the_worker_cannot_read_is_a_miss(tmp_path, monkeypatch):
+    """The platform's services run as their own user and once inherited a cache folder of the test's (root):
+    reading it was PermissionError, which the gate reported as an unreachable registry. Now it is a miss."""
+    from components.serving import mlflow_model
+
+    (tmp_path / "ab12" / "model.pt").parent.mkdir()
+    (tmp_path / "ab12" / "model.pt").write_bytes(b"w")
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(mlflow_model, "file_md5", denied)
+    assert mlflow_model.cached_artifact(tmp_path, "ab12", "model.pt") is None
+    monkeypatch.setattr(Path, "mkdir", lambda *a, **k: denied(a[0]))
+    assert mlflow_model.keep_artifact(tmp_path / "other", "cd34", tmp_path / "ab12" / "model.pt") == \
+        tmp_path / "ab12" / "model.pt"  # not cached: loaded from the download
+
+
 def test_lineage_dataset_model_metrics_and_model_card(reg):
     """Issue 42 (lineage): the training runs name their data (a dataset input whose digest is the DVC md5), the
     logged model carries its test metrics, and the registered model and version have descriptions."""
