@@ -43,6 +43,7 @@ class Stack:
                     # A lost worker is noticed after a minute instead of five.
                     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60"}
         self.env.pop("MLFLOW_TRACKING_URI", None)
+        self.env.pop("DEEPFUSION_MODEL_CACHE", None)  # the tests' folder (root's): the services keep their own
 
     def sh(self, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
         r = subprocess.run(["bash", str(ROOT / "scripts" / "platform.sh"), *args], env=self.env, capture_output=True,
