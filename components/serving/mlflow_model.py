@@ -43,6 +43,8 @@ from components.models.retrieval import load_towers, space_fingerprint
 from components.serving.categorizer import Categorizer, load_images
 from components.serving.stacked import StackedCategorizer, file_md5, is_stack, served_experts, stack_file
 
+log = logging.getLogger(__name__)
+
 # What a served model needs at inference (not the training or orchestration stack).
 SERVING_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "pandas>=3.0,<3.1",
                         "numpy", "pillow", "scikit-learn", "tqdm", "pyyaml"]
@@ -210,8 +212,6 @@ def artifact_md5(model: str | Path, schema: CatalogSchema, columns: list[str], t
     return {**{k: file_md5(Path(v)) for k, v in model_artifacts(model, towers).items()},
             CATALOG_ARTIFACT: hashlib.md5(catalog_spec(schema, columns)).hexdigest()}
 
-
-log = logging.getLogger(__name__)
 
 MODEL_CACHE_ENV = "DEEPFUSION_MODEL_CACHE"  # a folder, or "off"; default ~/.cache/deepfusion/models
 CACHE_KEEP = 40  # artifact files kept, least recently used removed first (a stack has about ten)
