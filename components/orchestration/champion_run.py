@@ -61,14 +61,13 @@ def record_champion(project: Path, model: str, version: str | None) -> bool:
     if version is None:
         return False
     data = get_pointer(project, _name(model, f"v{version}"))
+    current = get_pointer(project, _name(model, CHAMPION))
     if data is None:
-        if get_pointer(project, _name(model, CHAMPION)) is not None:
+        if current is not None:
             log.warning("%s v%s has no pointer in the artifact store (registered before them): the review station "
                         "keeps showing the previous champion's run", model, version)
         return False
-    if get_pointer(project, _name(model, CHAMPION)) != data:
-        return put_pointer(project, _name(model, CHAMPION), data)
-    return True
+    return current == data or put_pointer(project, _name(model, CHAMPION), data)
 
 
 def champion_pointer(home: Path, model: str) -> dict | None:
