@@ -1,8 +1,9 @@
 """categorize: batch categorization of new catalog batches with the champion -> predictions + review queue.
 
 The champion's version is resolved once per run. Each batch is planned into shards (one, unless it holds more than
-`landing.shard_rows` products), every shard is a mapped task any worker may take, and one merge task per batch puts
-its shards together atomically (components.orchestration.landing)."""
+`landing.shard_rows` products) and the shards packed into mapped tasks any worker may take (a few small uploads per
+task); merge tasks put each batch's shards together atomically, a few batches each
+(components.orchestration.landing)."""
 from __future__ import annotations
 
 from airflow.sdk import Param, dag, task
@@ -17,11 +18,13 @@ from common.settings import DEFAULT_ARGS, START, TIMEOUT, home, landing
                             description="the name of a batch folder in the landing area (manual runs)")})
 def categorize():
     @task(execution_timeout=TIMEOUT["quick"])
-    def batches(params: dict, *, triggering_asset_events=None) -> list[str]:
+    def batches(params: dict, *, triggering_asset_events=None) -> list[list[str]]:
+        from components.orchestration.landing import in_groups
+
         found = [params["batch"]] if params.get("batch") else []
         for event in (triggering_asset_events or {}).get(NEW_CATALOG, []):
             found += event.extra.get("batches", [])
-        return sorted(set(found))
+        return in_groups(sorted(set(found)))
 
     @task(execution_timeout=TIMEOUT["quick"])
     def model() -> str:
@@ -30,28 +33,28 @@ def categorize():
         return serving_model(home())
 
     @task(execution_timeout=TIMEOUT["io"])
-    def plan(names: list[str], model_uri: str) -> list[dict]:
+    def plan(groups: list[list[str]], model_uri: str) -> list[list[dict]]:
         from components.orchestration.landing import shard_plan
 
-        return shard_plan(home(), landing(), names, model_uri)
+        return shard_plan(home(), landing(), [name for group in groups for name in group], model_uri)
 
     @task(execution_timeout=TIMEOUT["batch"])
-    def score_shard(spec: dict, model_uri: str) -> dict:
-        from components.orchestration.landing import score_shard as run
+    def score_shards(specs: list[dict], model_uri: str) -> list[dict]:
+        from components.orchestration.landing import score_shards as run
 
-        return run(home(), landing(), spec, model_uri)
+        return run(home(), landing(), specs, model_uri)
 
     # all_done: a batch's merge runs whatever became of the shards (none for a batch already categorized, a
     # failed one of another batch) and checks its own parts itself.
     @task(execution_timeout=TIMEOUT["io"], trigger_rule="all_done")
-    def merge_batch(batch: str, model_uri: str, scored: list[dict]) -> dict:
-        from components.orchestration.landing import merge_shards
+    def merge_batches(names: list[str], model_uri: str, scored: list[list[dict]]) -> list[dict]:
+        from components.orchestration.landing import merge_group
 
-        return merge_shards(home(), landing(), batch, model_uri, [s for s in scored or [] if s])
+        return merge_group(home(), landing(), names, model_uri, [s for task in scored or [] if task for s in task])
 
-    names, uri = batches(), model()
-    scored = score_shard.partial(model_uri=uri).expand(spec=plan(names, uri))
-    merge_batch.partial(model_uri=uri, scored=scored).expand(batch=names)
+    groups, uri = batches(), model()
+    scored = score_shards.partial(model_uri=uri).expand(specs=plan(groups, uri))
+    merge_batches.partial(model_uri=uri, scored=scored).expand(names=groups)
 
 
 categorize()

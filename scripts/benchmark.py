@@ -432,7 +432,7 @@ print(json.dumps({{"n": len(s.index.ids), "source": source, "text": lat(titles, 
 
 def bench_shards(workspace: Path, n: int, shards: int) -> None:
     """The categorize DAG's sharded path against one process on the same core (one thread each): a batch of `n`
-    real catalog products scored by categorize_batch, then by shard_plan + `shards` score_shard + merge_shards,
+    real catalog products scored by categorize_batch, then by shard_plan + `shards` score_shards tasks + merge_shards,
     each step a fresh interpreter (as each mapped task is one). The difference over the shard count is the cost
     of a shard (interpreter, imports, model load, reading the batch again); the merge's own cost is printed apart.
     `workspace`: a pipeline result (its params.yaml and artifacts/stack), default this project."""
@@ -480,8 +480,9 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "out": out}}, default=str
         args = f"Path({str(home)!r}), Path({str(tmp / 'landing')!r})"
         one = child(step.format(call=f"categorize_batch({args}, 'one', {model!r})"), env)
         plan = child(step.format(call=f"shard_plan({args}, ['sharded'], {model!r})"), env)
-        parts = [child(step.format(call=f"score_shard({args}, {spec!r}, {model!r})"), env) for spec in plan["out"]]
-        scored = [p["out"] for p in parts]
+        # one shard_rows-sized shard per task: as the DAG maps them
+        parts = [child(step.format(call=f"score_shards({args}, {task!r}, {model!r})"), env) for task in plan["out"]]
+        scored = [s for p in parts for s in p["out"]]
         merge = child(step.format(call=f"merge_shards({args}, 'sharded', {model!r}, {scored!r})"), env)
     total = plan["seconds"] + sum(p["seconds"] for p in parts) + merge["seconds"]
     per_shard = (total - one["seconds"]) / len(parts)

@@ -406,11 +406,11 @@ def running_task(d: Deployment, dag: str, task: str, since: set[str], states: tu
 
 RUNNING, WAITING = ("running",), ("scheduled", "queued", "running")
 CATEGORIZE_FAULTS = (  # (DAG, task, in which states the fault hits it, fault, how)
-    ("categorize", "score_shard", RUNNING, "worker container killed (mid-scoring)", lambda d, w: kill(d, w)),
-    ("catalog_drift", "drift_report", RUNNING, "PostgreSQL restarted", lambda d, w: restart(d, "postgres")),
-    ("categorize", "score_shard", WAITING, "Redis restarted", lambda d, w: restart(d, "redis")),
+    ("categorize", "score_shards", RUNNING, "worker container killed (mid-scoring)", lambda d, w: kill(d, w)),
+    ("catalog_drift", "report_batches", RUNNING, "PostgreSQL restarted", lambda d, w: restart(d, "postgres")),
+    ("categorize", "score_shards", WAITING, "Redis restarted", lambda d, w: restart(d, "redis")),
     ("categorize", "model", WAITING, "MLflow server down for 60 s", lambda d, w: stop_for(d, "mlflow", 60)),
-    ("catalog_drift", "drift_report", RUNNING, "artifact store unreachable for 60 s",
+    ("catalog_drift", "report_batches", RUNNING, "artifact store unreachable for 60 s",
      lambda d, w: cut_off(d, "artifact-store", 60)),
 )
 

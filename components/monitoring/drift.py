@@ -291,7 +291,9 @@ def reference_version(params: Params, model: str) -> dict:
     return out
 
 
-def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
+def run(params: Params, batch_dir: Path, output: Path, model: str, cat: Categorizer | None = None) -> dict:
+    """The drift report of one batch against `model`'s reference; `cat`: that model already loaded (a task that
+    reports several batches loads it once)."""
     t0 = time.perf_counter()
     check_output(batch_dir, output)
     read = read_catalog(batch_dir, params.catalog, require_labels=False)
@@ -299,7 +301,7 @@ def run(params: Params, batch_dir: Path, output: Path, model: str) -> dict:
         raise CatalogError(f"{batch_dir}: no readable products ({len(read.problems)} rejected rows); nothing to "
                            f"compare, fix {read.main_file} and land the batch again")
     frame = read.frame
-    cat = load_categorizer(model)
+    cat = cat or load_categorizer(model)
     scored = frame
     if len(frame) > params.drift.max_batch_rows:  # effect sizes need no more rows: bounded time and memory
         keep = np.random.default_rng(params.seed).choice(len(frame), params.drift.max_batch_rows, replace=False)

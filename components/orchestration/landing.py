@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import hashlib
 import io
 import json
@@ -34,6 +35,11 @@ FAILED = "_failed"
 # OSErrors that say something about the worker (space, memory, descriptors, the disk) rather than the batch.
 TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EAGAIN}
 BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # one path component, never "." or ".."
+# Batches one task handles (validation and drift report; scoring; merging). A task's start, the champion's load and
+# its reference data cost more than a small upload's own work (the load drill: 100 uploads of 40 products took
+# ~50 s a report, a few of them the report itself); groups of a few keep every worker busy on a burst of uploads.
+# A constant, not a param: the typed config is a dependency of every pipeline stage.
+BATCHES_PER_TASK = 8
 
 
 class BatchRejected(RuntimeError):
@@ -72,6 +78,11 @@ def pending_batches(landing: Path) -> list[dict]:
             continue
         out.append({"batch": str(p), "content_md5": md5})
     return out
+
+
+def in_groups(items: list, size: int = BATCHES_PER_TASK) -> list[list]:
+    """Consecutive groups of at most `size` items, one task each."""
+    return [items[k:k + size] for k in range(0, len(items), size)]
 
 
 def awaiting_categorize(landing: Path) -> list[str]:
@@ -152,6 +163,30 @@ def check_batch(home: Path, batch: str, content_md5: str | None = None) -> dict:
     return {"batch": batch, "content_md5": content_md5}
 
 
+def report_group(home: Path, group: list[dict], model: str) -> list[dict]:
+    """Validate, then drift-report, each batch of a group (pending_batches' dicts) with `model` loaded once.
+    Every batch gets a result and none holds back another: a rejected batch (moved to _failed/) and a failure of
+    any kind (the batch stays as it was, for the next run) come back as `error`."""
+    from components.serving.predict import load_categorizer
+
+    categorizer = functools.cache(functools.partial(load_categorizer, model))  # loaded once a batch passed
+    results = []
+    for item in group:
+        batch = item["batch"]
+        try:
+            check_batch(home, batch, item["content_md5"])
+        except BatchRejected as exc:
+            results.append({"batch": batch, "drift_detected": False, "rejected": True, "error": str(exc)[:2000]})
+            continue
+        except Exception as exc:  # noqa: BLE001 (disk full, memory: the batch is left for the next run)
+            log.exception("landing: %s could not be validated on this worker", batch)
+            results.append({"batch": batch, "drift_detected": False,
+                            "error": f"not validated ({type(exc).__name__}: {str(exc)[:500]}); left for the next run"})
+            continue
+        results.append(drift_batch(home, batch, item["content_md5"], model, categorizer))
+    return results
+
+
 def serving_model(home: Path) -> str:
     """models:/<name>/<version> of @champion, resolved now, once per DAG run (every mapped task then scores
     with the same version even if a promotion moves the alias meanwhile); else the current pipeline
@@ -171,12 +206,12 @@ def serving_model(home: Path) -> str:
         return str(Path(home) / fusion_checkpoint(params.paths.train_fusion))
 
 
-def drift_batch(home: Path, batch: str, content_md5: str, model: str) -> dict:
+def drift_batch(home: Path, batch: str, content_md5: str, model: str, categorizer=None) -> dict:
     """Drift report for one validated batch, logged to MLflow; the batch is then `reported` (not done: that
     waits for its predictions). A failure is returned (`error`), not raised: the batch stays `validated` for
-    the next run and the other batches go on."""
+    the next run and the other batches go on. `categorizer`: returns `model` loaded (shared by a group)."""
     try:
-        return _drift_batch(home, batch, content_md5, model)
+        return _drift_batch(home, batch, content_md5, model, categorizer)
     except Exception as exc:  # noqa: BLE001 (reported by the DAG's check_failures task, which fails the run)
         log.exception("landing: drift report of %s failed", batch)
         return {"batch": batch, "drift_detected": False, "error": f"{type(exc).__name__}: {str(exc)[:500]}"}
@@ -203,7 +238,7 @@ def reference_data(home: Path, params: Params, model: str) -> Path:
     return fetch_outputs(home, outs)
 
 
-def _drift_batch(home: Path, batch: str, content_md5: str, model: str) -> dict:
+def _drift_batch(home: Path, batch: str, content_md5: str, model: str, categorizer=None) -> dict:
     from components import mlflow_store
     from components.monitoring import drift, workspace
 
@@ -213,7 +248,7 @@ def _drift_batch(home: Path, batch: str, content_md5: str, model: str) -> dict:
         ingest = reference_data(home, params, model)
         params = dataclasses.replace(params, paths=dataclasses.replace(params.paths, ingest=str(ingest)))
         out = Path(params.paths.drift) / batch_path.name
-        summary = drift.run(params, batch_path, out, model)
+        summary = drift.run(params, batch_path, out, model, categorizer() if categorizer else None)
         mlflow_store.log_report(params, f"drift/{batch_path.name}", out,
                                 {"drift_detected": float(summary["drift_detected"]),
                                  "drifted_signals": float(len(summary["drifted"])),
@@ -291,11 +326,13 @@ def _part(k: int, n: int) -> str:
     return f"part-{k:05d}-of-{n:05d}.parquet"
 
 
-def shard_plan(home: Path, landing: Path, names: list[str], model: str) -> list[dict]:
-    """The shards to score, over every batch of the run: [{"batch", "content_md5", "shard", "of"}], a batch of
-    more than `landing.shard_rows` accepted products in ceil(rows / shard_rows) shards, any other in one. A batch
-    already categorized by this model gets none (its merge only archives it); a batch over the upload limits or
-    unreadable gets none either, and its merge fails with the reason (the other batches go on)."""
+def shard_plan(home: Path, landing: Path, names: list[str], model: str) -> list[list[dict]]:
+    """The shards to score, over every batch of the run, in tasks: [[{"batch", "content_md5", "shard", "of",
+    "rows"}, ...], ...]. A batch of more than `landing.shard_rows` accepted products is cut in ceil(rows / shard_rows)
+    shards, any other is one; shards are packed into tasks of at most `shard_rows` products and BATCHES_PER_TASK
+    shards (a burst of small uploads is a few tasks, not one per upload). A batch already categorized by this model
+    gets none (its merge only archives it); a batch over the upload limits or unreadable gets none either, and its
+    merge fails with the reason (the other batches go on)."""
     from components.catalog import CatalogError, check_upload, read_catalog
 
     plan = []
@@ -314,14 +351,39 @@ def shard_plan(home: Path, landing: Path, names: list[str], model: str) -> list[
                 log.error("landing: %s is not scored: %s", name, exc)
                 continue
             n = max(1, -(-rows // params.landing.shard_rows))
-            plan += [{"batch": name, "content_md5": content_md5, "shard": k, "of": n} for k in range(n)]
+            sizes = [len(r) for r in np.array_split(np.arange(rows), n)]  # as score_shard cuts them
+            plan += [{"batch": name, "content_md5": content_md5, "shard": k, "of": n, "rows": sizes[k]}
+                     for k in range(n)]
             log.info("landing: %s, %d product(s): %d shard(s)", name, rows, n)
-    return plan
+    return pack(plan, params.landing.shard_rows)
 
 
-def score_shard(home: Path, landing: Path, spec: dict, model: str) -> dict:
+def pack(shards: list[dict], max_rows: int, max_shards: int = BATCHES_PER_TASK) -> list[list[dict]]:
+    """Consecutive shards into tasks of at most `max_rows` products and `max_shards` shards (a shard larger than
+    `max_rows` alone)."""
+    tasks: list[list[dict]] = []
+    rows = 0
+    for shard in shards:
+        if not tasks or len(tasks[-1]) >= max_shards or rows + shard["rows"] > max_rows:
+            tasks.append([])
+            rows = 0
+        tasks[-1].append(shard)
+        rows += shard["rows"]
+    return tasks
+
+
+def score_shards(home: Path, landing: Path, specs: list[dict], model: str) -> list[dict]:
+    """Score one task's shards (shard_plan) with `model` loaded once."""
+    from components.serving.predict import load_categorizer
+
+    categorizer = functools.cache(functools.partial(load_categorizer, model))
+    return [score_shard(home, landing, spec, model, categorizer) for spec in specs]
+
+
+def score_shard(home: Path, landing: Path, spec: dict, model: str, categorizer=None) -> dict:
     """Score one shard (the k-th of n equal runs of the batch's accepted rows) and write it, atomically, into the
-    batch's shard folder. A batch changed since the plan: nothing is written, its merge leaves it for the next run."""
+    batch's shard folder. A batch changed since the plan: nothing is written, its merge leaves it for the next run.
+    `categorizer`: returns `model` loaded (shared by the shards of a task)."""
     from components.catalog import CatalogRead, read_catalog
     from components.serving.predict import categorize, load_categorizer
 
@@ -339,7 +401,8 @@ def score_shard(home: Path, landing: Path, spec: dict, model: str) -> dict:
         rows = np.array_split(np.arange(len(read.frame)), n)[k]
         # No rejected rows in a part (their ids may be text beside numeric ids): the merge adds them, once.
         part = CatalogRead(frame=read.frame.iloc[rows].reset_index(drop=True), main_file=read.main_file)
-        pred, _ = categorize(batch_path, load_categorizer(model), progress=False, read=part)
+        cat = categorizer() if categorizer else load_categorizer(model)
+        pred, _ = categorize(batch_path, cat, progress=False, read=part)
     target.parent.mkdir(parents=True, exist_ok=True)
     data = pred.to_parquet(index=False)
     atomic_write_bytes(target, data)
@@ -390,6 +453,22 @@ def merge_shards(home: Path, landing: Path, name: str, model: str, scored: list[
     with contextlib.suppress(OSError):  # the batch's folder under _shards/, once no content of it is left
         folder.parent.rmdir()
     return {**result, "shards": n}
+
+
+def merge_group(home: Path, landing: Path, names: list[str], model: str, scored: list[dict]) -> list[dict]:
+    """merge_shards for each batch of a group; one batch's failure holds back no other, and the task fails
+    afterwards naming every batch that failed (its retry merges those again; the others are done and skipped)."""
+    results, failures = [], []
+    for name in names:
+        try:
+            results.append(merge_shards(home, landing, name, model, scored))
+        except Exception as exc:  # noqa: BLE001 (raised below, after the other batches of the group)
+            log.exception("landing: %s not merged", name)
+            failures.append(f"{name}: {type(exc).__name__}: {exc}")
+    if failures:
+        raise RuntimeError(f"{len(failures)} of {len(names)} batch(es) not categorized:\n  - "
+                           + "\n  - ".join(failures))
+    return results
 
 
 def _finish(home: Path, landing: Path, batch_path: Path, content_md5: str, model: str, pred: pd.DataFrame,

@@ -31,7 +31,7 @@ def test_dags_import_and_exist(bag):
     for dag in bag.dags.values():
         assert dag.catchup is False and dag.max_active_runs == 1
         # Deterministic failures are not retried; everything else may meet a lost worker or a network blip.
-        assert all(t.retries >= 1 for t in dag.tasks if t.task_id not in ("validate_batch", "drift_report"))
+        assert all(t.retries >= 1 for t in dag.tasks if t.task_id != "report_batches")
         assert all(t.execution_timeout is not None for t in dag.tasks)
 
 
@@ -172,7 +172,7 @@ def test_catalog_drift_flags_a_drifted_batch_then_is_idempotent(retrained, works
     points = [json.loads(f.read_text()) for f in (workspace / "artifacts/monitoring").glob("*/snapshots/*.json")]
     assert "2016-01" in {p["metadata"]["batch"] for p in points if p["tags"] == ["drift"]}  # on the dashboard
     again = run_dag(workspace, "catalog_drift")
-    assert again["state"].endswith("success") and not any(k.startswith("drift_report[") for k in again["tasks"])
+    assert again["state"].endswith("success") and not any(k.startswith("report_batches[") for k in again["tasks"])
     # Not categorized yet (categorize is another DAG): announced again, without a second report.
     assert again["tasks"]["announce_batches"].endswith("success")
 
@@ -196,7 +196,9 @@ def test_one_failing_drift_report_does_not_hold_back_the_other_batches(retrained
     again = run_dag(workspace, "catalog_drift")  # the next run picks up only the batch that failed
     assert again["state"].endswith("success")
     assert json.loads((landing / "_state" / "2016-03.json").read_text())["state"] == "reported"
-    assert [k for k in again["tasks"] if k.startswith("drift_report[")] == ["drift_report[0]"]
+    assert [k for k in again["tasks"] if k.startswith("report_batches[")] == ["report_batches[0]"]
+    history = json.loads((landing / "_state" / "2016-02.json").read_text())["history"]
+    assert [h["state"] for h in history] == ["validated", "reported"]  # reported once: not in the second run's group
 
 
 def upload(landing: Path, name: str, seed: int, n: int = 60, only: tuple[str, ...] = ()) -> Path:

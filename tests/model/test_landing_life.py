@@ -97,8 +97,10 @@ def test_a_batch_in_shards_scores_as_one_process_does_and_is_merged_once(trained
     (area / "whole" / "styles.csv").write_text((batch / "styles.csv").read_text())
     one = landing.categorize_batch(home, area, "whole", model)
 
-    plan = landing.shard_plan(home, area, ["sharded", "no-such-batch"], model)  # a bad name holds back nothing
-    assert [(p["batch"], p["shard"], p["of"]) for p in plan] == [("sharded", k, 3) for k in range(3)]
+    tasks = landing.shard_plan(home, area, ["sharded", "no-such-batch"], model)  # a bad name holds back nothing
+    assert [[(p["batch"], p["shard"], p["of"], p["rows"]) for p in t] for t in tasks] == [
+        [("sharded", 0, 3, 14)], [("sharded", 1, 3, 13)], [("sharded", 2, 3, 13)]]  # 15 rows a task: one shard each
+    plan = [spec for t in tasks for spec in t]
     scored = [landing.score_shard(home, area, spec, model) for spec in (plan[2], plan[0])]
     assert all(s["rows"] > 0 for s in scored)
     with pytest.raises(RuntimeError, match="shards are not all scored"):
@@ -132,7 +134,7 @@ def test_a_batch_changed_after_the_plan_is_not_scored(trained, home, tmp_path):
     model = str(fusion_checkpoint(params.paths.train_fusion))
     area = tmp_path / "landing"
     batch = upload(area, "2017-03", seed=7)
-    [spec] = landing.shard_plan(home, area, ["2017-03"], model)
+    [[spec]] = landing.shard_plan(home, area, ["2017-03"], model)
     styles = batch / "styles.csv"
     styles.write_text(styles.read_text().replace("Summer", "Winter"))
     assert landing.score_shard(home, area, spec, model) == {"batch": "2017-03", "shard": 0, "changed": True}
@@ -179,3 +181,50 @@ def test_a_full_disk_keeps_the_batch_and_says_what_to_do(trained, home, tmp_path
     assert batch.is_dir() and batch_state.status(area, "2017-02", item["content_md5"]) == "reported"
     assert landing.awaiting_categorize(area) == ["2017-02"]
     assert not (tmp_path / "out" / "2017-02").exists()
+
+
+def test_small_uploads_are_scored_and_merged_a_few_per_task(trained, home, tmp_path, monkeypatch):
+    """A burst of small uploads: their shards packed into tasks (the model loaded once per task), merged a group at
+    a time; a batch of the group that cannot be merged fails the task by name after the others are categorized."""
+    from components.serving import predict
+
+    params, _, _ = trained
+    model = str(fusion_checkpoint(params.paths.train_fusion))
+    area = tmp_path / "landing"
+    names = [f"burst-{k}" for k in range(landing.BATCHES_PER_TASK + 2)]
+    for k, name in enumerate(names):
+        upload(area, name, seed=20 + k)
+    tasks = landing.shard_plan(home, area, names, model)
+    assert [len(t) for t in tasks] == [landing.BATCHES_PER_TASK, 2]  # 40 products each, far below shard_rows
+    assert [s["batch"] for t in tasks for s in t] == names
+    loads = []
+    real = predict.load_categorizer
+    monkeypatch.setattr(predict, "load_categorizer", lambda m: loads.append(m) or real(m))
+    scored = [s for t in tasks for s in landing.score_shards(home, area, t, model)]
+    assert loads == [model, model] and all(s["rows"] == 40 for s in scored)
+    (area / landing.SHARDS / names[1]).rename(tmp_path / "lost")  # one batch's part gone before its merge
+    first, second = landing.in_groups(names)
+    with pytest.raises(RuntimeError, match=f"(?s)1 of {len(first)} batch.*{names[1]}: RuntimeError: .*not all scored"):
+        landing.merge_group(home, area, first, model, scored)
+    states = {n: batch_state.read_state(area, n) for n in names}
+    assert [n for n in first if states[n] and states[n].state == "categorized"] == [n for n in first if n != names[1]]
+    assert (area / names[1]).is_dir()  # left in the landing area for the next run
+    assert [r["products"] for r in landing.merge_group(home, area, second, model, scored)] == [40, 40]
+
+
+def test_a_group_reports_every_batch_whatever_becomes_of_the_others(trained, home, tmp_path):
+    """One task validates and reports a group: a rejected batch goes to _failed/, a batch whose report cannot be made
+    (here: no training data to compare with in this home) stays validated for the next run; nothing is raised."""
+    params, _, _ = trained
+    model = str(fusion_checkpoint(params.paths.train_fusion))
+    area = tmp_path / "landing"
+    upload(area, "good", seed=8)
+    bad = upload(area, "bad", seed=9)
+    (bad / "styles.csv").write_text("sku,name\n1,x\n")
+    group = landing.pending_batches(area)
+    results = {Path(r["batch"]).name: r for r in landing.report_group(home, group, model)}
+    assert results["bad"]["rejected"] is True and "missing column" in results["bad"]["error"]
+    assert (area / landing.FAILED / "bad" / "validation_report.json").is_file()
+    assert "FileNotFoundError" in results["good"]["error"] and "no training data" in results["good"]["error"]
+    assert batch_state.read_state(area, "good").state == "validated"
+    assert [b["batch"] for b in landing.pending_batches(area)] == [str(area / "good")]  # the next run takes it again
