@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -206,7 +207,7 @@ def serving_model(home: Path) -> str:
         return str(Path(home) / fusion_checkpoint(params.paths.train_fusion))
 
 
-def drift_batch(home: Path, batch: str, content_md5: str, model: str, categorizer=None) -> dict:
+def drift_batch(home: Path, batch: str, content_md5: str, model: str, categorizer: Callable | None = None) -> dict:
     """Drift report for one validated batch, logged to MLflow; the batch is then `reported` (not done: that
     waits for its predictions). A failure is returned (`error`), not raised: the batch stays `validated` for
     the next run and the other batches go on. `categorizer`: returns `model` loaded (shared by a group)."""
@@ -238,7 +239,7 @@ def reference_data(home: Path, params: Params, model: str) -> Path:
     return fetch_outputs(home, outs)
 
 
-def _drift_batch(home: Path, batch: str, content_md5: str, model: str, categorizer=None) -> dict:
+def _drift_batch(home: Path, batch: str, content_md5: str, model: str, categorizer: Callable | None = None) -> dict:
     from components import mlflow_store
     from components.monitoring import drift, workspace
 
@@ -380,7 +381,7 @@ def score_shards(home: Path, landing: Path, specs: list[dict], model: str) -> li
     return [score_shard(home, landing, spec, model, categorizer) for spec in specs]
 
 
-def score_shard(home: Path, landing: Path, spec: dict, model: str, categorizer=None) -> dict:
+def score_shard(home: Path, landing: Path, spec: dict, model: str, categorizer: Callable | None = None) -> dict:
     """Score one shard (the k-th of n equal runs of the batch's accepted rows) and write it, atomically, into the
     batch's shard folder. A batch changed since the plan: nothing is written, its merge leaves it for the next run.
     `categorizer`: returns `model` loaded (shared by the shards of a task)."""
