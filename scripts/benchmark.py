@@ -9,6 +9,9 @@
     .venv/bin/python scripts/benchmark.py shards [--workspace DIR] [--products 4000] [--shards 4]
                                                     # categorize DAG: one process vs plan + shards + merge, each
                                                     # shard a fresh process as a mapped task is; per-shard overhead
+    .venv/bin/python scripts/benchmark.py burst [--workspace DIR] [--batches 24] [--products 40]
+                                                    # categorize DAG on a burst of small uploads: a task per upload
+                                                    # vs the grouped tasks, each a fresh process
     .venv/bin/python scripts/benchmark.py model-load [--model models:/deepfusion@champion] [--repeats 5]
                                                     # a registered model loaded through MLFLOW_TRACKING_URI: with
                                                     # the worker's md5 cache warm vs downloading every artifact
@@ -430,12 +433,9 @@ print(json.dumps({{"n": len(s.index.ids), "source": source, "text": lat(titles, 
           f"p99 {real['text'][1]:.1f} ms; photo p50 {real['photo'][0]:.1f} ms / p99 {real['photo'][1]:.1f} ms")
 
 
-def bench_shards(workspace: Path, n: int, shards: int) -> None:
-    """The categorize DAG's sharded path against one process on the same core (one thread each): a batch of `n`
-    real catalog products scored by categorize_batch, then by shard_plan + `shards` score_shards tasks + merge_shards,
-    each step a fresh interpreter (as each mapped task is one). The difference over the shard count is the cost
-    of a shard (interpreter, imports, model load, reading the batch again); the merge's own cost is printed apart.
-    `workspace`: a pipeline result (its params.yaml and artifacts/stack), default this project."""
+def categorize_home(tmp: Path, workspace: Path, batches: dict[str, int], shard_rows: int) -> tuple[Path, str]:
+    """A home on `workspace`'s pipeline result (params, artifacts) writing into `tmp`, and a landing area in `tmp`
+    with the given batches (name -> products) of real catalog products with their photos; -> (home, model)."""
     import shutil
 
     import pandas as pd
@@ -443,47 +443,57 @@ def bench_shards(workspace: Path, n: int, shards: int) -> None:
 
     from components.config import load_raw
 
-    workspace = workspace.resolve()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        home = tmp / "home"
-        home.mkdir()
-        for name in ("artifacts", "data", "components"):
-            if (workspace / name).exists():
-                (home / name).symlink_to(workspace / name)
-        raw = load_raw(workspace / "params.yaml")
-        rows = -(-n // shards)
-        raw["landing"]["shard_rows"] = rows
-        raw["paths"]["categorize"] = str(tmp / "out")
-        raw["paths"]["monitoring"] = str(tmp / "monitoring")
-        raw["paths"]["review"] = str(tmp / "review")
-        (home / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-        source = Path(raw["paths"]["raw"])
-        source = source if source.is_absolute() else workspace / source
-        styles = pd.read_csv(source / "styles.csv", dtype=str, keep_default_na=False, on_bad_lines="skip")
-        styles = styles[[(source / "images" / f"{i}.jpg").is_file() for i in styles["id"]]].head(n)
-        for batch in ("one", "sharded"):
-            folder = tmp / "landing" / batch
-            (folder / "images").mkdir(parents=True)
-            styles.to_csv(folder / "styles.csv", index=False)
-            for pid in styles["id"]:
-                shutil.copy(source / "images" / f"{pid}.jpg", folder / "images" / f"{pid}.jpg")
-        model = str(workspace / raw["paths"]["stack"] / "combiner.json")
-        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-        step = """
+    home = tmp / "home"
+    home.mkdir()
+    for name in ("artifacts", "data", "components"):
+        if (workspace / name).exists():
+            (home / name).symlink_to(workspace / name)
+    raw = load_raw(workspace / "params.yaml")
+    raw["landing"]["shard_rows"] = shard_rows
+    raw["paths"]["categorize"] = str(tmp / "out")
+    raw["paths"]["monitoring"] = str(tmp / "monitoring")
+    raw["paths"]["review"] = str(tmp / "review")
+    (home / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    source = Path(raw["paths"]["raw"])
+    source = source if source.is_absolute() else workspace / source
+    styles = pd.read_csv(source / "styles.csv", dtype=str, keep_default_na=False, on_bad_lines="skip")
+    styles = styles[[(source / "images" / f"{i}.jpg").is_file() for i in styles["id"]]]
+    for batch, n in batches.items():
+        folder = tmp / "landing" / batch
+        (folder / "images").mkdir(parents=True)
+        styles.head(n).to_csv(folder / "styles.csv", index=False)
+        for pid in styles["id"].head(n):
+            shutil.copy(source / "images" / f"{pid}.jpg", folder / "images" / f"{pid}.jpg")
+    return home, str(workspace / raw["paths"]["stack"] / "combiner.json")
+
+
+STEP = """
 import json, time
 from pathlib import Path
 from components.orchestration import landing
 t = time.perf_counter()
 out = landing.{call}
 print(json.dumps({{"seconds": time.perf_counter() - t, "out": out}}, default=str))"""
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def bench_shards(workspace: Path, n: int, shards: int) -> None:
+    """The categorize DAG's sharded path against one process on the same core (one thread each): a batch of `n`
+    real catalog products scored by categorize_batch, then by shard_plan + `shards` score_shards tasks + merge_shards,
+    each step a fresh interpreter (as each mapped task is one). The difference over the shard count is the cost
+    of a shard (interpreter, imports, model load, reading the batch again); the merge's own cost is printed apart.
+    `workspace`: a pipeline result (its params.yaml and artifacts/stack), default this project."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        home, model = categorize_home(tmp, workspace.resolve(), {"one": n, "sharded": n}, -(-n // shards))
         args = f"Path({str(home)!r}), Path({str(tmp / 'landing')!r})"
-        one = child(step.format(call=f"categorize_batch({args}, 'one', {model!r})"), env)
-        plan = child(step.format(call=f"shard_plan({args}, ['sharded'], {model!r})"), env)
+        one = child(STEP.format(call=f"categorize_batch({args}, 'one', {model!r})"), ONE_THREAD)
+        plan = child(STEP.format(call=f"shard_plan({args}, ['sharded'], {model!r})"), ONE_THREAD)
         # one shard_rows-sized shard per task: as the DAG maps them
-        parts = [child(step.format(call=f"score_shards({args}, {task!r}, {model!r})"), env) for task in plan["out"]]
+        parts = [child(STEP.format(call=f"score_shards({args}, {task!r}, {model!r})"), ONE_THREAD)
+                 for task in plan["out"]]
         scored = [s for p in parts for s in p["out"]]
-        merge = child(step.format(call=f"merge_shards({args}, 'sharded', {model!r}, {scored!r})"), env)
+        merge = child(STEP.format(call=f"merge_shards({args}, 'sharded', {model!r}, {scored!r})"), ONE_THREAD)
     total = plan["seconds"] + sum(p["seconds"] for p in parts) + merge["seconds"]
     per_shard = (total - one["seconds"]) / len(parts)
     rate = one["out"]["products"] / one["seconds"]
@@ -494,6 +504,42 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "out": out}}, default=str
           f"(each {each} s) + merge {merge['seconds']:.1f} s = "
           f"{total:.1f} s, {total / one['seconds']:.2f}x the one process; cost of a shard "
           f"{per_shard:.1f} s (model load and batch read again)")
+
+
+def bench_burst(workspace: Path, batches: int, products: int) -> None:
+    """A burst of small uploads through the categorize DAG's steps, each task a fresh interpreter (one thread):
+    one score task and one merge task per upload (the baseline: the DAG before grouping) against the tasks the DAG
+    makes now (shards packed, merges in groups of landing.BATCHES_PER_TASK). Wall time per task includes the
+    interpreter's start and imports (an Airflow task pays more on top: its runner and API calls)."""
+    import time
+
+    from components.orchestration.landing import in_groups
+
+    def timed(call: str) -> tuple[float, list]:
+        t = time.perf_counter()
+        out = child(STEP.format(call=call), ONE_THREAD)["out"]
+        return time.perf_counter() - t, out
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        names = {v: [f"{v}-{k:03d}" for k in range(batches)] for v in ("each", "grouped")}
+        home, model = categorize_home(tmp, workspace.resolve(), {n: products for v in names.values() for n in v},
+                                      50_000)
+        args = f"Path({str(home)!r}), Path({str(tmp / 'landing')!r})"
+        seconds, tasks = {}, {}
+        for variant, group in (("each", 1), ("grouped", 0)):
+            _, plan = timed(f"shard_plan({args}, {names[variant]!r}, {model!r})")
+            if group:  # one shard per task, one batch per merge
+                plan = [[spec] for t in plan for spec in t]
+            merges = in_groups(names[variant], 1) if group else in_groups(names[variant])
+            runs = [timed(f"score_shards({args}, {t!r}, {model!r})") for t in plan]
+            scored = [s for _, out in runs for s in out]
+            runs += [timed(f"merge_group({args}, {m!r}, {model!r}, {scored!r})") for m in merges]
+            seconds[variant], tasks[variant] = sum(s for s, _ in runs), len(runs)
+    print(f"categorize a burst of {batches} uploads of {products} products, CPU {cpu_model()}, one thread, every "
+          f"task a fresh interpreter: one score and one merge task per upload {tasks['each']} tasks "
+          f"{seconds['each']:.1f} s; grouped {tasks['grouped']} tasks {seconds['grouped']:.1f} s "
+          f"({seconds['each'] / seconds['grouped']:.2f}x less task time)")
 
 
 def bench_model_load(model: str, repeats: int) -> None:
@@ -520,10 +566,14 @@ def bench_model_load(model: str, repeats: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("ingest", "train", "predict", "review", "search", "shards", "model-load"))
+    ap.add_argument("what", choices=("ingest", "train", "predict", "review", "search", "shards", "burst",
+                                     "model-load"))
     ap.add_argument("--model", default="models:/deepfusion@champion", help="model-load: the registered model")
-    ap.add_argument("--workspace", type=Path, default=ROOT, help="shards: a pipeline result (params + artifacts)")
-    ap.add_argument("--products", type=int, default=4000, help="shards: products in the batch")
+    ap.add_argument("--workspace", type=Path, default=ROOT, help="shards, burst: a pipeline result (params + "
+                    "artifacts)")
+    ap.add_argument("--products", type=int, default=None, help="shards: products in the batch (default 4000); "
+                    "burst: in each upload (default 40)")
+    ap.add_argument("--batches", type=int, default=24, help="burst: uploads")
     ap.add_argument("--shards", type=int, default=4, help="shards: shards the batch is cut into")
     ap.add_argument("--repeats", type=int, default=3, help="train: fp32/bf16 pairs per model (median reported); "
                     "model-load: loads per variant")
@@ -533,7 +583,9 @@ def main() -> None:
     if args.what == "train":
         bench_train(repeats=args.repeats, models=tuple(args.models))
     elif args.what == "shards":
-        bench_shards(args.workspace, args.products, args.shards)
+        bench_shards(args.workspace, args.products or 4000, args.shards)
+    elif args.what == "burst":
+        bench_burst(args.workspace, args.batches, args.products or 40)
     elif args.what == "model-load":
         bench_model_load(args.model, args.repeats)
     else:
