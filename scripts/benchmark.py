@@ -527,11 +527,11 @@ def bench_burst(workspace: Path, batches: int, products: int) -> None:
                                       50_000)
         args = f"Path({str(home)!r}), Path({str(tmp / 'landing')!r})"
         seconds, tasks = {}, {}
-        for variant, group in (("each", 1), ("grouped", 0)):
+        for variant in ("each", "grouped"):
             _, plan = timed(f"shard_plan({args}, {names[variant]!r}, {model!r})")
-            if group:  # one shard per task, one batch per merge
-                plan = [[spec] for t in plan for spec in t]
-            merges = in_groups(names[variant], 1) if group else in_groups(names[variant])
+            merges = in_groups(names[variant])
+            if variant == "each":  # the DAG before grouping: one shard per task, one batch per merge
+                plan, merges = [[spec] for t in plan for spec in t], in_groups(names[variant], 1)
             runs = [timed(f"score_shards({args}, {t!r}, {model!r})") for t in plan]
             scored = [s for _, out in runs for s in out]
             runs += [timed(f"merge_group({args}, {m!r}, {model!r}, {scored!r})") for m in merges]
