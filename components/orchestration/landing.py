@@ -164,13 +164,18 @@ def check_batch(home: Path, batch: str, content_md5: str | None = None) -> dict:
     return {"batch": batch, "content_md5": content_md5}
 
 
+def model_loader(model: str) -> Callable:
+    """`model` loaded on the first call, the same object on every next one (the batches or shards of one task)."""
+    from components.serving.predict import load_categorizer
+
+    return functools.cache(functools.partial(load_categorizer, model))
+
+
 def report_group(home: Path, group: list[dict], model: str) -> list[dict]:
     """Validate, then drift-report, each batch of a group (pending_batches' dicts) with `model` loaded once.
     Every batch gets a result and none holds back another: a rejected batch (moved to _failed/) and a failure of
     any kind (the batch stays as it was, for the next run) come back as `error`."""
-    from components.serving.predict import load_categorizer
-
-    categorizer = functools.cache(functools.partial(load_categorizer, model))  # loaded once a batch passed
+    categorizer = model_loader(model)  # loaded once a batch passed validation
     results = []
     for item in group:
         batch = item["batch"]
@@ -249,7 +254,7 @@ def _drift_batch(home: Path, batch: str, content_md5: str, model: str, categoriz
         ingest = reference_data(home, params, model)
         params = dataclasses.replace(params, paths=dataclasses.replace(params.paths, ingest=str(ingest)))
         out = Path(params.paths.drift) / batch_path.name
-        summary = drift.run(params, batch_path, out, model, categorizer() if categorizer else None)
+        summary = drift.run(params, batch_path, out, model, (categorizer or model_loader(model))())
         mlflow_store.log_report(params, f"drift/{batch_path.name}", out,
                                 {"drift_detected": float(summary["drift_detected"]),
                                  "drifted_signals": float(len(summary["drifted"])),
@@ -375,9 +380,7 @@ def pack(shards: list[dict], max_rows: int, max_shards: int = BATCHES_PER_TASK) 
 
 def score_shards(home: Path, landing: Path, specs: list[dict], model: str) -> list[dict]:
     """Score one task's shards (shard_plan) with `model` loaded once."""
-    from components.serving.predict import load_categorizer
-
-    categorizer = functools.cache(functools.partial(load_categorizer, model))
+    categorizer = model_loader(model)
     return [score_shard(home, landing, spec, model, categorizer) for spec in specs]
 
 
@@ -386,7 +389,7 @@ def score_shard(home: Path, landing: Path, spec: dict, model: str, categorizer: 
     batch's shard folder. A batch changed since the plan: nothing is written, its merge leaves it for the next run.
     `categorizer`: returns `model` loaded (shared by the shards of a task)."""
     from components.catalog import CatalogRead, read_catalog
-    from components.serving.predict import categorize, load_categorizer
+    from components.serving.predict import categorize
 
     name, k, n = spec["batch"], int(spec["shard"]), int(spec["of"])
     batch_path = resolve_batch(landing, name)
@@ -402,8 +405,7 @@ def score_shard(home: Path, landing: Path, spec: dict, model: str, categorizer: 
         rows = np.array_split(np.arange(len(read.frame)), n)[k]
         # No rejected rows in a part (their ids may be text beside numeric ids): the merge adds them, once.
         part = CatalogRead(frame=read.frame.iloc[rows].reset_index(drop=True), main_file=read.main_file)
-        cat = categorizer() if categorizer else load_categorizer(model)
-        pred, _ = categorize(batch_path, cat, progress=False, read=part)
+        pred, _ = categorize(batch_path, (categorizer or model_loader(model))(), progress=False, read=part)
     target.parent.mkdir(parents=True, exist_ok=True)
     data = pred.to_parquet(index=False)
     atomic_write_bytes(target, data)
