@@ -275,6 +275,9 @@ class TrainRetrievalParams:
     patience: int  # epochs without a better validation R@10 before stopping
     memory: int  # remembered (photo, title) vectors of past batches used as extra negatives; 0 = in-batch only
     class_block: int  # rows per same-class block in a batch (hard negatives); 1 = plain shuffle
+    views: int  # augmented copies of each train photo whose trunks are cached (as is, mirrored, closer): 1-3
+    colour: bool  # the photo tower also reads the photo's colour histogram
+    token_dropout: float  # share of a title's words and n-grams dropped per training step
     device: str
 
 

@@ -7,7 +7,15 @@ vectors cannot undo that (measured: docs/experiments.md), because the photo vect
 shirts of a class apart. So the retrieval towers start as copies of the fusion towers and learn by an
 instance-level InfoNCE (learned temperature, negatives from a memory of recent batches and optionally from
 same-class blocks): the photo tower's last stage and projection (its earlier stages stay the fusion network's, so
-their outputs are computed once per image) and the whole title tower. At the start they are the fusion space.
+their outputs are computed once per image and per augmented view) and the whole title tower. At the start they are
+the fusion space.
+
+The photo tower also reads the photo's colours directly (`PhotoTower`): the fusion network's photo tower was
+trained to name the article type, which a garment's colour does not change, so its vector keeps colour only
+faintly, while most titles name one ("Nike Men Red Running Shoes") and a search for "navy shirt" should not
+return a white one. A joint RGB histogram of the product's pixels (the white studio background left out) goes
+through a small MLP whose output is added to the tower's; its last layer starts at zero, so at the start the
+towers still are the fusion space.
 """
 from __future__ import annotations
 
@@ -24,7 +32,11 @@ from torch import nn
 from components.atomic_io import atomic_write_bytes
 from components.models.fusion import FusionModel, ModelConfig, build_model
 
-FORMAT = "deepfusion-retrieval-towers/1"
+FORMAT = "deepfusion-retrieval-towers/2"
+FORMATS = {"deepfusion-retrieval-towers/1": False, FORMAT: True}  # format -> the photo tower reads colours
+COLOUR_BINS = 6  # per channel: 216 joint RGB bins tell navy from blue and olive from green at 80x64
+BACKGROUND = 240  # a pixel with every channel above it is studio background (letterbox padding is 255)
+COLOUR_HIDDEN = 256
 TOWERS_FILE = "towers.pt"
 MODALITIES = ("image", "text")
 # The parts of a fusion network that fix its shared space and that no serving form rewrites: BatchNorm folding
@@ -47,10 +59,63 @@ def space_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-class RetrievalTowers(nn.Module):
-    """Copies of a fusion network's image and text towers (and its temperature) with their own weights."""
+def colour_histogram(images: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, COLOUR_BINS ** 3) float32: the square root of the share of the product's pixels
+    (background left out) in each joint RGB bin; the root keeps a small coloured detail visible beside a large
+    area. A photo that is all background gives zeros."""
+    x = images.reshape(len(images), -1, 3).long()
+    foreground = x.lt(BACKGROUND).any(-1).float()  # (B, P)
+    q = x * COLOUR_BINS // 256
+    idx = (q[..., 0] * COLOUR_BINS + q[..., 1]) * COLOUR_BINS + q[..., 2]
+    hist = torch.zeros(len(images), COLOUR_BINS ** 3, device=images.device).scatter_add_(1, idx, foreground)
+    return (hist / foreground.sum(1, keepdim=True).clamp(min=1.0)).sqrt()
 
-    def __init__(self, fusion: FusionModel, fingerprint: str = "") -> None:
+
+class PhotoTower(nn.Module):
+    """A fusion network's photo tower plus a colour branch (module docstring): what it returns is the tower's
+    vector plus an MLP of the photo's colour histogram. It answers to everything that drives an image tower
+    (`trunk`, `trunk_key`, `fold_batchnorm`, `freeze_backbone`), so a fusion network can carry it."""
+
+    def __init__(self, tower: nn.Module) -> None:
+        super().__init__()
+        self.tower = tower
+        self.colour = nn.Sequential(nn.Linear(COLOUR_BINS ** 3, COLOUR_HIDDEN), nn.ReLU(),
+                                    nn.Linear(COLOUR_HIDDEN, tower.out_dim))
+        nn.init.zeros_(self.colour[-1].weight)  # starts as the fusion network's own photo vector
+        nn.init.zeros_(self.colour[-1].bias)
+        self.out_dim = tower.out_dim
+
+    def forward(self, images: torch.Tensor | None, trunk: torch.Tensor | None = None,
+                colour: torch.Tensor | None = None) -> torch.Tensor:
+        """`colour`: this batch's `colour_histogram` when the photos themselves are not passed (training on
+        cached trunks)."""
+        out = self.tower(images, trunk)
+        if colour is None:
+            colour = colour_histogram(images)
+        return out + self.colour(colour.to(out.dtype))
+
+    @property
+    def folded(self) -> bool:
+        return self.tower.folded
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tower.trunk(images)
+
+    def trunk_key(self) -> str | None:
+        return self.tower.trunk_key()
+
+    def fold_batchnorm(self) -> None:
+        self.tower.fold_batchnorm()
+
+    def freeze_backbone(self, keep_last_stage: bool = False) -> None:
+        self.tower.freeze_backbone(keep_last_stage)
+
+
+class RetrievalTowers(nn.Module):
+    """Copies of a fusion network's image and text towers (and its temperature) with their own weights; with
+    `colour`, the photo tower also reads the photo's colours (`PhotoTower`)."""
+
+    def __init__(self, fusion: FusionModel, fingerprint: str = "", colour: bool = True) -> None:
         super().__init__()
         missing = set(MODALITIES) - set(fusion.towers)
         if missing:
@@ -58,6 +123,9 @@ class RetrievalTowers(nn.Module):
         self.cfg = fusion.cfg
         self.fingerprint = fingerprint  # the fusion network it started from
         self.towers = nn.ModuleDict({m: copy.deepcopy(fusion.towers[m]) for m in MODALITIES})
+        self.reads_colour = colour
+        if colour:
+            self.towers["image"] = PhotoTower(self.towers["image"])
         self.logit_scale = nn.Parameter(fusion.logit_scale.detach().clone())
 
     def prepare_training(self) -> None:
@@ -68,8 +136,12 @@ class RetrievalTowers(nn.Module):
         """The frozen part of the photo tower (compute once per image, feed to `embed_image`)."""
         return self.towers["image"].trunk(images)
 
-    def embed_image(self, images: torch.Tensor | None, trunk: torch.Tensor | None = None) -> torch.Tensor:
-        return F.normalize(self.towers["image"](images, trunk).float(), dim=-1)
+    def embed_image(self, images: torch.Tensor | None, trunk: torch.Tensor | None = None,
+                    colour: torch.Tensor | None = None) -> torch.Tensor:
+        """`colour`: the photos' `colour_histogram`, needed when only their trunks are passed."""
+        if not self.reads_colour:
+            return F.normalize(self.towers["image"](images, trunk).float(), dim=-1)
+        return F.normalize(self.towers["image"](images, trunk, colour).float(), dim=-1)
 
     def embed_text(self, tokens: torch.Tensor, subwords: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.towers["text"](tokens, subwords).float(), dim=-1)
@@ -169,7 +241,8 @@ def towers_file(train_retrieval_dir: str | Path) -> Path:
 def save_towers(towers: RetrievalTowers, path: Path, metrics: dict) -> None:
     """A self-describing checkpoint: format, the architecture, the fusion network it fits, weights, scores."""
     buf = io.BytesIO()
-    torch.save({"format": FORMAT, "model_config": towers.cfg.to_dict(), "fingerprint": towers.fingerprint,
+    torch.save({"format": FORMAT if towers.reads_colour else "deepfusion-retrieval-towers/1",
+                "model_config": towers.cfg.to_dict(), "fingerprint": towers.fingerprint,
                 "state_dict": towers.state_dict(), "metrics": metrics}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
@@ -180,8 +253,9 @@ def load_towers(path: str | Path) -> RetrievalTowers:
         blob = torch.load(path, map_location="cpu", weights_only=True)  # data only: no code runs on load
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same error for the caller
         raise RetrievalError(f"{path}: not a readable retrieval towers file ({exc})") from exc
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+    if not isinstance(blob, dict) or blob.get("format") not in FORMATS:
         raise RetrievalError(f"{path}: not a {FORMAT} file; rerun `dvc repro train_retrieval`")
-    towers = RetrievalTowers(build_model(ModelConfig.from_dict(blob["model_config"])), blob["fingerprint"])
+    towers = RetrievalTowers(build_model(ModelConfig.from_dict(blob["model_config"])), blob["fingerprint"],
+                             colour=FORMATS[blob["format"]])
     towers.load_state_dict(blob["state_dict"])
     return towers.prepare_for_inference()

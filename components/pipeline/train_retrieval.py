@@ -5,6 +5,11 @@ Trains the retrieval towers (components/models/retrieval.py) on the train split'
 the epoch whose validation retrieval (mean of title->image and image->title R@10 among the val products) is best;
 the untrained towers, which are the fusion space itself, are the first candidate, so the stage never makes search
 worse on validation. The fusion network is read, never changed: the categorizer's predictions stay as they are.
+
+The photo tower's frozen part runs once per photo and view: `views` augmented copies (as is, mirrored, framed
+closer) whose trunks are cached, one drawn per row and step, so the trained last stage does not learn the train
+photos by heart (without them validation peaked at epoch 11 of 14 while the loss kept falling). The titles get
+the text counterpart: `token_dropout` of their words and character n-grams dropped per step.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from components import metrics as M
 from components.atomic_io import write_json
@@ -27,6 +33,7 @@ from components.models.retrieval import (
     Memory,
     RetrievalTowers,
     class_block_order,
+    colour_histogram,
     info_nce,
     save_towers,
     space_fingerprint,
@@ -38,6 +45,8 @@ from components.training.loop import optimizers
 log = logging.getLogger(__name__)
 
 KS = (1, 10)
+VIEWS = ("as_is", "mirrored", "closer")  # the augmented copies of a train photo, in the order `views` takes them
+CLOSER = 1.15  # "closer": the centre 1/1.15 of the photo, scaled back up (and mirrored)
 
 
 def pair_rows(arrays: Arrays, split: np.ndarray, code: int) -> np.ndarray:
@@ -45,22 +54,60 @@ def pair_rows(arrays: Arrays, split: np.ndarray, code: int) -> np.ndarray:
     return np.flatnonzero((split == code) & arrays.has_image.astype(bool) & (arrays.tokens != 0).any(1))
 
 
+def view(images: torch.Tensor, which: str) -> torch.Tensor:
+    """(B, H, W, 3) uint8 photos seen another way (VIEWS), still uint8 and of the same size."""
+    if which == "as_is":
+        return images
+    if which == "mirrored":
+        return images.flip(2)
+    if which == "closer":
+        h, w = images.shape[1:3]
+        ch, cw = round(h / CLOSER), round(w / CLOSER)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        x = images[:, top:top + ch, left:left + cw].permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).flip(2)
+    raise ValueError(f"unknown view {which!r}; one of {VIEWS}")
+
+
 @torch.no_grad()
-def trunks(towers: RetrievalTowers, images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The frozen photo-tower outputs of every image, once (the last stage learns on top of them)."""
+def trunks(towers: RetrievalTowers, images: np.ndarray, device: torch.device, views: int = 1) -> torch.Tensor:
+    """(views, N, ...): the frozen photo-tower outputs of every image in each of the first `views` VIEWS, once
+    (the last stage learns on top of them)."""
+    if not 1 <= views <= len(VIEWS):
+        raise ValueError(f"train_retrieval.views: {views}; 1 to {len(VIEWS)} ({', '.join(VIEWS)})")
     towers.eval()
-    out = [towers.trunk(torch.from_numpy(np.ascontiguousarray(images[i:i + PREDICT_BATCH])).to(device)).cpu()
-           for i in range(0, len(images), PREDICT_BATCH)]
-    return torch.cat(out)
+    out = []
+    for which in VIEWS[:views]:
+        out.append(torch.cat([
+            towers.trunk(view(torch.from_numpy(np.ascontiguousarray(images[i:i + PREDICT_BATCH])), which)
+                         .to(device)).cpu()
+            for i in range(0, len(images), PREDICT_BATCH)]))
+    return torch.stack(out)
+
+
+def colours(images: np.ndarray) -> torch.Tensor:
+    """Every photo's colour histogram (the photo tower's colour branch reads it), once."""
+    return torch.cat([colour_histogram(torch.from_numpy(np.ascontiguousarray(images[i:i + PREDICT_BATCH])))
+                      for i in range(0, len(images), PREDICT_BATCH)])
+
+
+def drop_ids(ids: torch.Tensor, rate: float, gen: torch.Generator) -> torch.Tensor:
+    """`ids` with each id set to padding (0) at `rate`: a title missing some of its words this step."""
+    if rate <= 0:
+        return ids
+    return ids * torch.rand(ids.shape, generator=gen).ge(rate)
 
 
 @torch.no_grad()
-def embed(towers: RetrievalTowers, trunk: torch.Tensor, tokens: torch.Tensor, subwords: torch.Tensor,
-          device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def embed(towers: RetrievalTowers, trunk: torch.Tensor, colour: torch.Tensor, tokens: torch.Tensor,
+          subwords: torch.Tensor, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors of photos (their as-is trunks and colours) and titles."""
     towers.eval()
     img, txt = [], []
     for i in range(0, len(trunk), PREDICT_BATCH):
-        img.append(towers.embed_image(None, trunk[i:i + PREDICT_BATCH].to(device)).cpu().numpy())
+        img.append(towers.embed_image(None, trunk[i:i + PREDICT_BATCH].to(device),
+                                      colour[i:i + PREDICT_BATCH].to(device)).cpu().numpy())
         txt.append(towers.embed_text(tokens[i:i + PREDICT_BATCH].to(device),
                                      subwords[i:i + PREDICT_BATCH].to(device)).cpu().numpy())
     return np.concatenate(img), np.concatenate(txt)
@@ -82,17 +129,18 @@ def train_towers(fusion: FusionModel, train: Arrays, val: Arrays, val_relevant: 
     train, val: the (photo, title) pairs; a train row's `group` (repeated listings are positives of each other)
     and finest label (same-class blocks = hard negatives) come with it."""
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    towers = RetrievalTowers(fusion, space_fingerprint(fusion)).to(device)
+    rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
+    towers = RetrievalTowers(fusion, space_fingerprint(fusion), colour=p.colour).to(device)
     towers.prepare_training()
     # The title tower's n-gram table takes sparse gradients: lazy Adam for it, AdamW for the rest (as in training).
     opts = optimizers(towers, p.lr, p.weight_decay)
     memory = Memory(p.memory, fusion.cfg.embed_dim)
-    tr_trunk, va_trunk = trunks(towers, train.images, device), trunks(towers, val.images, device)
+    tr_trunk, va_trunk = trunks(towers, train.images, device, p.views), trunks(towers, val.images, device)[0]
+    tr_colour, va_colour = colours(train.images), colours(val.images)
     tokens, subwords = torch.from_numpy(train.tokens), torch.from_numpy(train.subwords)
     va_tokens, va_subwords = torch.from_numpy(val.tokens), torch.from_numpy(val.subwords)
     group, labels = torch.from_numpy(train.group.astype(np.int64)), train.labels[:, -1]
-    best = scores(*embed(towers, va_trunk, va_tokens, va_subwords, device), val_relevant)
+    best = scores(*embed(towers, va_trunk, va_colour, va_tokens, va_subwords, device), val_relevant)
     history = [{"epoch": 0, **best}]
     best_state, best_epoch, stale = copy.deepcopy(towers.state_dict()), 0, 0
     for epoch in range(1, p.epochs + 1):
@@ -102,8 +150,10 @@ def train_towers(fusion: FusionModel, train: Arrays, val: Arrays, val_relevant: 
             idx = torch.from_numpy(order[start:start + p.batch_size])
             if len(idx) < 2:
                 continue
-            img = towers.embed_image(None, tr_trunk[idx].to(device))
-            txt = towers.embed_text(tokens[idx].to(device), subwords[idx].to(device))
+            seen = torch.from_numpy(rng.integers(len(tr_trunk), size=len(idx)))  # each row's view this step
+            img = towers.embed_image(None, tr_trunk[seen, idx].to(device), tr_colour[idx].to(device))
+            txt = towers.embed_text(drop_ids(tokens[idx], p.token_dropout, gen).to(device),
+                                    drop_ids(subwords[idx], p.token_dropout, gen).to(device))
             loss = info_nce(img, txt, group[idx].to(device), towers.logit_scale, memory)
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
@@ -113,7 +163,7 @@ def train_towers(fusion: FusionModel, train: Arrays, val: Arrays, val_relevant: 
             memory.push(img, txt, group[idx])
             losses.append(float(loss.detach()))
         row = {"epoch": epoch, "loss": round(float(np.mean(losses)), 4),
-               **scores(*embed(towers, va_trunk, va_tokens, va_subwords, device), val_relevant),
+               **scores(*embed(towers, va_trunk, va_colour, va_tokens, va_subwords, device), val_relevant),
                "temperature": round(float(1 / towers.logit_scale.detach().exp().clamp(max=100.0)), 4)}
         history.append(row)
         log.info("train_retrieval epoch %d: %s", epoch, row)

@@ -1,6 +1,7 @@
 """Retrieval towers: the fusion towers at the start, the InfoNCE with memory, same-class batches, training that
-pairs each listing's photo with its title while the trunk and the fusion network stay as they were, the
-self-describing file and the fingerprint of the fusion network it fits."""
+pairs each listing's photo with its title while the trunk and the fusion network stay as they were, the photo's
+colours and augmented views, the self-describing file (and the colourless format before it) and the fingerprint
+of the fusion network it fits."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,13 +18,14 @@ from components.models.retrieval import (
     RetrievalError,
     RetrievalTowers,
     class_block_order,
+    colour_histogram,
     info_nce,
     load_towers,
     save_towers,
     space_fingerprint,
 )
 from components.models.runtime import predict_arrays
-from components.pipeline.train_retrieval import train_towers
+from components.pipeline.train_retrieval import drop_ids, train_towers, trunks, view
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -64,8 +66,8 @@ def test_towers_start_as_the_fusion_networks_own_space():
 def test_training_pairs_listings_and_leaves_the_trunk_and_the_fusion_network_alone():
     fusion, a = tiny_fusion(), listings(64)
     before = {k: v.clone() for k, v in fusion.state_dict().items()}
-    p = TrainRetrievalParams(epochs=25, batch_size=32, lr=3e-3, weight_decay=0.0,
-                             patience=25, memory=64, class_block=1, device="cpu")
+    p = TrainRetrievalParams(epochs=25, batch_size=32, lr=3e-3, weight_decay=0.0, patience=25, memory=64,
+                             class_block=1, views=3, colour=True, token_dropout=0.1, device="cpu")
     towers, result = train_towers(fusion, a, a, relevance(np.arange(64).astype(str), np.full(64, "")), p, 0,
                                   torch.device("cpu"))
     start, kept = result["val"]["fusion_space"], result["val"]["retrieval"]
@@ -74,10 +76,11 @@ def test_training_pairs_listings_and_leaves_the_trunk_and_the_fusion_network_alo
     for k, v in fusion.state_dict().items():
         assert torch.equal(v, before[k]), k  # categorizing cannot change
     mine = towers.state_dict()
-    assert torch.equal(mine["towers.image.backbone.layer1.0.conv1.weight"],
+    assert torch.equal(mine["towers.image.tower.backbone.layer1.0.conv1.weight"],
                        before["towers.image.backbone.layer1.0.conv1.weight"])  # the trunk is the fusion network's
-    assert not torch.equal(mine["towers.image.backbone.layer4.0.conv1.weight"],
+    assert not torch.equal(mine["towers.image.tower.backbone.layer4.0.conv1.weight"],
                            before["towers.image.backbone.layer4.0.conv1.weight"])
+    assert mine["towers.image.colour.2.weight"].abs().sum() > 0  # the colour branch learnt from zero
     assert towers.fingerprint == space_fingerprint(fusion)
 
 
@@ -98,6 +101,15 @@ def test_towers_file_round_trip_and_refusals(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not torch")
     with pytest.raises(RetrievalError, match="junk.pt"):
         load_towers(tmp_path / "junk.pt")
+    # A file of the format before the colour branch still loads, as the towers it was.
+    plain = RetrievalTowers(fusion, "abc", colour=False)
+    save_towers(plain, tmp_path / "v1.pt", {})
+    assert torch.load(tmp_path / "v1.pt", weights_only=True)["format"] == "deepfusion-retrieval-towers/1"
+    old = load_towers(tmp_path / "v1.pt")
+    assert not old.reads_colour and not any(".colour." in k for k in old.state_dict())
+    was = predict_arrays(plain.eval().with_towers_of(fusion), a, 8, cpu, embeddings=True, cpu_precision="fp32")
+    now = predict_arrays(old.with_towers_of(fusion), a, 8, cpu, embeddings=True, cpu_precision="fp32")
+    np.testing.assert_allclose(now["embeddings"]["image"], was["embeddings"]["image"], atol=1e-4)
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     with pytest.raises(RetrievalError, match="other.pt.*train_retrieval"):
         load_towers(tmp_path / "other.pt")
@@ -162,3 +174,47 @@ def test_fingerprint_ignores_the_image_trunk_but_not_the_text_tower():
     with torch.no_grad():
         m.towers["text"].weight.add_(1.0)
     assert space_fingerprint(m) != base
+
+
+def photo(rgb: tuple[int, int, int], share: float) -> np.ndarray:
+    """An 80x64 studio shot: white background, a block of one colour covering `share` of the rows."""
+    img = np.full((80, 64, 3), 255, np.uint8)
+    img[: round(80 * share), :32] = rgb
+    return img
+
+
+def test_colour_histogram_sees_the_product_not_the_background():
+    shots = torch.from_numpy(np.stack([photo((200, 20, 20), 0.5), photo((200, 20, 20), 0.2),
+                                       photo((20, 20, 120), 0.5), np.full((80, 64, 3), 255, np.uint8)]))
+    h = colour_histogram(shots)
+    assert h.shape == (4, 216) and h.dtype == torch.float32
+    red = (200 * 6 // 256 * 6 + 20 * 6 // 256) * 6 + 20 * 6 // 256
+    assert h[0, red] == pytest.approx(1.0) and h[1, red] == pytest.approx(1.0)  # the share of the product
+    assert h[2, red] == 0 and h[2].max() == pytest.approx(1.0)  # navy lands elsewhere
+    assert h[3].abs().sum() == 0  # all background: no colour at all
+    assert torch.equal(colour_histogram(view(shots, "mirrored")), h)
+
+
+def test_views_keep_the_photo_size_and_trunks_stack_per_view():
+    shots = torch.from_numpy(np.stack([photo((200, 20, 20), 0.5), photo((20, 120, 20), 0.7)]))
+    assert torch.equal(view(shots, "mirrored"), shots.flip(2))
+    closer = view(shots, "closer")
+    assert closer.shape == shots.shape and closer.dtype == torch.uint8 and not torch.equal(closer, shots)
+    with pytest.raises(ValueError, match="unknown view"):
+        view(shots, "sideways")
+    towers = RetrievalTowers(tiny_fusion())
+    out = trunks(towers, shots.numpy(), torch.device("cpu"), views=3)
+    assert out.shape[:2] == (3, 2)
+    torch.testing.assert_close(out[0], towers.trunk(shots))
+    with pytest.raises(ValueError, match="train_retrieval.views"):
+        trunks(towers, shots.numpy(), torch.device("cpu"), views=4)
+
+
+def test_dropped_ids_become_padding_at_the_rate():
+    ids = torch.arange(1, 10_001).reshape(100, 100)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(drop_ids(ids, 0.0, gen), ids)
+    out = drop_ids(ids, 0.25, gen)
+    kept = out.ne(0)
+    assert torch.equal(out[kept], ids[kept])  # nothing but padding is written
+    assert 0.22 < 1 - kept.float().mean() < 0.28
