@@ -450,6 +450,18 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def dotted(key: str, value: str) -> dict:
+    """A command line's KEY=VALUE as a params mapping: 'a.b.c', '6' -> {'a': {'b': {'c': 6}}} (the value read as
+    YAML, as in params.yaml); `deep_merge` it into the raw params."""
+    out: dict = {}
+    node = out
+    *parents, leaf = key.split(".")
+    for k in parents:
+        node = node.setdefault(k, {})
+    node[leaf] = yaml.safe_load(value)
+    return out
+
+
 def catalog_from_dict(raw: dict) -> CatalogSchema:
     """A catalog schema on its own (a logged model's catalog.json), checked as in params.yaml."""
     schema = _build(CatalogSchema, raw, "catalog")

@@ -27,24 +27,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-import yaml
 
-from components.config import deep_merge, load_raw, params_from_dict
+from components.config import deep_merge, dotted, load_raw, params_from_dict
 from components.pipeline import evaluate, stack, train_fusion
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-
-def override(key: str, value: str) -> dict:
-    """'a.b.c', '6' -> {'a': {'b': {'c': 6}}} (the value is read as YAML, as in params.yaml)."""
-    out: dict = {}
-    node = out
-    *parents, leaf = key.split(".")
-    for k in parents:
-        node = node.setdefault(k, {})
-    node[leaf] = yaml.safe_load(value)
-    return out
 
 
 def reference(path: Path) -> str:
@@ -68,7 +56,7 @@ def main() -> None:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. train_fusion.train.epochs=6")
-        raw = deep_merge(raw, override(key, value))
+        raw = deep_merge(raw, dotted(key, value))
     for stage in ("features", "train_baseline"):
         if not Path(raw["paths"][stage]).is_dir():
             raise SystemExit(f"seed_spread: {raw['paths'][stage]} not found; run `dvc repro train_fusion` first")
