@@ -277,6 +277,7 @@ class TrainRetrievalParams:
     class_block: int  # rows per same-class block in a batch (hard negatives); 1 = plain shuffle
     views: int  # augmented copies of each train photo whose trunks are cached (as is, mirrored, closer): 1-3
     colour: bool  # the photo tower also reads the photo's colour histogram
+    stages: int  # the photo tower's last stages that learn: 1 or 2 (the trunk before them is cached)
     token_dropout: float  # share of a title's words and n-grams dropped per training step
     device: str
 

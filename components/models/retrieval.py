@@ -32,8 +32,7 @@ from torch import nn
 from components.atomic_io import atomic_write_bytes
 from components.models.fusion import FusionModel, ModelConfig, build_model
 
-FORMAT = "deepfusion-retrieval-towers/2"
-FORMATS = {"deepfusion-retrieval-towers/1": False, FORMAT: True}  # format -> the photo tower reads colours
+FORMAT = "deepfusion-retrieval-towers/2"  # /2: with "photo" (PhotoTower's build); /1: the fusion network's tower
 COLOUR_BINS = 6  # per channel: 216 joint RGB bins tell navy from blue and olive from green at 80x64
 BACKGROUND = 240  # a pixel with every channel above it is studio background (letterbox padding is 255)
 COLOUR_HIDDEN = 256
@@ -72,25 +71,39 @@ def colour_histogram(images: torch.Tensor) -> torch.Tensor:
 
 
 class PhotoTower(nn.Module):
-    """A fusion network's photo tower plus a colour branch (module docstring): what it returns is the tower's
-    vector plus an MLP of the photo's colour histogram. It answers to everything that drives an image tower
-    (`trunk`, `trunk_key`, `fold_batchnorm`, `freeze_backbone`), so a fusion network can carry it."""
+    """A fusion network's photo tower that may read the photo's colours and learn more than its last stage.
 
-    def __init__(self, tower: nn.Module) -> None:
+    `colour`: what it returns is the tower's vector plus an MLP of the photo's colour histogram (module
+    docstring). `stages`: how many of the backbone's last stages learn (1: the last, as the fusion network
+    trains it; 2: also the one before, whose outputs are then the cached trunk). It answers to everything that
+    drives an image tower (`trunk`, `trunk_key`, `fold_batchnorm`, `freeze_backbone`), so a fusion network can
+    carry it."""
+
+    def __init__(self, tower: nn.Module, colour: bool = True, stages: int = 1) -> None:
         super().__init__()
-        self.tower = tower
-        self.colour = nn.Sequential(nn.Linear(COLOUR_BINS ** 3, COLOUR_HIDDEN), nn.ReLU(),
-                                    nn.Linear(COLOUR_HIDDEN, tower.out_dim))
-        nn.init.zeros_(self.colour[-1].weight)  # starts as the fusion network's own photo vector
-        nn.init.zeros_(self.colour[-1].bias)
+        if stages not in (1, 2):
+            raise ValueError(f"train_retrieval.stages: {stages}; 1 (the last stage learns) or 2")
+        self.tower, self.stages = tower, stages
+        self.colour = None
+        if colour:
+            self.colour = nn.Sequential(nn.Linear(COLOUR_BINS ** 3, COLOUR_HIDDEN), nn.ReLU(),
+                                        nn.Linear(COLOUR_HIDDEN, tower.out_dim))
+            nn.init.zeros_(self.colour[-1].weight)  # starts as the fusion network's own photo vector
+            nn.init.zeros_(self.colour[-1].bias)
         self.out_dim = tower.out_dim
 
     def forward(self, images: torch.Tensor | None, trunk: torch.Tensor | None = None,
                 colour: torch.Tensor | None = None) -> torch.Tensor:
-        """`colour`: this batch's `colour_histogram` when the photos themselves are not passed (training on
-        cached trunks)."""
+        """`trunk`: this tower's `trunk()` of the batch; `colour`: its `colour_histogram`, needed when the photos
+        themselves are not passed (training on cached trunks)."""
+        if trunk is not None and self.stages == 2:
+            trunk = self.tower.backbone.layer3(trunk)  # the ImageTower continues from its own trunk
         out = self.tower(images, trunk)
+        if self.colour is None:
+            return out
         if colour is None:
+            if images is None:
+                raise ValueError("this photo tower reads colours: pass the photos or their colour_histogram")
             colour = colour_histogram(images)
         return out + self.colour(colour.to(out.dtype))
 
@@ -99,23 +112,36 @@ class PhotoTower(nn.Module):
         return self.tower.folded
 
     def trunk(self, images: torch.Tensor) -> torch.Tensor:
-        return self.tower.trunk(images)
+        if self.stages == 1:
+            return self.tower.trunk(images)
+        b = self.tower.backbone
+        return b.layer2(b.layer1(b.maxpool(b.act1(b.bn1(b.conv1(self.tower.preprocess(images)))))))
 
     def trunk_key(self) -> str | None:
-        return self.tower.trunk_key()
+        # A two-stage trunk is not the one the fusion network's towers share: never shared with them.
+        return self.tower.trunk_key() if self.stages == 1 else None
 
     def fold_batchnorm(self) -> None:
         self.tower.fold_batchnorm()
 
     def freeze_backbone(self, keep_last_stage: bool = False) -> None:
+        """As ImageTower's; with two learning stages, the stage before the last learns too (its weights and its
+        BatchNorm statistics: taken off the tower's frozen list)."""
         self.tower.freeze_backbone(keep_last_stage)
+        if keep_last_stage and self.stages == 2:
+            stage = self.tower.backbone.layer3
+            for param in stage.parameters():
+                param.requires_grad_(True)
+            learning = {id(m) for m in stage.modules()}
+            self.tower.frozen = [m for m in self.tower.frozen if id(m) not in learning]
+            self.tower.train(self.tower.training)
 
 
 class RetrievalTowers(nn.Module):
-    """Copies of a fusion network's image and text towers (and its temperature) with their own weights; with
-    `colour`, the photo tower also reads the photo's colours (`PhotoTower`)."""
+    """Copies of a fusion network's image and text towers (and its temperature) with their own weights; the photo
+    tower may read the photo's colours and learn its last two stages (`PhotoTower`)."""
 
-    def __init__(self, fusion: FusionModel, fingerprint: str = "", colour: bool = True) -> None:
+    def __init__(self, fusion: FusionModel, fingerprint: str = "", colour: bool = True, stages: int = 1) -> None:
         super().__init__()
         missing = set(MODALITIES) - set(fusion.towers)
         if missing:
@@ -123,13 +149,14 @@ class RetrievalTowers(nn.Module):
         self.cfg = fusion.cfg
         self.fingerprint = fingerprint  # the fusion network it started from
         self.towers = nn.ModuleDict({m: copy.deepcopy(fusion.towers[m]) for m in MODALITIES})
-        self.reads_colour = colour
-        if colour:
-            self.towers["image"] = PhotoTower(self.towers["image"])
+        self.photo = {"colour": colour, "stages": stages}  # how the photo tower was built: saved with it
+        self.plain = not colour and stages == 1  # the fusion network's own photo tower: format /1
+        if not self.plain:
+            self.towers["image"] = PhotoTower(self.towers["image"], colour, stages)
         self.logit_scale = nn.Parameter(fusion.logit_scale.detach().clone())
 
     def prepare_training(self) -> None:
-        """Freeze the photo tower before its last stage (weights and BatchNorm statistics)."""
+        """Freeze the photo tower before its learning stages (weights and BatchNorm statistics)."""
         self.towers["image"].freeze_backbone(keep_last_stage=True)
 
     def trunk(self, images: torch.Tensor) -> torch.Tensor:
@@ -139,7 +166,7 @@ class RetrievalTowers(nn.Module):
     def embed_image(self, images: torch.Tensor | None, trunk: torch.Tensor | None = None,
                     colour: torch.Tensor | None = None) -> torch.Tensor:
         """`colour`: the photos' `colour_histogram`, needed when only their trunks are passed."""
-        if not self.reads_colour:
+        if self.plain:
             return F.normalize(self.towers["image"](images, trunk).float(), dim=-1)
         return F.normalize(self.towers["image"](images, trunk, colour).float(), dim=-1)
 
@@ -241,7 +268,7 @@ def towers_file(train_retrieval_dir: str | Path) -> Path:
 def save_towers(towers: RetrievalTowers, path: Path, metrics: dict) -> None:
     """A self-describing checkpoint: format, the architecture, the fusion network it fits, weights, scores."""
     buf = io.BytesIO()
-    torch.save({"format": FORMAT if towers.reads_colour else "deepfusion-retrieval-towers/1",
+    torch.save({"format": "deepfusion-retrieval-towers/1" if towers.plain else FORMAT, "photo": towers.photo,
                 "model_config": towers.cfg.to_dict(), "fingerprint": towers.fingerprint,
                 "state_dict": towers.state_dict(), "metrics": metrics}, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -253,9 +280,10 @@ def load_towers(path: str | Path) -> RetrievalTowers:
         blob = torch.load(path, map_location="cpu", weights_only=True)  # data only: no code runs on load
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same error for the caller
         raise RetrievalError(f"{path}: not a readable retrieval towers file ({exc})") from exc
-    if not isinstance(blob, dict) or blob.get("format") not in FORMATS:
+    if not isinstance(blob, dict) or blob.get("format") not in (FORMAT, "deepfusion-retrieval-towers/1"):
         raise RetrievalError(f"{path}: not a {FORMAT} file; rerun `dvc repro train_retrieval`")
+    photo = blob.get("photo") or {"colour": False, "stages": 1}
     towers = RetrievalTowers(build_model(ModelConfig.from_dict(blob["model_config"])), blob["fingerprint"],
-                             colour=FORMATS[blob["format"]])
+                             colour=bool(photo["colour"]), stages=int(photo["stages"]))
     towers.load_state_dict(blob["state_dict"])
     return towers.prepare_for_inference()

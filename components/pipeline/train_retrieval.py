@@ -130,7 +130,7 @@ def train_towers(fusion: FusionModel, train: Arrays, val: Arrays, val_relevant: 
     and finest label (same-class blocks = hard negatives) come with it."""
     torch.manual_seed(seed)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
-    towers = RetrievalTowers(fusion, space_fingerprint(fusion), colour=p.colour).to(device)
+    towers = RetrievalTowers(fusion, space_fingerprint(fusion), colour=p.colour, stages=p.stages).to(device)
     towers.prepare_training()
     # The title tower's n-gram table takes sparse gradients: lazy Adam for it, AdamW for the rest (as in training).
     opts = optimizers(towers, p.lr, p.weight_decay)

@@ -67,7 +67,7 @@ def test_training_pairs_listings_and_leaves_the_trunk_and_the_fusion_network_alo
     fusion, a = tiny_fusion(), listings(64)
     before = {k: v.clone() for k, v in fusion.state_dict().items()}
     p = TrainRetrievalParams(epochs=25, batch_size=32, lr=3e-3, weight_decay=0.0, patience=25, memory=64,
-                             class_block=1, views=3, colour=True, token_dropout=0.1, device="cpu")
+                             class_block=1, views=3, colour=True, stages=1, token_dropout=0.1, device="cpu")
     towers, result = train_towers(fusion, a, a, relevance(np.arange(64).astype(str), np.full(64, "")), p, 0,
                                   torch.device("cpu"))
     start, kept = result["val"]["fusion_space"], result["val"]["retrieval"]
@@ -106,7 +106,7 @@ def test_towers_file_round_trip_and_refusals(tmp_path):
     save_towers(plain, tmp_path / "v1.pt", {})
     assert torch.load(tmp_path / "v1.pt", weights_only=True)["format"] == "deepfusion-retrieval-towers/1"
     old = load_towers(tmp_path / "v1.pt")
-    assert not old.reads_colour and not any(".colour." in k for k in old.state_dict())
+    assert old.plain and not any(".colour." in k for k in old.state_dict())
     was = predict_arrays(plain.eval().with_towers_of(fusion), a, 8, cpu, embeddings=True, cpu_precision="fp32")
     now = predict_arrays(old.with_towers_of(fusion), a, 8, cpu, embeddings=True, cpu_precision="fp32")
     np.testing.assert_allclose(now["embeddings"]["image"], was["embeddings"]["image"], atol=1e-4)
@@ -218,3 +218,30 @@ def test_dropped_ids_become_padding_at_the_rate():
     kept = out.ne(0)
     assert torch.equal(out[kept], ids[kept])  # nothing but padding is written
     assert 0.22 < 1 - kept.float().mean() < 0.28
+
+
+def test_two_learning_stages_cache_an_earlier_trunk_and_train_the_stage_before_the_last(tmp_path):
+    fusion, a = tiny_fusion(), listings(64)
+    before = {k: v.clone() for k, v in fusion.state_dict().items()}
+    p = TrainRetrievalParams(epochs=6, batch_size=32, lr=3e-3, weight_decay=0.0, patience=6, memory=0,
+                             class_block=1, views=2, colour=False, stages=2, token_dropout=0.0, device="cpu")
+    towers, result = train_towers(fusion, a, a, relevance(np.arange(64).astype(str), np.full(64, "")), p, 0,
+                                  torch.device("cpu"))
+    assert result["best_epoch"] > 0
+    mine = towers.state_dict()
+    for name, moved in (("layer2", False), ("layer3", True), ("layer4", True)):
+        key = f"backbone.{name}.0.conv1.weight"
+        assert torch.equal(mine[f"towers.image.tower.{key}"], before[f"towers.image.{key}"]) != moved, name
+    shots = torch.from_numpy(a.images[:4])
+    fresh = RetrievalTowers(fusion, colour=False, stages=2)
+    assert fresh.trunk(shots).shape[1] == 8  # layer2's width in the tiny backbone: its output is the trunk
+    assert fresh.towers["image"].trunk_key() is None  # never shared with the fusion network's trunk
+    torch.testing.assert_close(fresh.eval().embed_image(shots), fresh.embed_image(None, fresh.trunk(shots)))
+    save_towers(towers, tmp_path / "t.pt", {})
+    back = load_towers(tmp_path / "t.pt")
+    assert back.photo == {"colour": False, "stages": 2}
+    with pytest.raises(ValueError, match="colour_histogram"):
+        coloured = RetrievalTowers(fusion)
+        coloured.embed_image(None, coloured.trunk(shots))
+    np.testing.assert_allclose(back.embed_image(shots).detach().numpy(),
+                               towers.eval().embed_image(shots).detach().numpy(), atol=1e-4)
