@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="params.yaml override, e.g. train_retrieval.colour=false (repeatable)")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")  # epochs
     ws = args.workspace.resolve()
     raw = load_raw(ws / "params.yaml")
     raw = deep_merge(raw, {"paths": {k: str(ws / v) for k, v in raw["paths"].items() if isinstance(v, str)}})
