@@ -34,7 +34,6 @@ from components.pipeline import evaluate, stack, train_fusion
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 def reference(path: Path) -> str:
     if not path.is_file():
         return "not built (run dvc repro)"
