@@ -178,7 +178,8 @@ def categorize(folder: Path, cat: Categorizer, embeddings: bool = False, progres
     out = with_rejected(pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols), read)
     arrays = {}
     if embeddings:
-        arrays = {"ids": ids_array(pred["id"]),
+        # The ids of every chunk, in the vectors' order (the loop's `pred` is the last chunk's alone).
+        arrays = {"ids": ids_array(np.concatenate([part["id"].to_numpy() for part in parts]) if parts else []),
                   **{k: np.concatenate(v) if v else np.zeros((0, 0), np.float32) for k, v in embs.items()}}
     return out, arrays
 

@@ -116,6 +116,9 @@ class Index:
                 if manifest.get("format") != FORMAT:
                     raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT}")
                 facets = pd.DataFrame({c: z[f"facet_{i}"] for i, c in enumerate(manifest["facets"])})
+                rows = {len(z["ids"]), len(z["image"]), len(z["text"]), len(facets)}
+                if len(rows) > 1:  # an index built before predict kept every chunk's ids named the wrong products
+                    raise ValueError(f"ids, vectors and facets of different lengths {sorted(rows)}")
                 return cls(z["ids"], z["image"], z["text"], facets, manifest["model_key"], manifest["backend"])
         except (OSError, ValueError, KeyError) as exc:
             raise SearchIndexError(f"{path}: not a readable search index ({exc}); rebuild it with "

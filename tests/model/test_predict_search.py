@@ -84,6 +84,10 @@ def test_chunks_run_side_by_side_give_the_one_chunk_predictions(trained, tmp_pat
     pd.testing.assert_frame_equal(chunked.drop(columns=conf), whole.drop(columns=conf))
     np.testing.assert_allclose(chunked[conf].to_numpy(float), whole[conf].to_numpy(float), atol=1e-3)
     np.testing.assert_allclose(chunked_emb["text"], whole_emb["text"], atol=1e-5)
+    # Every chunk's ids, in the vectors' order (they were once the last chunk's alone: a search index of 4 ids
+    # for 24 vectors)
+    assert len(chunked_emb["ids"]) == len(chunked_emb["text"]) == 24
+    np.testing.assert_array_equal(chunked_emb["ids"], whole["id"].to_numpy(np.int64))
 
 
 @pytest.mark.skipif(not predict.can_fork(), reason="this platform cannot fork worker processes")

@@ -102,6 +102,11 @@ def test_the_index_round_trips_and_refuses_other_files(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not an index")
     with pytest.raises(SearchIndexError, match="not a readable search index"):
         Index.load(tmp_path / "bad.npz")
+    short = synthetic()
+    short.ids = short.ids[-37:]  # as predict once wrote them: the last chunk's ids for every chunk's vectors
+    short.save(tmp_path / "short.npz")
+    with pytest.raises(SearchIndexError, match=r"different lengths \[37, 300\].*rebuild it"):
+        Index.load(tmp_path / "short.npz")
     np.savez(tmp_path / "pickled.npz", ids=np.array([{"x": 1}], dtype=object))
     with pytest.raises(SearchIndexError, match="rebuild it"):
         Index.load(tmp_path / "pickled.npz")
