@@ -63,13 +63,20 @@ def test_towers_start_as_the_fusion_networks_own_space():
     assert fusion.towers["image"] is not towers.towers["image"]  # copies: the fusion network keeps its own
 
 
-def test_training_pairs_listings_and_leaves_the_trunk_and_the_fusion_network_alone():
+def train_on_listings(**recipe):
+    """A tiny fusion network, its weights before, and towers trained on 64 listings (each its own product) with
+    the given recipe (TrainRetrievalParams fields beside the fixed ones)."""
     fusion, a = tiny_fusion(), listings(64)
     before = {k: v.clone() for k, v in fusion.state_dict().items()}
-    p = TrainRetrievalParams(epochs=25, batch_size=32, lr=3e-3, weight_decay=0.0, patience=25, memory=64,
-                             class_block=1, views=3, colour=True, stages=1, token_dropout=0.1, device="cpu")
+    p = TrainRetrievalParams(batch_size=32, lr=3e-3, weight_decay=0.0, class_block=1, device="cpu", **recipe)
     towers, result = train_towers(fusion, a, a, relevance(np.arange(64).astype(str), np.full(64, "")), p, 0,
                                   torch.device("cpu"))
+    return fusion, a, before, towers, result
+
+
+def test_training_pairs_listings_and_leaves_the_trunk_and_the_fusion_network_alone():
+    fusion, a, before, towers, result = train_on_listings(epochs=25, patience=25, memory=64, views=3, colour=True,
+                                                          stages=1, token_dropout=0.1)
     start, kept = result["val"]["fusion_space"], result["val"]["retrieval"]
     assert kept["score"] >= max(h["score"] for h in result["history"])  # the best epoch is the one kept
     assert kept["score"] > start["score"] + 0.2, (start, kept)
@@ -221,12 +228,8 @@ def test_dropped_ids_become_padding_at_the_rate():
 
 
 def test_two_learning_stages_cache_an_earlier_trunk_and_train_the_stage_before_the_last(tmp_path):
-    fusion, a = tiny_fusion(), listings(64)
-    before = {k: v.clone() for k, v in fusion.state_dict().items()}
-    p = TrainRetrievalParams(epochs=6, batch_size=32, lr=3e-3, weight_decay=0.0, patience=6, memory=0,
-                             class_block=1, views=2, colour=False, stages=2, token_dropout=0.0, device="cpu")
-    towers, result = train_towers(fusion, a, a, relevance(np.arange(64).astype(str), np.full(64, "")), p, 0,
-                                  torch.device("cpu"))
+    fusion, a, before, towers, result = train_on_listings(epochs=6, patience=6, memory=0, views=2, colour=False,
+                                                          stages=2, token_dropout=0.0)
     assert result["best_epoch"] > 0
     mine = towers.state_dict()
     for name, moved in (("layer2", False), ("layer3", True), ("layer4", True)):
