@@ -244,6 +244,33 @@ def info_nce(image: torch.Tensor, text: torch.Tensor, group: torch.Tensor, logit
     return 0.5 * (side(text, keys_i) + side(image, keys_t))
 
 
+class AttributeHeads(nn.Module):
+    """Training-only heads: one linear classifier per metadata column (a colour, a gender), shared by the photo and
+    the title vectors. InfoNCE alone leaves what a batch rarely contrasts faint: a shuffled batch of 100+ classes
+    is told apart by article type, and the photo vectors named the catalog colour in 52 % of validation photos
+    where a linear probe of the photo's colour histogram and vector together named 63 %. One head for both sides
+    also lays each value along the same direction in both, so the cosine reads it. Not saved with the towers."""
+
+    # Unit vectors give logits in [-|w|, |w|]; a fixed scale (NormFace's s) lets a small head be confident.
+    SCALE = 16.0
+
+    def __init__(self, dim: int, cardinalities: dict[str, int]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict({name: nn.Linear(dim, n) for name, n in cardinalities.items()})
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over both sides and every head; labels (B, heads) in the heads' order, 0 = unknown
+        (not counted)."""
+        losses = []
+        for j, head in enumerate(self.heads.values()):
+            y = labels[:, j]
+            if not bool(y.ne(0).any()):
+                continue
+            for v in (image, text):
+                losses.append(F.cross_entropy(head(self.SCALE * v), y, ignore_index=0))
+        return torch.stack(losses).mean() if losses else image.new_zeros(())
+
+
 def class_block_order(labels: np.ndarray, block: int, rng: np.random.Generator) -> np.ndarray:
     """An epoch's row order in which every run of `block` rows comes from one class (the rest of a class's rows
     shuffled into blocks of their own): consecutive batches then hold same-class products, the hard negatives a

@@ -30,6 +30,7 @@ from components.config import Params, TrainRetrievalParams, load_params
 from components.data import SPLIT_CODES, Arrays, load_arrays
 from components.models.fusion import FusionModel
 from components.models.retrieval import (
+    AttributeHeads,
     Memory,
     RetrievalTowers,
     class_block_order,
@@ -122,18 +123,32 @@ def scores(image: np.ndarray, text: np.ndarray, relevant: np.ndarray) -> dict[st
     return out
 
 
+def attribute_columns(categorical: tuple[str, ...], attributes: tuple[str, ...]) -> list[int]:
+    """Where each of `attributes` sits in the arrays' categorical ids (catalog.categorical's order)."""
+    return [categorical.index(a) for a in attributes]
+
+
 def train_towers(fusion: FusionModel, train: Arrays, val: Arrays, val_relevant: np.ndarray,
-                 p: TrainRetrievalParams, seed: int, device: torch.device) -> tuple[RetrievalTowers, dict]:
+                 p: TrainRetrievalParams, seed: int, device: torch.device,
+                 categorical: tuple[str, ...] = ()) -> tuple[RetrievalTowers, dict]:
     """The towers of the best validation epoch (epoch 0 = the fusion network's own) and the history.
 
-    train, val: the (photo, title) pairs; a train row's `group` (repeated listings are positives of each other)
-    and finest label (same-class blocks = hard negatives) come with it."""
+    train, val: the (photo, title) pairs; a train row's `group` (repeated listings are positives of each other),
+    finest label (same-class blocks = hard negatives) and metadata ids (`categorical` names their columns, for
+    `p.attributes`) come with it."""
     torch.manual_seed(seed)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     towers = RetrievalTowers(fusion, space_fingerprint(fusion), colour=p.colour, stages=p.stages).to(device)
     towers.prepare_training()
     # The title tower's n-gram table takes sparse gradients: lazy Adam for it, AdamW for the rest (as in training).
     opts = optimizers(towers, p.lr, p.weight_decay)
+    heads, attr_ids = None, None
+    if p.attributes and p.attribute_weight > 0:
+        cols = attribute_columns(categorical, p.attributes)
+        heads = AttributeHeads(fusion.cfg.embed_dim, {a: fusion.cfg.cardinalities[c]
+                                                      for a, c in zip(p.attributes, cols, strict=True)}).to(device)
+        opts.append(torch.optim.AdamW(heads.parameters(), lr=p.lr, weight_decay=p.weight_decay))
+        attr_ids = torch.from_numpy(train.cat[:, cols].astype(np.int64))
     memory = Memory(p.memory, fusion.cfg.embed_dim)
     tr_trunk, va_trunk = trunks(towers, train.images, device, p.views), trunks(towers, val.images, device)[0]
     tr_colour, va_colour = colours(train.images), colours(val.images)
@@ -155,6 +170,8 @@ def train_towers(fusion: FusionModel, train: Arrays, val: Arrays, val_relevant: 
             txt = towers.embed_text(drop_ids(tokens[idx], p.token_dropout, gen).to(device),
                                     drop_ids(subwords[idx], p.token_dropout, gen).to(device))
             loss = info_nce(img, txt, group[idx].to(device), towers.logit_scale, memory)
+            if heads is not None:
+                loss = loss + p.attribute_weight * heads(img, txt, attr_ids[idx].to(device))
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -186,7 +203,8 @@ def run(params: Params) -> dict:
     train, val = pair_rows(arrays, split, SPLIT_CODES["train"]), pair_rows(arrays, split, SPLIT_CODES["val"])
     frame = pd.read_parquet(Path(params.paths.ingest) / "products.parquet", columns=["title_norm", "image_md5"])
     relevant = M.relevance(frame["title_norm"].to_numpy()[val], frame["image_md5"].to_numpy()[val])
-    towers, result = train_towers(fusion, arrays.subset(train), arrays.subset(val), relevant, p, params.seed, device)
+    towers, result = train_towers(fusion, arrays.subset(train), arrays.subset(val), relevant, p, params.seed, device,
+                                  params.catalog.categorical)
     metrics = {"train_pairs": len(train), "val_pairs": len(val), **result}
     out = Path(params.paths.train_retrieval)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from components.data import Arrays
 from components.metrics import relevance
 from components.models.fusion import ModelConfig, build_model
 from components.models.retrieval import (
+    AttributeHeads,
     Memory,
     RetrievalError,
     RetrievalTowers,
@@ -25,7 +26,7 @@ from components.models.retrieval import (
     space_fingerprint,
 )
 from components.models.runtime import predict_arrays
-from components.pipeline.train_retrieval import drop_ids, train_towers, trunks, view
+from components.pipeline.train_retrieval import attribute_columns, drop_ids, train_towers, trunks, view
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -41,13 +42,18 @@ def tiny_fusion():
     return build_model(cfg).eval()
 
 
+CATEGORICAL = ("gender", "colour")  # what the tiny network's two metadata ids name (cardinalities 4 and 5)
+
+
 def listings(n: int, seed: int = 0) -> Arrays:
-    """n listings, each its own photo (a random colour field) and its own title words."""
+    """n listings, each its own photo (a random colour field) and its own title words; their "colour" id (1-3)
+    is the photo's strongest channel, which the titles never say."""
     rng = np.random.default_rng(seed)
     colours = rng.integers(0, 255, (n, 1, 1, 3))
     images = np.clip(colours + rng.integers(-10, 10, (n, 80, 64, 3)), 0, 255).astype(np.uint8)
+    cat = np.stack([rng.integers(0, 4, n), colours.reshape(n, 3).argmax(1) + 1], axis=1)
     return Arrays(tokens=rng.integers(1, 60, (n, 5)), subwords=rng.integers(1, 64, (n, 10)),
-                  attrs=rng.integers(0, 10, (n, 4)), cat=rng.integers(0, 4, (n, 2)),
+                  attrs=rng.integers(0, 10, (n, 4)), cat=cat,
                   num=rng.normal(size=(n, 2)).astype(np.float32), images=images, has_image=np.ones(n, bool),
                   labels=np.tile(rng.integers(0, 4, (n, 1)), (1, 3)), group=np.arange(n))
 
@@ -68,9 +74,10 @@ def train_on_listings(**recipe):
     the given recipe (TrainRetrievalParams fields beside the fixed ones)."""
     fusion, a = tiny_fusion(), listings(64)
     before = {k: v.clone() for k, v in fusion.state_dict().items()}
+    recipe = {"attributes": (), "attribute_weight": 0.0, **recipe}
     p = TrainRetrievalParams(batch_size=32, lr=3e-3, weight_decay=0.0, class_block=1, device="cpu", **recipe)
     towers, result = train_towers(fusion, a, a, relevance(np.arange(64).astype(str), np.full(64, "")), p, 0,
-                                  torch.device("cpu"))
+                                  torch.device("cpu"), CATEGORICAL)
     return fusion, a, before, towers, result
 
 
@@ -89,6 +96,34 @@ def test_training_pairs_listings_and_leaves_the_trunk_and_the_fusion_network_alo
                            before["towers.image.backbone.layer4.0.conv1.weight"])
     assert mine["towers.image.colour.2.weight"].abs().sum() > 0  # the colour branch learnt from zero
     assert towers.fingerprint == space_fingerprint(fusion)
+
+
+def named_by_centroids(vectors: np.ndarray, y: np.ndarray) -> float:
+    """Share of rows whose nearest value centroid (of their own vectors) is their value: how plainly the vectors
+    lay a column out."""
+    values = np.unique(y)
+    centroids = np.stack([vectors[y == v].mean(0) for v in values])
+    return float((values[(vectors @ centroids.T).argmax(1)] == y).mean())
+
+
+def test_attribute_heads_teach_both_vectors_a_metadata_column_and_stay_out_of_the_towers():
+    # The listings' colour id is in their photos, never in their titles, and InfoNCE does not need it to pair
+    # them: the heads' loss lays it out in both vectors. The heads are training scaffolding: not in the towers.
+    assert attribute_columns(CATEGORICAL, ("colour",)) == [1]
+    heads = AttributeHeads(16, {"colour": 5})
+    v = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
+    assert heads(v, v, torch.zeros(8, 1, dtype=torch.long)) == 0  # every value unknown (0): nothing to learn
+    a, cpu = listings(64), torch.device("cpu")
+    y = a.cat[:, 1]
+    named = {}
+    for weight in (0.0, 3.0):
+        _, _, _, towers, _ = train_on_listings(epochs=25, patience=25, memory=0, views=1, colour=False, stages=1,
+                                               token_dropout=0.0, attributes=("colour",), attribute_weight=weight)
+        assert not any("head" in k for k in towers.state_dict())
+        got = predict_arrays(towers.with_towers_of(tiny_fusion()), a, 8, cpu, embeddings=True, cpu_precision="fp32")
+        named[weight] = [named_by_centroids(got["embeddings"][m], y) for m in ("image", "text")]
+    (image_off, text_off), (image_on, text_on) = named[0.0], named[3.0]
+    assert image_on > image_off + 0.1 and text_on > text_off + 0.05, named
 
 
 def test_towers_file_round_trip_and_refusals(tmp_path):
