@@ -142,9 +142,9 @@ def _check_across(p: Params) -> None:
         set(p.drift.numeric) - set(p.catalog.numeric))
     if unwatched:
         raise ConfigError(f"params.drift: watched column(s) {unwatched} are not in catalog.categorical / numeric")
-    unread = sorted(set(p.train_retrieval.attributes) - set(p.catalog.categorical))
+    unread = sorted(set(p.train_retrieval.metadata_heads) - set(p.catalog.categorical))
     if unread:
-        raise ConfigError(f"params.train_retrieval.attributes: {unread} are not in catalog.categorical "
+        raise ConfigError(f"params.train_retrieval.metadata_heads: {unread} are not in catalog.categorical "
                           f"{list(p.catalog.categorical)}")
 
 
@@ -283,8 +283,8 @@ class TrainRetrievalParams:
     colour: bool  # the photo tower also reads the photo's colour histogram
     stages: int  # the photo tower's last stages that learn: 1 or 2 (the trunk before them is cached)
     token_dropout: float  # share of a title's words and n-grams dropped per training step
-    attributes: tuple[str, ...]  # catalog.categorical columns both vectors learn to name (one head each, shared)
-    attribute_weight: float  # that loss's weight beside InfoNCE (0 = off)
+    metadata_heads: tuple[str, ...]  # catalog.categorical columns both vectors learn to name (one head each, shared)
+    metadata_weight: float  # that loss's weight beside InfoNCE (0 = off)
     device: str
 
 

@@ -290,7 +290,7 @@ def shaped_raw(tmp: Path, data: Path, schema: dict, extra: dict | None = None) -
     raw["registry"]["floors"] = {}
     raw["drift"]["categorical"] = list(schema["categorical"][:1])
     raw["drift"]["numeric"] = list(schema["numeric"])
-    raw["train_retrieval"]["attributes"] = list(schema["categorical"][:1])
+    raw["train_retrieval"]["metadata_heads"] = list(schema["categorical"][:1])
     for stage in ("train_baseline", "train_fusion"):
         raw[stage]["train"]["level_weights"] = []  # the default for any depth
     return raw

@@ -244,7 +244,7 @@ def info_nce(image: torch.Tensor, text: torch.Tensor, group: torch.Tensor, logit
     return 0.5 * (side(text, keys_i) + side(image, keys_t))
 
 
-class AttributeHeads(nn.Module):
+class MetadataHeads(nn.Module):
     """Training-only heads: one linear classifier per metadata column (a colour, a gender), shared by the photo and
     the title vectors. InfoNCE alone leaves what a batch rarely contrasts faint: a shuffled batch of 100+ classes
     is told apart by article type, and the photo vectors named the catalog colour in 52 % of validation photos

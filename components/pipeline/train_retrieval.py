@@ -30,8 +30,8 @@ from components.config import Params, TrainRetrievalParams, load_params
 from components.data import SPLIT_CODES, Arrays, load_arrays
 from components.models.fusion import FusionModel
 from components.models.retrieval import (
-    AttributeHeads,
     Memory,
+    MetadataHeads,
     RetrievalTowers,
     class_block_order,
     colour_histogram,
@@ -123,9 +123,9 @@ def scores(image: np.ndarray, text: np.ndarray, relevant: np.ndarray) -> dict[st
     return out
 
 
-def attribute_columns(categorical: tuple[str, ...], attributes: tuple[str, ...]) -> list[int]:
-    """Where each of `attributes` sits in the arrays' categorical ids (catalog.categorical's order)."""
-    return [categorical.index(a) for a in attributes]
+def metadata_columns(categorical: tuple[str, ...], names: tuple[str, ...]) -> list[int]:
+    """Where each of `names` sits in the arrays' categorical ids (catalog.categorical's order)."""
+    return [categorical.index(n) for n in names]
 
 
 def train_towers(fusion: FusionModel, train: Arrays, val: Arrays, val_relevant: np.ndarray,
@@ -135,20 +135,20 @@ def train_towers(fusion: FusionModel, train: Arrays, val: Arrays, val_relevant: 
 
     train, val: the (photo, title) pairs; a train row's `group` (repeated listings are positives of each other),
     finest label (same-class blocks = hard negatives) and metadata ids (`categorical` names their columns, for
-    `p.attributes`) come with it."""
+    `p.metadata_heads`) come with it."""
     torch.manual_seed(seed)
     rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
     towers = RetrievalTowers(fusion, space_fingerprint(fusion), colour=p.colour, stages=p.stages).to(device)
     towers.prepare_training()
     # The title tower's n-gram table takes sparse gradients: lazy Adam for it, AdamW for the rest (as in training).
     opts = optimizers(towers, p.lr, p.weight_decay)
-    heads, attr_ids = None, None
-    if p.attributes and p.attribute_weight > 0:
-        cols = attribute_columns(categorical, p.attributes)
-        heads = AttributeHeads(fusion.cfg.embed_dim, {a: fusion.cfg.cardinalities[c]
-                                                      for a, c in zip(p.attributes, cols, strict=True)}).to(device)
+    heads, meta_ids = None, None
+    if p.metadata_heads and p.metadata_weight > 0:
+        cols = metadata_columns(categorical, p.metadata_heads)
+        heads = MetadataHeads(fusion.cfg.embed_dim, {n: fusion.cfg.cardinalities[c]
+                                                     for n, c in zip(p.metadata_heads, cols, strict=True)}).to(device)
         opts.append(torch.optim.AdamW(heads.parameters(), lr=p.lr, weight_decay=p.weight_decay))
-        attr_ids = torch.from_numpy(train.cat[:, cols].astype(np.int64))
+        meta_ids = torch.from_numpy(train.cat[:, cols].astype(np.int64))
     memory = Memory(p.memory, fusion.cfg.embed_dim)
     tr_trunk, va_trunk = trunks(towers, train.images, device, p.views), trunks(towers, val.images, device)[0]
     tr_colour, va_colour = colours(train.images), colours(val.images)
@@ -171,7 +171,7 @@ def train_towers(fusion: FusionModel, train: Arrays, val: Arrays, val_relevant: 
                                     drop_ids(subwords[idx], p.token_dropout, gen).to(device))
             loss = info_nce(img, txt, group[idx].to(device), towers.logit_scale, memory)
             if heads is not None:
-                loss = loss + p.attribute_weight * heads(img, txt, attr_ids[idx].to(device))
+                loss = loss + p.metadata_weight * heads(img, txt, meta_ids[idx].to(device))
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()

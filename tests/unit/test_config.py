@@ -34,7 +34,7 @@ def test_gpu_profile_is_a_valid_override():
     ({"ingest": {"bogus": 1}}, "unknown key"),
     ({"train_fusion": {"train": {"lr": "3e-4"}}}, "expected a number"),
     ({"ingest": {"workers": 2.5}}, "expected an integer"),
-    ({"train_retrieval": {"attributes": ["colour"]}}, r"train_retrieval.attributes: \['colour'\] are not in "),
+    ({"train_retrieval": {"metadata_heads": ["colour"]}}, r"train_retrieval.metadata_heads: \['colour'\] are not in "),
 ])
 def test_bad_params_raise_naming_the_key(override, message):
     raw = deep_merge(load_raw(ROOT / "params.yaml"), override)

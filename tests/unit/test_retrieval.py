@@ -14,8 +14,8 @@ from components.data import Arrays
 from components.metrics import relevance
 from components.models.fusion import ModelConfig, build_model
 from components.models.retrieval import (
-    AttributeHeads,
     Memory,
+    MetadataHeads,
     RetrievalError,
     RetrievalTowers,
     class_block_order,
@@ -26,7 +26,7 @@ from components.models.retrieval import (
     space_fingerprint,
 )
 from components.models.runtime import predict_arrays
-from components.pipeline.train_retrieval import attribute_columns, drop_ids, train_towers, trunks, view
+from components.pipeline.train_retrieval import drop_ids, metadata_columns, train_towers, trunks, view
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -74,7 +74,7 @@ def train_on_listings(**recipe):
     the given recipe (TrainRetrievalParams fields beside the fixed ones)."""
     fusion, a = tiny_fusion(), listings(64)
     before = {k: v.clone() for k, v in fusion.state_dict().items()}
-    recipe = {"attributes": (), "attribute_weight": 0.0, **recipe}
+    recipe = {"metadata_heads": (), "metadata_weight": 0.0, **recipe}
     p = TrainRetrievalParams(batch_size=32, lr=3e-3, weight_decay=0.0, class_block=1, device="cpu", **recipe)
     towers, result = train_towers(fusion, a, a, relevance(np.arange(64).astype(str), np.full(64, "")), p, 0,
                                   torch.device("cpu"), CATEGORICAL)
@@ -109,8 +109,8 @@ def named_by_centroids(vectors: np.ndarray, y: np.ndarray) -> float:
 def test_attribute_heads_teach_both_vectors_a_metadata_column_and_stay_out_of_the_towers():
     # The listings' colour id is in their photos, never in their titles, and InfoNCE does not need it to pair
     # them: the heads' loss lays it out in both vectors. The heads are training scaffolding: not in the towers.
-    assert attribute_columns(CATEGORICAL, ("colour",)) == [1]
-    heads = AttributeHeads(16, {"colour": 5})
+    assert metadata_columns(CATEGORICAL, ("colour",)) == [1]
+    heads = MetadataHeads(16, {"colour": 5})
     v = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
     assert heads(v, v, torch.zeros(8, 1, dtype=torch.long)) == 0  # every value unknown (0): nothing to learn
     a, cpu = listings(64), torch.device("cpu")
@@ -118,7 +118,7 @@ def test_attribute_heads_teach_both_vectors_a_metadata_column_and_stay_out_of_th
     named = {}
     for weight in (0.0, 3.0):
         _, _, _, towers, _ = train_on_listings(epochs=25, patience=25, memory=0, views=1, colour=False, stages=1,
-                                               token_dropout=0.0, attributes=("colour",), attribute_weight=weight)
+                                               token_dropout=0.0, metadata_heads=("colour",), metadata_weight=weight)
         assert not any("head" in k for k in towers.state_dict())
         got = predict_arrays(towers.with_towers_of(tiny_fusion()), a, 8, cpu, embeddings=True, cpu_precision="fp32")
         named[weight] = [named_by_centroids(got["embeddings"][m], y) for m in ("image", "text")]
