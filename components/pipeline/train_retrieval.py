@@ -10,6 +10,10 @@ The photo tower's frozen part runs once per photo and view: `views` augmented co
 closer) whose trunks are cached, one drawn per row and step, so the trained last stage does not learn the train
 photos by heart (without them validation peaked at epoch 11 of 14 while the loss kept falling). The titles get
 the text counterpart: `token_dropout` of their words and character n-grams dropped per step.
+
+What separates look-alike listings is mostly what the catalog records beside the title (a colour, a gender):
+`metadata_heads` trains one head per such column on both vectors beside InfoNCE (models/retrieval.py,
+MetadataHeads), and `class_block` fills batches with runs of one article type, the negatives that need them.
 """
 from __future__ import annotations
 
@@ -125,6 +129,10 @@ def scores(image: np.ndarray, text: np.ndarray, relevant: np.ndarray) -> dict[st
 
 def metadata_columns(categorical: tuple[str, ...], names: tuple[str, ...]) -> list[int]:
     """Where each of `names` sits in the arrays' categorical ids (catalog.categorical's order)."""
+    missing = [n for n in names if n not in categorical]
+    if missing:
+        raise ValueError(f"train_retrieval.metadata_heads: {missing} are not metadata the model reads "
+                         f"(catalog.categorical {list(categorical)})")
     return [categorical.index(n) for n in names]
 
 

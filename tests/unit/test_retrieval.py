@@ -110,6 +110,8 @@ def test_attribute_heads_teach_both_vectors_a_metadata_column_and_stay_out_of_th
     # The listings' colour id is in their photos, never in their titles, and InfoNCE does not need it to pair
     # them: the heads' loss lays it out in both vectors. The heads are training scaffolding: not in the towers.
     assert metadata_columns(CATEGORICAL, ("colour",)) == [1]
+    with pytest.raises(ValueError, match=r"metadata_heads: \['brand'\]"):
+        metadata_columns(CATEGORICAL, ("brand",))
     heads = MetadataHeads(16, {"colour": 5})
     v = torch.nn.functional.normalize(torch.randn(8, 16), dim=-1)
     assert heads(v, v, torch.zeros(8, 1, dtype=torch.long)) == 0  # every value unknown (0): nothing to learn
