@@ -1,10 +1,10 @@
 """What the retrieval towers' vectors miss, on validation (printed, never asserted; the test split is never read).
 
-    .venv/bin/python research/retrieval_headroom.py WORKSPACE [--towers FILE] [--bank 8000] [--seed 0]
+    .venv/bin/python research/retrieval_headroom.py WORKSPACE [--towers FILE | --fusion-space] [--bank 8000]
 
 WORKSPACE: a finished run up to train_retrieval; FILE: another towers file to judge (a recipe's), default the
-run's own. Validation products with a photo and a title, as train_retrieval's epoch choice sees them (title ->
-photo and photo -> title R@10 among the 4k val products):
+run's own; --fusion-space: the fusion network's own vectors. Validation products with a photo and a title, as
+train_retrieval's epoch choice sees them (title -> photo and photo -> title R@10 among the 4k val products):
 1. Headroom by metadata: the R@10 if the vectors knew a column perfectly: each query's candidates of the same
    value (its product's, as the catalog records it) ranked above all others, cumulatively (articleType, then
    gender, baseColour, brandName).
@@ -56,6 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workspace", type=Path)
     ap.add_argument("--towers", type=Path, help="a towers file (default: the workspace's train_retrieval output)")
+    ap.add_argument("--fusion-space", action="store_true", help="the fusion network's vectors, no towers")
     ap.add_argument("--bank", type=int, default=8000, help="train-split queries in the querybank")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -63,10 +64,11 @@ def main() -> None:
     os.chdir(args.workspace)
     params, device = load_params(), torch.device("cpu")
     model, _, _ = load_checkpoint(fusion_checkpoint(params.paths.train_fusion), device)
-    towers = load_towers(towers_path or towers_file(params.paths.train_retrieval))
+    if not args.fusion_space:
+        model = load_towers(towers_path or towers_file(params.paths.train_retrieval)).to(device).with_towers_of(model)
     arrays, split = load_arrays(params.paths.ingest, params.paths.features)
     arrays = arrays.subset(np.arange(len(arrays)))
-    image, text = catalog_vectors(towers.to(device).with_towers_of(model), arrays, device)
+    image, text = catalog_vectors(model, arrays, device)
     df = pd.read_parquet(Path(params.paths.ingest) / "products.parquet")
     photo, titled = arrays.has_image.astype(bool), (arrays.tokens != 0).any(1)
     val = np.flatnonzero((split == SPLIT_CODES["val"]) & photo & titled)
