@@ -1,7 +1,7 @@
 """Retrieval towers: the fusion towers at the start, the InfoNCE with memory, same-class batches, training that
 pairs each listing's photo with its title while the trunk and the fusion network stay as they were, the photo's
-colours and augmented views, the self-describing file (and the colourless format before it) and the fingerprint
-of the fusion network it fits."""
+colours and augmented views, metadata heads that teach both vectors a column, the self-describing file (and the
+colourless format before it) and the fingerprint of the fusion network it fits."""
 from __future__ import annotations
 
 import numpy as np
@@ -106,7 +106,7 @@ def named_by_centroids(vectors: np.ndarray, y: np.ndarray) -> float:
     return float((values[(vectors @ centroids.T).argmax(1)] == y).mean())
 
 
-def test_attribute_heads_teach_both_vectors_a_metadata_column_and_stay_out_of_the_towers():
+def test_metadata_heads_teach_both_vectors_a_metadata_column_and_stay_out_of_the_towers():
     # The listings' colour id is in their photos, never in their titles, and InfoNCE does not need it to pair
     # them: the heads' loss lays it out in both vectors. The heads are training scaffolding: not in the towers.
     assert metadata_columns(CATEGORICAL, ("colour",)) == [1]
