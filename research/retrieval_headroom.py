@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from scipy.special import logsumexp
 from sklearn.linear_model import LogisticRegression
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +34,9 @@ from components import metrics as M  # noqa: E402
 from components.checkpoint import fusion_checkpoint, load_checkpoint  # noqa: E402
 from components.config import load_params  # noqa: E402
 from components.data import SPLIT_CODES, load_arrays  # noqa: E402
-from components.models.retrieval import colour_histogram, load_towers, towers_file  # noqa: E402
+from components.models.retrieval import load_towers, towers_file  # noqa: E402
 from components.pipeline.evaluate import catalog_vectors  # noqa: E402
+from components.pipeline.train_retrieval import colours  # noqa: E402
 
 COLUMNS = ("articleType", "gender", "baseColour", "brandName")
 
@@ -47,9 +49,7 @@ def r_at_10(scores: np.ndarray, relevant: np.ndarray) -> float:
 
 def offsets(gallery: np.ndarray, bank: np.ndarray, beta: float) -> np.ndarray:
     """Per gallery item: log-sum-exp of beta x its similarity to every bank query, over beta."""
-    s = beta * (bank @ gallery.T)
-    top = s.max(0)
-    return (top + np.log(np.exp(s - top).sum(0))) / beta
+    return logsumexp(beta * (bank @ gallery.T), axis=0) / beta
 
 
 def main() -> None:
@@ -88,8 +88,7 @@ def main() -> None:
     print("2. linear probes (fit on 15,000 train products, accuracy on val; the 40 commonest values)")
     rng = np.random.default_rng(args.seed)
     fit = np.sort(rng.choice(train, min(15000, len(train)), replace=False))
-    hist = {name: colour_histogram(torch.from_numpy(np.ascontiguousarray(arrays.images[rows]))).numpy()
-            for name, rows in (("fit", fit), ("val", val))}
+    hist = {name: colours(arrays.images[rows]).numpy() for name, rows in (("fit", fit), ("val", val))}
     for col in COLUMNS[1:]:
         y = df[col].fillna("").astype(str).to_numpy()
         common = pd.Series(y[fit]).value_counts().index[:40]
